@@ -1,0 +1,4 @@
+"""Flask API package: `create_app()` is the factory (`flask --app api`, `gunicorn "api:create_app()"`)."""
+from api.app import create_app
+
+__all__ = ["create_app"]

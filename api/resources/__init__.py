@@ -1,0 +1,1 @@
+"""One module per resource, each with a flask-smorest Blueprint named `blp`."""

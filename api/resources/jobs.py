@@ -1,0 +1,68 @@
+"""POST /jobs (queue an ETL job) and GET /jobs/<id> (its progress)."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import current_app, url_for
+from flask.views import MethodView
+from flask_smorest import Blueprint, abort
+
+from api.auth import require_token
+from api.broker import get_celery
+from api.db import get_session
+from api.schemas import JobAcceptedSchema, JobRequestSchema, JobSchema
+from shared.jobs import create_job, enqueue_job, fail_unsent_job, load_job
+
+log = logging.getLogger(__name__)
+
+blp = Blueprint("jobs", __name__, url_prefix="/jobs", description="ETL jobs")
+
+
+@blp.route("")
+class Jobs(MethodView):
+    """Queue jobs."""
+
+    @blp.doc(security=[{"bearerAuth": []}])
+    @require_token
+    @blp.arguments(JobRequestSchema, required=False)
+    @blp.response(202, JobAcceptedSchema)
+    @blp.alt_response(401, description="Missing bearer token")
+    @blp.alt_response(403, description="Wrong bearer token")
+    @blp.alt_response(503, description="Broker unavailable")
+    def post(self, body: dict[str, Any] | None) -> Any:
+        """Queue an ETL job for some or all sources
+
+        Commits the job, then sends `group(extract per source) | normalize` to the workers.
+        """
+        settings = current_app.config["SETTINGS"]
+        sources = (body or {}).get("sources") or list(settings.enabled_sources)
+        session = get_session()
+        created = create_job(session, sources, trigger="api")
+        session.commit()
+        job = created.job
+        try:
+            enqueue_job(get_celery(), job)
+        except Exception as exc:
+            log.error("could not enqueue job %s: %s", job.id, type(exc).__name__)
+            fail_unsent_job(session, job.id, "broker unavailable: the job was not queued")
+            session.commit()
+            abort(503, message="broker unavailable: the job was not queued")
+        status_url = url_for("jobs.JobDetail", job_id=job.id)
+        body_out = {"id": job.id, "status": job.status, "sources": job.sources,
+                    "status_url": status_url}
+        return body_out, 202, {"Location": status_url}
+
+
+@blp.route("/<int:job_id>")
+class JobDetail(MethodView):
+    """One job."""
+
+    @blp.response(200, JobSchema)
+    @blp.alt_response(404, description="No such job")
+    def get(self, job_id: int) -> Any:
+        """Show a job and each source's run: status, counts, timings, error"""
+        job = load_job(get_session(), job_id)
+        if job is None:
+            abort(404, message=f"job {job_id} not found")
+        return job

@@ -1,0 +1,4 @@
+"""WSGI entry: `gunicorn api.wsgi:app`."""
+from api import create_app
+
+app = create_app()

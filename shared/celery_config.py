@@ -1,0 +1,38 @@
+"""Celery configuration shared by the worker and by the API's sending-only client."""
+from __future__ import annotations
+
+from typing import Any
+
+from shared.config import Settings
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings, each chosen on purpose (see README "Operations")."""
+    return {
+        "broker_url": settings.redis_url,
+        "result_backend": settings.redis_url,
+        # JSON only: task arguments are ids, never pickled objects.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        # Ack after the task body ran, and re-queue when the child process dies, so a
+        # kill -9 mid-run means redelivery, not loss. Our own attempt cap (runs.attempts)
+        # stops a task that kills its worker every time.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # One message at a time per child: a prefetched message would wait behind a long run.
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": settings.task_soft_time_limit,
+        "task_time_limit": settings.task_time_limit,
+        # Above the hard limit, or Redis hands a still-running task to a second worker.
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "broker_connection_retry_on_startup": True,
+        "result_expires": 24 * 3600,
+        "task_track_started": True,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "timezone": "UTC",
+        "enable_utc": True,
+    }

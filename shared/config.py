@@ -1,0 +1,192 @@
+"""Typed, frozen settings: the only place that reads environment variables."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+SOURCES: tuple[str, ...] = ("coingecko", "coinpaprika", "csv")
+
+DEFAULT_COINGECKO_BASE_URL = "https://api.coingecko.com/api/v3"
+DEFAULT_COINPAPRIKA_BASE_URL = "https://api.coinpaprika.com/v1"
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value we cannot use."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+
+
+def _opt(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip()
+    return value or None
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A request quota: `requests` per `period_seconds`, shared by the whole cluster."""
+
+    requests: int
+    period_seconds: int
+
+    def as_limits_string(self) -> str:
+        """The quota in the `limits` library's notation, e.g. '30 per 60 second'."""
+        return f"{self.requests} per {self.period_seconds} second"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable about the service, read once from the environment."""
+
+    database_url: str
+    redis_url: str
+    api_token: str | None = field(repr=False)
+    csv_dir: Path
+    asset_aliases_file: Path
+    etl_schedule_seconds: int
+    api_port: int
+    log_level: str
+    coingecko_base_url: str
+    coingecko_api_key: str | None = field(repr=False)
+    coinpaprika_base_url: str
+    coinpaprika_api_key: str | None = field(repr=False)
+    coinpaprika_auth_scheme: str
+    coingecko_rate: RateLimit
+    coinpaprika_rate: RateLimit
+    http_timeout_seconds: float
+    http_max_retries: int
+    http_backoff_max_seconds: float
+    fail_after_n_records: int | None
+    fail_after_n_records_by_source: dict[str, int]
+    csv_batch_rows: int
+    task_soft_time_limit: int
+    task_time_limit: int
+    visibility_timeout: int
+    max_task_attempts: int
+    run_stale_seconds: int
+    reaper_interval_seconds: int
+    page_size_max: int
+    consensus_disagreement_share: float
+    enabled_sources: tuple[str, ...]
+
+    def fail_after_for(self, source: str) -> int | None:
+        """The FAIL_AFTER_N_RECORDS limit in force for `source` (per-source form wins)."""
+        return self.fail_after_n_records_by_source.get(source, self.fail_after_n_records)
+
+    def redacted_secrets(self) -> tuple[str, ...]:
+        """Secret values that must never appear in logs or error bodies."""
+        return tuple(
+            s for s in (self.api_token, self.coingecko_api_key, self.coinpaprika_api_key) if s
+        )
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from `env` (default: the process environment)."""
+    env = os.environ if env is None else env
+    time_limit = _int(env, "ETL_TASK_TIME_LIMIT", 900, 1)
+    soft_limit = _int(env, "ETL_TASK_SOFT_TIME_LIMIT", max(1, time_limit - 30), 1)
+    # The visibility timeout must exceed the hard time limit, otherwise Redis hands a task
+    # that is still running to a second worker (see FAULTS.md).
+    visibility = _int(env, "CELERY_VISIBILITY_TIMEOUT", time_limit + 300, 1)
+    if visibility <= time_limit:
+        raise ConfigError("CELERY_VISIBILITY_TIMEOUT must be greater than ETL_TASK_TIME_LIMIT")
+    per_source: dict[str, int] = {}
+    for source in SOURCES:
+        value = _int(env, f"FAIL_AFTER_N_RECORDS_{source.upper()}", -1, -1)
+        if value >= 0:
+            per_source[source] = value
+    fail_all = _int(env, "FAIL_AFTER_N_RECORDS", -1, -1)
+    csv_dir = Path(env.get("CSV_DIR", "data"))
+    enabled = tuple(
+        s.strip() for s in env.get("ETL_SOURCES", ",".join(SOURCES)).split(",") if s.strip()
+    )
+    unknown = [s for s in enabled if s not in SOURCES]
+    if unknown:
+        raise ConfigError(f"ETL_SOURCES names unknown sources: {', '.join(unknown)}")
+    return Settings(
+        database_url=env.get(
+            "DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/kasparro"
+        ),
+        redis_url=env.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        api_token=_opt(env, "API_TOKEN"),
+        csv_dir=csv_dir,
+        asset_aliases_file=Path(
+            env.get("ASSET_ALIASES_FILE", str(csv_dir / "asset_aliases.csv"))
+        ),
+        etl_schedule_seconds=_int(env, "ETL_SCHEDULE_SECONDS", 300, 1),
+        api_port=_int(env, "API_PORT", 8000, 1),
+        log_level=env.get("LOG_LEVEL", "INFO").upper(),
+        coingecko_base_url=env.get("COINGECKO_BASE_URL", DEFAULT_COINGECKO_BASE_URL).rstrip("/"),
+        coingecko_api_key=_opt(env, "COINGECKO_API_KEY"),
+        coinpaprika_base_url=env.get(
+            "COINPAPRIKA_BASE_URL", DEFAULT_COINPAPRIKA_BASE_URL
+        ).rstrip("/"),
+        coinpaprika_api_key=_opt(env, "COINPAPRIKA_API_KEY"),
+        coinpaprika_auth_scheme=env.get("COINPAPRIKA_AUTH_SCHEME", ""),
+        # Free plans: CoinGecko demo ~30 calls/min, CoinPaprika free 20,000 calls/month
+        # (we stay far below with 10/min).
+        coingecko_rate=RateLimit(
+            _int(env, "COINGECKO_RATE_LIMIT", 30, 1),
+            _int(env, "COINGECKO_RATE_PERIOD_SECONDS", 60, 1),
+        ),
+        coinpaprika_rate=RateLimit(
+            _int(env, "COINPAPRIKA_RATE_LIMIT", 10, 1),
+            _int(env, "COINPAPRIKA_RATE_PERIOD_SECONDS", 60, 1),
+        ),
+        http_timeout_seconds=_float(env, "HTTP_TIMEOUT_SECONDS", 10.0),
+        http_max_retries=_int(env, "HTTP_MAX_RETRIES", 5, 0),
+        http_backoff_max_seconds=_float(env, "HTTP_BACKOFF_MAX_SECONDS", 60.0),
+        fail_after_n_records=fail_all if fail_all >= 0 else None,
+        fail_after_n_records_by_source=per_source,
+        csv_batch_rows=_int(env, "CSV_BATCH_ROWS", 10_000, 1),
+        task_soft_time_limit=soft_limit,
+        task_time_limit=time_limit,
+        visibility_timeout=visibility,
+        max_task_attempts=_int(env, "ETL_MAX_TASK_ATTEMPTS", 3, 1),
+        # A run is only declared lost after a redelivery had its chance (visibility timeout
+        # plus kombu's ~100 s restore sweep).
+        run_stale_seconds=_int(env, "ETL_RUN_STALE_SECONDS", visibility + 120, 1),
+        reaper_interval_seconds=_int(env, "ETL_REAPER_INTERVAL_SECONDS", 60, 1),
+        page_size_max=_int(env, "API_PAGE_SIZE_MAX", 500, 1),
+        consensus_disagreement_share=_float(env, "CONSENSUS_DISAGREEMENT_SHARE", 0.02),
+        enabled_sources=enabled,
+    )
+
+
+_settings: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process-wide Settings, loaded on first use."""
+    global _settings
+    if _settings is None:
+        _settings = load_settings()
+    return _settings
+
+
+def reset_settings() -> None:
+    """Forget the cached Settings (tests change the environment between cases)."""
+    global _settings
+    _settings = None

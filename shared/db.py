@@ -1,0 +1,65 @@
+"""Engine and session factory: one engine per process, created lazily after any fork."""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.orm import Session, sessionmaker
+
+_engine: Engine | None = None
+_engine_pid: int | None = None
+_engine_url: str | None = None
+
+
+def make_engine(url: str, **kwargs: object) -> Engine:
+    """A new engine with our pool settings (pre-ping survives database restarts)."""
+    options: dict[str, object] = {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 5}
+    options.update(kwargs)
+    return create_engine(url, **options)  # type: ignore[arg-type]
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """The process's engine; a forked child gets a fresh one instead of the parent's pool."""
+    global _engine, _engine_pid, _engine_url
+    if url is None:
+        from shared.config import get_settings
+
+        url = get_settings().database_url
+    if _engine is None or _engine_pid != os.getpid() or _engine_url != url:
+        if _engine is not None and _engine_pid == os.getpid():
+            _engine.dispose()
+        _engine = make_engine(url)
+        _engine_pid = os.getpid()
+        _engine_url = url
+    return _engine
+
+
+def dispose_engine() -> None:
+    """Drop the process's engine without touching connections inherited from a parent."""
+    global _engine, _engine_pid
+    if _engine is not None:
+        # close=False: after fork the sockets belong to the parent; just forget them.
+        _engine.dispose(close=_engine_pid == os.getpid())
+    _engine = None
+    _engine_pid = None
+
+
+def session_factory(engine: Engine | None = None) -> sessionmaker[Session]:
+    """A sessionmaker bound to `engine` (default: the process engine)."""
+    return sessionmaker(bind=engine or get_engine(), expire_on_commit=False)
+
+
+@contextmanager
+def unit_of_work(engine: Engine | None = None) -> Iterator[Session]:
+    """One session for one unit of work: commit on success, roll back on error, always close."""
+    session = session_factory(engine)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()

@@ -1,0 +1,206 @@
+"""Jobs: create one run per source, enqueue the chord after commit, finalize, reap the lost."""
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Sequence
+
+from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from shared import task_names
+from shared.config import Settings
+from shared.models import TERMINAL_STATUSES, Job, Run
+from shared.runs import now_utc, release_source_lock, try_source_lock
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CreatedJob:
+    """A job and whether this call created it (False: an Idempotency-Key replay)."""
+
+    job: Job
+    created: bool
+
+
+def create_job(
+    session: Session,
+    sources: Sequence[str],
+    trigger: str,
+    idempotency_key: str | None = None,
+) -> CreatedJob:
+    """Insert a job with one queued run per source (flushes; the caller commits)."""
+    if idempotency_key:
+        existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+        if existing is not None:
+            return CreatedJob(existing, False)
+    job = Job(
+        status="queued", sources=list(sources), trigger=trigger,
+        idempotency_key=idempotency_key, celery_task_id=str(uuid.uuid4()),
+    )
+    job.runs = [Run(source=s, status="queued", celery_task_id=str(uuid.uuid4())) for s in sources]
+    session.add(job)
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError:
+        # A concurrent request with the same Idempotency-Key won the insert.
+        existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+        if existing is None:
+            raise
+        return CreatedJob(existing, False)
+    return CreatedJob(job, True)
+
+
+def enqueue_job(celery_app: Any, job: Job) -> None:
+    """Send `group(extract per source) | normalize` by task name; call after the commit."""
+    from celery import chord, signature
+
+    header = [
+        signature(task_names.extract(run.source), args=(run.id,), app=celery_app,
+                  immutable=True).set(task_id=run.celery_task_id)
+        for run in job.runs
+    ]
+    callback = signature(task_names.NORMALIZE, args=(job.id,), app=celery_app).set(
+        task_id=job.celery_task_id
+    )
+    chord(header, app=celery_app)(callback)
+
+
+def fail_unsent_job(session: Session, job_id: int, reason: str) -> None:
+    """Mark a job whose messages never reached the broker as failed (flushes)."""
+    stamp = now_utc()
+    session.execute(
+        update(Run).where(Run.job_id == job_id, Run.status == "queued")
+        .values(status="failed", error=reason, finished_at=stamp)
+    )
+    session.execute(
+        update(Job).where(Job.id == job_id)
+        .values(status="failed", error=reason, finished_at=stamp)
+    )
+    session.flush()
+
+
+def job_status_from_runs(statuses: Sequence[str]) -> str:
+    """The job's terminal status given its runs' terminal statuses."""
+    if statuses and all(s == "skipped" for s in statuses):
+        return "skipped"
+    succeeded = sum(1 for s in statuses if s == "succeeded")
+    failed = sum(1 for s in statuses if s in ("failed", "partial"))
+    if failed and succeeded:
+        return "partial"
+    if failed:
+        return "failed"
+    return "succeeded"
+
+
+def refresh_current_quotes(session: Session, run_ids: Sequence[int]) -> int:
+    """Publish the newest quote per (asset, source) written by these runs; returns rows touched."""
+    if not run_ids:
+        return 0
+    result = session.execute(
+        text(
+            """
+            INSERT INTO current_quotes AS cur (asset_id, source, symbol, name, source_asset_id,
+                observed_at, price_usd, market_cap_usd, volume_24h_usd, rank, updated_at)
+            SELECT DISTINCT ON (q.asset_id, q.source) q.asset_id, q.source, a.symbol, a.name,
+                q.source_asset_id, q.observed_at, q.price_usd, q.market_cap_usd,
+                q.volume_24h_usd, q.rank, now()
+            FROM quotes q JOIN assets a ON a.id = q.asset_id
+            WHERE q.run_id = ANY(:run_ids)
+            ORDER BY q.asset_id, q.source, q.observed_at DESC
+            ON CONFLICT (asset_id, source) DO UPDATE SET
+                symbol = excluded.symbol, name = excluded.name,
+                source_asset_id = excluded.source_asset_id, observed_at = excluded.observed_at,
+                price_usd = excluded.price_usd, market_cap_usd = excluded.market_cap_usd,
+                volume_24h_usd = excluded.volume_24h_usd, rank = excluded.rank,
+                updated_at = now()
+            WHERE excluded.observed_at >= cur.observed_at
+            """
+        ),
+        {"run_ids": list(run_ids)},
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def finalize_job(session: Session, job_id: int) -> str | None:
+    """Normalize and close a job once every run is terminal; None while runs are still active.
+
+    Runs at most once per job (the row lock and the terminal check make a second call a no-op)
+    and is idempotent: publishing current quotes twice gives the same rows.
+    """
+    job = session.get(Job, job_id, with_for_update=True)
+    if job is None:
+        return None
+    if job.status in TERMINAL_STATUSES:
+        return job.status
+    runs = list(session.scalars(select(Run).where(Run.job_id == job_id)))
+    if any(r.status not in TERMINAL_STATUSES for r in runs):
+        return None
+    refresh_current_quotes(session, [r.id for r in runs if r.status != "skipped"])
+    job.status = job_status_from_runs([r.status for r in runs])
+    errors = [f"{r.source}: {r.error}" for r in runs if r.status == "failed" and r.error]
+    job.error = "; ".join(errors)[:4000] or None
+    job.started_at = job.started_at or min(
+        (r.started_at for r in runs if r.started_at), default=None
+    )
+    job.finished_at = now_utc()
+    session.flush()
+    log.info("job %s %s", job.id, job.status)
+    return job.status
+
+
+def load_job(session: Session, job_id: int) -> Job | None:
+    """A job with its runs loaded."""
+    return session.scalar(
+        select(Job).options(selectinload(Job.runs)).where(Job.id == job_id)
+    )
+
+
+def reap_stale_runs(session: Session, engine: Engine, settings: Settings) -> dict[str, int]:
+    """End runs whose worker is gone and jobs whose normalize never came (commits per step)."""
+    deadline = now_utc() - timedelta(seconds=settings.run_stale_seconds)
+    counts = {"runs_failed": 0, "queued_failed": 0, "jobs_finalized": 0}
+    stale = session.scalars(
+        select(Run).where(
+            Run.status == "running",
+            func.coalesce(Run.heartbeat_at, Run.started_at, Run.created_at) < deadline,
+        )
+    ).all()
+    for run in stale:
+        with engine.connect() as conn:
+            # A free lock proves no live execution holds the source.
+            if not try_source_lock(conn, run.source):
+                continue
+            try:
+                changed = session.execute(
+                    update(Run).where(Run.id == run.id, Run.status == "running").values(
+                        status="failed", finished_at=now_utc(),
+                        error="worker lost: no heartbeat since "
+                        f"{(run.heartbeat_at or run.started_at or run.created_at).isoformat()}",
+                    )
+                ).rowcount  # type: ignore[attr-defined]
+                session.commit()
+            finally:
+                release_source_lock(conn, run.source)
+        counts["runs_failed"] += int(changed or 0)
+    result = session.execute(
+        update(Run).where(Run.status == "queued", Run.created_at < deadline).values(
+            status="failed", finished_at=now_utc(),
+            error="never started: the task message was lost",
+        )
+    )
+    counts["queued_failed"] = int(result.rowcount or 0)  # type: ignore[attr-defined]
+    session.commit()
+    open_jobs = session.scalars(
+        select(Job.id).where(Job.status.in_(("queued", "running"))).order_by(Job.id)
+    ).all()
+    for job_id in open_jobs:
+        if finalize_job(session, job_id) is not None:
+            counts["jobs_finalized"] += 1
+        session.commit()
+    return counts

@@ -1,0 +1,240 @@
+"""SQLAlchemy 2.0 models: raw layer, canonical assets, quotes, jobs, runs, checkpoints, rejects."""
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Stable constraint names so that autogenerate and hand-written migrations agree.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+RUN_STATUSES = ("queued", "running", "succeeded", "partial", "failed", "skipped")
+TERMINAL_STATUSES = ("succeeded", "partial", "failed", "skipped")
+
+UTCDateTime = DateTime(timezone=True)
+
+
+class Base(DeclarativeBase):
+    """Declarative base bound to our naming convention."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Asset(Base):
+    """One real-world coin, whatever source it was seen in."""
+
+    __tablename__ = "assets"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    slug: Mapped[str] = mapped_column(String(200), unique=True)
+    symbol: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+
+    source_ids: Mapped[list[AssetSourceId]] = relationship(back_populates="asset")
+
+
+class AssetSourceId(Base):
+    """Maps a source's own id (`bitcoin`, `btc-bitcoin`, `BTC/Bitcoin`) to a canonical asset."""
+
+    __tablename__ = "asset_source_ids"
+
+    source: Mapped[str] = mapped_column(String(32), primary_key=True)
+    source_asset_id: Mapped[str] = mapped_column(String(300), primary_key=True)
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.id"), index=True)
+    symbol: Mapped[str | None] = mapped_column(String(64))
+    name: Mapped[str | None] = mapped_column(String(300))
+    matched_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+
+    asset: Mapped[Asset] = relationship(back_populates="source_ids")
+
+
+class RawRecord(Base):
+    """A record exactly as received: the JSON item text of an API, or the line of a CSV file."""
+
+    __tablename__ = "raw_records"
+    __table_args__ = (UniqueConstraint("source", "content_hash"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    source: Mapped[str] = mapped_column(String(32))
+    source_key: Mapped[str] = mapped_column(Text)
+    content_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    payload: Mapped[str] = mapped_column(Text)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    fetched_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+
+
+Index("ix_raw_records_source_key", RawRecord.source, RawRecord.source_key)
+
+
+class Quote(Base):
+    """One observation of an asset at one source and time, with exact decimals."""
+
+    __tablename__ = "quotes"
+
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.id"), primary_key=True)
+    source: Mapped[str] = mapped_column(String(32), primary_key=True)
+    observed_at: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    source_asset_id: Mapped[str] = mapped_column(String(300))
+    price_usd: Mapped[Decimal | None] = mapped_column(Numeric)
+    market_cap_usd: Mapped[Decimal | None] = mapped_column(Numeric)
+    volume_24h_usd: Mapped[Decimal | None] = mapped_column(Numeric)
+    circulating_supply: Mapped[Decimal | None] = mapped_column(Numeric)
+    total_supply: Mapped[Decimal | None] = mapped_column(Numeric)
+    max_supply: Mapped[Decimal | None] = mapped_column(Numeric)
+    rank: Mapped[int | None] = mapped_column(Integer)
+    open_usd: Mapped[Decimal | None] = mapped_column(Numeric)
+    high_usd: Mapped[Decimal | None] = mapped_column(Numeric)
+    low_usd: Mapped[Decimal | None] = mapped_column(Numeric)
+    close_usd: Mapped[Decimal | None] = mapped_column(Numeric)
+    raw_hash: Mapped[bytes | None] = mapped_column(LargeBinary)
+    run_id: Mapped[int | None] = mapped_column(
+        ForeignKey("runs.id", ondelete="SET NULL"), index=True
+    )
+    inserted_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+
+
+class CurrentQuote(Base):
+    """The newest quote per (asset, source): what `GET /data` serves, refreshed by normalize."""
+
+    __tablename__ = "current_quotes"
+    __table_args__ = (
+        Index("ix_current_quotes_symbol", "symbol", "source", "asset_id"),
+        Index("ix_current_quotes_source", "source", "asset_id"),
+    )
+
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.id"), primary_key=True)
+    source: Mapped[str] = mapped_column(String(32), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(300))
+    source_asset_id: Mapped[str] = mapped_column(String(300))
+    observed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    price_usd: Mapped[Decimal | None] = mapped_column(Numeric)
+    market_cap_usd: Mapped[Decimal | None] = mapped_column(Numeric)
+    volume_24h_usd: Mapped[Decimal | None] = mapped_column(Numeric)
+    rank: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+
+
+class Job(Base):
+    """A request to run some sources once, then normalize: one run per source."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('queued','running','succeeded','partial','failed','skipped')",
+            name="status",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), server_default="queued")
+    sources: Mapped[list[str]] = mapped_column(ARRAY(String(32)))
+    trigger: Mapped[str] = mapped_column(String(16))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    celery_task_id: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    runs: Mapped[list[Run]] = relationship(back_populates="job", order_by="Run.id")
+
+
+class Run(Base):
+    """One source's part of a job: status, timings, counts, error, Celery task id."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('queued','running','succeeded','partial','failed','skipped')",
+            name="status",
+        ),
+        UniqueConstraint("job_id", "source"),
+        # At most one run per source may be active: beat, POST /jobs and redeliveries all
+        # meet here, whatever raced to start.
+        Index(
+            "uq_runs_one_running_per_source",
+            "source",
+            unique=True,
+            postgresql_where=text("status = 'running'"),
+        ),
+        Index("ix_runs_source_status", "source", "status", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    source: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), server_default="queued")
+    celery_task_id: Mapped[str | None] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    fetched: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    inserted: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    unchanged: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    rejected: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    raw_inserted: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    http_requests: Mapped[int] = mapped_column(Integer, server_default="0")
+    http_retries: Mapped[int] = mapped_column(Integer, server_default="0")
+    rate_limit_waits: Mapped[int] = mapped_column(Integer, server_default="0")
+    rate_limit_wait_seconds: Mapped[Decimal] = mapped_column(Numeric(12, 3), server_default="0")
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    job: Mapped[Job] = relationship(back_populates="runs")
+
+
+class Checkpoint(Base):
+    """A source's cursor (CSV file fingerprint + offset, API page), advanced with its data."""
+
+    __tablename__ = "checkpoints"
+
+    source: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+
+
+class RejectedRecord(Base):
+    """A record we could not use, kept with where it came from and why."""
+
+    __tablename__ = "rejected_records"
+    __table_args__ = (UniqueConstraint("source", "location", "content_hash"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    source: Mapped[str] = mapped_column(String(32), index=True)
+    location: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str] = mapped_column(Text)
+    content_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())

@@ -1,0 +1,93 @@
+"""Pure parsers for the values sources send: exact decimals and UTC timestamps."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
+
+# Cells that mean "no value" in the CSV exports we meet.
+_MISSING = {"", "-", "null", "none", "nan", "n/a"}
+
+
+class ValueParseError(ValueError):
+    """A cell or field could not be read as the type it must have."""
+
+
+def parse_decimal(value: object, *, thousands_sep: str | None = ",") -> Decimal | None:
+    """Read a number exactly (no float); missing markers give None, junk raises."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueParseError(f"not a number: {value!r}")
+    if isinstance(value, Decimal):
+        result = value
+    elif isinstance(value, int):
+        return Decimal(value)
+    elif isinstance(value, float):
+        # Only reached when a caller parsed JSON without parse_float=Decimal; repr is the
+        # shortest text that round-trips, i.e. what was sent.
+        result = Decimal(repr(value))
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.lower() in _MISSING:
+            return None
+        if thousands_sep and thousands_sep in text:
+            text = text.replace(thousands_sep, "")
+        text = text.replace("_", "x")  # Decimal() accepts underscores; we do not.
+        try:
+            result = Decimal(text)
+        except InvalidOperation as exc:
+            raise ValueParseError(f"not a number: {value!r}") from exc
+    else:
+        raise ValueParseError(f"not a number: {value!r}")
+    if not result.is_finite():
+        raise ValueParseError(f"not a finite number: {value!r}")
+    return result
+
+
+def parse_int(value: object) -> int | None:
+    """Read an integer (e.g. a rank); '12.0' is accepted, '12.5' is not."""
+    number = parse_decimal(value)
+    if number is None:
+        return None
+    if number != number.to_integral_value():
+        raise ValueParseError(f"not an integer: {value!r}")
+    return int(number)
+
+
+_FORMATS = (
+    "%Y-%m-%dT%H:%M:%S.%f%z",
+    "%Y-%m-%dT%H:%M:%S%z",
+    "%Y-%m-%d %H:%M:%S.%f%z",
+    "%Y-%m-%d %H:%M:%S%z",
+    "%Y-%m-%d %H:%M:%S",
+    "%Y-%m-%dT%H:%M:%S",
+    "%Y-%m-%d",
+)
+
+
+def parse_timestamp(value: object) -> datetime:
+    """Read a timestamp as an aware UTC datetime; naive values are taken as UTC."""
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, str) and value.strip():
+        text = value.strip().strip('"')
+        if text.endswith(" UTC"):
+            text = text[:-4] + "+00:00"
+        elif text.endswith("Z"):
+            text = text[:-1] + "+00:00"
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            for fmt in _FORMATS:
+                try:
+                    parsed = datetime.strptime(text, fmt)
+                    break
+                except ValueError:
+                    continue
+            else:
+                raise ValueParseError(f"not a timestamp: {value!r}") from None
+    else:
+        raise ValueParseError(f"missing timestamp: {value!r}")
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)

@@ -1,0 +1,233 @@
+"""One source's run: claim it under the source lock, stream batches, end it in a terminal state."""
+from __future__ import annotations
+
+import logging
+import zlib
+from collections import defaultdict
+from datetime import datetime, timezone
+
+from sqlalchemy import Connection, Engine, select, text, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from shared.config import Settings
+from shared.db import get_engine, session_factory, unit_of_work
+from shared.errors import InjectedFailure
+from shared.identity import load_aliases
+from shared.load import load_checkpoints, write_batch
+from shared.logging_setup import redact
+from shared.models import TERMINAL_STATUSES, Job, Run
+from shared.sources import get_source
+from shared.sources.base import RunContext
+
+log = logging.getLogger(__name__)
+
+_EVENT_COLUMNS = ("http_requests", "http_retries", "rate_limit_waits", "rate_limit_wait_seconds")
+
+
+class TransientDatabaseError(RuntimeError):
+    """The database went away mid-run; the task should retry and resume from the checkpoint."""
+
+
+def source_lock_key(source: str) -> int:
+    """The advisory-lock key that one running execution of `source` holds."""
+    return zlib.crc32(f"kasparro.source.{source}".encode())
+
+
+def try_source_lock(conn: Connection, source: str) -> bool:
+    """Take the source's session-level advisory lock on `conn` without waiting."""
+    got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": source_lock_key(source)})
+    value = bool(got.scalar())
+    conn.commit()
+    return value
+
+
+def release_source_lock(conn: Connection, source: str) -> None:
+    """Release the lock taken by try_source_lock."""
+    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": source_lock_key(source)})
+    conn.commit()
+
+
+def now_utc() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(timezone.utc)
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    return isinstance(exc, DBAPIError) and (
+        exc.connection_invalidated or exc.orig.__class__.__name__ in (
+            "OperationalError", "InterfaceError")
+    )
+
+
+def execute_run(
+    run_id: int, task_id: str | None, settings: Settings, engine: Engine | None = None
+) -> int:
+    """Run `run_id` to a terminal state (or leave it to its live owner); returns `run_id`.
+
+    The return value is always the run id so that a redelivered chord member returns the same
+    value as the first delivery (FAULTS.md: a different value can fire the chord early).
+    """
+    engine = engine or get_engine()
+    try:
+        with unit_of_work(engine) as session:
+            run = session.get(Run, run_id)
+            if run is None:
+                log.warning("run %s does not exist; nothing to do", run_id)
+                return run_id
+            if run.status in TERMINAL_STATUSES:
+                return run_id
+            source = run.source
+        lock_conn = engine.connect()
+    except DBAPIError as exc:
+        if _is_connection_error(exc):
+            raise TransientDatabaseError(str(exc.orig)) from exc
+        raise
+    locked = False
+    try:
+        locked = try_source_lock(lock_conn, source)
+        if not locked:
+            _skip_if_queued(engine, run_id, source)
+            return run_id
+        records_done = _claim(engine, run_id, task_id, settings)
+        if records_done is None:
+            return run_id
+        _process(engine, run_id, source, settings, records_done)
+        return run_id
+    except DBAPIError as exc:
+        if _is_connection_error(exc):
+            raise TransientDatabaseError(str(exc.orig)) from exc
+        raise
+    finally:
+        if locked:
+            try:
+                release_source_lock(lock_conn, source)
+            except DBAPIError:
+                lock_conn.invalidate()  # the session ended with the server: lock already gone
+        lock_conn.close()
+
+
+def _skip_if_queued(engine: Engine, run_id: int, source: str) -> None:
+    """Another execution holds the source: a queued run loses; our own running run is theirs."""
+    with unit_of_work(engine) as session:
+        run = session.get(Run, run_id, with_for_update=True)
+        if run is not None and run.status == "queued":
+            run.status = "skipped"
+            run.error = f"another {source} run was active"
+            run.finished_at = now_utc()
+            log.info("run %s (%s) skipped: another run of the source is active", run_id, source)
+
+
+def _claim(engine: Engine, run_id: int, task_id: str | None, settings: Settings) -> int | None:
+    """Mark the run running (we hold the source lock); None when it must not run."""
+    with unit_of_work(engine) as session:
+        run = session.get(Run, run_id, with_for_update=True)
+        if run is None or run.status in TERMINAL_STATUSES:
+            return None
+        run.attempts += 1
+        if run.attempts > settings.max_task_attempts:
+            _finish(session, run, "failed",
+                    f"gave up after {settings.max_task_attempts} attempts "
+                    "(the worker was lost every time)")
+            return None
+        # We hold the lock, so any other 'running' run of this source has no live worker.
+        session.execute(
+            update(Run)
+            .where(Run.source == run.source, Run.status == "running", Run.id != run.id)
+            .values(status="failed", finished_at=now_utc(),
+                    error=f"worker lost; superseded by run {run.id}")
+        )
+        session.flush()
+        run.status = "running"
+        run.started_at = run.started_at or now_utc()
+        run.heartbeat_at = now_utc()
+        run.celery_task_id = task_id or run.celery_task_id
+        session.execute(
+            update(Job).where(Job.id == run.job_id, Job.status == "queued")
+            .values(status="running", started_at=now_utc())
+        )
+        return int(run.fetched)
+
+
+def _process(
+    engine: Engine, run_id: int, source: str, settings: Settings, records_done: int
+) -> None:
+    events: dict[str, float] = defaultdict(float)
+
+    def on_event(name: str, amount: float) -> None:
+        events[name] += amount
+
+    make_session = session_factory(engine)
+    with make_session() as session:
+        checkpoints = load_checkpoints(session, source)
+        session.commit()
+    ctx = RunContext(
+        run_id=run_id, source=source, settings=settings, checkpoints=checkpoints,
+        on_event=on_event, max_records=settings.fail_after_for(source),
+        records_done=records_done,
+    )
+    aliases = load_aliases(settings.asset_aliases_file)
+    asset_cache: dict[str, int] = {}
+    session: Session = make_session()
+    try:
+        for batch in get_source(source, settings).batches(ctx):
+            for name, amount in batch.stats.items():
+                on_event(name, amount)
+            write_batch(session, source, run_id, batch, checkpoints.get(batch.checkpoint_key),
+                        aliases, asset_cache)
+            _flush_events(session, run_id, events)
+            session.commit()
+            checkpoints[batch.checkpoint_key] = batch.checkpoint
+            ctx.records_done += batch.record_count
+            if ctx.max_records is not None and ctx.records_done >= ctx.max_records:
+                raise InjectedFailure(
+                    f"FAIL_AFTER_N_RECORDS={ctx.max_records} reached after "
+                    f"{ctx.records_done} records"
+                )
+        _end(session, run_id, "succeeded", None, events)
+    except BaseException as exc:
+        session.rollback()
+        if _is_connection_error(exc):
+            raise
+        message = redact(f"{type(exc).__name__}: {exc}", settings)[:2000]
+        log.warning("run %s (%s) failed: %s", run_id, source, message)
+        try:
+            _end(session, run_id, "failed", message, events)
+        except DBAPIError:
+            log.exception("could not record the failure of run %s", run_id)
+        if not isinstance(exc, Exception):
+            raise  # SystemExit / KeyboardInterrupt: let the worker stop
+    finally:
+        session.close()
+
+
+def _flush_events(session: Session, run_id: int, events: dict[str, float]) -> None:
+    if not events:
+        return
+    values = {name: getattr(Run, name) + events[name] for name in _EVENT_COLUMNS if name in events}
+    if values:
+        session.execute(update(Run).where(Run.id == run_id).values(**values))
+    events.clear()
+
+
+def _end(
+    session: Session, run_id: int, status: str, error: str | None, events: dict[str, float]
+) -> None:
+    _flush_events(session, run_id, events)
+    run = session.get(Run, run_id, with_for_update=True)
+    if run is not None and run.status == "running":
+        _finish(session, run, status, error)
+    session.commit()
+
+
+def _finish(session: Session, run: Run, status: str, error: str | None) -> None:
+    run.status = status
+    run.error = error
+    run.finished_at = now_utc()
+    log.info("run %s (%s) %s: fetched=%s inserted=%s unchanged=%s rejected=%s",
+             run.id, run.source, status, run.fetched, run.inserted, run.unchanged, run.rejected)
+
+
+def running_runs_of(session: Session, source: str) -> list[Run]:
+    """Runs of `source` currently marked running."""
+    return list(session.scalars(select(Run).where(Run.source == source, Run.status == "running")))

@@ -1,0 +1,34 @@
+"""The contract every source implements, and the context a run gives it."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol
+
+from shared.config import Settings
+from shared.records import Batch
+
+
+@dataclass
+class RunContext:
+    """What a source needs from the run it belongs to."""
+
+    run_id: int
+    source: str
+    settings: Settings
+    # Committed checkpoints of this source, key -> value, read when the run started.
+    checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # FAIL_AFTER_N_RECORDS: sources cut batches so that a batch boundary falls on it.
+    max_records: int | None = None
+    records_done: int = 0
+    # Called by clients for every rate-limit wait / retry so that the run can count them.
+    on_event: Callable[[str, float], None] = lambda name, amount: None
+
+
+class Source(Protocol):
+    """A source yields batches; each batch commits atomically with its checkpoint."""
+
+    name: str
+
+    def batches(self, ctx: RunContext) -> Iterator[Batch]:
+        """Yield batches from the committed checkpoint on; raise SourceError on failure."""
+        ...

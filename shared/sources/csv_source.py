@@ -1,0 +1,290 @@
+"""CSV source: every *.csv under CSV_DIR, streamed from the committed byte offset."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterator
+
+from shared.config import Settings
+from shared.parsing import ValueParseError, parse_decimal, parse_timestamp
+from shared.records import Batch, ParsedQuote, RawItem, Rejected, content_hash
+from shared.sources.base import RunContext
+
+log = logging.getLogger(__name__)
+
+NAME = "csv"
+# Bytes hashed at the head of a file and just before the committed offset: enough to tell an
+# appended file (both unchanged) from a replaced one, without re-reading the whole file.
+HEAD_BYTES = 64 * 1024
+TAIL_BYTES = 4 * 1024
+
+RowParser = Callable[[list[str], str, bytes], ParsedQuote]
+
+
+@dataclass(frozen=True)
+class CsvFormat:
+    """A CSV dialect we recognise by its header."""
+
+    name: str
+    delimiter: str
+    columns: int
+    parse: RowParser
+
+
+def _req_timestamp(value: str, field: str) -> Any:
+    if not value.strip():
+        raise ValueParseError(f"missing {field}")
+    return parse_timestamp(value)
+
+
+def _req_price(value: str, field: str) -> Any:
+    price = parse_decimal(value)
+    if price is None:
+        raise ValueParseError(f"missing {field}")
+    if price < 0:
+        raise ValueParseError(f"negative {field}: {value!r}")
+    return price
+
+
+def _kaggle_parser(_symbol: str | None) -> RowParser:
+    def parse(cells: list[str], _key: str, raw_hash: bytes) -> ParsedQuote:
+        _sno, name, symbol, date, high, low, open_, close, volume, mcap = cells
+        symbol = symbol.strip().upper()
+        name = name.strip()
+        if not symbol:
+            raise ValueParseError("missing Symbol")
+        return ParsedQuote(
+            source_asset_id=f"{symbol}:{name}" if name else symbol,
+            symbol=symbol,
+            name=name or None,
+            observed_at=_req_timestamp(date, "Date"),
+            raw_hash=raw_hash,
+            price_usd=_req_price(close, "Close"),
+            close_usd=parse_decimal(close),
+            open_usd=parse_decimal(open_),
+            high_usd=parse_decimal(high),
+            low_usd=parse_decimal(low),
+            volume_24h_usd=parse_decimal(volume),
+            market_cap_usd=parse_decimal(mcap),
+        )
+
+    return parse
+
+
+def _coingecko_export_parser(symbol: str | None) -> RowParser:
+    def parse(cells: list[str], _key: str, raw_hash: bytes) -> ParsedQuote:
+        if symbol is None:
+            raise ValueParseError("cannot tell the coin from the file name (want <symbol>-usd-max)")
+        snapped_at, price, mcap, volume = cells
+        return ParsedQuote(
+            source_asset_id=symbol,
+            symbol=symbol,
+            name=None,
+            observed_at=_req_timestamp(snapped_at, "snapped_at"),
+            raw_hash=raw_hash,
+            price_usd=_req_price(price, "price"),
+            market_cap_usd=parse_decimal(mcap),
+            volume_24h_usd=parse_decimal(volume),
+        )
+
+    return parse
+
+
+def _coinmarketcap_parser(symbol: str | None) -> RowParser:
+    def parse(cells: list[str], _key: str, raw_hash: bytes) -> ParsedQuote:
+        if symbol is None:
+            raise ValueParseError("cannot tell the coin from the file name")
+        (_t_open, t_close, _t_high, _t_low, _name, open_, high, low, close, volume, mcap,
+         supply, _ts) = cells
+        return ParsedQuote(
+            source_asset_id=symbol,
+            symbol=symbol,
+            name=None,
+            observed_at=_req_timestamp(t_close, "timeClose"),
+            raw_hash=raw_hash,
+            price_usd=_req_price(close, "close"),
+            close_usd=parse_decimal(close),
+            open_usd=parse_decimal(open_),
+            high_usd=parse_decimal(high),
+            low_usd=parse_decimal(low),
+            volume_24h_usd=parse_decimal(volume),
+            market_cap_usd=parse_decimal(mcap),
+            circulating_supply=parse_decimal(supply),
+        )
+
+    return parse
+
+
+_HEADERS: dict[str, tuple[str, str, Callable[[str | None], RowParser]]] = {
+    "sno,name,symbol,date,high,low,open,close,volume,marketcap": ("kaggle", ",", _kaggle_parser),
+    "snapped_at,price,market_cap,total_volume": (
+        "coingecko_export", ",", _coingecko_export_parser
+    ),
+    "timeopen;timeclose;timehigh;timelow;name;open;high;low;close;volume;marketcap;"
+    "circulatingsupply;timestamp": ("coinmarketcap_export", ";", _coinmarketcap_parser),
+}
+
+_FILE_SYMBOL_PATTERNS = (
+    re.compile(r"(?:^|[_\-.])([a-z0-9]{1,15})-usd-max", re.I),  # CoinGecko: btc-usd-max.csv
+    re.compile(r"export_([a-z0-9]{1,15})_", re.I),  # coinmarketcap_export_btc_...
+)
+
+
+def symbol_from_filename(path: Path) -> str | None:
+    """The coin symbol encoded in an export's file name, upper-cased, if there is one."""
+    for pattern in _FILE_SYMBOL_PATTERNS:
+        match = pattern.search(path.name)
+        if match:
+            return match.group(1).upper()
+    return None
+
+
+def detect_format(header_line: str, path: Path) -> CsvFormat | None:
+    """The format a header line announces, or None for a header we do not know."""
+    key = header_line.lstrip("\ufeff").strip().replace('"', "").lower()
+    key = re.sub(r"\s+", "", key)
+    entry = _HEADERS.get(key)
+    if entry is None:
+        return None
+    name, delimiter, factory = entry
+    return CsvFormat(name, delimiter, key.count(delimiter) + 1, factory(symbol_from_filename(path)))
+
+
+def _digest(handle: BinaryIO, start: int, length: int) -> str:
+    handle.seek(start)
+    return hashlib.sha256(handle.read(length)).hexdigest()
+
+
+def fingerprint(handle: BinaryIO, offset: int) -> dict[str, str]:
+    """Hashes of the file's head and of the bytes just before `offset`."""
+    return {
+        "head_sha256": _digest(handle, 0, min(HEAD_BYTES, offset)),
+        "tail_sha256": _digest(handle, max(0, offset - TAIL_BYTES), min(TAIL_BYTES, offset)),
+    }
+
+
+def resume_offset(handle: BinaryIO, size: int, checkpoint: dict[str, Any] | None) -> int:
+    """Where to continue reading: the committed offset, or 0 if the file was replaced."""
+    if not checkpoint:
+        return 0
+    offset = int(checkpoint.get("offset", 0))
+    if offset <= 0 or offset > size:
+        return 0
+    if fingerprint(handle, offset) != {
+        "head_sha256": checkpoint.get("head_sha256"),
+        "tail_sha256": checkpoint.get("tail_sha256"),
+    }:
+        return 0
+    return offset
+
+
+class CsvSource:
+    """Reads historical price files; each batch is a run of lines and their end offset."""
+
+    name = NAME
+
+    def __init__(self, settings: Settings) -> None:
+        self.directory = settings.csv_dir
+        self.batch_rows = settings.csv_batch_rows
+        self.aliases_file = settings.asset_aliases_file
+
+    def files(self) -> list[Path]:
+        """The CSV files to read, in a stable order (the alias file is not data)."""
+        if not self.directory.is_dir():
+            return []
+        skip = self.aliases_file.resolve() if self.aliases_file else None
+        return sorted(p for p in self.directory.glob("*.csv") if p.resolve() != skip)
+
+    def batches(self, ctx: RunContext) -> Iterator[Batch]:
+        """Yield each file's new lines in batches, each with the offset it reaches."""
+        for path in self.files():
+            key = path.name
+            yield from self._file_batches(path, key, ctx.checkpoints.get(key), ctx)
+
+    def _file_batches(
+        self, path: Path, key: str, checkpoint: dict[str, Any] | None, ctx: RunContext
+    ) -> Iterator[Batch]:
+        with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            offset = resume_offset(handle, size, checkpoint)
+            if checkpoint and offset == 0 and int(checkpoint.get("offset", 0)) > 0:
+                log.info("csv file %s changed before the committed offset: re-reading it", key)
+            if offset and offset == size:
+                return
+            handle.seek(0)
+            header_bytes = handle.readline()
+            header = header_bytes.decode("utf-8", errors="replace")
+            fmt = detect_format(header, path)
+            if fmt is None:
+                yield self._rejected_file(handle, key, header)
+                return
+            line_no = int(checkpoint.get("line", 1)) if offset else 1
+            if not offset:
+                offset = len(header_bytes)
+            handle.seek(offset)
+            limit = self.batch_rows
+            while True:
+                if ctx.max_records is not None:
+                    limit = max(1, min(self.batch_rows, ctx.max_records - ctx.records_done))
+                lines: list[tuple[int, str]] = []
+                while len(lines) < limit:
+                    raw_line = handle.readline()
+                    if not raw_line:
+                        break
+                    offset += len(raw_line)
+                    line_no += 1
+                    text = raw_line.decode("utf-8", errors="replace").rstrip("\r\n")
+                    if text.strip():
+                        lines.append((line_no, text))
+                if not lines:
+                    # Blank trailing lines still move the offset; record it once.
+                    if checkpoint is None or offset != int(checkpoint.get("offset", 0)):
+                        yield Batch(key, self._checkpoint(handle, offset, line_no, fmt))
+                    return
+                yield self._parse_lines(key, fmt, lines, self._checkpoint(
+                    handle, offset, line_no, fmt))
+                checkpoint = None
+                handle.seek(offset)
+
+    def _checkpoint(
+        self, handle: BinaryIO, offset: int, line_no: int, fmt: CsvFormat
+    ) -> dict[str, Any]:
+        value: dict[str, Any] = {"offset": offset, "line": line_no, "format": fmt.name}
+        value.update(fingerprint(handle, offset))
+        return value
+
+    def _rejected_file(self, handle: BinaryIO, key: str, header: str) -> Batch:
+        size = handle.seek(0, os.SEEK_END)
+        reason = "unrecognised CSV header; file skipped until it changes"
+        value: dict[str, Any] = {"offset": size, "line": 0, "format": None}
+        value.update(fingerprint(handle, size))
+        text = header.rstrip("\r\n")
+        return Batch(
+            key, value,
+            raw=[RawItem(f"{key}:1", text, content_hash(NAME, key, text))],
+            rejects=[Rejected(f"{key}:1", reason, text)],
+        )
+
+    def _parse_lines(
+        self, key: str, fmt: CsvFormat, lines: list[tuple[int, str]], checkpoint: dict[str, Any]
+    ) -> Batch:
+        batch = Batch(key, checkpoint)
+        rows = csv.reader((text for _, text in lines), delimiter=fmt.delimiter)
+        for (line_no, text), cells in zip(lines, rows):
+            location = f"{key}:{line_no}"
+            raw_hash = content_hash(NAME, key, text)
+            batch.raw.append(RawItem(location, text, raw_hash))
+            if len(cells) != fmt.columns:
+                reason = f"expected {fmt.columns} columns, got {len(cells)}"
+                batch.rejects.append(Rejected(location, reason, text))
+                continue
+            try:
+                batch.quotes.append(fmt.parse(cells, location, raw_hash))
+            except (ValueParseError, ValueError) as exc:
+                batch.rejects.append(Rejected(location, str(exc), text))
+        return batch

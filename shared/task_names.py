@@ -1,0 +1,12 @@
+"""Celery task names: the only link between the API (which sends) and the worker (which runs)."""
+from __future__ import annotations
+
+EXTRACT_PREFIX = "etl.extract."
+NORMALIZE = "etl.normalize"
+SCHEDULE_TICK = "etl.schedule_tick"
+REAP_STALE_RUNS = "etl.reap_stale_runs"
+
+
+def extract(source: str) -> str:
+    """The name of the extract task for `source`, e.g. `etl.extract.coingecko`."""
+    return EXTRACT_PREFIX + source

@@ -1,0 +1,49 @@
+"""Builds the worker's Celery app: config, beat schedule, per-process database engine."""
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import beat_init, worker_process_init, worker_process_shutdown
+
+from shared import task_names
+from shared.celery_config import celery_config
+from shared.config import get_settings
+from shared.db import dispose_engine
+from shared.logging_setup import configure_logging
+
+
+def create_celery_app() -> Celery:
+    """The worker-side Celery app with its tasks and beat schedule registered."""
+    settings = get_settings()
+    configure_logging(settings)
+    app = Celery("kasparro", include=["worker.tasks"])
+    app.conf.update(celery_config(settings))
+    app.conf.beat_schedule = {
+        "incremental-etl": {
+            "task": task_names.SCHEDULE_TICK,
+            "schedule": float(settings.etl_schedule_seconds),
+        },
+        "reap-stale-runs": {
+            "task": task_names.REAP_STALE_RUNS,
+            "schedule": float(settings.reaper_interval_seconds),
+        },
+    }
+    return app
+
+
+@worker_process_init.connect
+def _fresh_engine_after_fork(**_: Any) -> None:
+    # A pool inherited across fork() shares sockets with the parent: start clean.
+    dispose_engine()
+
+
+@worker_process_shutdown.connect
+def _close_engine(**_: Any) -> None:
+    dispose_engine()
+
+
+@beat_init.connect
+def _tick_at_start(sender: Any, **_: Any) -> None:
+    # A fresh stack fills itself right away instead of after the first interval.
+    sender.app.send_task(task_names.SCHEDULE_TICK)

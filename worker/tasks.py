@@ -1,0 +1,79 @@
+"""Celery tasks: thin transport around shared.runs and shared.jobs."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task, shared_task
+
+from shared import task_names
+from shared.config import SOURCES, get_settings
+from shared.db import get_engine, unit_of_work
+from shared.jobs import create_job, enqueue_job, fail_unsent_job, finalize_job, reap_stale_runs
+from shared.runs import TransientDatabaseError, execute_run
+
+log = logging.getLogger(__name__)
+
+# Normalize waits for stragglers (a redelivered header task) this long before leaving the
+# job to the reaper.
+NORMALIZE_RETRY_SECONDS = 2
+NORMALIZE_MAX_RETRIES = 300
+
+
+def _extract(self: Task, run_id: int) -> int:
+    try:
+        return execute_run(int(run_id), self.request.id, get_settings(), get_engine())
+    except TransientDatabaseError as exc:
+        # The run stays 'running'; the retry resumes it from the committed checkpoint.
+        raise self.retry(exc=exc, countdown=min(60, 2 ** self.request.retries), max_retries=8)
+
+
+def _register_extract(source: str) -> None:
+    shared_task(
+        name=task_names.extract(source), bind=True, acks_late=True,
+        reject_on_worker_lost=True,
+    )(_extract)
+
+
+for _source in SOURCES:
+    _register_extract(_source)
+
+
+class NotReady(Exception):
+    """Some run of the job is still active."""
+
+
+@shared_task(name=task_names.NORMALIZE, bind=True, acks_late=True, max_retries=None)
+def normalize(self: Task, _results: Any, job_id: int) -> str | None:
+    """Publish the job's quotes and close it once every run is terminal (checked in Postgres)."""
+    with unit_of_work(get_engine()) as session:
+        status = finalize_job(session, int(job_id))
+    if status is None:
+        if self.request.retries >= NORMALIZE_MAX_RETRIES:
+            log.warning("job %s still has active runs; leaving it to the reaper", job_id)
+            return None
+        raise self.retry(countdown=NORMALIZE_RETRY_SECONDS, max_retries=NORMALIZE_MAX_RETRIES)
+    return status
+
+
+@shared_task(name=task_names.SCHEDULE_TICK, acks_late=True, ignore_result=True)
+def schedule_tick() -> int:
+    """Create an incremental job for every enabled source and enqueue it."""
+    settings = get_settings()
+    with unit_of_work(get_engine()) as session:
+        job = create_job(session, settings.enabled_sources, trigger="beat").job
+    try:
+        enqueue_job(schedule_tick.app, job)
+    except Exception as exc:  # broker down: the job must not stay queued forever
+        with unit_of_work(get_engine()) as session:
+            fail_unsent_job(session, job.id, f"could not enqueue: {type(exc).__name__}")
+        raise
+    return job.id
+
+
+@shared_task(name=task_names.REAP_STALE_RUNS, acks_late=True, ignore_result=True)
+def reap() -> dict[str, int]:
+    """Fail runs whose worker is gone; close jobs whose normalize never came."""
+    engine = get_engine()
+    with unit_of_work(engine) as session:
+        return reap_stale_runs(session, engine, get_settings())
