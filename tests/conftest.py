@@ -1,0 +1,224 @@
+"""Test fixtures: a real PostgreSQL database built by the migrations, real Redis, real workers."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import redis
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+
+from shared.config import Settings, load_settings, reset_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_TOKEN = "test-token-" + uuid.uuid4().hex
+TABLES = (
+    "quotes", "current_quotes", "raw_records", "rejected_records", "checkpoints",
+    "asset_source_ids", "assets", "runs", "jobs",
+)
+
+
+def _server_url() -> str:
+    return os.environ.get("DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+
+
+def _admin_engine() -> Engine:
+    url = make_url(_server_url()).set(database="postgres")
+    return create_engine(url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+
+
+def _redis_url() -> str:
+    base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    db = os.environ.get("TEST_REDIS_DB", "15")
+    return base.rsplit("/", 1)[0] + f"/{db}" if base.count("/") >= 3 else f"{base}/{db}"
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A fresh database for this test session, schema built by `flask db upgrade`."""
+    name = f"kasparro_test_{uuid.uuid4().hex[:10]}"
+    admin = _admin_engine()
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(_server_url()).set(database=name).render_as_string(hide_password=False)
+    env = dict(os.environ, DATABASE_URL=url)
+    subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "api", "db", "upgrade"],
+        cwd=ROOT, env=env, check=True, capture_output=True,
+    )
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A Redis database index reserved for tests."""
+    return _redis_url()
+
+
+@pytest.fixture(scope="session")
+def base_env(database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+             ) -> dict[str, str]:
+    """Environment shared by the test process and the processes it starts."""
+    env = {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "API_TOKEN": TEST_TOKEN,
+        "LOG_LEVEL": "INFO",
+        "ETL_TASK_TIME_LIMIT": "120",
+        "CELERY_VISIBILITY_TIMEOUT": "180",
+    }
+    os.environ.update(env)
+    reset_settings()
+    return env
+
+
+@pytest.fixture
+def csv_dir(tmp_path: Path) -> Path:
+    """A private copy of the project's data/ folder (CSV fixtures and the alias file)."""
+    target = tmp_path / "data"
+    shutil.copytree(ROOT / "data", target)
+    return target
+
+
+@pytest.fixture
+def settings(base_env: dict[str, str], csv_dir: Path) -> Settings:
+    """Settings for in-process calls, pointing at the test database and the CSV copy."""
+    return load_settings({**base_env, "CSV_DIR": str(csv_dir)})
+
+
+@pytest.fixture(scope="session")
+def engine(base_env: dict[str, str]) -> Iterator[Engine]:
+    """An engine on the test database."""
+    eng = create_engine(base_env["DATABASE_URL"], pool_pre_ping=True)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def clean_db(engine: Engine, redis_url: str) -> Engine:
+    """Empty every table and the test Redis database before the test."""
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    client.close()
+    return engine
+
+
+@pytest.fixture
+def app(settings: Settings) -> Any:
+    """The Flask app on the test database and Redis."""
+    from api import create_app
+
+    return create_app({"TESTING": True}, settings=settings)
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    """A test client of the app."""
+    return app.test_client()
+
+
+@pytest.fixture
+def auth_headers() -> dict[str, str]:
+    """The bearer header that POST /jobs needs."""
+    return {"Authorization": f"Bearer {TEST_TOKEN}"}
+
+
+def count(engine: Engine, table: str, where: str = "TRUE", **params: Any) -> int:
+    """Row count of a table (helper for assertions)."""
+    with engine.connect() as conn:
+        return int(conn.execute(text(f"SELECT count(*) FROM {table} WHERE {where}"), params)
+                   .scalar_one())
+
+
+class WorkerProcess:
+    """A real `celery -A worker worker` subprocess with its own log file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, concurrency: int = 2,
+                 extra_args: tuple[str, ...] = ()) -> None:
+        self.env, self.log_path = env, log_path
+        self.concurrency, self.extra_args = concurrency, extra_args
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> "WorkerProcess":
+        """Start the worker and wait until it says it is ready."""
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker", "worker", "-l", "INFO",
+             "-c", str(self.concurrency), "--without-gossip", "--without-mingle",
+             "--without-heartbeat", "-n", f"test-{uuid.uuid4().hex[:8]}@%h", *self.extra_args],
+            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "ready." in self.log_path.read_text(errors="replace"):
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited: {self.log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+        raise TimeoutError(f"worker not ready: {self.log_path.read_text()[-3000:]}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the worker's whole process group."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self) -> None:
+        """Stop the worker (TERM, then KILL) and close its log."""
+        if self.proc and self.proc.poll() is None:
+            self.kill(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill(signal.SIGKILL)
+                self.proc.wait(5)
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def log_text(self) -> str:
+        """Everything the worker logged so far."""
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def worker_factory(base_env: dict[str, str], tmp_path: Path
+                   ) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start real worker subprocesses; all are stopped after the test."""
+    started: list[WorkerProcess] = []
+
+    def start(env_overrides: dict[str, str] | None = None, **kwargs: Any) -> WorkerProcess:
+        env = {**os.environ, **base_env, **(env_overrides or {})}
+        env["PYTHONPATH"] = str(ROOT)
+        log_path = tmp_path / f"worker-{len(started)}.log"
+        proc = WorkerProcess(env, log_path, **kwargs)
+        started.append(proc)
+        return proc.start()
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+def wait_for_job(client: Any, job_id: int, timeout: float = 60) -> dict[str, Any]:
+    """Poll GET /jobs/<id> until the job is terminal; return its body."""
+    deadline = time.monotonic() + timeout
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        body = client.get(f"/jobs/{job_id}").get_json()
+        if body["status"] in ("succeeded", "partial", "failed", "skipped"):
+            return body
+        time.sleep(0.25)
+    raise TimeoutError(f"job {job_id} not terminal after {timeout}s: {body}")
