@@ -84,6 +84,8 @@ def port_answers(host: str, port: int, timeout: float = 1.0) -> bool:
 
 def _port_bindable(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the servers do: connections in TIME_WAIT must not make the port look taken.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -264,6 +266,7 @@ def start_embedded_postgres(
     _wait_for(lambda: port_answers("127.0.0.1", chosen), 30, f"PostgreSQL on port {chosen}", log)
 
     def stop() -> None:
+        """Stop the PostgreSQL this call started."""
         stop_embedded_postgres(var_dir)
 
     return f"postgresql+psycopg2://postgres@127.0.0.1:{chosen}/{database}", stop
@@ -356,6 +359,7 @@ def start_embedded_redis(var_dir: Path, port: int | None = None) -> tuple[str, S
     _wait_for(lambda: redis_ping("127.0.0.1", chosen), 30, f"Redis on port {chosen}", log)
 
     def stop() -> None:
+        """Stop the Redis this call started."""
         stop_embedded_redis(var_dir)
 
     return f"redis://127.0.0.1:{chosen}/0", stop
@@ -601,6 +605,7 @@ class _Tailer(threading.Thread):
         self.width = max((len(n) for n in logs), default=0)
 
     def run(self) -> None:
+        """Poll the log files until `done` is set."""
         pending = {name: b"" for name in self.files}
         while not self.done.is_set():
             idle = True
@@ -657,6 +662,7 @@ def _start_upstream(env: Mapping[str, str], log_dir: Path) -> tuple[Child, str]:
                          f"see {log}:\n{_tail(log)}")
 
     def drain() -> None:
+        """Copy the replay server's later output to its log so its pipe never fills."""
         with open(log, "ab") as out:
             for chunk in iter(stdout.readline, b""):
                 out.write(chunk)
@@ -666,18 +672,20 @@ def _start_upstream(env: Mapping[str, str], log_dir: Path) -> tuple[Child, str]:
     return child, line.split(None, 1)[1].rstrip("/")
 
 
-def _wait_http_ok(url: str, seconds: float, children: Sequence[Child]) -> bool:
+def _wait_http_answers(url: str, seconds: float, children: Sequence[Child]) -> bool:
+    """Whether `url` gives any HTTP answer (even an error status) within `seconds`."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if any(c.popen.poll() is not None for c in children):
             return False
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return True
+            with urllib.request.urlopen(url, timeout=2):
+                return True
+        except urllib.error.HTTPError:
+            return True
         except (urllib.error.URLError, OSError):
             pass
-        time.sleep(0.3)
+        time.sleep(0.5)
     return False
 
 
@@ -714,7 +722,9 @@ def run_stack(var_dir: Path = VAR_DIR, tail: bool = True) -> int:
 
         commands = {
             "api": [sys.executable, "-m", "gunicorn", "api:create_app()",
-                    "-b", f"127.0.0.1:{port}", "-w", "2", "--access-logfile", "-"],
+                    "-b", f"127.0.0.1:{port}", "-w", "2", "--access-logfile", "-",
+                    # The default control socket (~/.gunicorn) would clash between instances.
+                    "--no-control-socket"],
             "worker": [sys.executable, "-m", "celery", "-A", "worker", "worker",
                        "-l", "INFO", "-c", "2"],
             "beat": [sys.executable, "-m", "celery", "-A", "worker", "beat", "-l", "INFO",
@@ -730,8 +740,8 @@ def run_stack(var_dir: Path = VAR_DIR, tail: bool = True) -> int:
             children.append(spawn(name, argv, env, logs[name]))
 
         api = f"http://127.0.0.1:{port}"
-        if not _wait_http_ok(f"{api}/health/live", 60, children):
-            _say(f"the API did not answer {api}/health/live yet; see {logs['api']}")
+        if not _wait_http_answers(f"{api}/health/live", 60, children):
+            _say(f"the API does not answer on {api} yet; see {logs['api']}")
         print("\n".join([
             "",
             "Kasparro is running:",

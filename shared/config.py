@@ -39,6 +39,13 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = env.get(name, "").strip().lower() or default
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def _opt(env: Mapping[str, str], name: str) -> str | None:
     value = env.get(name, "").strip()
     return value or None
@@ -80,14 +87,17 @@ class Settings:
     http_backoff_max_seconds: float
     fail_after_n_records: int | None
     fail_after_n_records_by_source: dict[str, int]
+    fail_mode: str
+    batch_delay_seconds: float
     csv_batch_rows: int
     task_soft_time_limit: int
     task_time_limit: int
     visibility_timeout: int
     max_task_attempts: int
+    broker_restore_interval: int
+    broker_restore_throttle: int
     run_stale_seconds: int
     reaper_interval_seconds: int
-    page_size_max: int
     consensus_disagreement_share: float
     enabled_sources: tuple[str, ...]
 
@@ -160,16 +170,23 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         http_backoff_max_seconds=_float(env, "HTTP_BACKOFF_MAX_SECONDS", 60.0),
         fail_after_n_records=fail_all if fail_all >= 0 else None,
         fail_after_n_records_by_source=per_source,
+        # Fault injection only: 'raise' fails the run cleanly, 'kill' SIGKILLs the worker
+        # child (a crash mid-run); a batch delay makes runs slow enough to interrupt.
+        fail_mode=_choice(env, "FAIL_MODE", ("raise", "kill"), "raise"),
+        batch_delay_seconds=_float(env, "ETL_BATCH_DELAY_SECONDS", 0.0),
         csv_batch_rows=_int(env, "CSV_BATCH_ROWS", 10_000, 1),
         task_soft_time_limit=soft_limit,
         task_time_limit=time_limit,
         visibility_timeout=visibility,
         max_task_attempts=_int(env, "ETL_MAX_TASK_ATTEMPTS", 3, 1),
+        # How often a live worker re-queues messages whose consumer died (kombu's sweep runs
+        # every interval * throttle seconds); lower it together with the visibility timeout.
+        broker_restore_interval=_int(env, "BROKER_RESTORE_INTERVAL_SECONDS", 10, 1),
+        broker_restore_throttle=_int(env, "BROKER_RESTORE_THROTTLE", 10, 1),
         # A run is only declared lost after a redelivery had its chance (visibility timeout
         # plus kombu's ~100 s restore sweep).
         run_stale_seconds=_int(env, "ETL_RUN_STALE_SECONDS", visibility + 120, 1),
         reaper_interval_seconds=_int(env, "ETL_REAPER_INTERVAL_SECONDS", 60, 1),
-        page_size_max=_int(env, "API_PAGE_SIZE_MAX", 500, 1),
         consensus_disagreement_share=_float(env, "CONSENSUS_DISAGREEMENT_SHARE", 0.02),
         enabled_sources=enabled,
     )

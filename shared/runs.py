@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import time
 import zlib
 from collections import defaultdict
 from datetime import datetime, timezone
 
-from sqlalchemy import Connection, Engine, select, text, update
+from sqlalchemy import Connection, Engine, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -179,7 +182,12 @@ def _process(
             session.commit()
             checkpoints[batch.checkpoint_key] = batch.checkpoint
             ctx.records_done += batch.record_count
+            if settings.batch_delay_seconds:
+                time.sleep(settings.batch_delay_seconds)
             if ctx.max_records is not None and ctx.records_done >= ctx.max_records:
+                if settings.fail_mode == "kill":
+                    log.warning("FAIL_MODE=kill: killing worker process %s", os.getpid())
+                    os.kill(os.getpid(), signal.SIGKILL)
                 raise InjectedFailure(
                     f"FAIL_AFTER_N_RECORDS={ctx.max_records} reached after "
                     f"{ctx.records_done} records"
@@ -226,8 +234,3 @@ def _finish(session: Session, run: Run, status: str, error: str | None) -> None:
     run.finished_at = now_utc()
     log.info("run %s (%s) %s: fetched=%s inserted=%s unchanged=%s rejected=%s",
              run.id, run.source, status, run.fetched, run.inserted, run.unchanged, run.rejected)
-
-
-def running_runs_of(session: Session, source: str) -> list[Run]:
-    """Runs of `source` currently marked running."""
-    return list(session.scalars(select(Run).where(Run.source == source, Run.status == "running")))

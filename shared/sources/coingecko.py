@@ -1,0 +1,228 @@
+"""CoinGecko `/coins/markets`: a paged snapshot of every coin, one Batch per page."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Iterator
+
+import requests
+
+from shared.config import Settings
+from shared.errors import SourceError
+from shared.records import Batch, ParsedQuote, RawItem, Rejected, content_hash
+from shared.sources.base import RunContext
+from shared.sources.drift import DriftEvent, DriftReport, FieldSpec, detect_drift, flatten
+from shared.sources.http import HttpClient, JsonItem, RateLimiter, to_datetime, to_decimal, to_int
+
+logger = logging.getLogger("shared.sources.coingecko")
+
+SOURCE = "coingecko"
+CHECKPOINT_KEY = "markets"
+PER_PAGE = 250  # CoinGecko's maximum; fewer pages means fewer calls against the quota
+
+FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec("id", "string", required=True),
+    FieldSpec("symbol", "string", required=True),
+    FieldSpec("name", "string"),
+    FieldSpec("current_price", "number"),
+    FieldSpec("market_cap", "number"),
+    FieldSpec("market_cap_rank", "number"),
+    FieldSpec("total_volume", "number"),
+    FieldSpec("high_24h", "number"),
+    FieldSpec("low_24h", "number"),
+    FieldSpec("circulating_supply", "number"),
+    FieldSpec("total_supply", "number"),
+    FieldSpec("max_supply", "number"),
+    FieldSpec("last_updated", "datetime", required=True),
+)
+
+# Fields CoinGecko sends that we store only in the raw layer (not drift).
+KNOWN_FIELDS: frozenset[str] = frozenset(
+    {
+        "image", "fully_diluted_valuation", "price_change_24h", "price_change_percentage_24h",
+        "market_cap_change_24h", "market_cap_change_percentage_24h", "ath",
+        "ath_change_percentage", "ath_date", "atl", "atl_change_percentage", "atl_date", "roi",
+        "sparkline_in_7d",
+        *(
+            f"price_change_percentage_{w}_in_currency"
+            for w in ("1h", "24h", "7d", "14d", "30d", "200d", "1y")
+        ),
+    }
+)
+
+# ParsedQuote attribute -> CoinGecko field.
+NUMBER_FIELDS: tuple[tuple[str, str], ...] = (
+    ("price_usd", "current_price"),
+    ("market_cap_usd", "market_cap"),
+    ("volume_24h_usd", "total_volume"),
+    ("circulating_supply", "circulating_supply"),
+    ("total_supply", "total_supply"),
+    ("max_supply", "max_supply"),
+    ("high_usd", "high_24h"),
+    ("low_usd", "low_24h"),
+)
+
+
+def auth_headers(settings: Settings) -> dict[str, str]:
+    """The API-key header for the configured plan: pro hosts take the pro header."""
+    key = settings.coingecko_api_key
+    if not key:
+        return {}
+    if "pro-api" in settings.coingecko_base_url:
+        return {"x-cg-pro-api-key": key}
+    return {"x-cg-demo-api-key": key}
+
+
+def _text(value: Any) -> str | None:
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def parse_item(
+    item: JsonItem, location: str, report: DriftReport
+) -> tuple[ParsedQuote | None, str | None, str]:
+    """One market item as (quote, None, source_key) or (None, reject reason, source_key)."""
+    value = item.value
+    if not isinstance(value, dict):
+        return None, "item is not a JSON object", location
+    flat = flatten(value)
+    coin_id = _text(report.value(flat, "id"))
+    key = coin_id or location
+    if report.missing:
+        names = ", ".join(repr(m) for m in report.missing)
+        return None, f"missing field {names} (schema drift, no confident rename)", key
+    if coin_id is None:
+        return None, "missing or empty 'id'", key
+    symbol = _text(report.value(flat, "symbol"))
+    if symbol is None:
+        return None, "missing or empty 'symbol'", key
+    if not report.has(flat, "last_updated"):
+        return None, "missing field 'last_updated'", key
+    try:
+        observed_at = to_datetime(report.value(flat, "last_updated"))
+    except ValueError as exc:
+        return None, f"last_updated: {exc}", key
+    if observed_at is None:
+        # Without an observation time the quote cannot be placed in the time series.
+        return None, "last_updated is null", key
+    numbers: dict[str, Decimal | None] = {}
+    for attr, path in NUMBER_FIELDS:
+        try:
+            numbers[attr] = to_decimal(report.value(flat, path))
+        except ValueError as exc:
+            return None, f"{path}: {exc}", key
+    try:
+        rank = to_int(report.value(flat, "market_cap_rank"))
+    except ValueError as exc:
+        return None, f"market_cap_rank: {exc}", key
+    quote = ParsedQuote(
+        source_asset_id=coin_id,
+        symbol=symbol.upper(),
+        name=_text(report.value(flat, "name")),
+        observed_at=observed_at,
+        raw_hash=content_hash(SOURCE, item.text),
+        rank=rank,
+        **numbers,
+    )
+    return quote, None, key
+
+
+def parse_page(
+    page: int,
+    items: list[JsonItem],
+    checkpoint: dict[str, Any],
+    seen: set[str] | None = None,
+) -> tuple[Batch, list[DriftEvent]]:
+    """Turn one fetched page into a Batch (raw + quotes + rejects) and its drift events."""
+    location = f"page {page}"
+    report = detect_drift(SOURCE, location, [i.value for i in items], FIELDS, KNOWN_FIELDS)
+    batch = Batch(checkpoint_key=CHECKPOINT_KEY, checkpoint=checkpoint)
+    duplicates = 0
+    seen = set() if seen is None else seen
+    for index, item in enumerate(items, start=1):
+        where = f"page {page} item {index}"
+        quote, reason, key = parse_item(item, where, report)
+        # The raw layer keeps everything as received, usable or not.
+        batch.raw.append(RawItem(source_key=key, payload=item.text, hash=content_hash(SOURCE, item.text)))
+        if quote is None:
+            batch.rejects.append(Rejected(location=where, reason=reason or "unusable", payload=item.text))
+            continue
+        if quote.source_asset_id in seen:
+            # Ranks shift between pages of a ~30 s cache: the first sighting wins.
+            duplicates += 1
+            continue
+        seen.add(quote.source_asset_id)
+        batch.quotes.append(quote)
+    batch.stats["drift_events"] = float(len(report.events))
+    if duplicates:
+        batch.stats["duplicates"] = float(duplicates)
+    return batch, report.events
+
+
+@dataclass
+class CoinGeckoSource:
+    """Pages through /coins/markets until an empty or short page; resumes within a run."""
+
+    per_page: int = PER_PAGE
+    max_pages: int = 1000
+    limiter: RateLimiter | None = None
+    session: requests.Session | None = None
+    backoff_base: float = 0.5
+    name: str = SOURCE
+    # Drift seen by the last batches() call, for the run to surface with confidence scores.
+    drift_events: list[DriftEvent] = field(default_factory=list)
+
+    def first_page(self, ctx: RunContext) -> int | None:
+        """Where this run starts: after the last committed page of the same run, else page 1."""
+        saved = ctx.checkpoints.get(CHECKPOINT_KEY) or {}
+        if saved.get("run_id") != ctx.run_id:
+            return 1
+        if saved.get("complete"):
+            return None  # this run already finished (a redelivered task): nothing to do
+        return int(saved.get("page", 0)) + 1
+
+    def batches(self, ctx: RunContext) -> Iterator[Batch]:
+        """Yield one Batch per page; the empty/short last page carries complete=True."""
+        start = self.first_page(ctx)
+        self.drift_events = []
+        if start is None:
+            logger.info("coingecko: run %s already complete; nothing to fetch", ctx.run_id)
+            return
+        settings = ctx.settings
+        client = HttpClient(
+            SOURCE,
+            settings,
+            rate=settings.coingecko_rate,
+            headers=auth_headers(settings),
+            on_event=ctx.on_event,
+            limiter=self.limiter,
+            session=self.session,
+            backoff_base=self.backoff_base,
+        )
+        url = f"{settings.coingecko_base_url}/coins/markets"
+        seen: set[str] = set()
+        with client:
+            for page in range(start, start + self.max_pages):
+                items = client.get_json_array(
+                    url,
+                    {
+                        "vs_currency": "usd",
+                        "order": "market_cap_desc",
+                        "per_page": self.per_page,
+                        "page": page,
+                    },
+                )
+                complete = len(items) < self.per_page
+                batch, events = parse_page(
+                    page,
+                    items,
+                    {"run_id": ctx.run_id, "page": page, "complete": complete},
+                    seen,
+                )
+                self.drift_events.extend(events)
+                yield batch
+                if complete:
+                    return
+        raise SourceError(
+            f"coingecko: no short page after {self.max_pages} pages; refusing to page forever"
+        )

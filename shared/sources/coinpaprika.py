@@ -1,0 +1,231 @@
+"""CoinPaprika `/tickers?quotes=USD`: all coins in one array, committed in batches of 500."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Iterator
+
+import requests
+
+from shared.config import Settings
+from shared.records import Batch, ParsedQuote, RawItem, Rejected, content_hash
+from shared.sources.base import RunContext
+from shared.sources.drift import DriftEvent, DriftReport, FieldSpec, detect_drift, flatten
+from shared.sources.http import HttpClient, JsonItem, RateLimiter, to_datetime, to_decimal, to_int
+
+logger = logging.getLogger("shared.sources.coinpaprika")
+
+SOURCE = "coinpaprika"
+CHECKPOINT_KEY = "tickers"
+BATCH_SIZE = 500
+
+FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec("id", "string", required=True),
+    FieldSpec("symbol", "string", required=True),
+    FieldSpec("name", "string"),
+    FieldSpec("rank", "number"),
+    FieldSpec("circulating_supply", "number"),
+    FieldSpec("total_supply", "number"),
+    FieldSpec("max_supply", "number"),
+    FieldSpec("last_updated", "datetime", required=True),
+    FieldSpec("quotes.USD.price", "number"),
+    FieldSpec("quotes.USD.volume_24h", "number"),
+    FieldSpec("quotes.USD.market_cap", "number"),
+)
+
+# Sent by CoinPaprika, kept only in the raw layer.
+KNOWN_FIELDS: frozenset[str] = frozenset(
+    {
+        "beta_value", "first_data_at",
+        *(
+            f"quotes.USD.{name}"
+            for name in (
+                "volume_24h_change_24h", "market_cap_change_24h", "percent_change_15m",
+                "percent_change_30m", "percent_change_1h", "percent_change_6h",
+                "percent_change_12h", "percent_change_24h", "percent_change_7d",
+                "percent_change_30d", "percent_change_1y", "ath_price", "ath_date",
+                "percent_from_price_ath",
+            )
+        ),
+    }
+)
+
+NUMBER_FIELDS: tuple[tuple[str, str], ...] = (
+    ("price_usd", "quotes.USD.price"),
+    ("market_cap_usd", "quotes.USD.market_cap"),
+    ("volume_24h_usd", "quotes.USD.volume_24h"),
+    ("circulating_supply", "circulating_supply"),
+    ("total_supply", "total_supply"),
+    ("max_supply", "max_supply"),
+)
+
+
+def auth_headers(settings: Settings) -> dict[str, str]:
+    """`Authorization: [scheme ]key` when a key is configured (pro plans)."""
+    key = settings.coinpaprika_api_key
+    if not key:
+        return {}
+    scheme = settings.coinpaprika_auth_scheme.strip()
+    return {"Authorization": f"{scheme} {key}" if scheme else key}
+
+
+def _text(value: Any) -> str | None:
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def parse_ticker(
+    item: JsonItem, location: str, report: DriftReport
+) -> tuple[ParsedQuote | None, str | None, str]:
+    """One ticker as (quote, None, source_key) or (None, reject reason, source_key)."""
+    value = item.value
+    if not isinstance(value, dict):
+        return None, "item is not a JSON object", location
+    flat = flatten(value)
+    coin_id = _text(report.value(flat, "id"))
+    key = coin_id or location
+    if report.missing:
+        names = ", ".join(repr(m) for m in report.missing)
+        return None, f"missing field {names} (schema drift, no confident rename)", key
+    if coin_id is None:
+        return None, "missing or empty 'id'", key
+    symbol = _text(report.value(flat, "symbol"))
+    if symbol is None:
+        return None, "missing or empty 'symbol'", key
+    if not report.has(flat, "last_updated"):
+        return None, "missing field 'last_updated'", key
+    try:
+        observed_at = to_datetime(report.value(flat, "last_updated"))
+    except ValueError as exc:
+        return None, f"last_updated: {exc}", key
+    if observed_at is None:
+        return None, "last_updated is null", key
+    numbers: dict[str, Decimal | None] = {}
+    for attr, path in NUMBER_FIELDS:
+        try:
+            numbers[attr] = to_decimal(report.value(flat, path))
+        except ValueError as exc:
+            return None, f"{path}: {exc}", key
+    # CoinPaprika reports uncapped coins with max_supply 0: that means "no cap", not zero.
+    if numbers["max_supply"] is not None and numbers["max_supply"] == 0:
+        numbers["max_supply"] = None
+    try:
+        rank = to_int(report.value(flat, "rank"))
+    except ValueError as exc:
+        return None, f"rank: {exc}", key
+    quote = ParsedQuote(
+        source_asset_id=coin_id,
+        symbol=symbol.upper(),
+        name=_text(report.value(flat, "name")),
+        observed_at=observed_at,
+        raw_hash=content_hash(SOURCE, item.text),
+        rank=rank if rank else None,  # rank 0 = unranked upstream
+        **numbers,
+    )
+    return quote, None, key
+
+
+def _sort_key(item: JsonItem, index: int) -> tuple[int, str, int]:
+    # Sorted by id, the position of a coin does not depend on today's ranks, so a resumed run
+    # that refetches the array skips exactly the coins already committed.
+    coin_id = item.value.get("id") if isinstance(item.value, dict) else None
+    if isinstance(coin_id, str) and coin_id:
+        return (0, coin_id, index)
+    return (1, "", index)
+
+
+@dataclass
+class CoinPaprikaSource:
+    """Fetches the ticker array once and commits it in id-ordered batches of 500."""
+
+    batch_size: int = BATCH_SIZE
+    limiter: RateLimiter | None = None
+    session: requests.Session | None = None
+    backoff_base: float = 0.5
+    name: str = SOURCE
+    drift_events: list[DriftEvent] = field(default_factory=list)
+
+    def resume_point(self, ctx: RunContext) -> dict[str, Any] | None:
+        """The committed position of this run, {} to start fresh, None when already complete."""
+        saved = ctx.checkpoints.get(CHECKPOINT_KEY) or {}
+        if saved.get("run_id") != ctx.run_id:
+            return {}
+        if saved.get("complete"):
+            return None
+        return saved
+
+    def batches(self, ctx: RunContext) -> Iterator[Batch]:
+        """Yield the tickers in batches; the last carries complete=True (even when empty)."""
+        resume = self.resume_point(ctx)
+        self.drift_events = []
+        if resume is None:
+            logger.info("coinpaprika: run %s already complete; nothing to fetch", ctx.run_id)
+            return
+        settings = ctx.settings
+        with HttpClient(
+            SOURCE,
+            settings,
+            rate=settings.coinpaprika_rate,
+            headers=auth_headers(settings),
+            on_event=ctx.on_event,
+            limiter=self.limiter,
+            session=self.session,
+            backoff_base=self.backoff_base,
+        ) as client:
+            items = client.get_json_array(f"{settings.coinpaprika_base_url}/tickers", {"quotes": "USD"})
+        keys = sorted(_sort_key(item, i) for i, item in enumerate(items))
+        ordered = [items[k[2]] for k in keys]
+        offset = min(int(resume.get("offset") or 0), len(ordered))
+        cursor_id: str | None = resume.get("last_id")
+        start = offset
+        if cursor_id:
+            last = (0, str(cursor_id))
+            start = next((i for i, k in enumerate(keys) if k[:2] > last), len(ordered))
+            valid = sum(1 for k in keys if k[0] == 0)
+            if start >= valid:
+                # Past the coins with ids, only the (id-less) tail is left: trust the offset.
+                start = max(start, offset)
+        report = detect_drift(SOURCE, "tickers", [i.value for i in items], FIELDS, KNOWN_FIELDS)
+        self.drift_events = list(report.events)
+        seen: set[str] = set()
+        first = True
+        position = start
+        while first or position < len(ordered):
+            end = min(position + self.batch_size, len(ordered))
+            chunk = ordered[position:end]
+            cursor_id = next(
+                (k[1] for k in reversed(keys[position:end]) if k[0] == 0), cursor_id
+            )
+            batch = Batch(
+                checkpoint_key=CHECKPOINT_KEY,
+                checkpoint={
+                    "run_id": ctx.run_id,
+                    "offset": end,
+                    "last_id": cursor_id,
+                    "complete": end >= len(ordered),
+                },
+            )
+            duplicates = 0
+            for sort_key, item in zip(keys[position:end], chunk):
+                # Name the item by its position in the upstream array, where people look.
+                where = f"tickers item {sort_key[2] + 1}"
+                quote, reason, key = parse_ticker(item, where, report)
+                batch.raw.append(
+                    RawItem(source_key=key, payload=item.text, hash=content_hash(SOURCE, item.text))
+                )
+                if quote is None:
+                    batch.rejects.append(
+                        Rejected(location=where, reason=reason or "unusable", payload=item.text)
+                    )
+                elif quote.source_asset_id in seen:
+                    duplicates += 1
+                else:
+                    seen.add(quote.source_asset_id)
+                    batch.quotes.append(quote)
+            # Drift is a property of the one response: count it once, on the first batch.
+            batch.stats["drift_events"] = float(len(report.events)) if first else 0.0
+            if duplicates:
+                batch.stats["duplicates"] = float(duplicates)
+            first = False
+            position = end
+            yield batch

@@ -1,0 +1,193 @@
+"""Fault-suite harness: slow CSV jobs, real workers, and the invariants every case asserts."""
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import psutil
+import pytest
+import redis
+from sqlalchemy import Engine, text
+
+from tests.conftest import count, wait_for_job
+
+HEADER = "SNo,Name,Symbol,Date,High,Low,Open,Close,Volume,Marketcap\n"
+COINS, DAYS = 30, 120
+ROWS = COINS * DAYS
+
+# Short limits so that redelivery after a lost worker happens within seconds, not an hour.
+FAULT_ENV = {
+    "ETL_TASK_TIME_LIMIT": "20",
+    "ETL_TASK_SOFT_TIME_LIMIT": "18",
+    "CELERY_VISIBILITY_TIMEOUT": "25",
+    "BROKER_RESTORE_INTERVAL_SECONDS": "1",
+    "BROKER_RESTORE_THROTTLE": "1",
+    "CSV_BATCH_ROWS": "150",
+    "ETL_BATCH_DELAY_SECONDS": "0.25",
+    "ETL_SOURCES": "csv",
+}
+
+
+def write_big_csv(csv_dir: Path, coins: int = COINS, days: int = DAYS) -> Path:
+    """Replace the CSV folder's data with one Kaggle-format file of coins x days rows."""
+    for path in csv_dir.glob("*.csv"):
+        if path.name != "asset_aliases.csv":
+            path.unlink()
+    lines = [HEADER]
+    n = 0
+    for day in range(days):
+        stamp = time.strftime("%Y-%m-%d 23:59:59", time.gmtime(1_600_000_000 + day * 86400))
+        for coin in range(coins):
+            n += 1
+            price = f"{coin + 1}.{day:04d}"
+            lines.append(f"{n},Faultcoin {coin},FC{coin},{stamp},{price},{price},{price},"
+                         f"{price},{coin * 1000 + day},{coin * 99 + day}\n")
+    target = csv_dir / "faults.csv"
+    target.write_text("".join(lines))
+    return target
+
+
+class CheckpointWatcher(threading.Thread):
+    """Samples checkpoints while a fault plays out; any backwards move is recorded."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(daemon=True)
+        self.engine = engine
+        self.stop_event = threading.Event()
+        self.seen: dict[str, list[int]] = defaultdict(list)
+        self.regressions: list[tuple[str, int, int]] = []
+
+    def run(self) -> None:
+        """Poll every 100 ms until stopped; survive a database that is down for a while."""
+        while not self.stop_event.is_set():
+            try:
+                with self.engine.connect() as conn:
+                    rows = conn.execute(text(
+                        "SELECT source || '/' || key, (value->>'offset')::bigint "
+                        "FROM checkpoints WHERE value ? 'offset'")).all()
+            except Exception:
+                rows = []
+            for key, offset in rows:
+                history = self.seen[key]
+                if history and offset < history[-1]:
+                    self.regressions.append((key, history[-1], offset))
+                history.append(offset)
+            self.stop_event.wait(0.1)
+
+    def stop(self) -> None:
+        """Stop sampling."""
+        self.stop_event.set()
+        self.join(5)
+
+
+@dataclass
+class Fault:
+    """One fault case: its client, database, Redis and the watcher of checkpoints."""
+
+    client: Any
+    engine: Engine
+    redis_url: str
+    auth: dict[str, str]
+    watcher: CheckpointWatcher
+    started: float = field(default_factory=time.monotonic)
+
+    def post_job(self, sources: list[str] | None = None, **headers: str) -> int:
+        """POST /jobs and return the job id."""
+        response = self.client.post("/jobs", json={"sources": sources or ["csv"]},
+                                    headers={**self.auth, **headers})
+        assert response.status_code in (200, 202), response.get_json()
+        return int(response.get_json()["id"])
+
+    def wait_job(self, job_id: int, timeout: float = 90) -> dict[str, Any]:
+        """Wait until the job is terminal."""
+        return wait_for_job(self.client, job_id, timeout)
+
+    def wait_rows(self, minimum: int, timeout: float = 30) -> int:
+        """Wait until at least `minimum` quotes are committed (so a fault hits mid-run)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rows = count(self.engine, "quotes")
+            if rows >= minimum:
+                return rows
+            time.sleep(0.05)
+        raise TimeoutError(f"fewer than {minimum} quotes after {timeout}s")
+
+    def assert_invariants(self, expected_rows: int = ROWS, deadline: float = 120) -> None:
+        """lost = 0, duplicates = 0, all terminal, queues empty, no checkpoint regression."""
+        end = time.monotonic() + deadline
+        while count(self.engine, "runs", "status IN ('queued','running')") or count(
+                self.engine, "jobs", "status IN ('queued','running')"):
+            assert time.monotonic() < end, "runs or jobs still active past the deadline"
+            time.sleep(0.25)
+        assert count(self.engine, "quotes") == expected_rows, "lost or extra quotes"
+        with self.engine.connect() as conn:
+            dup_quotes = conn.execute(text(
+                "SELECT count(*) - count(DISTINCT (source, source_asset_id, observed_at)) "
+                "FROM quotes")).scalar_one()
+            dup_raw = conn.execute(text(
+                "SELECT count(*) - count(DISTINCT (source, source_key)) FROM raw_records"
+            )).scalar_one()
+        assert (dup_quotes, dup_raw) == (0, 0)
+        assert count(self.engine, "raw_records") == expected_rows
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            assert client.llen("celery") == 0
+            assert client.hlen("unacked") == 0
+        finally:
+            client.close()
+        self.watcher.stop()
+        assert self.watcher.regressions == []
+
+    def assert_clean_rerun_adds_nothing(self) -> None:
+        """A clean job afterwards succeeds, writes 0 rows and leaves table checksums alone."""
+        before = table_checksums(self.engine)
+        job = self.wait_job(self.post_job())
+        assert job["status"] == "succeeded", job
+        assert sum(r["inserted"] for r in job["runs"]) == 0
+        assert table_checksums(self.engine) == before
+
+
+def table_checksums(engine: Engine) -> dict[str, str]:
+    """md5 over each data table's natural content (ids and load times excluded)."""
+    queries = {
+        "quotes": "SELECT md5(string_agg(concat_ws('|', source, source_asset_id, observed_at, "
+                  "price_usd, market_cap_usd, volume_24h_usd), ',' ORDER BY source, "
+                  "source_asset_id, observed_at)) FROM quotes",
+        "raw": "SELECT md5(string_agg(encode(content_hash, 'hex'), ',' ORDER BY content_hash)) "
+               "FROM raw_records",
+        "assets": "SELECT md5(string_agg(slug, ',' ORDER BY slug)) FROM assets",
+    }
+    with engine.connect() as conn:
+        return {name: conn.execute(text(sql)).scalar_one() or "" for name, sql in queries.items()}
+
+
+def worker_children(worker: Any) -> list[psutil.Process]:
+    """The prefork pool children of a worker subprocess."""
+    return psutil.Process(worker.proc.pid).children(recursive=True)
+
+
+@pytest.fixture
+def fault(clean_db: Engine, client: Any, redis_url: str, auth_headers: dict[str, str],
+          csv_dir: Path) -> Iterator[Fault]:
+    """A fault case on a big generated CSV, with the checkpoint watcher running."""
+    write_big_csv(csv_dir)
+    watcher = CheckpointWatcher(clean_db)
+    watcher.start()
+    case = Fault(client, clean_db, redis_url, auth_headers, watcher)
+    yield case
+    watcher.stop()
+
+
+@pytest.fixture
+def fault_worker(worker_factory: Any, csv_dir: Path) -> Callable[..., Any]:
+    """Start a worker with the fault-suite environment (plus overrides)."""
+
+    def start(overrides: dict[str, str] | None = None, **kwargs: Any) -> Any:
+        return worker_factory({**FAULT_ENV, "CSV_DIR": str(csv_dir), **(overrides or {})},
+                              **kwargs)
+
+    return start
