@@ -127,7 +127,7 @@ def _readme_commands(text: str) -> list[str]:
     for block in fenced.finditer(text):
         commands += re.findall(r"`([^`\n]+)`", text[position:block.start()])
         for line in block.group(2).splitlines():
-            line = line.strip()
+            line = line.split(" #", 1)[0].strip()  # drop trailing comments
             if line and not line.startswith("#"):
                 commands.append(line)
         position = block.end()
