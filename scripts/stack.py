@@ -272,14 +272,17 @@ def start_embedded_postgres(
     return f"postgresql+psycopg2://postgres@127.0.0.1:{chosen}/{database}", stop
 
 
-def stop_embedded_postgres(var_dir: Path) -> bool:
-    """Stop the embedded PostgreSQL under `var_dir`/pg if it runs; True when one was stopped."""
+def stop_embedded_postgres(var_dir: Path, mode: str = "fast") -> bool:
+    """Stop the embedded PostgreSQL under `var_dir`/pg if it runs; True when one was stopped.
+
+    `mode` is pg_ctl's shutdown mode: "immediate" is a crash (the fault suite uses it).
+    """
     base, pgdata, log = _pg_layout(var_dir)
     if _postmaster(pgdata) is None:
         return False
     user = _ensure_system_user(PG_SYSTEM_USER) if os.geteuid() == 0 else None
     _say(f"stopping embedded PostgreSQL ({pgdata})")
-    _run_as(user, [str(postgres_bin_dir() / "pg_ctl"), "-D", str(pgdata), "-m", "fast",
+    _run_as(user, [str(postgres_bin_dir() / "pg_ctl"), "-D", str(pgdata), "-m", mode,
                    "-w", "-t", "60", "stop"], log, base)
     return True
 
