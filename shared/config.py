@@ -95,6 +95,7 @@ class Settings:
     visibility_timeout: int
     max_task_attempts: int
     broker_restore_interval: int
+    broker_key_prefix: str
     broker_restore_throttle: int
     run_stale_seconds: int
     reaper_interval_seconds: int
@@ -183,6 +184,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         # every interval * throttle seconds); lower it together with the visibility timeout.
         broker_restore_interval=_int(env, "BROKER_RESTORE_INTERVAL_SECONDS", 10, 1),
         broker_restore_throttle=_int(env, "BROKER_RESTORE_THROTTLE", 10, 1),
+        # Prefix of every broker key: lets several stacks (or test sessions) share one Redis
+        # database without consuming each other's tasks.
+        broker_key_prefix=env.get("BROKER_KEY_PREFIX", ""),
         # A run is only declared lost after a redelivery had its chance (visibility timeout
         # plus kombu's ~100 s restore sweep).
         run_stale_seconds=_int(env, "ETL_RUN_STALE_SECONDS", visibility + 120, 1),

@@ -128,6 +128,15 @@ def write_batch(
               content_hash(source, r.location, r.payload), run_id) for r in batch.rejects],
         )
 
+    if batch.drift:
+        execute_values(
+            cursor,
+            "INSERT INTO drift_events (source, run_id, location, kind, field, observed, "
+            "confidence, mapped, detail) VALUES %s",
+            [(source, run_id, e.location, e.kind, e.field, e.observed,
+              round(e.confidence, 3), e.mapped, e.detail[:2000]) for e in batch.drift],
+        )
+
     save_checkpoint(cursor, source, batch.checkpoint_key, batch.checkpoint,
                     previous_checkpoint, run_id)
     cursor.execute(

@@ -238,3 +238,22 @@ class RejectedRecord(Base):
     content_hash: Mapped[bytes] = mapped_column(LargeBinary)
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+
+
+class DriftEvent(Base):
+    """A change of an upstream's shape: what changed, how sure we are, whether we mapped it."""
+
+    __tablename__ = "drift_events"
+    __table_args__ = (Index("ix_drift_events_source_created", "source", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    source: Mapped[str] = mapped_column(String(32))
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    location: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(16))
+    field: Mapped[str] = mapped_column(Text)
+    observed: Mapped[str | None] = mapped_column(Text)
+    confidence: Mapped[Decimal] = mapped_column(Numeric(4, 3))
+    mapped: Mapped[bool] = mapped_column()
+    detail: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())

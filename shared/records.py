@@ -68,6 +68,8 @@ class Batch:
     rejects: list[Rejected] = field(default_factory=list)
     # Counters a source wants added to its run (http_requests, http_retries, ...).
     stats: dict[str, float] = field(default_factory=dict)
+    # Schema-drift events (shared.sources.drift.DriftEvent) seen while reading this batch.
+    drift: list[Any] = field(default_factory=list)
 
     @property
     def record_count(self) -> int:

@@ -20,9 +20,14 @@ from shared.config import Settings, load_settings, reset_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_TOKEN = "test-token-" + uuid.uuid4().hex
+# Every broker key of this session carries this prefix, so concurrent test sessions sharing
+# one Redis database never consume each other's tasks.
+BROKER_PREFIX = f"kt-{uuid.uuid4().hex[:8]}:"
+QUEUE_KEY = BROKER_PREFIX + "celery"
+UNACKED_KEY = BROKER_PREFIX + "unacked"
 TABLES = (
     "quotes", "current_quotes", "raw_records", "rejected_records", "checkpoints",
-    "asset_source_ids", "assets", "runs", "jobs",
+    "asset_source_ids", "assets", "drift_events", "runs", "jobs",
 )
 
 
@@ -74,6 +79,7 @@ def base_env(database_url: str, redis_url: str, tmp_path_factory: pytest.TempPat
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "API_TOKEN": TEST_TOKEN,
+        "BROKER_KEY_PREFIX": BROKER_PREFIX,
         "LOG_LEVEL": "INFO",
         "ETL_TASK_TIME_LIMIT": "120",
         "CELERY_VISIBILITY_TIMEOUT": "180",
@@ -107,11 +113,12 @@ def engine(base_env: dict[str, str]) -> Iterator[Engine]:
 
 @pytest.fixture
 def clean_db(engine: Engine, redis_url: str) -> Engine:
-    """Empty every table and the test Redis database before the test."""
+    """Empty every table and this session's broker keys before the test."""
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
     client = redis.Redis.from_url(redis_url)
-    client.flushdb()
+    for key in client.scan_iter(match=BROKER_PREFIX + "*", count=500):
+        client.delete(key)
     client.close()
     return engine
 

@@ -12,6 +12,7 @@ from shared.config import Settings
 from shared.errors import SourceError
 from shared.records import Batch, ParsedQuote, RawItem, Rejected, content_hash
 from shared.sources.base import RunContext
+from shared.sources.batching import Entry, build_batch, cut_index, records_budget
 from shared.sources.drift import DriftEvent, DriftReport, FieldSpec, detect_drift, flatten
 from shared.sources.http import HttpClient, JsonItem, RateLimiter, to_datetime, to_decimal, to_int
 
@@ -127,6 +128,30 @@ def parse_item(
     return quote, None, key
 
 
+def parse_entries(
+    page: int, items: list[JsonItem], seen: set[str] | None = None
+) -> tuple[list[Entry], list[DriftEvent]]:
+    """Parse one fetched page item by item, with the page's drift events."""
+    report = detect_drift(SOURCE, f"page {page}", [i.value for i in items], FIELDS, KNOWN_FIELDS)
+    seen = set() if seen is None else seen
+    entries: list[Entry] = []
+    for index, item in enumerate(items, start=1):
+        where = f"page {page} item {index}"
+        quote, reason, key = parse_item(item, where, report)
+        # The raw layer keeps everything as received, usable or not.
+        raw = RawItem(source_key=key, payload=item.text, hash=content_hash(SOURCE, item.text))
+        if quote is None:
+            reject = Rejected(location=where, reason=reason or "unusable", payload=item.text)
+            entries.append(Entry(raw, reject=reject))
+        elif quote.source_asset_id in seen:
+            # Ranks shift between pages of a ~30 s cache: the first sighting wins.
+            entries.append(Entry(raw))
+        else:
+            seen.add(quote.source_asset_id)
+            entries.append(Entry(raw, quote=quote))
+    return entries, report.events
+
+
 def parse_page(
     page: int,
     items: list[JsonItem],
@@ -134,35 +159,17 @@ def parse_page(
     seen: set[str] | None = None,
 ) -> tuple[Batch, list[DriftEvent]]:
     """Turn one fetched page into a Batch (raw + quotes + rejects) and its drift events."""
-    location = f"page {page}"
-    report = detect_drift(SOURCE, location, [i.value for i in items], FIELDS, KNOWN_FIELDS)
-    batch = Batch(checkpoint_key=CHECKPOINT_KEY, checkpoint=checkpoint)
-    duplicates = 0
-    seen = set() if seen is None else seen
-    for index, item in enumerate(items, start=1):
-        where = f"page {page} item {index}"
-        quote, reason, key = parse_item(item, where, report)
-        # The raw layer keeps everything as received, usable or not.
-        batch.raw.append(RawItem(source_key=key, payload=item.text, hash=content_hash(SOURCE, item.text)))
-        if quote is None:
-            batch.rejects.append(Rejected(location=where, reason=reason or "unusable", payload=item.text))
-            continue
-        if quote.source_asset_id in seen:
-            # Ranks shift between pages of a ~30 s cache: the first sighting wins.
-            duplicates += 1
-            continue
-        seen.add(quote.source_asset_id)
-        batch.quotes.append(quote)
-    batch.stats["drift_events"] = float(len(report.events))
-    if duplicates:
-        batch.stats["duplicates"] = float(duplicates)
-    return batch, report.events
+    entries, events = parse_entries(page, items, seen)
+    stats = {"drift_events": float(len(events))}
+    return build_batch(CHECKPOINT_KEY, checkpoint, entries, stats), events
 
 
 @dataclass
 class CoinGeckoSource:
     """Pages through /coins/markets until an empty or short page; resumes within a run."""
 
+    # Settings given by the registry win; without them the run's (ctx.settings) are used.
+    settings: Settings | None = None
     per_page: int = PER_PAGE
     max_pages: int = 1000
     limiter: RateLimiter | None = None
@@ -188,7 +195,7 @@ class CoinGeckoSource:
         if start is None:
             logger.info("coingecko: run %s already complete; nothing to fetch", ctx.run_id)
             return
-        settings = ctx.settings
+        settings = self.settings or ctx.settings
         client = HttpClient(
             SOURCE,
             settings,
@@ -213,13 +220,21 @@ class CoinGeckoSource:
                     },
                 )
                 complete = len(items) < self.per_page
-                batch, events = parse_page(
-                    page,
-                    items,
-                    {"run_id": ctx.run_id, "page": page, "complete": complete},
-                    seen,
-                )
+                entries, events = parse_entries(page, items, seen)
                 self.drift_events.extend(events)
+                stats = {"drift_events": float(len(events))}
+                done = {"run_id": ctx.run_id, "page": page, "complete": complete}
+                cut = cut_index(entries, 0, len(entries), records_budget(ctx))
+                if cut < len(entries):
+                    # FAIL_AFTER_N_RECORDS falls inside this page: commit its first part under
+                    # the previous page's checkpoint, so a resume refetches the whole page.
+                    before = {"run_id": ctx.run_id, "page": page - 1, "complete": False}
+                    batch = build_batch(CHECKPOINT_KEY, before, entries[:cut], stats)
+                    batch.drift, events = events, []
+                    yield batch
+                    entries, stats = entries[cut:], {}
+                batch = build_batch(CHECKPOINT_KEY, done, entries, stats)
+                batch.drift = events
                 yield batch
                 if complete:
                     return

@@ -11,6 +11,7 @@ import requests
 from shared.config import Settings
 from shared.records import Batch, ParsedQuote, RawItem, Rejected, content_hash
 from shared.sources.base import RunContext
+from shared.sources.batching import Entry, build_batch, cut_index, records_budget
 from shared.sources.drift import DriftEvent, DriftReport, FieldSpec, detect_drift, flatten
 from shared.sources.http import HttpClient, JsonItem, RateLimiter, to_datetime, to_decimal, to_int
 
@@ -138,6 +139,8 @@ def _sort_key(item: JsonItem, index: int) -> tuple[int, str, int]:
 class CoinPaprikaSource:
     """Fetches the ticker array once and commits it in id-ordered batches of 500."""
 
+    # Settings given by the registry win; without them the run's (ctx.settings) are used.
+    settings: Settings | None = None
     batch_size: int = BATCH_SIZE
     limiter: RateLimiter | None = None
     session: requests.Session | None = None
@@ -161,7 +164,7 @@ class CoinPaprikaSource:
         if resume is None:
             logger.info("coinpaprika: run %s already complete; nothing to fetch", ctx.run_id)
             return
-        settings = ctx.settings
+        settings = self.settings or ctx.settings
         with HttpClient(
             SOURCE,
             settings,
@@ -172,7 +175,9 @@ class CoinPaprikaSource:
             session=self.session,
             backoff_base=self.backoff_base,
         ) as client:
-            items = client.get_json_array(f"{settings.coinpaprika_base_url}/tickers", {"quotes": "USD"})
+            items = client.get_json_array(
+                f"{settings.coinpaprika_base_url}/tickers", {"quotes": "USD"}
+            )
         keys = sorted(_sort_key(item, i) for i, item in enumerate(items))
         ordered = [items[k[2]] for k in keys]
         offset = min(int(resume.get("offset") or 0), len(ordered))
@@ -187,45 +192,50 @@ class CoinPaprikaSource:
                 start = max(start, offset)
         report = detect_drift(SOURCE, "tickers", [i.value for i in items], FIELDS, KNOWN_FIELDS)
         self.drift_events = list(report.events)
-        seen: set[str] = set()
+        entries = self._entries(ordered, keys, start, report)
         first = True
         position = start
         while first or position < len(ordered):
-            end = min(position + self.batch_size, len(ordered))
-            chunk = ordered[position:end]
+            end = start + cut_index(
+                entries, position - start, self.batch_size, records_budget(ctx)
+            )
             cursor_id = next(
                 (k[1] for k in reversed(keys[position:end]) if k[0] == 0), cursor_id
             )
-            batch = Batch(
-                checkpoint_key=CHECKPOINT_KEY,
-                checkpoint={
-                    "run_id": ctx.run_id,
-                    "offset": end,
-                    "last_id": cursor_id,
-                    "complete": end >= len(ordered),
-                },
-            )
-            duplicates = 0
-            for sort_key, item in zip(keys[position:end], chunk):
-                # Name the item by its position in the upstream array, where people look.
-                where = f"tickers item {sort_key[2] + 1}"
-                quote, reason, key = parse_ticker(item, where, report)
-                batch.raw.append(
-                    RawItem(source_key=key, payload=item.text, hash=content_hash(SOURCE, item.text))
-                )
-                if quote is None:
-                    batch.rejects.append(
-                        Rejected(location=where, reason=reason or "unusable", payload=item.text)
-                    )
-                elif quote.source_asset_id in seen:
-                    duplicates += 1
-                else:
-                    seen.add(quote.source_asset_id)
-                    batch.quotes.append(quote)
+            checkpoint = {
+                "run_id": ctx.run_id,
+                "offset": end,
+                "last_id": cursor_id,
+                "complete": end >= len(ordered),
+            }
             # Drift is a property of the one response: count it once, on the first batch.
-            batch.stats["drift_events"] = float(len(report.events)) if first else 0.0
-            if duplicates:
-                batch.stats["duplicates"] = float(duplicates)
+            stats = {"drift_events": float(len(report.events)) if first else 0.0}
+            batch = build_batch(
+                CHECKPOINT_KEY, checkpoint, entries[position - start:end - start], stats
+            )
+            batch.drift = list(report.events) if first else []
+            yield batch
             first = False
             position = end
-            yield batch
+
+    @staticmethod
+    def _entries(
+        ordered: list[JsonItem], keys: list[tuple[int, str, int]], start: int, report: DriftReport
+    ) -> list[Entry]:
+        """Parse the items from `start` on (id order), deduplicated by id."""
+        seen: set[str] = set()
+        entries: list[Entry] = []
+        for sort_key, item in zip(keys[start:], ordered[start:]):
+            # Name the item by its position in the upstream array, where people look.
+            where = f"tickers item {sort_key[2] + 1}"
+            quote, reason, key = parse_ticker(item, where, report)
+            raw = RawItem(source_key=key, payload=item.text, hash=content_hash(SOURCE, item.text))
+            if quote is None:
+                reject = Rejected(location=where, reason=reason or "unusable", payload=item.text)
+                entries.append(Entry(raw, reject=reject))
+            elif quote.source_asset_id in seen:
+                entries.append(Entry(raw))
+            else:
+                seen.add(quote.source_asset_id)
+                entries.append(Entry(raw, quote=quote))
+        return entries

@@ -113,7 +113,8 @@ def name_similarity(expected: str, observed: str) -> float:
     ratio = SequenceMatcher(None, leaf_a, leaf_b).ratio()
     overlap = len(tokens_a & tokens_b) / len(tokens_a | tokens_b)
     # `price` for `current_price`, `volume` for `total_volume`: one name contains the other.
-    contained = 0.85 if tokens_a & tokens_b and (tokens_a <= tokens_b or tokens_b <= tokens_a) else 0.0
+    nested = tokens_a <= tokens_b or tokens_b <= tokens_a
+    contained = 0.85 if tokens_a & tokens_b and nested else 0.0
     return max(ratio, overlap, contained)
 
 

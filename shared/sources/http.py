@@ -8,9 +8,9 @@ import math
 import random
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from decimal import Decimal, InvalidOperation
-from typing import Any, Callable, Iterable, Mapping, Protocol, TypeVar
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Callable, Iterable, Mapping, Protocol, TypeVar, cast
 from urllib.parse import urlsplit
 
 import redis
@@ -21,6 +21,7 @@ from limits.strategies import MovingWindowRateLimiter
 
 from shared.config import RateLimit, Settings
 from shared.errors import SourceError, UpstreamError
+from shared.parsing import parse_decimal, parse_int, parse_timestamp
 
 logger = logging.getLogger("shared.sources.http")
 
@@ -141,39 +142,15 @@ def parse_json_array(text: str) -> list[JsonItem]:
 
 def to_decimal(value: Any) -> Decimal | None:
     """A JSON value as an exact Decimal: null and "" are None; numeric strings are accepted."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise ValueError(f"not a number: {value!r}")
-    if isinstance(value, Decimal):
-        return value if value.is_finite() else None
-    if isinstance(value, int):
-        return Decimal(value)
-    if isinstance(value, float):
-        # Only reached for values built outside parse_json; repr is the shortest exact text.
-        return Decimal(repr(value)) if math.isfinite(value) else None
-    if isinstance(value, str):
-        text = value.strip()
-        if not text:
-            return None
-        try:
-            number = Decimal(text)
-        except InvalidOperation:
-            raise ValueError(f"not a number: {value[:40]!r}") from None
-        if not number.is_finite():
-            raise ValueError(f"not a number: {value[:40]!r}")
-        return number
-    raise ValueError(f"not a number: {type(value).__name__}")
+    if isinstance(value, Decimal) and not value.is_finite():
+        return None  # only NaN/Infinity constants get here, and they carry no value
+    # JSON has no thousands separators: "1,5" must be an error, not 15.
+    return parse_decimal(value, thousands_sep=None)
 
 
 def to_int(value: Any) -> int | None:
     """A JSON value as an int (ranks); non-integral numbers are an error."""
-    number = to_decimal(value)
-    if number is None:
-        return None
-    if number != number.to_integral_value():
-        raise ValueError(f"not an integer: {value!r}")
-    return int(number)
+    return parse_int(value)
 
 
 def to_datetime(value: Any) -> datetime | None:
@@ -182,14 +159,7 @@ def to_datetime(value: Any) -> datetime | None:
         return None
     if not isinstance(value, str):
         raise ValueError(f"not a timestamp: {type(value).__name__}")
-    try:
-        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"not a timestamp: {value[:40]!r}") from None
-    # Upstreams send UTC; a timestamp without an offset is taken as UTC, never local time.
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+    return parse_timestamp(value)
 
 
 # -- small helpers ----------------------------------------------------------------------------
@@ -301,7 +271,7 @@ class RedisRateLimiter:
     def blocked_for(self) -> float:
         """Seconds left before this source may be called again after a Retry-After."""
         _, client = self._connect()
-        raw = client.get(self._block_key)
+        raw = cast("bytes | None", client.get(self._block_key))
         if raw is None:
             return 0.0
         return max(0.0, float(raw) - time.time())
@@ -315,7 +285,9 @@ class RedisRateLimiter:
         try:
             client.eval(_BLOCK_SCRIPT, 1, self._block_key, repr(until), int(seconds * 1000) + 1000)
         except redis.RedisError as exc:
-            raise SourceError(f"{self.source}: rate limiter store unavailable ({type(exc).__name__})") from exc
+            raise SourceError(
+                f"{self.source}: rate limiter store unavailable ({type(exc).__name__})"
+            ) from exc
         logger.warning(
             "%s: upstream asked to wait %.1fs; blocking all workers", self.source, seconds
         )
@@ -353,6 +325,18 @@ class RedisRateLimiter:
             raise SourceError(
                 f"{self.source}: rate limiter store unavailable ({type(exc).__name__})"
             ) from exc
+
+    def close(self) -> None:
+        """Release the Redis connections (they are reopened on next use)."""
+        if self._redis is not None:
+            self._redis.close()
+        # Only Redis-family storages hold a client to close; others just get dropped.
+        storage = self._limiter.storage if self._limiter is not None else None
+        get_connection = getattr(storage, "get_connection", None)
+        if get_connection is not None:
+            get_connection().close()
+        self._limiter = None
+        self._redis = None
 
     def clear(self) -> None:
         """Forget this source's window and block (tests, operator reset)."""
@@ -396,9 +380,10 @@ class HttpClient:
         self.backoff_base = backoff_base
         self._sleep = sleep
         self._on_event = on_event or (lambda name, amount: None)
-        self.limiter: RateLimiter = limiter or RedisRateLimiter(
-            settings.redis_url, source, rate, sleep=sleep
+        self._own_limiter = (
+            None if limiter else RedisRateLimiter(settings.redis_url, source, rate, sleep=sleep)
         )
+        self.limiter: RateLimiter = limiter or cast(RedisRateLimiter, self._own_limiter)
         # Anything that could be a credential is scrubbed from every message we build.
         self._secrets = tuple(settings.redacted_secrets()) + tuple(
             v for v in (headers or {}).values() if v
@@ -407,8 +392,10 @@ class HttpClient:
         self.session.headers.update({"Accept": "application/json", **(headers or {})})
 
     def close(self) -> None:
-        """Close pooled connections."""
+        """Close pooled HTTP and Redis connections."""
         self.session.close()
+        if self._own_limiter is not None:
+            self._own_limiter.close()
 
     def __enter__(self) -> "HttpClient":
         return self

@@ -1,18 +1,43 @@
-"""POST /jobs refuses missing, wrong and query-string tokens, and then enqueues nothing."""
+"""POST /jobs: tokens (missing, wrong, in the query string), Idempotency-Key, no token in logs."""
 from __future__ import annotations
 
+import io
+import logging
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+import requests
+from werkzeug.serving import make_server
 
-from tests.conftest import count
+from shared.config import Settings
+from tests.conftest import QUEUE_KEY, count
+from tests.shared.test_csv_pipeline import HEADER, only_file
+
+
+@pytest.fixture
+def client(settings: Settings, private_redis_url: str) -> Any:
+    """The app sending to a Redis database no other suite's workers consume from."""
+    from api import create_app
+
+    app = create_app({"TESTING": True}, settings=replace(settings, redis_url=private_redis_url))
+    return app.test_client()
+
+
+@pytest.fixture
+def redis_url(private_redis_url: str) -> str:
+    """Where this module's jobs are queued."""
+    return private_redis_url
 
 
 def _queued_messages(redis_url: str) -> int:
     client = redis.Redis.from_url(redis_url)
     try:
-        return int(client.llen("celery"))
+        return int(client.llen(QUEUE_KEY))
     finally:
         client.close()
 
@@ -75,3 +100,91 @@ def test_accepted_job_is_committed_then_queued(
     assert _queued_messages(redis_url) == 1
     job = client.get(body["status_url"]).get_json()
     assert job["runs"][0]["status"] == "queued"
+
+
+def test_idempotency_key_returns_the_same_job(
+    clean_db: Any, client: Any, auth_headers: dict[str, str]
+) -> None:
+    headers = {**auth_headers, "Idempotency-Key": "nightly-2025-02-09"}
+    first = client.post("/jobs", json={"sources": ["csv"]}, headers=headers)
+    assert first.status_code == 202
+    again = client.post("/jobs", json={"sources": ["csv"]}, headers=headers)
+    assert again.status_code == 200
+    assert again.get_json()["id"] == first.get_json()["id"]
+    assert again.headers["Location"] == first.headers["Location"]
+    assert count(clean_db, "jobs") == 1 and count(clean_db, "runs") == 1
+
+    # The same key for other sources is a client error naming the header.
+    other = client.post("/jobs", json={"sources": ["coingecko"]}, headers=headers)
+    assert other.status_code == 422
+    assert "Idempotency-Key" in other.get_json()["errors"]["headers"]
+    # Without a key every request is a new job.
+    assert client.post("/jobs", json={"sources": ["csv"]},
+                       headers=auth_headers).get_json()["id"] != first.get_json()["id"]
+    assert count(clean_db, "jobs") == 2
+
+
+@pytest.mark.parametrize("key", ["", "with space", "x" * 201, "caf\u00e9"])
+def test_bad_idempotency_key_is_422(
+    clean_db: Any, client: Any, auth_headers: dict[str, str], key: str
+) -> None:
+    response = client.post("/jobs", json={"sources": ["csv"]},
+                           headers={**auth_headers, "Idempotency-Key": key})
+    assert response.status_code == 422
+    assert "Idempotency-Key" in response.get_json()["errors"]["headers"]
+    assert count(clean_db, "jobs") == 0
+
+
+def test_token_never_reaches_the_logs_of_a_full_job(
+    clean_db: Any, settings: Settings, csv_dir: Path,
+    auth_headers: dict[str, str], worker_factory: Any, private_redis_url: str,
+) -> None:
+    """API (a real HTTP server with access logs) + a real worker, everything at DEBUG."""
+    from api import create_app
+
+    token = auth_headers["Authorization"].split(" ", 1)[1]
+    only_file(csv_dir, "coins.csv", HEADER + "".join(
+        f"{i},Coin{i},C{i},2021-01-01 23:59:59,2,1,1,1.{i},10,100\n" for i in range(20)))
+    captured = io.StringIO()
+    handler = logging.StreamHandler(captured)
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    server = None
+    try:
+        debug = replace(settings, log_level="DEBUG", redis_url=private_redis_url)
+        app = create_app({"TESTING": True}, settings=debug)  # installs the secret filter
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{server.server_port}"
+        worker = worker_factory({"CSV_DIR": str(csv_dir), "LOG_LEVEL": "DEBUG",
+                                 "REDIS_URL": private_redis_url})
+
+        session = requests.Session()
+        refused = session.post(f"{base}/jobs?token={token}", json={"sources": ["csv"]})
+        assert refused.status_code == 401
+        wrong = session.post(f"{base}/jobs", json={"sources": ["csv"]},
+                             headers={"Authorization": f"Bearer {token}x"})
+        assert wrong.status_code == 403
+        accepted = session.post(f"{base}/jobs", json={"sources": ["csv"]}, headers=auth_headers)
+        assert accepted.status_code == 202
+        status_url = base + accepted.json()["status_url"]
+        deadline = time.monotonic() + 60
+        while session.get(status_url).json()["status"] not in ("succeeded", "failed", "partial"):
+            assert time.monotonic() < deadline, "job did not finish"
+            time.sleep(0.25)
+        assert session.get(status_url).json()["status"] == "succeeded"
+    finally:
+        if server is not None:
+            server.shutdown()
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    api_logs = captured.getvalue()
+    worker_logs = worker.log_text()
+    # The logs are real: the access log saw every request, the worker ran the job.
+    assert "/jobs" in api_logs and "succeeded" in worker_logs
+    # The refused request's URL was logged, with the token scrubbed.
+    assert "/jobs?token=[REDACTED]" in api_logs
+    assert token not in api_logs
+    assert token not in worker_logs

@@ -13,7 +13,7 @@ import pytest
 import redis
 from sqlalchemy import Engine, text
 
-from tests.conftest import count, wait_for_job
+from tests.conftest import QUEUE_KEY, UNACKED_KEY, count, wait_for_job
 
 HEADER = "SNo,Name,Symbol,Date,High,Low,Open,Close,Volume,Marketcap\n"
 COINS, DAYS = 30, 120
@@ -135,8 +135,8 @@ class Fault:
         assert count(self.engine, "raw_records") == expected_rows
         client = redis.Redis.from_url(self.redis_url)
         try:
-            assert client.llen("celery") == 0
-            assert client.hlen("unacked") == 0
+            assert client.llen(QUEUE_KEY) == 0
+            assert client.hlen(UNACKED_KEY) == 0
         finally:
             client.close()
         self.watcher.stop()

@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 
 from scripts import stack
 from shared.config import load_settings
-from tests.conftest import ROOT, TEST_TOKEN, count
+from tests.conftest import BROKER_PREFIX, ROOT, TEST_TOKEN, count
 from tests.faults.conftest import FAULT_ENV, ROWS, CheckpointWatcher, Fault
 
 pytestmark = pytest.mark.faults
@@ -60,7 +60,8 @@ def _fault_on(database_url: str, redis_url: str, csv_dir: Path) -> Fault:
     from api import create_app
 
     settings = load_settings({"DATABASE_URL": database_url, "REDIS_URL": redis_url,
-                              "API_TOKEN": TEST_TOKEN, "CSV_DIR": str(csv_dir)})
+                              "API_TOKEN": TEST_TOKEN, "CSV_DIR": str(csv_dir),
+                              "BROKER_KEY_PREFIX": BROKER_PREFIX})
     client = create_app({"TESTING": True}, settings=settings).test_client()
     engine = create_engine(database_url, pool_pre_ping=True)
     watcher = CheckpointWatcher(engine)

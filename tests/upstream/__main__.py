@@ -1,4 +1,4 @@
-"""Run the replay upstream as a process: `python -m tests.upstream --port 0` prints `READY <url>`."""
+"""Run the replay upstream as a process: `python -m tests.upstream --port 0` prints READY <url>."""
 from __future__ import annotations
 
 import argparse
@@ -30,8 +30,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="tickers served by /tickers")
     parser.add_argument(
         "--fault", action="append", default=[], metavar="JSON",
-        help=f"fault active from start, e.g. '{{\"endpoint\":\"coingecko\",\"mode\":\"429\","
-             f"\"count\":1,\"params\":{{\"retry_after\":2}}}}'; modes: {', '.join(sorted(FAULT_MODES))}",
+        help="fault active from start, e.g. "
+             "'{\"endpoint\":\"coingecko\",\"mode\":\"429\",\"count\":1,"
+             "\"params\":{\"retry_after\":2}}'; modes: " + ", ".join(sorted(FAULT_MODES)),
     )
     parser.add_argument("--require-key", action="append", default=[], metavar="SOURCE=VALUE",
                         help="answer 401 unless the source's auth header equals VALUE")

@@ -1,4 +1,4 @@
-"""Replay upstream: a loopback HTTP server faking CoinGecko and CoinPaprika from recorded payloads."""
+"""Replay upstream: a loopback HTTP server faking CoinGecko and CoinPaprika from recorded data."""
 from __future__ import annotations
 
 import email.utils
@@ -22,7 +22,9 @@ from urllib.parse import parse_qs, urlsplit
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 COINGECKO_PAGE = FIXTURES / "coingecko" / "coins_markets_usd_page1_per250_2025-02-09.json"
 COINPAPRIKA_COINS = FIXTURES / "coinpaprika" / "v1_coins_2022-01-07.json"
-COINPAPRIKA_BTC_TICKER = FIXTURES / "coinpaprika" / "v1_tickers_btc-bitcoin_quotes-USD_2022-01-30.json"
+COINPAPRIKA_BTC_TICKER = (
+    FIXTURES / "coinpaprika" / "v1_tickers_btc-bitcoin_quotes-USD_2022-01-30.json"
+)
 
 COINGECKO_PREFIX = "/api/v3"
 COINPAPRIKA_PREFIX = "/v1"
@@ -135,7 +137,8 @@ def build_coingecko_items(total: int = DEFAULT_COINGECKO_TOTAL) -> list[str]:
         item["id"] = f"{item['id']}-p{suffix}"
         item["name"] = f"{item['name']} (copy {suffix})"
         if item.get("market_cap_rank") is not None:
-            item["market_cap_rank"] = RawNumber(str(int(item["market_cap_rank"]) + copy * len(base)))
+            rank = int(item["market_cap_rank"]) + copy * len(base)
+            item["market_cap_rank"] = RawNumber(str(rank))
         items.append(encode_json(item))
     return items
 
@@ -350,6 +353,9 @@ class UpstreamState:
         self._seq = itertools.count(1)
         self.coingecko_total = coingecko_total
         self.coinpaprika_total = coinpaprika_total
+        # Rank shift while paging: page N>1 starts this many items early, so the last items
+        # of a page show up again at the top of the next (CoinGecko's cache does this).
+        self.coingecko_page_overlap = 0
         self.require_keys: dict[str, str] = dict(require_keys or {})
         self.faults: list[Fault] = []
         self.log: list[dict[str, Any]] = []
@@ -401,6 +407,8 @@ class UpstreamState:
             self.coingecko_total = int(config["coingecko_total"])
         if "coinpaprika_total" in config:
             self.coinpaprika_total = int(config["coinpaprika_total"])
+        if "coingecko_page_overlap" in config:
+            self.coingecko_page_overlap = int(config["coingecko_page_overlap"])
         if "require_keys" in config:
             self.require_keys = dict(config["require_keys"] or {})
 
@@ -476,6 +484,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     @property
     def state(self) -> UpstreamState:
+        """The server's shared state."""
         return self.server.state
 
     def _send(
@@ -580,7 +589,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- fake upstreams ---------------------------------------------------------------------
 
-    def _error(self, endpoint: str, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+    def _error(
+        self, endpoint: str, status: int, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
         if endpoint == "coingecko":
             body: Any = {"status": {"error_code": status, "error_message": message}}
         else:
@@ -596,6 +607,7 @@ class _Handler(BaseHTTPRequestHandler):
         entry: dict[str, Any],
     ) -> None:
         def respond(status: int, body: bytes | str, **kwargs: Any) -> None:
+            """Send and record the status in the log entry."""
             entry["status"] = status
             self._send(status, body, **kwargs)
 
@@ -743,12 +755,15 @@ class _Handler(BaseHTTPRequestHandler):
         drift: Mapping[str, Any] | None,
     ) -> tuple[int, str]:
         def array(items: Iterable[str]) -> str:
+            """A JSON array of item texts (drifted when a drift fault applies)."""
             texts = [apply_drift(t, drift) for t in items] if drift else list(items)
             return "[" + ",".join(texts) + "]"
 
         def error(status: int, message: str) -> tuple[int, str]:
+            """An error body in the upstream's own format."""
             if endpoint == "coingecko":
-                return status, json.dumps({"status": {"error_code": status, "error_message": message}})
+                body = {"status": {"error_code": status, "error_message": message}}
+                return status, json.dumps(body)
             return status, json.dumps({"error": message})
 
         if endpoint in ("coingecko", "coinpaprika") and not self._check_key(endpoint):
@@ -773,7 +788,9 @@ class _Handler(BaseHTTPRequestHandler):
                 if page < 1:
                     return 400, '{"error":"page must be 1 or greater"}'
                 with self.state.lock:
-                    items = self.state.coingecko_items[(page - 1) * per_page: page * per_page]
+                    shift = self.state.coingecko_page_overlap if page > 1 else 0
+                    start = max(0, (page - 1) * per_page - shift)
+                    items = self.state.coingecko_items[start: start + per_page]
                 return 200, array(items)
             return 404, '{"error":"Incorrect path. Please check https://www.coingecko.com/api/"}'
         if endpoint == "coinpaprika":
@@ -788,7 +805,9 @@ class _Handler(BaseHTTPRequestHandler):
             if sub.startswith("/tickers/"):
                 wanted = sub[len("/tickers/"):]
                 with self.state.lock:
-                    found = [t for t in self.state.coinpaprika_items if json.loads(t)["id"] == wanted]
+                    found = [
+                        t for t in self.state.coinpaprika_items if json.loads(t)["id"] == wanted
+                    ]
                 if not found:
                     return 404, '{"error":"id not found"}'
                 return 200, apply_drift(found[0], drift) if drift else found[0]
@@ -865,6 +884,7 @@ class ReplayUpstream:
     ) -> None:
         self.state = UpstreamState(coingecko_total, coinpaprika_total, faults, require_keys)
         self._initial = {
+            "coingecko_page_overlap": 0,
             "coingecko_total": coingecko_total,
             "coinpaprika_total": coinpaprika_total,
             "require_keys": dict(require_keys or {}),
@@ -918,8 +938,7 @@ class ReplayUpstream:
         """http://host:port of the running server."""
         if self._server is None:
             raise RuntimeError("replay upstream is not running")
-        host = self._server.server_address[0]
-        return f"http://{host}:{self.port}"
+        return f"http://{self._address[0]}:{self.port}"
 
     @property
     def coingecko_base_url(self) -> str:
@@ -958,7 +977,7 @@ class ReplayUpstream:
         self.state.reset({**self._initial, **config})
 
     def requests(self, endpoint: str | None = None) -> list[dict[str, Any]]:
-        """The request log (each entry: seq, mono, wall, path, query, endpoint, page, status, fault)."""
+        """The request log: seq, mono, wall, path, query, endpoint, page, status, fault."""
         return self.state.requests(endpoint)
 
     def advance(
@@ -1018,7 +1037,8 @@ class UpstreamControl:
 
     def advance(self, seconds: float = 60, endpoint: str = "*", **kwargs: Any) -> int:
         """Move `last_updated` of some/all coins forward; returns how many changed."""
-        return int(self._call("POST", "/advance", {"seconds": seconds, "endpoint": endpoint, **kwargs})["advanced"])
+        body = {"seconds": seconds, "endpoint": endpoint, **kwargs}
+        return int(self._call("POST", "/advance", body)["advanced"])
 
 
 def max_requests_in_window(times: Iterable[float], window: float) -> int:
