@@ -17,7 +17,7 @@ def make_engine(url: str, **kwargs: object) -> Engine:
     """A new engine with our pool settings (pre-ping survives database restarts)."""
     options: dict[str, object] = {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 5}
     options.update(kwargs)
-    return create_engine(url, **options)  # type: ignore[arg-type]
+    return create_engine(url, **options)
 
 
 def get_engine(url: str | None = None) -> Engine:

@@ -43,6 +43,6 @@ def configure_logging(settings: Settings) -> None:
             "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"))
         handler._kasparro = True  # type: ignore[attr-defined]
         root.addHandler(handler)
-    for handler in root.handlers:
-        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
-            handler.addFilter(RedactingFilter(settings))
+    for existing in root.handlers:
+        if not any(isinstance(f, RedactingFilter) for f in existing.filters):
+            existing.addFilter(RedactingFilter(settings))

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
+import threading
 import time
 import zlib
 from collections import defaultdict
 from datetime import datetime, timezone
+from typing import Iterator
 
 from sqlalchemy import Connection, Engine, text, update
 from sqlalchemy.exc import DBAPIError
@@ -17,11 +20,12 @@ from shared.config import Settings
 from shared.db import get_engine, session_factory, unit_of_work
 from shared.errors import InjectedFailure
 from shared.identity import load_aliases
-from shared.load import load_checkpoints, write_batch
+from shared.load import LoadState, load_checkpoints, write_batch
 from shared.logging_setup import redact
 from shared.models import TERMINAL_STATUSES, Job, Run
+from shared.records import Batch
 from shared.sources import get_source
-from shared.sources.base import RunContext
+from shared.sources.base import RunContext, Source
 
 log = logging.getLogger(__name__)
 
@@ -161,9 +165,9 @@ def _process(
         events[name] += amount
 
     make_session = session_factory(engine)
-    with make_session() as session:
-        checkpoints = load_checkpoints(session, source)
-        session.commit()
+    with make_session() as reader:
+        checkpoints = load_checkpoints(reader, source)
+        reader.commit()
     ctx = RunContext(
         run_id=run_id, source=source, settings=settings, checkpoints=checkpoints,
         on_event=on_event, max_records=settings.fail_after_for(source),
@@ -171,13 +175,14 @@ def _process(
     )
     aliases = load_aliases(settings.asset_aliases_file)
     asset_cache: dict[str, int] = {}
+    load_state = LoadState()
     session: Session = make_session()
     try:
-        for batch in get_source(source, settings).batches(ctx):
+        for batch in _batches(get_source(source, settings), ctx):
             for name, amount in batch.stats.items():
                 on_event(name, amount)
             write_batch(session, source, run_id, batch, checkpoints.get(batch.checkpoint_key),
-                        aliases, asset_cache)
+                        aliases, asset_cache, load_state)
             _flush_events(session, run_id, events)
             session.commit()
             checkpoints[batch.checkpoint_key] = batch.checkpoint
@@ -207,6 +212,71 @@ def _process(
             raise  # SystemExit / KeyboardInterrupt: let the worker stop
     finally:
         session.close()
+
+
+_QUEUE_POLL_SECONDS = 0.2
+
+
+def _batches(extractor: Source, ctx: RunContext) -> Iterator[Batch]:
+    """The source's batches, read ahead when the source allows it."""
+    batches = extractor.batches(ctx)
+    # FAIL_AFTER_N_RECORDS cuts batches by what was committed, so it rules out reading ahead.
+    if getattr(extractor, "read_ahead", False) and ctx.max_records is None:
+        return read_ahead(batches)
+    return batches
+
+
+def read_ahead(batches: Iterator[Batch], depth: int = 1) -> Iterator[Batch]:
+    """Yield `batches` while a thread prepares the next `depth` ones.
+
+    Parsing a batch (Python) then overlaps with writing the previous one (PostgreSQL, which
+    releases the GIL). When the consumer stops early, the thread stops after the batch it is
+    preparing and closes the source's generator itself.
+    """
+    handoff: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(kind: str, value: object) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put((kind, value), timeout=_QUEUE_POLL_SECONDS)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if not put("batch", batch):
+                    return
+            put("done", None)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put("error", exc)
+        finally:
+            if isinstance(batches, Iterator) and hasattr(batches, "close"):
+                batches.close()
+
+    thread = threading.Thread(target=produce, name="batch-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            try:
+                # A timeout keeps the wait interruptible (Celery's soft time limit is a signal).
+                kind, value = handoff.get(timeout=_QUEUE_POLL_SECONDS)
+            except queue.Empty:
+                continue
+            if kind == "batch":
+                assert isinstance(value, Batch)
+                yield value
+            elif kind == "error":
+                assert isinstance(value, BaseException)
+                raise value
+            else:
+                return
+    finally:
+        stop.set()
+        thread.join(timeout=60)
 
 
 def _flush_events(session: Session, run_id: int, events: dict[str, float]) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import logging
 import os
 import re
@@ -12,7 +13,16 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 from shared.config import Settings
 from shared.parsing import ValueParseError, parse_decimal, parse_timestamp
-from shared.records import Batch, ParsedQuote, RawItem, Rejected, content_hash
+from shared.records import (
+    ASSET_SLOT,
+    Batch,
+    ParsedQuote,
+    QuoteBlock,
+    RawItem,
+    Rejected,
+    content_hash,
+    copy_escape,
+)
 from shared.sources.base import RunContext
 
 log = logging.getLogger(__name__)
@@ -24,6 +34,19 @@ HEAD_BYTES = 64 * 1024
 TAIL_BYTES = 4 * 1024
 
 RowParser = Callable[[list[str], str, bytes], ParsedQuote]
+
+# The common Kaggle line, matched in one go: plain cells (no quoting, nothing COPY would have
+# to escape) and plain non-negative decimals. Such a line is turned into COPY text directly and
+# PostgreSQL parses its numbers, exactly as it parses str(Decimal); any other line (quoted
+# cells, signs, missing values, odd spellings) takes the general path with its reject reasons.
+_PLAIN = r'[^,"\\\t\r\n\x00]'
+_NUMBER = r"([0-9]{1,100}(?:\.[0-9]{1,100})?(?:[eE][-+]?[0-9]{1,4})?)"
+_KAGGLE_FAST = re.compile(
+    rf"{_PLAIN}*,({_PLAIN}*),({_PLAIN}*),({_PLAIN}+)" + rf",{_NUMBER}" * 6 + r"\Z"
+)
+_NULL4 = "\\N\t" * 4  # circulating_supply, total_supply, max_supply, rank
+# Bounds the per-file caches of rendered dates and identities (a file has few of each).
+_CACHE_LIMIT = 100_000
 
 
 @dataclass(frozen=True)
@@ -187,6 +210,9 @@ class CsvSource:
     """Reads historical price files; each batch is a run of lines and their end offset."""
 
     name = NAME
+    # Batches depend only on the files and ctx.max_records, so the run may prepare the next
+    # batch while the current one is written (see shared.runs).
+    read_ahead = True
 
     def __init__(self, settings: Settings) -> None:
         self.directory = settings.csv_dir
@@ -223,31 +249,33 @@ class CsvSource:
             if fmt is None:
                 yield self._rejected_file(handle, key, header)
                 return
-            line_no = int(checkpoint.get("line", 1)) if offset else 1
+            line_no = int(checkpoint.get("line", 1)) if offset and checkpoint else 1
             if not offset:
                 offset = len(header_bytes)
             handle.seek(offset)
+            reader = _LineReader(key, fmt, ctx.run_id)
             limit = self.batch_rows
             while True:
                 if ctx.max_records is not None:
                     limit = max(1, min(self.batch_rows, ctx.max_records - ctx.records_done))
                 lines: list[tuple[int, str]] = []
+                # Blank lines do not count towards the batch size: read until it is full.
                 while len(lines) < limit:
-                    raw_line = handle.readline()
-                    if not raw_line:
+                    chunk = list(itertools.islice(handle, limit - len(lines)))
+                    if not chunk:
                         break
-                    offset += len(raw_line)
-                    line_no += 1
-                    text = raw_line.decode("utf-8", errors="replace").rstrip("\r\n")
-                    if text.strip():
-                        lines.append((line_no, text))
+                    for raw_line in chunk:
+                        offset += len(raw_line)
+                        line_no += 1
+                        text = raw_line.decode("utf-8", errors="replace").rstrip("\r\n")
+                        if text.strip():
+                            lines.append((line_no, text))
                 if not lines:
                     # Blank trailing lines still move the offset; record it once.
                     if checkpoint is None or offset != int(checkpoint.get("offset", 0)):
                         yield Batch(key, self._checkpoint(handle, offset, line_no, fmt))
                     return
-                yield self._parse_lines(key, fmt, lines, self._checkpoint(
-                    handle, offset, line_no, fmt))
+                yield reader.batch(lines, self._checkpoint(handle, offset, line_no, fmt))
                 checkpoint = None
                 handle.seek(offset)
 
@@ -270,21 +298,101 @@ class CsvSource:
             rejects=[Rejected(f"{key}:1", reason, text)],
         )
 
-    def _parse_lines(
-        self, key: str, fmt: CsvFormat, lines: list[tuple[int, str]], checkpoint: dict[str, Any]
-    ) -> Batch:
-        batch = Batch(key, checkpoint)
-        rows = csv.reader((text for _, text in lines), delimiter=fmt.delimiter)
-        for (line_no, text), cells in zip(lines, rows):
-            location = f"{key}:{line_no}"
-            raw_hash = content_hash(NAME, key, text)
-            batch.raw.append(RawItem(location, text, raw_hash))
+
+class _LineReader:
+    """Turns a file's lines into a batch: raw rows and quotes as COPY text, plus rejects."""
+
+    def __init__(self, key: str, fmt: CsvFormat, run_id: int) -> None:
+        self.key, self.fmt = key, fmt
+        self.fast = _KAGGLE_FAST.match if fmt.name == "kaggle" else None
+        self.raw_middle = f"\t{NAME}\t{copy_escape(key)}:"
+        self.run_suffix = f"\t{run_id}\n"
+        self.quote_prefix = f"{ASSET_SLOT}\t{NAME}\t{run_id}\t"
+        # content_hash(NAME, key, text) without re-hashing the constant part for every line.
+        self.hash_base = hashlib.sha256(f"{NAME}\x1f{key}\x1f".encode())
+        self.dates: dict[str, str | None] = {}
+        self.identities: dict[tuple[str, str], tuple[str, str, str | None] | None] = {}
+
+    def batch(self, lines: list[tuple[int, str]], checkpoint: dict[str, Any]) -> Batch:
+        """The batch for these (line number, text) pairs, ending at `checkpoint`."""
+        batch = Batch(self.key, checkpoint)
+        raw: list[str] = []
+        blocks: dict[str, tuple[tuple[str, str, str | None], list[str]]] = {}
+        slow: list[tuple[int, str, str]] = []
+        fast, dates, identities = self.fast, self.dates, self.identities
+        hash_base, raw_middle, run_suffix = self.hash_base, self.raw_middle, self.run_suffix
+        quote_prefix = self.quote_prefix
+        for line_no, text in lines:
+            digest = hash_base.copy()
+            digest.update(text.encode())
+            digest.update(b"\x1f")
+            hex_hash = digest.hexdigest()
+            match = fast(text) if fast is not None else None
+            if match is not None:
+                name, symbol, date, high, low, open_, close, volume, mcap = match.groups()
+                if date in dates:
+                    stamp = dates[date]
+                else:
+                    stamp = dates[date] = _render_timestamp(date)
+                if (name, symbol) in identities:
+                    identity = identities[(name, symbol)]
+                else:
+                    identity = identities[(name, symbol)] = _kaggle_identity(name, symbol)
+                if stamp is not None and identity is not None:
+                    raw.append(f"\\\\x{hex_hash}{raw_middle}{line_no}\t{text}{run_suffix}")
+                    sid = identity[0]
+                    entry = blocks.get(sid)
+                    if entry is None:
+                        entry = blocks[sid] = (identity, [])
+                    entry[1].append(
+                        f"{quote_prefix}{stamp}\t{sid}\t{close}\t{mcap}\t{volume}\t{_NULL4}"
+                        f"{open_}\t{high}\t{low}\t{close}\t\\\\x{hex_hash}\n"
+                    )
+                    continue
+            raw.append(f"\\\\x{hex_hash}{raw_middle}{line_no}\t{copy_escape(text)}{run_suffix}")
+            slow.append((line_no, text, hex_hash))
+        if len(dates) > _CACHE_LIMIT:
+            dates.clear()
+        if len(identities) > _CACHE_LIMIT:
+            identities.clear()
+        raw.sort()  # by content hash: the unique index takes them in order
+        batch.raw_copy = "".join(raw)
+        batch.raw_copy_rows = len(raw)
+        batch.quote_blocks = [
+            QuoteBlock(sid, symbol, name, "".join(rows), len(rows))
+            for (sid, symbol, name), rows in blocks.values()
+        ]
+        if slow:
+            self._parse_slow(batch, slow)
+        return batch
+
+    def _parse_slow(self, batch: Batch, lines: list[tuple[int, str, str]]) -> None:
+        """The general path: csv module, exact Decimal parsing, a reason for every reject."""
+        fmt = self.fmt
+        rows = csv.reader((text for _, text, _ in lines), delimiter=fmt.delimiter)
+        for (line_no, text, hex_hash), cells in zip(lines, rows):
+            location = f"{self.key}:{line_no}"
             if len(cells) != fmt.columns:
                 reason = f"expected {fmt.columns} columns, got {len(cells)}"
                 batch.rejects.append(Rejected(location, reason, text))
                 continue
             try:
-                batch.quotes.append(fmt.parse(cells, location, raw_hash))
+                batch.quotes.append(fmt.parse(cells, location, bytes.fromhex(hex_hash)))
             except (ValueParseError, ValueError) as exc:
                 batch.rejects.append(Rejected(location, str(exc), text))
-        return batch
+
+
+def _render_timestamp(value: str) -> str | None:
+    """A Date cell as ISO 8601 UTC text, or None when it is not a timestamp (general path)."""
+    try:
+        return str(_req_timestamp(value, "Date").isoformat())
+    except ValueError:
+        return None
+
+
+def _kaggle_identity(name: str, symbol: str) -> tuple[str, str, str | None] | None:
+    """(source asset id, symbol, name) as the Kaggle parser derives them; None: general path."""
+    symbol, name = symbol.strip().upper(), name.strip()
+    if not symbol:
+        return None
+    return (f"{symbol}:{name}" if name else symbol), symbol, name or None
