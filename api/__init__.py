@@ -1,4 +1,4 @@
-"""Flask API package: `create_app()` is the factory (`flask --app api`, `gunicorn "api:create_app()"`)."""
+"""Flask API package: `create_app()` is the factory (`flask --app api`, gunicorn)."""
 from api.app import create_app
 
 __all__ = ["create_app"]

@@ -6,25 +6,38 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from flask import Flask
-from flask_smorest import Api
-from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.routing import IntegerConverter
 
 from api.broker import init_broker
 from api.db import init_db
 from api.envelope import init_request_ids
+from api.errors import JsonErrorsApi, init_error_handlers
 from api.extensions import migrate
+from api.limits import init_limits, ratelimit_defaults
 from shared.config import Settings, get_settings
 from shared.logging_setup import configure_logging
+from shared.queries import BIGINT_MAX
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 log = logging.getLogger(__name__)
 
 
+class IdConverter(IntegerConverter):
+    """A positive database id (1 .. 2**63-1); anything else does not match the route (404)."""
+
+    def __init__(self, map: Any, *args: Any, **kwargs: Any) -> None:  # noqa: A002
+        super().__init__(map, min=1, max=BIGINT_MAX)
+
+
+def _id_param_schema(_converter: Any) -> dict[str, Any]:
+    return {"type": "integer", "minimum": 1, "maximum": BIGINT_MAX}
+
+
 def create_app(
     test_config: Mapping[str, Any] | None = None, settings: Settings | None = None
 ) -> Flask:
-    """Build the API: config, database, broker client, blueprints, one error shape."""
+    """Build the API: config, database, broker client, limits, blueprints, one error shape."""
     settings = settings or get_settings()
     configure_logging(settings)
     app = Flask(__name__)
@@ -39,29 +52,29 @@ def create_app(
         OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
         MAX_CONTENT_LENGTH=64 * 1024,
         JSON_SORT_KEYS=False,
+        # Replies to a broadcast ping over Redis arrive on a polling cycle: with 0.5 s about
+        # every other ping came back empty although the worker was alive.
+        HEALTH_WORKER_PING_TIMEOUT=1.0,
+        HEALTH_WORKERS_CACHE_SECONDS=5.0,
     )
     if test_config:
         app.config.update(test_config)
+    ratelimit_defaults(app, settings.redis_url)
 
     init_db(app, settings.database_url)
     init_broker(app, settings)
     init_request_ids(app)
     migrate.init_app(app, db=None, directory=str(MIGRATIONS_DIR))
+    app.url_map.converters["id"] = IdConverter
     # One Api per app: flask-smorest keeps the spec on the instance.
-    api = Api(app)
+    api = JsonErrorsApi(app)
+    api.register_converter(IdConverter, _id_param_schema)
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
 
-    from api.resources import data, health, jobs
+    from api.resources import data, health, jobs, raw, runs, stats
 
-    for module in (data, jobs, health):
+    for module in (data, raw, jobs, runs, stats, health):
         api.register_blueprint(module.blp)
-
-    @app.errorhandler(Exception)
-    def _unexpected(exc: Exception) -> Any:
-        # Anything unexpected becomes the standard 500 body: no stack trace leaves the process.
-        if isinstance(exc, HTTPException):
-            return api.handle_http_exception(exc)
-        log.exception("unhandled error")
-        return api.handle_http_exception(InternalServerError())
-
+    init_limits(app, [data.blp, raw.blp, jobs.blp, runs.blp, stats.blp], jobs.blp)
+    init_error_handlers(app, api)
     return app

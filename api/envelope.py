@@ -4,9 +4,11 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from typing import Any
+from typing import Any, Sequence
 
 from flask import Flask, Response, g, request
+
+from shared.queries import Page
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
 
@@ -26,16 +28,32 @@ def init_request_ids(app: Flask) -> None:
         return response
 
 
-def envelope(data: list[Any], page: int, page_size: int, total: int) -> dict[str, Any]:
-    """The list body with request id, latency so far and page numbers."""
+def envelope(
+    data: Sequence[Any], page: int | None, page_size: int, total: int,
+    next_cursor: str | None = None,
+) -> dict[str, Any]:
+    """The list body with request id, latency so far, page numbers and the next cursor."""
     return {
         "request_id": g.request_id,
         "api_latency_ms": round((time.perf_counter() - g.request_started) * 1000, 3),
-        "data": data,
+        "data": list(data),
         "pagination": {
             "page": page,
             "page_size": page_size,
             "total": total,
             "total_pages": (total + page_size - 1) // page_size,
+            "next_cursor": next_cursor,
         },
     }
+
+
+def paged(page: Page, args: dict[str, Any]) -> dict[str, Any]:
+    """The list body for a `shared.queries.Page` fetched with the request's paging arguments."""
+    number = None if args.get("cursor") else args["page"]
+    return envelope(page.rows, number, args["page_size"], page.total, page.next_cursor)
+
+
+def page_window(args: dict[str, Any]) -> dict[str, Any]:
+    """offset/limit/cursor keyword arguments for a query function, from page/page_size/cursor."""
+    return {"offset": (args["page"] - 1) * args["page_size"], "limit": args["page_size"],
+            "cursor": args.get("cursor")}

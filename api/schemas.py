@@ -1,18 +1,25 @@
 """Marshmallow schemas: request arguments and response bodies of every endpoint."""
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
 import marshmallow as ma
 from marshmallow import validate
+from webargs.fields import DelimitedList
 
 from shared.config import SOURCES
 from shared.models import RUN_STATUSES
+from shared.queries import BIGINT_MAX, CURSOR_MAX_LENGTH, DATA_SORT_FIELDS, run_duration_ms
 
 PAGE_SIZE_DEFAULT = 50
 PAGE_SIZE_MAX = 500
+HISTORY_MAX_RANGE = timedelta(days=366)
+ASSET_LIST_MAX = 100
 
+
+# --- fields ------------------------------------------------------------------------------------
 
 class DecimalString(ma.fields.Field):
     """An exact decimal as a plain string (no exponent, no float rounding)."""
@@ -27,20 +34,162 @@ DECIMAL_DOC = {"type": "string", "nullable": True, "pattern": r"^-?\d+(\.\d+)?$"
                "description": "Exact decimal as a string"}
 
 
-class PageArgsSchema(ma.Schema):
-    """Page-number paging."""
+class Text(ma.fields.String):
+    """A string argument that PostgreSQL can hold (no NUL characters)."""
 
-    page = ma.fields.Integer(load_default=1, validate=validate.Range(min=1, max=1_000_000))
+    default_error_messages = {"nul": "Must not contain NUL characters."}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        result: str = super()._deserialize(value, attr, data, **kwargs)
+        if "\x00" in result:
+            raise self.make_error("nul")
+        return result
+
+
+class UtcDateTime(ma.fields.AwareDateTime):
+    """An ISO 8601 timestamp; naive values are taken as UTC; returned in UTC."""
+
+    default_error_messages = {"range": "Timestamp out of range."}
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("metadata", {}).setdefault(
+            "description", "ISO 8601 timestamp (UTC when no offset is given)")
+        super().__init__(format="iso", default_timezone=timezone.utc, **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        parsed: datetime = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return parsed.astimezone(timezone.utc)
+        except (OverflowError, ValueError) as exc:
+            raise self.make_error("range") from exc
+
+
+def _id_field(**kwargs: Any) -> ma.fields.Integer:
+    return ma.fields.Integer(strict=False, validate=validate.Range(min=1, max=BIGINT_MAX),
+                             **kwargs)
+
+
+def _sort_choices(fields: tuple[str, ...]) -> list[str]:
+    return [*fields, *(f"-{f}" for f in fields)]
+
+
+# --- request arguments -------------------------------------------------------------------------
+
+class PageArgsSchema(ma.Schema):
+    """Page-number paging, or keyset paging with the opaque `cursor` of the previous page."""
+
+    page = ma.fields.Integer(load_default=1, validate=validate.Range(min=1, max=1_000_000),
+                             metadata={"description": "Page number (ignored with `cursor`)"})
     page_size = ma.fields.Integer(
-        load_default=PAGE_SIZE_DEFAULT, validate=validate.Range(min=1, max=PAGE_SIZE_MAX)
+        load_default=PAGE_SIZE_DEFAULT,
+        validate=validate.Range(min=1, max=PAGE_SIZE_MAX),
+    )
+    cursor = Text(validate=validate.Length(min=1, max=CURSOR_MAX_LENGTH),
+                  metadata={"description": "`pagination.next_cursor` of the previous page"})
+
+
+class TimeRangeMixin(ma.Schema):
+    """`since`/`until` bounds, inclusive, with `since` not after `until`."""
+
+    since = UtcDateTime()
+    until = UtcDateTime()
+
+    @ma.validates_schema
+    def _ordered(self, data: dict[str, Any], **_: Any) -> None:
+        since, until = data.get("since"), data.get("until")
+        if since and until and since > until:
+            raise ma.ValidationError("until must not be before since", field_name="until")
+
+
+class DataArgsSchema(PageArgsSchema, TimeRangeMixin):
+    """Filters, sort and paging of GET /data."""
+
+    source = ma.fields.String(validate=validate.OneOf(SOURCES))
+    symbol = Text(validate=validate.Length(min=1, max=64),
+                  metadata={"description": "Exact symbol, case-insensitive"})
+    asset = DelimitedList(
+        Text(validate=validate.Length(min=1, max=200)),
+        validate=validate.Length(min=1, max=ASSET_LIST_MAX),
+        metadata={"description": f"Asset ids or slugs, comma separated (at most {ASSET_LIST_MAX})"},
+    )
+    q = Text(validate=validate.Length(min=1, max=100),
+             metadata={"description": "Substring of the name or symbol, case-insensitive"})
+    sort = ma.fields.String(
+        load_default="asset_id", validate=validate.OneOf(_sort_choices(DATA_SORT_FIELDS)),
+        metadata={"description": "Sort field; prefix `-` for descending. Ties: asset_id, source"},
     )
 
 
-class DataArgsSchema(PageArgsSchema):
-    """Filters of GET /data."""
+class HistoryArgsSchema(PageArgsSchema, TimeRangeMixin):
+    """Filters and paging of GET /data/<asset>/history."""
 
     source = ma.fields.String(validate=validate.OneOf(SOURCES))
-    symbol = ma.fields.String(validate=validate.Length(min=1, max=64))
+
+    @ma.validates_schema
+    def _bounded(self, data: dict[str, Any], **_: Any) -> None:
+        since, until = data.get("since"), data.get("until")
+        if since and until and until - since > HISTORY_MAX_RANGE:
+            raise ma.ValidationError(
+                f"until - since must not exceed {HISTORY_MAX_RANGE.days} days", field_name="until")
+
+
+class RawArgsSchema(PageArgsSchema):
+    """Filters and paging of GET /raw/<source>."""
+
+    run_id = _id_field()
+
+
+class RunsArgsSchema(PageArgsSchema, TimeRangeMixin):
+    """Filters and paging of GET /runs (`since`/`until` bound `created_at`)."""
+
+    source = ma.fields.String(validate=validate.OneOf(SOURCES))
+    status = ma.fields.String(validate=validate.OneOf(RUN_STATUSES))
+    job_id = _id_field()
+
+
+class CompareArgsSchema(ma.Schema):
+    """The two runs of GET /runs/compare."""
+
+    a = _id_field(required=True)
+    b = _id_field(required=True)
+
+
+class JobRequestSchema(ma.Schema):
+    """POST /jobs body: which sources to run (default: all configured)."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+    sources = ma.fields.List(
+        ma.fields.String(validate=validate.OneOf(SOURCES)),
+        validate=validate.Length(min=1, max=len(SOURCES)),
+    )
+
+    @ma.validates("sources")
+    def _unique(self, value: list[str], **_: Any) -> None:
+        if len(set(value)) != len(value):
+            raise ma.ValidationError("sources must not repeat")
+
+
+class JobHeadersSchema(ma.Schema):
+    """POST /jobs headers: an optional Idempotency-Key."""
+
+    idempotency_key = ma.fields.String(
+        data_key="Idempotency-Key",
+        validate=[validate.Length(min=1, max=200), validate.Regexp(r"^[\x21-\x7e]+$")],
+        metadata={"description": "Repeat a request safely: the same key returns the same job"},
+    )
+
+
+# --- response bodies ---------------------------------------------------------------------------
+
+class ErrorSchema(ma.Schema):
+    """The body of every non-2xx response."""
+
+    code = ma.fields.Integer(required=True, metadata={"description": "HTTP status code"})
+    status = ma.fields.String(required=True, metadata={"description": "HTTP status name"})
+    message = ma.fields.String(metadata={"description": "What went wrong"})
+    errors = ma.fields.Dict(metadata={"description": "Validation errors by location and field"})
 
 
 class QuoteRecordSchema(ma.Schema):
@@ -59,12 +208,16 @@ class QuoteRecordSchema(ma.Schema):
 
 
 class PaginationSchema(ma.Schema):
-    """Where this page sits in the result."""
+    """Where this page sits in the result, and the cursor of the next page."""
 
-    page = ma.fields.Integer(required=True)
+    page = ma.fields.Integer(required=True, allow_none=True,
+                             metadata={"description": "null when paging by cursor"})
     page_size = ma.fields.Integer(required=True)
     total = ma.fields.Integer(required=True)
     total_pages = ma.fields.Integer(required=True)
+    next_cursor = ma.fields.String(
+        required=True, allow_none=True,
+        metadata={"description": "Pass as `cursor` for the next page; null on the last page"})
 
 
 class EnvelopeSchema(ma.Schema):
@@ -81,21 +234,94 @@ class DataEnvelopeSchema(EnvelopeSchema):
     data = ma.fields.List(ma.fields.Nested(QuoteRecordSchema), required=True)
 
 
-class JobRequestSchema(ma.Schema):
-    """POST /jobs body: which sources to run (default: all configured)."""
+class HistoryRecordSchema(ma.Schema):
+    """One observation of an asset at one source."""
 
-    class Meta:
-        unknown = ma.RAISE
+    asset_id = ma.fields.Integer(required=True)
+    source = ma.fields.String(required=True)
+    source_asset_id = ma.fields.String(required=True)
+    observed_at = ma.fields.DateTime(format="iso", required=True)
+    price_usd = DecimalString(metadata=DECIMAL_DOC)
+    market_cap_usd = DecimalString(metadata=DECIMAL_DOC)
+    volume_24h_usd = DecimalString(metadata=DECIMAL_DOC)
+    circulating_supply = DecimalString(metadata=DECIMAL_DOC)
+    total_supply = DecimalString(metadata=DECIMAL_DOC)
+    max_supply = DecimalString(metadata=DECIMAL_DOC)
+    rank = ma.fields.Integer(allow_none=True)
+    open_usd = DecimalString(metadata=DECIMAL_DOC)
+    high_usd = DecimalString(metadata=DECIMAL_DOC)
+    low_usd = DecimalString(metadata=DECIMAL_DOC)
+    close_usd = DecimalString(metadata=DECIMAL_DOC)
+    run_id = ma.fields.Integer(allow_none=True)
 
-    sources = ma.fields.List(
-        ma.fields.String(validate=validate.OneOf(SOURCES)),
-        validate=validate.Length(min=1, max=len(SOURCES)),
-    )
 
-    @ma.validates("sources")
-    def _unique(self, value: list[str], **_: Any) -> None:
-        if len(set(value)) != len(value):
-            raise ma.ValidationError("sources must not repeat")
+class HistoryEnvelopeSchema(EnvelopeSchema):
+    """GET /data/<asset>/history."""
+
+    data = ma.fields.List(ma.fields.Nested(HistoryRecordSchema), required=True)
+
+
+class AssetSchema(ma.Schema):
+    """A canonical asset."""
+
+    id = ma.fields.Integer(required=True)
+    slug = ma.fields.String(required=True)
+    symbol = ma.fields.String(required=True)
+    name = ma.fields.String(required=True)
+
+
+class AssetSourceIdSchema(ma.Schema):
+    """The asset's own id at one source, and how it was matched."""
+
+    source = ma.fields.String(required=True)
+    source_asset_id = ma.fields.String(required=True)
+    symbol = ma.fields.String(allow_none=True)
+    name = ma.fields.String(allow_none=True)
+    matched_by = ma.fields.String(required=True)
+
+
+class ConsensusSchema(ma.Schema):
+    """Cross-source price agreement: median, spread = (max - min) / median, disagree flag."""
+
+    price_usd = DecimalString(required=True, metadata={**DECIMAL_DOC,
+                                                       "description": "Median across sources"})
+    min_price_usd = DecimalString(required=True, metadata=DECIMAL_DOC)
+    max_price_usd = DecimalString(required=True, metadata=DECIMAL_DOC)
+    spread = ma.fields.Float(required=True, allow_none=True)
+    disagree = ma.fields.Boolean(required=True)
+    threshold = ma.fields.Float(required=True,
+                                metadata={"description": "Spread above which sources disagree"})
+    sources = ma.fields.List(ma.fields.String(), required=True)
+
+
+class AssetDetailSchema(ma.Schema):
+    """GET /data/<asset>."""
+
+    asset = ma.fields.Nested(AssetSchema, required=True)
+    source_ids = ma.fields.List(ma.fields.Nested(AssetSourceIdSchema), required=True)
+    quotes = ma.fields.List(ma.fields.Nested(QuoteRecordSchema), required=True)
+    consensus = ma.fields.Nested(ConsensusSchema, required=True)
+
+
+class RawRecordSchema(ma.Schema):
+    """A record exactly as it was received."""
+
+    id = ma.fields.Integer(required=True)
+    source = ma.fields.String(required=True)
+    source_key = ma.fields.String(required=True)
+    payload = ma.fields.String(required=True)
+    fetched_at = ma.fields.DateTime(format="iso", required=True)
+    run_id = ma.fields.Integer(allow_none=True)
+    content_hash = ma.fields.Method("_hex", required=True, metadata={"type": "string"})
+
+    def _hex(self, record: Any) -> str:
+        return bytes(record.content_hash).hex()
+
+
+class RawEnvelopeSchema(EnvelopeSchema):
+    """GET /raw/<source>."""
+
+    data = ma.fields.List(ma.fields.Nested(RawRecordSchema), required=True)
 
 
 class JobAcceptedSchema(ma.Schema):
@@ -132,9 +358,47 @@ class RunSchema(ma.Schema):
                                    metadata={"type": "number", "nullable": True})
 
     def _duration_ms(self, run: Any) -> float | None:
-        if run.started_at and run.finished_at:
-            return round((run.finished_at - run.started_at).total_seconds() * 1000, 1)
-        return None
+        return run_duration_ms(run)
+
+
+class RunsEnvelopeSchema(EnvelopeSchema):
+    """GET /runs."""
+
+    data = ma.fields.List(ma.fields.Nested(RunSchema), required=True)
+
+
+class RunDifferenceSchema(ma.Schema):
+    """Run b minus run a, counter by counter."""
+
+    fetched = ma.fields.Integer(required=True)
+    inserted = ma.fields.Integer(required=True)
+    unchanged = ma.fields.Integer(required=True)
+    rejected = ma.fields.Integer(required=True)
+    raw_inserted = ma.fields.Integer(required=True)
+    http_requests = ma.fields.Integer(required=True)
+    http_retries = ma.fields.Integer(required=True)
+    rate_limit_waits = ma.fields.Integer(required=True)
+    attempts = ma.fields.Integer(required=True)
+    duration_ms = ma.fields.Float(required=True, allow_none=True)
+
+
+class SourceComparisonSchema(ma.Schema):
+    """One source's runs in the jobs of a and b."""
+
+    source = ma.fields.String(required=True)
+    a = ma.fields.Nested(RunSchema, required=True, allow_none=True)
+    b = ma.fields.Nested(RunSchema, required=True, allow_none=True)
+    difference = ma.fields.Nested(RunDifferenceSchema, required=True, allow_none=True)
+
+
+class RunComparisonSchema(ma.Schema):
+    """GET /runs/compare."""
+
+    a = ma.fields.Nested(RunSchema, required=True)
+    b = ma.fields.Nested(RunSchema, required=True)
+    same_source = ma.fields.Boolean(required=True)
+    difference = ma.fields.Nested(RunDifferenceSchema, required=True)
+    per_source = ma.fields.List(ma.fields.Nested(SourceComparisonSchema), required=True)
 
 
 class JobSchema(ma.Schema):
@@ -151,8 +415,129 @@ class JobSchema(ma.Schema):
     runs = ma.fields.List(ma.fields.Nested(RunSchema), required=True)
 
 
+class RunRefSchema(ma.Schema):
+    """A pointer to a finished run."""
+
+    run_id = ma.fields.Integer(required=True)
+    status = ma.fields.String(required=True)
+    finished_at = ma.fields.DateTime(format="iso", required=True)
+    error = ma.fields.String(allow_none=True)
+
+
+def _counts() -> ma.fields.Dict:
+    return ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Integer(), required=True)
+
+
+class RejectReasonSchema(ma.Schema):
+    """How often one reject reason occurred."""
+
+    reason = ma.fields.String(required=True)
+    count = ma.fields.Integer(required=True)
+
+
+class SourceStatsSchema(ma.Schema):
+    """One source's records per layer, runs, last outcomes and average duration."""
+
+    source = ma.fields.String(required=True)
+    records = _counts()
+    runs_by_status = _counts()
+    last_success = ma.fields.Nested(RunRefSchema, required=True, allow_none=True)
+    last_failure = ma.fields.Nested(RunRefSchema, required=True, allow_none=True)
+    average_duration_ms = ma.fields.Float(required=True, allow_none=True,
+                                          metadata={"description": "Of succeeded runs"})
+    top_reject_reasons = ma.fields.List(ma.fields.Nested(RejectReasonSchema), required=True)
+    drift = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Integer(), required=True,
+                           metadata={"description": "Schema-drift events, mapped and unmapped"})
+
+
+class DriftEventSchema(ma.Schema):
+    """A change of an upstream's shape."""
+
+    id = ma.fields.Integer(required=True)
+    source = ma.fields.String(required=True)
+    run_id = ma.fields.Integer(allow_none=True)
+    location = ma.fields.String(required=True)
+    kind = ma.fields.String(required=True)
+    field = ma.fields.String(required=True)
+    observed = ma.fields.String(allow_none=True)
+    confidence = ma.fields.Float(required=True)
+    mapped = ma.fields.Boolean(required=True)
+    detail = ma.fields.String(required=True)
+    created_at = ma.fields.DateTime(format="iso", required=True)
+
+
+class CheckpointSchema(ma.Schema):
+    """A source's cursor."""
+
+    source = ma.fields.String(required=True)
+    key = ma.fields.String(required=True)
+    value = ma.fields.Dict(required=True)
+    run_id = ma.fields.Integer(allow_none=True)
+    updated_at = ma.fields.DateTime(format="iso", required=True)
+
+
+class StatsSchema(ma.Schema):
+    """GET /stats."""
+
+    totals = _counts()
+    records = ma.fields.Dict(
+        keys=ma.fields.String(),
+        values=ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Integer()),
+        required=True, metadata={"description": "layer -> source -> rows"})
+    runs_by_status = _counts()
+    sources = ma.fields.List(ma.fields.Nested(SourceStatsSchema), required=True)
+    checkpoints = ma.fields.List(ma.fields.Nested(CheckpointSchema), required=True)
+    recent_drift = ma.fields.List(ma.fields.Nested(DriftEventSchema), required=True)
+
+
+class CheckSchema(ma.Schema):
+    """One health check."""
+
+    ok = ma.fields.Boolean(required=True)
+    latency_ms = ma.fields.Float()
+    error = ma.fields.String()
+
+
+class WorkersCheckSchema(CheckSchema):
+    """Live Celery workers that answered a ping (count and names unless the ping failed)."""
+
+    count = ma.fields.Integer()
+    names = ma.fields.List(ma.fields.String())
+
+
+class SourceFreshnessSchema(ma.Schema):
+    """When a source last succeeded."""
+
+    fresh = ma.fields.Boolean(required=True)
+    last_success_at = ma.fields.DateTime(format="iso", required=True, allow_none=True)
+    age_seconds = ma.fields.Float(required=True, allow_none=True)
+
+
+class FreshnessCheckSchema(CheckSchema):
+    """Every enabled source succeeded within max_age_seconds (details unless it failed)."""
+
+    max_age_seconds = ma.fields.Integer()
+    sources = ma.fields.Dict(keys=ma.fields.String(),
+                             values=ma.fields.Nested(SourceFreshnessSchema))
+
+
+class HealthChecksSchema(ma.Schema):
+    """Every check of GET /health (workers and freshness only when they could run)."""
+
+    database = ma.fields.Nested(CheckSchema, required=True)
+    broker = ma.fields.Nested(CheckSchema, required=True)
+    workers = ma.fields.Nested(WorkersCheckSchema)
+    freshness = ma.fields.Nested(FreshnessCheckSchema)
+
+
 class HealthSchema(ma.Schema):
     """Health answer: overall status and each check."""
 
     status = ma.fields.String(required=True, validate=validate.OneOf(("ok", "degraded", "down")))
-    checks = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Dict(), required=True)
+    checks = ma.fields.Nested(HealthChecksSchema, required=True)
+
+
+class LiveSchema(ma.Schema):
+    """Liveness answer."""
+
+    status = ma.fields.String(required=True, validate=validate.OneOf(("ok",)))

@@ -1,32 +1,511 @@
 """Read queries behind the API (kept here so the CLI and tests can call them too)."""
 from __future__ import annotations
 
-from typing import Sequence
+import base64
+import binascii
+import json
+import statistics
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, Callable, Sequence
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select, tuple_
+from sqlalchemy.orm import InstrumentedAttribute, Session, selectinload
 
-from shared.models import CurrentQuote
+from shared.config import SOURCES
+from shared.errors import NotFound
+from shared.models import (
+    Asset,
+    AssetSourceId,
+    CurrentQuote,
+    Job,
+    Quote,
+    RawRecord,
+    Run,
+)
+
+BIGINT_MAX = 2**63 - 1
+CURSOR_MAX_LENGTH = 1024
+
+# Sort fields of GET /data; every one is backed by a column of current_quotes.
+DATA_SORT_FIELDS: tuple[str, ...] = (
+    "asset_id", "symbol", "name", "source", "price_usd", "market_cap_usd", "volume_24h_usd",
+    "rank", "observed_at",
+)
+_DATA_SORT_COLUMNS: dict[str, InstrumentedAttribute[Any]] = {
+    name: getattr(CurrentQuote, name) for name in DATA_SORT_FIELDS
+}
+_NULLABLE_SORT_FIELDS = frozenset({"price_usd", "market_cap_usd", "volume_24h_usd", "rank"})
+_DECIMAL_SORT_FIELDS = frozenset({"price_usd", "market_cap_usd", "volume_24h_usd"})
+_INT_SORT_FIELDS = frozenset({"asset_id", "rank"})
+
+
+class InvalidCursor(ValueError):
+    """A paging cursor that we did not issue, or that belongs to another query."""
+
+    field = "cursor"
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of rows, the total matching the filters, and the cursor of the next page."""
+
+    rows: Sequence[Any]
+    total: int
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class DataFilters:
+    """Filters of the current-records listing (all optional, combined with AND)."""
+
+    source: str | None = None
+    symbol: str | None = None
+    assets: tuple[str, ...] = ()
+    q: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Consensus:
+    """Cross-source agreement on an asset's price."""
+
+    price_usd: Decimal | None
+    min_price_usd: Decimal | None
+    max_price_usd: Decimal | None
+    spread: float | None
+    disagree: bool
+    threshold: float
+    sources: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AssetDetail:
+    """An asset, its ids at each source, its current quote per source and the consensus."""
+
+    asset: Asset
+    source_ids: Sequence[AssetSourceId]
+    quotes: Sequence[CurrentQuote]
+    consensus: Consensus
+
+
+# --- cursors -------------------------------------------------------------------------------
+
+def encode_cursor(payload: dict[str, Any]) -> str:
+    """An opaque cursor: base64url (unpadded) of compact JSON."""
+    raw = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def decode_cursor(token: str, kind: str) -> dict[str, Any]:
+    """The payload of a cursor issued by `encode_cursor` for a query of `kind`."""
+    if not token or len(token) > CURSOR_MAX_LENGTH:
+        raise InvalidCursor("cursor is empty or too long")
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        payload = json.loads(raw.decode("utf-8"))
+    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+        raise InvalidCursor("cursor is not one this API issued") from exc
+    if not isinstance(payload, dict) or payload.get("t") != kind:
+        raise InvalidCursor("cursor is not one this API issued for this listing")
+    return payload
+
+
+def _cursor_int(payload: dict[str, Any], key: str) -> int:
+    value = payload.get(key)
+    if type(value) is not int or not 0 <= value <= BIGINT_MAX:
+        raise InvalidCursor(f"cursor field {key!r} is not a valid id")
+    return value
+
+
+def _cursor_str(payload: dict[str, Any], key: str, max_length: int = 300) -> str:
+    value = payload.get(key)
+    if not isinstance(value, str) or len(value) > max_length or "\x00" in value:
+        raise InvalidCursor(f"cursor field {key!r} is not a valid string")
+    return value
+
+
+def _cursor_datetime(payload: dict[str, Any], key: str) -> datetime:
+    value = _cursor_str(payload, key, 64)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise InvalidCursor(f"cursor field {key!r} is not a timestamp") from exc
+    if parsed.tzinfo is None:
+        raise InvalidCursor(f"cursor field {key!r} has no time zone")
+    return parsed
+
+
+def _sort_key_to_json(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if name in _DECIMAL_SORT_FIELDS:
+        return format(Decimal(value), "f")
+    if name == "observed_at":
+        return value.isoformat()
+    return value
+
+
+def _sort_key_from_json(name: str, value: Any) -> Any:
+    if value is None:
+        if name not in _NULLABLE_SORT_FIELDS:
+            raise InvalidCursor(f"cursor has no value for sort field {name!r}")
+        return None
+    if name in _DECIMAL_SORT_FIELDS:
+        try:
+            number = Decimal(value) if isinstance(value, str) and len(value) <= 200 else None
+        except InvalidOperation:
+            number = None
+        if number is None or not number.is_finite():
+            raise InvalidCursor(f"cursor value for {name!r} is not a decimal")
+        return number
+    if name in _INT_SORT_FIELDS:
+        return _cursor_int({"v": value}, "v")
+    if name == "observed_at":
+        return _cursor_datetime({"v": value}, "v")
+    return _cursor_str({"v": value}, "v")
+
+
+def _keyset_after(
+    column: Any, value: Any, descending: bool, nullable: bool,
+    tiebreak: Sequence[Any], tiebreak_values: Sequence[Any],
+) -> ColumnElement[bool]:
+    """Rows after (value, tiebreak...) in `column dir NULLS LAST, tiebreak ASC` order."""
+    after_tie = tuple_(*tiebreak) > tuple_(*tiebreak_values)
+    if value is None:
+        return and_(column.is_(None), after_tie)
+    beyond = column < value if descending else column > value
+    condition = or_(beyond, and_(column == value, after_tie))
+    return or_(condition, column.is_(None)) if nullable else condition
+
+
+def _count(session: Session, query: Select[Any]) -> int:
+    total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
+    return int(total or 0)
+
+
+def _page(
+    session: Session, query: Select[Any], counted: Select[Any], *, offset: int, limit: int,
+    cursor_of: Callable[[Any], dict[str, Any]],
+) -> Page:
+    """Fetch one row more than asked to learn whether a next page exists."""
+    rows = list(session.scalars(query.offset(offset).limit(limit + 1)).all())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = encode_cursor(cursor_of(rows[-1])) if more and rows else None
+    return Page(rows=rows, total=_count(session, counted), next_cursor=next_cursor)
+
+
+# --- GET /data -----------------------------------------------------------------------------
+
+def escape_like(value: str) -> str:
+    """`value` with LIKE wildcards and the escape character escaped (escape char: backslash)."""
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _split_asset_refs(refs: Sequence[str]) -> tuple[list[int], list[str]]:
+    ids: list[int] = []
+    slugs: list[str] = []
+    for ref in refs:
+        ref = ref.strip()
+        if ref.isdigit() and ref.isascii():
+            number = int(ref)
+            if number <= BIGINT_MAX:
+                ids.append(number)
+        elif ref and "\x00" not in ref:
+            slugs.append(ref.lower())
+    return ids, slugs
+
+
+def _data_conditions(filters: DataFilters) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if filters.source:
+        conditions.append(CurrentQuote.source == filters.source)
+    if filters.symbol:
+        conditions.append(CurrentQuote.symbol == filters.symbol.strip().upper())
+    if filters.assets:
+        ids, slugs = _split_asset_refs(filters.assets)
+        matches: list[ColumnElement[bool]] = []
+        if ids:
+            matches.append(CurrentQuote.asset_id.in_(ids))
+        if slugs:
+            matches.append(CurrentQuote.asset_id.in_(
+                select(Asset.id).where(func.lower(Asset.slug).in_(slugs))))
+        # Only unusable references: nothing can match.
+        conditions.append(or_(*matches) if matches else CurrentQuote.asset_id.is_(None))
+    if filters.q:
+        pattern = f"%{escape_like(filters.q.strip())}%"
+        conditions.append(or_(CurrentQuote.name.ilike(pattern, escape="\\"),
+                              CurrentQuote.symbol.ilike(pattern, escape="\\")))
+    if filters.since:
+        conditions.append(CurrentQuote.observed_at >= filters.since)
+    if filters.until:
+        conditions.append(CurrentQuote.observed_at <= filters.until)
+    return conditions
+
+
+def parse_sort(sort: str, allowed: Sequence[str]) -> tuple[str, bool]:
+    """('-price_usd', allowed) -> ('price_usd', True); ValueError for a field not allowed."""
+    name, descending = (sort[1:], True) if sort.startswith("-") else (sort, False)
+    if name not in allowed:
+        raise ValueError(f"cannot sort by {name!r}")
+    return name, descending
 
 
 def list_current_quotes(
     session: Session,
+    filters: DataFilters | None = None,
     *,
-    source: str | None = None,
-    symbol: str | None = None,
+    sort: str = "asset_id",
     offset: int = 0,
     limit: int = 50,
-) -> tuple[Sequence[CurrentQuote], int]:
-    """One page of current quotes ordered by (asset_id, source), and the total count."""
-    conditions = []
-    if source:
-        conditions.append(CurrentQuote.source == source)
-    if symbol:
-        conditions.append(CurrentQuote.symbol == symbol.strip().upper())
-    total = session.scalar(select(func.count()).select_from(CurrentQuote).where(*conditions))
-    rows = session.scalars(
-        select(CurrentQuote).where(*conditions)
-        .order_by(CurrentQuote.asset_id, CurrentQuote.source)
-        .offset(offset).limit(limit)
+    cursor: str | None = None,
+) -> Page:
+    """One page of current quotes in `sort` order (ties by asset_id, source), keyset or offset.
+
+    With `cursor` the page starts right after the row the cursor was issued for, so rows
+    written between two calls neither repeat nor shift the pages (offset is then ignored).
+    """
+    name, descending = parse_sort(sort, DATA_SORT_FIELDS)
+    column = _DATA_SORT_COLUMNS[name]
+    nullable = name in _NULLABLE_SORT_FIELDS
+    conditions = _data_conditions(filters or DataFilters())
+    base = select(CurrentQuote).where(*conditions)
+    query = base
+    if cursor is not None:
+        payload = decode_cursor(cursor, "data")
+        if payload.get("s") != sort:
+            raise InvalidCursor(f"cursor was issued for sort={payload.get('s')!r}, not {sort!r}")
+        if "k" not in payload:
+            raise InvalidCursor("cursor has no sort key")
+        key = _sort_key_from_json(name, payload["k"])
+        asset_id, source = _cursor_int(payload, "a"), _cursor_str(payload, "r", 32)
+        query = query.where(_keyset_after(
+            column, key, descending, nullable,
+            (CurrentQuote.asset_id, CurrentQuote.source), (asset_id, source)))
+        offset = 0
+    ordered = column.desc() if descending else column.asc()
+    query = query.order_by(ordered.nulls_last(), CurrentQuote.asset_id, CurrentQuote.source)
+
+    def cursor_of(row: CurrentQuote) -> dict[str, Any]:
+        return {"t": "data", "s": sort, "k": _sort_key_to_json(name, getattr(row, name)),
+                "a": row.asset_id, "r": row.source}
+
+    return _page(session, query, base, offset=offset, limit=limit, cursor_of=cursor_of)
+
+
+# --- GET /data/<asset> and /data/<asset>/history ---------------------------------------------
+
+def resolve_asset(session: Session, ref: str) -> Asset:
+    """The asset named by its id or its slug; NotFound otherwise."""
+    ids, slugs = _split_asset_refs([ref])
+    asset: Asset | None = None
+    if ids:
+        asset = session.get(Asset, ids[0])
+    elif slugs and len(slugs[0]) <= 200:
+        asset = session.scalar(select(Asset).where(Asset.slug == ref.strip()))
+        if asset is None:
+            asset = session.scalar(
+                select(Asset).where(func.lower(Asset.slug) == slugs[0]).order_by(Asset.id)
+                .limit(1))
+    if asset is None:
+        raise NotFound(f"asset {ref[:100]!r} not found")
+    return asset
+
+
+def price_consensus(quotes: Sequence[CurrentQuote], threshold: float) -> Consensus:
+    """Median price across sources and the relative spread (max - min) / median."""
+    priced = [(q.source, Decimal(q.price_usd)) for q in quotes if q.price_usd is not None]
+    if not priced:
+        return Consensus(None, None, None, None, False, threshold, [])
+    prices = [p for _, p in priced]
+    median = statistics.median(prices)
+    low, high = min(prices), max(prices)
+    spread = float((high - low) / median) if median > 0 else None
+    disagree = spread is not None and spread > threshold
+    return Consensus(median, low, high, spread, disagree, threshold,
+                     sorted({s for s, _ in priced}))
+
+
+def asset_detail(session: Session, ref: str, disagreement_share: float) -> AssetDetail:
+    """Everything known now about one asset, across sources."""
+    asset = resolve_asset(session, ref)
+    source_ids = session.scalars(
+        select(AssetSourceId).where(AssetSourceId.asset_id == asset.id)
+        .order_by(AssetSourceId.source, AssetSourceId.source_asset_id)
     ).all()
-    return rows, int(total or 0)
+    quotes = session.scalars(
+        select(CurrentQuote).where(CurrentQuote.asset_id == asset.id)
+        .order_by(CurrentQuote.source)
+    ).all()
+    return AssetDetail(asset, source_ids, quotes, price_consensus(quotes, disagreement_share))
+
+
+def asset_history(
+    session: Session,
+    ref: str,
+    *,
+    source: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    offset: int = 0,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Page:
+    """One page of an asset's quotes, newest first (ties by source, descending)."""
+    asset = resolve_asset(session, ref)
+    conditions: list[ColumnElement[bool]] = [Quote.asset_id == asset.id]
+    if source:
+        conditions.append(Quote.source == source)
+    if since:
+        conditions.append(Quote.observed_at >= since)
+    if until:
+        conditions.append(Quote.observed_at <= until)
+    base = select(Quote).where(*conditions)
+    query = base
+    if cursor is not None:
+        payload = decode_cursor(cursor, "history")
+        if _cursor_int(payload, "a") != asset.id:
+            raise InvalidCursor("cursor was issued for another asset")
+        observed, last_source = _cursor_datetime(payload, "o"), _cursor_str(payload, "r", 32)
+        query = query.where(tuple_(Quote.observed_at, Quote.source) < tuple_(observed, last_source))
+        offset = 0
+    query = query.order_by(Quote.observed_at.desc(), Quote.source.desc())
+
+    def cursor_of(row: Quote) -> dict[str, Any]:
+        return {"t": "history", "a": asset.id, "o": row.observed_at.isoformat(), "r": row.source}
+
+    return _page(session, query, base, offset=offset, limit=limit, cursor_of=cursor_of)
+
+
+# --- GET /raw ----------------------------------------------------------------------------------
+
+def _known_source(source: str) -> str:
+    if source not in SOURCES:
+        raise NotFound(f"source {source[:100]!r} not found; known sources: {', '.join(SOURCES)}")
+    return source
+
+
+def list_raw_records(
+    session: Session,
+    source: str,
+    *,
+    run_id: int | None = None,
+    offset: int = 0,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Page:
+    """One page of a source's raw records, newest first; NotFound for an unknown source."""
+    _known_source(source)
+    conditions: list[ColumnElement[bool]] = [RawRecord.source == source]
+    if run_id is not None:
+        conditions.append(RawRecord.run_id == run_id)
+    base = select(RawRecord).where(*conditions)
+    query = base
+    if cursor is not None:
+        payload = decode_cursor(cursor, "raw")
+        if payload.get("src") != source:
+            raise InvalidCursor("cursor was issued for another source")
+        query = query.where(RawRecord.id < _cursor_int(payload, "id"))
+        offset = 0
+    query = query.order_by(RawRecord.id.desc())
+    return _page(session, query, base, offset=offset, limit=limit,
+                 cursor_of=lambda row: {"t": "raw", "src": source, "id": row.id})
+
+
+def get_raw_record(session: Session, source: str, record_id: int) -> RawRecord:
+    """One raw record of `source`; NotFound when the source or the record is unknown."""
+    _known_source(source)
+    record = session.get(RawRecord, record_id) if record_id <= BIGINT_MAX else None
+    if record is None or record.source != source:
+        raise NotFound(f"raw record {record_id} of {source} not found")
+    return record
+
+
+# --- GET /runs ----------------------------------------------------------------------------------
+
+def list_runs(
+    session: Session,
+    *,
+    source: str | None = None,
+    status: str | None = None,
+    job_id: int | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    offset: int = 0,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Page:
+    """One page of runs, newest first, filtered by source, status, job and creation time."""
+    conditions: list[ColumnElement[bool]] = []
+    if source:
+        conditions.append(Run.source == source)
+    if status:
+        conditions.append(Run.status == status)
+    if job_id is not None:
+        conditions.append(Run.job_id == job_id)
+    if since:
+        conditions.append(Run.created_at >= since)
+    if until:
+        conditions.append(Run.created_at <= until)
+    base = select(Run).where(*conditions)
+    query = base
+    if cursor is not None:
+        payload = decode_cursor(cursor, "runs")
+        query = query.where(Run.id < _cursor_int(payload, "id"))
+        offset = 0
+    query = query.order_by(Run.id.desc())
+    return _page(session, query, base, offset=offset, limit=limit,
+                 cursor_of=lambda row: {"t": "runs", "id": row.id})
+
+
+def get_run(session: Session, run_id: int) -> Run:
+    """One run; NotFound when there is none."""
+    run = session.get(Run, run_id) if run_id <= BIGINT_MAX else None
+    if run is None:
+        raise NotFound(f"run {run_id} not found")
+    return run
+
+
+RUN_COUNTERS: tuple[str, ...] = (
+    "fetched", "inserted", "unchanged", "rejected", "raw_inserted", "http_requests",
+    "http_retries", "rate_limit_waits", "attempts",
+)
+
+
+def run_duration_ms(run: Run) -> float | None:
+    """How long the run took, in milliseconds (None until it started and finished)."""
+    if run.started_at and run.finished_at:
+        return round((run.finished_at - run.started_at).total_seconds() * 1000, 1)
+    return None
+
+
+def _run_difference(a: Run, b: Run) -> dict[str, Any]:
+    """b minus a, counter by counter, plus the duration change."""
+    diff: dict[str, Any] = {name: int(getattr(b, name)) - int(getattr(a, name))
+                            for name in RUN_COUNTERS}
+    da, db = run_duration_ms(a), run_duration_ms(b)
+    diff["duration_ms"] = round(db - da, 1) if da is not None and db is not None else None
+    return diff
+
+
+def compare_runs(session: Session, a_id: int, b_id: int) -> dict[str, Any]:
+    """Compare run `a` with run `b` and, source by source, the jobs they belong to."""
+    a, b = get_run(session, a_id), get_run(session, b_id)
+    jobs = {j.id: j for j in session.scalars(
+        select(Job).options(selectinload(Job.runs)).where(Job.id.in_({a.job_id, b.job_id})))}
+    runs_a = {r.source: r for r in jobs[a.job_id].runs}
+    runs_b = {r.source: r for r in jobs[b.job_id].runs}
+    per_source = []
+    for source in sorted(set(runs_a) | set(runs_b)):
+        ra, rb = runs_a.get(source), runs_b.get(source)
+        per_source.append({
+            "source": source, "a": ra, "b": rb,
+            "difference": _run_difference(ra, rb) if ra is not None and rb is not None else None,
+        })
+    return {
+        "a": a, "b": b, "same_source": a.source == b.source,
+        "difference": _run_difference(a, b), "per_source": per_source,
+    }

@@ -1,8 +1,9 @@
-"""GET /health: is the service able to serve (database, broker)."""
+"""GET /health (database, broker, workers, freshness), /health/live and /health/ready."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
 
 import redis
 from flask import current_app
@@ -10,17 +11,22 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from sqlalchemy import text
 
+from api.broker import get_celery
 from api.db import get_session
-from api.schemas import HealthSchema
+from api.schemas import HealthSchema, LiveSchema
+from shared.stats import source_freshness
 
 blp = Blueprint("health", __name__, url_prefix="/health", description="Health checks")
 
+# A source is stale when its last success is older than this many schedule periods.
+FRESHNESS_PERIODS = 3
 
-def _timed(check: Any) -> dict[str, Any]:
+
+def _timed(check: Callable[[], dict[str, Any] | None]) -> dict[str, Any]:
+    """Run a check: ok unless it raises or says otherwise, with its latency."""
     started = time.perf_counter()
     try:
-        check()
-        result: dict[str, Any] = {"ok": True}
+        result: dict[str, Any] = {"ok": True, **(check() or {})}
     except Exception as exc:  # a health check reports failures, it does not raise them
         result = {"ok": False, "error": type(exc).__name__}
     result["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
@@ -41,6 +47,36 @@ def _check_broker() -> None:
         client.close()
 
 
+def _check_workers() -> dict[str, Any]:
+    """Workers that answer a broadcast ping; cached briefly so probes do not flood the broker."""
+    cache = current_app.extensions.setdefault("health_workers_cache", {})
+    ttl = float(current_app.config["HEALTH_WORKERS_CACHE_SECONDS"])
+    if cache and time.monotonic() - cache["at"] < ttl:
+        return dict(cache["result"])
+    timeout = float(current_app.config["HEALTH_WORKER_PING_TIMEOUT"])
+    replies = get_celery().control.ping(timeout=timeout) or []
+    names = sorted(name for reply in replies for name in reply)
+    result = {"ok": bool(names), "count": len(names), "names": names}
+    if not names:
+        result["error"] = "no worker answered the ping"
+    cache.update(at=time.monotonic(), result=result)
+    return dict(result)
+
+
+def _check_freshness() -> dict[str, Any]:
+    settings = current_app.config["SETTINGS"]
+    max_age = timedelta(seconds=FRESHNESS_PERIODS * settings.etl_schedule_seconds)
+    sources = source_freshness(get_session(), settings.enabled_sources, max_age,
+                               datetime.now(timezone.utc))
+    result: dict[str, Any] = {"ok": all(s["fresh"] for s in sources.values()),
+                              "max_age_seconds": int(max_age.total_seconds()),
+                              "sources": sources}
+    if not result["ok"]:
+        stale = sorted(name for name, s in sources.items() if not s["fresh"])
+        result["error"] = f"stale sources: {', '.join(stale)}"
+    return result
+
+
 @blp.route("")
 class Health(MethodView):
     """Overall health."""
@@ -48,7 +84,41 @@ class Health(MethodView):
     @blp.response(200, HealthSchema)
     @blp.alt_response(503, schema=HealthSchema, description="Not serving")
     def get(self) -> Any:
-        """Check the database and the broker; 503 names the failing check"""
+        """Check database, broker, live workers and source freshness
+
+        `down` (503) when the database or the broker is unreachable; `degraded` (200) when no
+        worker answers or a source's last success is older than 3 schedule periods.
+        """
+        checks: dict[str, Any] = {"database": _timed(_check_database),
+                                  "broker": _timed(_check_broker)}
+        if checks["broker"]["ok"]:
+            checks["workers"] = _timed(_check_workers)
+        if checks["database"]["ok"]:
+            checks["freshness"] = _timed(_check_freshness)
+        if not (checks["database"]["ok"] and checks["broker"]["ok"]):
+            return {"status": "down", "checks": checks}, 503
+        degraded = not all(c["ok"] for c in checks.values())
+        return {"status": "degraded" if degraded else "ok", "checks": checks}, 200
+
+
+@blp.route("/live")
+class Live(MethodView):
+    """Liveness."""
+
+    @blp.response(200, LiveSchema)
+    def get(self) -> Any:
+        """Answer while the process is up (no I/O)"""
+        return {"status": "ok"}
+
+
+@blp.route("/ready")
+class Ready(MethodView):
+    """Readiness."""
+
+    @blp.response(200, HealthSchema)
+    @blp.alt_response(503, schema=HealthSchema, description="Not ready")
+    def get(self) -> Any:
+        """Check that the database and the broker answer; 503 names the failing check"""
         checks = {"database": _timed(_check_database), "broker": _timed(_check_broker)}
         ok = all(c["ok"] for c in checks.values())
         return {"status": "ok" if ok else "down", "checks": checks}, 200 if ok else 503

@@ -11,7 +11,14 @@ from flask_smorest import Blueprint, abort
 from api.auth import require_token
 from api.broker import get_celery
 from api.db import get_session
-from api.schemas import JobAcceptedSchema, JobRequestSchema, JobSchema
+from api.schemas import (
+    ErrorSchema,
+    JobAcceptedSchema,
+    JobHeadersSchema,
+    JobRequestSchema,
+    JobSchema,
+)
+from shared.errors import NotFound
 from shared.jobs import create_job, enqueue_job, fail_unsent_job, load_job
 
 log = logging.getLogger(__name__)
@@ -26,43 +33,56 @@ class Jobs(MethodView):
     @blp.doc(security=[{"bearerAuth": []}])
     @require_token
     @blp.arguments(JobRequestSchema, required=False)
+    @blp.arguments(JobHeadersSchema, location="headers")
     @blp.response(202, JobAcceptedSchema)
-    @blp.alt_response(401, description="Missing bearer token")
-    @blp.alt_response(403, description="Wrong bearer token")
-    @blp.alt_response(503, description="Broker unavailable")
-    def post(self, body: dict[str, Any] | None) -> Any:
+    @blp.alt_response(200, schema=JobAcceptedSchema, success=True,
+                      description="Replay of an earlier request with the same Idempotency-Key")
+    @blp.alt_response(401, schema=ErrorSchema, description="Missing bearer token")
+    @blp.alt_response(403, schema=ErrorSchema, description="Wrong bearer token")
+    @blp.alt_response(413, schema=ErrorSchema, description="Body too large")
+    @blp.alt_response(429, schema=ErrorSchema, description="Too many jobs requested")
+    @blp.alt_response(503, schema=ErrorSchema, description="Broker unavailable")
+    def post(self, body: dict[str, Any] | None, headers: dict[str, Any]) -> Any:
         """Queue an ETL job for some or all sources
 
         Commits the job, then sends `group(extract per source) | normalize` to the workers.
+        With an `Idempotency-Key` header a repeated request returns the first job (200) instead
+        of queueing another; reusing a key for other sources is a 422.
         """
         settings = current_app.config["SETTINGS"]
         sources = (body or {}).get("sources") or list(settings.enabled_sources)
+        key = headers.get("idempotency_key")
         session = get_session()
-        created = create_job(session, sources, trigger="api")
-        session.commit()
+        created = create_job(session, sources, trigger="api", idempotency_key=key)
         job = created.job
-        try:
-            enqueue_job(get_celery(), job)
-        except Exception as exc:
-            log.error("could not enqueue job %s: %s", job.id, type(exc).__name__)
-            fail_unsent_job(session, job.id, "broker unavailable: the job was not queued")
-            session.commit()
-            abort(503, message="broker unavailable: the job was not queued")
+        if not created.created and sorted(job.sources) != sorted(sources):
+            abort(422, message="Idempotency-Key was already used for other sources",
+                  errors={"headers": {"Idempotency-Key": [
+                      f"already used for sources {job.sources}"]}})
+        session.commit()
+        if created.created:
+            try:
+                enqueue_job(get_celery(), job)
+            except Exception as exc:
+                log.error("could not enqueue job %s: %s", job.id, type(exc).__name__)
+                fail_unsent_job(session, job.id, "broker unavailable: the job was not queued")
+                session.commit()
+                abort(503, message="broker unavailable: the job was not queued")
         status_url = url_for("jobs.JobDetail", job_id=job.id)
         body_out = {"id": job.id, "status": job.status, "sources": job.sources,
                     "status_url": status_url}
-        return body_out, 202, {"Location": status_url}
+        return body_out, 202 if created.created else 200, {"Location": status_url}
 
 
-@blp.route("/<int:job_id>")
+@blp.route("/<id:job_id>")
 class JobDetail(MethodView):
     """One job."""
 
     @blp.response(200, JobSchema)
-    @blp.alt_response(404, description="No such job")
+    @blp.alt_response(404, schema=ErrorSchema, description="No such job")
     def get(self, job_id: int) -> Any:
         """Show a job and each source's run: status, counts, timings, error"""
         job = load_job(get_session(), job_id)
         if job is None:
-            abort(404, message=f"job {job_id} not found")
+            raise NotFound(f"job {job_id} not found")
         return job

@@ -19,21 +19,6 @@ from tests.conftest import QUEUE_KEY, count
 from tests.shared.test_csv_pipeline import HEADER, only_file
 
 
-@pytest.fixture
-def client(settings: Settings, private_redis_url: str) -> Any:
-    """The app sending to a Redis database no other suite's workers consume from."""
-    from api import create_app
-
-    app = create_app({"TESTING": True}, settings=replace(settings, redis_url=private_redis_url))
-    return app.test_client()
-
-
-@pytest.fixture
-def redis_url(private_redis_url: str) -> str:
-    """Where this module's jobs are queued."""
-    return private_redis_url
-
-
 def _queued_messages(redis_url: str) -> int:
     client = redis.Redis.from_url(redis_url)
     try:
@@ -137,7 +122,7 @@ def test_bad_idempotency_key_is_422(
 
 def test_token_never_reaches_the_logs_of_a_full_job(
     clean_db: Any, settings: Settings, csv_dir: Path,
-    auth_headers: dict[str, str], worker_factory: Any, private_redis_url: str,
+    auth_headers: dict[str, str], worker_factory: Any,
 ) -> None:
     """API (a real HTTP server with access logs) + a real worker, everything at DEBUG."""
     from api import create_app
@@ -153,13 +138,12 @@ def test_token_never_reaches_the_logs_of_a_full_job(
     root.addHandler(handler)
     server = None
     try:
-        debug = replace(settings, log_level="DEBUG", redis_url=private_redis_url)
+        debug = replace(settings, log_level="DEBUG")
         app = create_app({"TESTING": True}, settings=debug)  # installs the secret filter
         server = make_server("127.0.0.1", 0, app, threaded=True)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         base = f"http://127.0.0.1:{server.server_port}"
-        worker = worker_factory({"CSV_DIR": str(csv_dir), "LOG_LEVEL": "DEBUG",
-                                 "REDIS_URL": private_redis_url})
+        worker = worker_factory({"CSV_DIR": str(csv_dir), "LOG_LEVEL": "DEBUG"})
 
         session = requests.Session()
         refused = session.post(f"{base}/jobs?token={token}", json={"sources": ["csv"]})

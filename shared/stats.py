@@ -1,0 +1,165 @@
+"""Operational statistics: layers, runs, durations, rejects, drift, checkpoints, freshness."""
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime, timedelta
+from typing import Any, Sequence
+
+from sqlalchemy import Row, func, select, text
+from sqlalchemy.orm import Session
+
+from shared.config import SOURCES
+from shared.models import (
+    RUN_STATUSES,
+    Asset,
+    AssetSourceId,
+    Checkpoint,
+    CurrentQuote,
+    DriftEvent,
+    Quote,
+    RawRecord,
+    RejectedRecord,
+    Run,
+)
+
+LAYERS: tuple[str, ...] = ("raw", "quotes", "current", "assets", "rejected")
+CHECKPOINT_LIMIT = 500
+TOP_REJECT_REASONS = 10
+RECENT_DRIFT_EVENTS = 20
+
+_LAST_RUN_SQL = text(
+    """
+    SELECT DISTINCT ON (source) source, id, status, finished_at, error
+    FROM runs
+    WHERE status = ANY(:statuses) AND finished_at IS NOT NULL
+    ORDER BY source, finished_at DESC, id DESC
+    """
+)
+
+_TOP_REASONS_SQL = text(
+    """
+    SELECT source, reason, n FROM (
+        SELECT source, reason, count(*) AS n,
+               row_number() OVER (PARTITION BY source ORDER BY count(*) DESC, reason) AS pos
+        FROM rejected_records GROUP BY source, reason
+    ) ranked WHERE pos <= :top ORDER BY source, n DESC, reason
+    """
+)
+
+
+def _counts_by_source(session: Session, column: Any) -> dict[str, int]:
+    rows = session.execute(select(column, func.count()).group_by(column)).all()
+    return {str(source): int(n) for source, n in rows}
+
+
+def records_by_layer(session: Session) -> dict[str, dict[str, int]]:
+    """Rows per source in every layer: raw, quotes, current, asset ids, rejected."""
+    return {
+        "raw": _counts_by_source(session, RawRecord.source),
+        "quotes": _counts_by_source(session, Quote.source),
+        "current": _counts_by_source(session, CurrentQuote.source),
+        "assets": _counts_by_source(session, AssetSourceId.source),
+        "rejected": _counts_by_source(session, RejectedRecord.source),
+    }
+
+
+def _last_runs(session: Session, statuses: Sequence[str]) -> dict[str, Row[Any]]:
+    rows = session.execute(_LAST_RUN_SQL, {"statuses": list(statuses)}).all()
+    return {row.source: row for row in rows}
+
+
+def _run_ref(row: Row[Any] | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    return {"run_id": row.id, "status": row.status, "finished_at": row.finished_at,
+            "error": row.error}
+
+
+def collect_stats(session: Session) -> dict[str, Any]:
+    """Everything `GET /stats` shows: layers, runs, outcomes, durations, rejects, drift."""
+    layers = records_by_layer(session)
+    status_rows = session.execute(
+        select(Run.source, Run.status, func.count()).group_by(Run.source, Run.status)
+    ).all()
+    runs_by_status = {status: 0 for status in RUN_STATUSES}
+    per_source_status: dict[str, dict[str, int]] = defaultdict(dict)
+    for source, status, n in status_rows:
+        runs_by_status[status] = runs_by_status.get(status, 0) + int(n)
+        per_source_status[source][status] = int(n)
+    durations = {
+        source: (float(avg) if avg is not None else None, int(n))
+        for source, avg, n in session.execute(
+            select(
+                Run.source,
+                func.avg(func.extract("epoch", Run.finished_at - Run.started_at) * 1000),
+                func.count(),
+            ).where(Run.status == "succeeded", Run.started_at.is_not(None),
+                    Run.finished_at.is_not(None))
+            .group_by(Run.source)
+        ).all()
+    }
+    successes = _last_runs(session, ["succeeded"])
+    failures = _last_runs(session, ["failed", "partial"])
+    reasons: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    reason_rows = session.execute(_TOP_REASONS_SQL, {"top": TOP_REJECT_REASONS}).all()
+    for source, reason, n in reason_rows:
+        reasons[source].append({"reason": reason, "count": int(n)})
+
+    drift_counts: dict[str, dict[str, int]] = defaultdict(lambda: {"mapped": 0, "unmapped": 0})
+    for source, mapped, n in session.execute(
+        select(DriftEvent.source, DriftEvent.mapped, func.count())
+        .group_by(DriftEvent.source, DriftEvent.mapped)
+    ).all():
+        drift_counts[source]["mapped" if mapped else "unmapped"] += int(n)
+    recent_drift = session.scalars(
+        select(DriftEvent).order_by(DriftEvent.id.desc()).limit(RECENT_DRIFT_EVENTS)
+    ).all()
+
+    sources = sorted(set(SOURCES) | {s for layer in layers.values() for s in layer}
+                     | set(per_source_status))
+    per_source = []
+    for source in sources:
+        avg_ms, succeeded = durations.get(source, (None, 0))
+        per_source.append({
+            "source": source,
+            "records": {layer: layers[layer].get(source, 0) for layer in LAYERS},
+            "runs_by_status": {s: per_source_status[source].get(s, 0) for s in RUN_STATUSES},
+            "last_success": _run_ref(successes.get(source)),
+            "last_failure": _run_ref(failures.get(source)),
+            "average_duration_ms": round(avg_ms, 1) if avg_ms is not None else None,
+            "top_reject_reasons": reasons.get(source, []),
+            "drift": dict(drift_counts.get(source, {"mapped": 0, "unmapped": 0})),
+        })
+    checkpoints = session.scalars(
+        select(Checkpoint).order_by(Checkpoint.source, Checkpoint.key).limit(CHECKPOINT_LIMIT)
+    ).all()
+    return {
+        "totals": {
+            "assets": int(session.scalar(select(func.count()).select_from(Asset)) or 0),
+            **{layer: sum(layers[layer].values()) for layer in LAYERS if layer != "assets"},
+            "runs": sum(runs_by_status.values()),
+        },
+        "records": layers,
+        "runs_by_status": runs_by_status,
+        "sources": per_source,
+        "checkpoints": checkpoints,
+        "recent_drift": recent_drift,
+    }
+
+
+def source_freshness(
+    session: Session, sources: Sequence[str], max_age: timedelta, now: datetime
+) -> dict[str, dict[str, Any]]:
+    """Per source: when its last run succeeded and whether that is younger than `max_age`."""
+    last = _last_runs(session, ["succeeded"])
+    result: dict[str, dict[str, Any]] = {}
+    for source in sources:
+        row = last.get(source)
+        finished = row.finished_at if row is not None else None
+        age = (now - finished).total_seconds() if finished is not None else None
+        result[source] = {
+            "fresh": age is not None and age <= max_age.total_seconds(),
+            "last_success_at": finished,
+            "age_seconds": round(age, 1) if age is not None else None,
+        }
+    return result
