@@ -9,6 +9,7 @@ from flask import Flask
 from werkzeug.routing import IntegerConverter
 
 from api.broker import init_broker
+from api.cli import init_cli
 from api.db import init_db
 from api.envelope import init_request_ids
 from api.errors import JsonErrorsApi, init_error_handlers
@@ -77,4 +78,5 @@ def create_app(
         api.register_blueprint(module.blp)
     init_limits(app, [data.blp, raw.blp, jobs.blp, runs.blp, stats.blp], jobs.blp)
     init_error_handlers(app, api)
+    init_cli(app)
     return app
