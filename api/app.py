@@ -77,6 +77,9 @@ def create_app(
     for module in (data, raw, jobs, runs, stats, health):
         api.register_blueprint(module.blp)
     init_limits(app, [data.blp, raw.blp, jobs.blp, runs.blp, stats.blp], jobs.blp)
+    from api.resources import metrics
+
+    app.register_blueprint(metrics.blp)  # text, not JSON: outside the OpenAPI spec
     init_error_handlers(app, api)
     init_cli(app)
     return app

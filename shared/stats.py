@@ -163,3 +163,18 @@ def source_freshness(
             "age_seconds": round(age, 1) if age is not None else None,
         }
     return result
+
+
+def http_totals(session: Session) -> dict[str, dict[str, float]]:
+    """Per source: HTTP requests, retries, rate-limit waits and seconds waited, over all runs."""
+    rows = session.execute(
+        select(Run.source, func.sum(Run.http_requests), func.sum(Run.http_retries),
+               func.sum(Run.rate_limit_waits), func.sum(Run.rate_limit_wait_seconds))
+        .group_by(Run.source)
+    ).all()
+    return {
+        source: {"requests": float(req or 0), "retries": float(ret or 0),
+                 "rate_limit_waits": float(waits or 0),
+                 "rate_limit_wait_seconds": float(secs or 0)}
+        for source, req, ret, waits, secs in rows
+    }
