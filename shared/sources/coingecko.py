@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any, Iterator
 
 import requests
@@ -13,8 +12,9 @@ from shared.errors import SourceError
 from shared.records import Batch, ParsedQuote, RawItem, Rejected, content_hash
 from shared.sources.base import RunContext
 from shared.sources.batching import Entry, build_batch, cut_index, records_budget
-from shared.sources.drift import DriftEvent, DriftReport, FieldSpec, detect_drift, flatten
-from shared.sources.http import HttpClient, JsonItem, RateLimiter, to_datetime, to_decimal, to_int
+from shared.sources.drift import DriftEvent, DriftReport, FieldSpec, detect_drift
+from shared.sources.http import HttpClient, JsonItem, RateLimiter
+from shared.sources.items import parse_market_item
 
 logger = logging.getLogger("shared.sources.coingecko")
 
@@ -75,57 +75,11 @@ def auth_headers(settings: Settings) -> dict[str, str]:
     return {"x-cg-demo-api-key": key}
 
 
-def _text(value: Any) -> str | None:
-    return value.strip() if isinstance(value, str) and value.strip() else None
-
-
 def parse_item(
     item: JsonItem, location: str, report: DriftReport
 ) -> tuple[ParsedQuote | None, str | None, str]:
     """One market item as (quote, None, source_key) or (None, reject reason, source_key)."""
-    value = item.value
-    if not isinstance(value, dict):
-        return None, "item is not a JSON object", location
-    flat = flatten(value)
-    coin_id = _text(report.value(flat, "id"))
-    key = coin_id or location
-    if report.missing:
-        names = ", ".join(repr(m) for m in report.missing)
-        return None, f"missing field {names} (schema drift, no confident rename)", key
-    if coin_id is None:
-        return None, "missing or empty 'id'", key
-    symbol = _text(report.value(flat, "symbol"))
-    if symbol is None:
-        return None, "missing or empty 'symbol'", key
-    if not report.has(flat, "last_updated"):
-        return None, "missing field 'last_updated'", key
-    try:
-        observed_at = to_datetime(report.value(flat, "last_updated"))
-    except ValueError as exc:
-        return None, f"last_updated: {exc}", key
-    if observed_at is None:
-        # Without an observation time the quote cannot be placed in the time series.
-        return None, "last_updated is null", key
-    numbers: dict[str, Decimal | None] = {}
-    for attr, path in NUMBER_FIELDS:
-        try:
-            numbers[attr] = to_decimal(report.value(flat, path))
-        except ValueError as exc:
-            return None, f"{path}: {exc}", key
-    try:
-        rank = to_int(report.value(flat, "market_cap_rank"))
-    except ValueError as exc:
-        return None, f"market_cap_rank: {exc}", key
-    quote = ParsedQuote(
-        source_asset_id=coin_id,
-        symbol=symbol.upper(),
-        name=_text(report.value(flat, "name")),
-        observed_at=observed_at,
-        raw_hash=content_hash(SOURCE, item.text),
-        rank=rank,
-        **numbers,
-    )
-    return quote, None, key
+    return parse_market_item(SOURCE, item, location, report, NUMBER_FIELDS, "market_cap_rank")
 
 
 def parse_entries(

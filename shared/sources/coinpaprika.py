@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from decimal import Decimal
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
 import requests
@@ -12,8 +11,9 @@ from shared.config import Settings
 from shared.records import Batch, ParsedQuote, RawItem, Rejected, content_hash
 from shared.sources.base import RunContext
 from shared.sources.batching import Entry, build_batch, cut_index, records_budget
-from shared.sources.drift import DriftEvent, DriftReport, FieldSpec, detect_drift, flatten
-from shared.sources.http import HttpClient, JsonItem, RateLimiter, to_datetime, to_decimal, to_int
+from shared.sources.drift import DriftEvent, DriftReport, FieldSpec, detect_drift
+from shared.sources.http import HttpClient, JsonItem, RateLimiter
+from shared.sources.items import parse_market_item
 
 logger = logging.getLogger("shared.sources.coinpaprika")
 
@@ -71,59 +71,20 @@ def auth_headers(settings: Settings) -> dict[str, str]:
     return {"Authorization": f"{scheme} {key}" if scheme else key}
 
 
-def _text(value: Any) -> str | None:
-    return value.strip() if isinstance(value, str) and value.strip() else None
-
-
 def parse_ticker(
     item: JsonItem, location: str, report: DriftReport
 ) -> tuple[ParsedQuote | None, str | None, str]:
     """One ticker as (quote, None, source_key) or (None, reject reason, source_key)."""
-    value = item.value
-    if not isinstance(value, dict):
-        return None, "item is not a JSON object", location
-    flat = flatten(value)
-    coin_id = _text(report.value(flat, "id"))
-    key = coin_id or location
-    if report.missing:
-        names = ", ".join(repr(m) for m in report.missing)
-        return None, f"missing field {names} (schema drift, no confident rename)", key
-    if coin_id is None:
-        return None, "missing or empty 'id'", key
-    symbol = _text(report.value(flat, "symbol"))
-    if symbol is None:
-        return None, "missing or empty 'symbol'", key
-    if not report.has(flat, "last_updated"):
-        return None, "missing field 'last_updated'", key
-    try:
-        observed_at = to_datetime(report.value(flat, "last_updated"))
-    except ValueError as exc:
-        return None, f"last_updated: {exc}", key
-    if observed_at is None:
-        return None, "last_updated is null", key
-    numbers: dict[str, Decimal | None] = {}
-    for attr, path in NUMBER_FIELDS:
-        try:
-            numbers[attr] = to_decimal(report.value(flat, path))
-        except ValueError as exc:
-            return None, f"{path}: {exc}", key
-    # CoinPaprika reports uncapped coins with max_supply 0: that means "no cap", not zero.
-    if numbers["max_supply"] is not None and numbers["max_supply"] == 0:
-        numbers["max_supply"] = None
-    try:
-        rank = to_int(report.value(flat, "rank"))
-    except ValueError as exc:
-        return None, f"rank: {exc}", key
-    quote = ParsedQuote(
-        source_asset_id=coin_id,
-        symbol=symbol.upper(),
-        name=_text(report.value(flat, "name")),
-        observed_at=observed_at,
-        raw_hash=content_hash(SOURCE, item.text),
-        rank=rank if rank else None,  # rank 0 = unranked upstream
-        **numbers,
-    )
-    return quote, None, key
+    quote, reason, key = parse_market_item(SOURCE, item, location, report, NUMBER_FIELDS, "rank")
+    if quote is None:
+        return quote, reason, key
+    # CoinPaprika reports uncapped coins with max_supply 0 ("no cap", not zero) and unranked
+    # coins with rank 0.
+    return replace(
+        quote,
+        max_supply=quote.max_supply if quote.max_supply else None,
+        rank=quote.rank if quote.rank else None,
+    ), None, key
 
 
 def _sort_key(item: JsonItem, index: int) -> tuple[int, str, int]:

@@ -1,0 +1,72 @@
+"""Reading one JSON market item (CoinGecko or CoinPaprika) into a quote or a reject reason."""
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any, Sequence
+
+from shared.records import ParsedQuote, content_hash
+from shared.sources.drift import DriftReport, flatten
+from shared.sources.http import JsonItem, to_datetime, to_decimal, to_int
+
+
+def text_or_none(value: Any) -> str | None:
+    """A stripped non-empty string, else None ("" is null upstream)."""
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def parse_market_item(
+    source: str,
+    item: JsonItem,
+    location: str,
+    report: DriftReport,
+    number_fields: Sequence[tuple[str, str]],
+    rank_path: str,
+) -> tuple[ParsedQuote | None, str | None, str]:
+    """(quote, None, source_key) or (None, reject reason, source_key) for one item.
+
+    `number_fields` maps ParsedQuote attributes to dotted paths in the item; drift renames
+    that `report` mapped are followed.
+    """
+    value = item.value
+    if not isinstance(value, dict):
+        return None, "item is not a JSON object", location
+    flat = flatten(value)
+    coin_id = text_or_none(report.value(flat, "id"))
+    key = coin_id or location
+    if report.missing:
+        names = ", ".join(repr(m) for m in report.missing)
+        return None, f"missing field {names} (schema drift, no confident rename)", key
+    if coin_id is None:
+        return None, "missing or empty 'id'", key
+    symbol = text_or_none(report.value(flat, "symbol"))
+    if symbol is None:
+        return None, "missing or empty 'symbol'", key
+    if not report.has(flat, "last_updated"):
+        return None, "missing field 'last_updated'", key
+    try:
+        observed_at = to_datetime(report.value(flat, "last_updated"))
+    except ValueError as exc:
+        return None, f"last_updated: {exc}", key
+    if observed_at is None:
+        # Without an observation time the quote cannot be placed in the time series.
+        return None, "last_updated is null", key
+    numbers: dict[str, Decimal | None] = {}
+    for attr, path in number_fields:
+        try:
+            numbers[attr] = to_decimal(report.value(flat, path))
+        except ValueError as exc:
+            return None, f"{path}: {exc}", key
+    try:
+        rank = to_int(report.value(flat, rank_path))
+    except ValueError as exc:
+        return None, f"{rank_path}: {exc}", key
+    quote = ParsedQuote(
+        source_asset_id=coin_id,
+        symbol=symbol.upper(),
+        name=text_or_none(report.value(flat, "name")),
+        observed_at=observed_at,
+        raw_hash=content_hash(source, item.text),
+        rank=rank,
+        **numbers,
+    )
+    return quote, None, key
