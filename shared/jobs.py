@@ -43,9 +43,11 @@ def create_job(
         idempotency_key=idempotency_key, celery_task_id=str(uuid.uuid4()),
     )
     job.runs = [Run(source=s, status="queued", celery_task_id=str(uuid.uuid4())) for s in sources]
-    session.add(job)
     try:
+        # Added inside the savepoint so that, if it rolls back, the objects leave the session
+        # with it instead of failing every later flush.
         with session.begin_nested():
+            session.add(job)
             session.flush()
     except IntegrityError:
         # A concurrent request with the same Idempotency-Key won the insert.

@@ -109,3 +109,39 @@ def test_f30_checkpoint_in_the_future_reads_zero_new_rows_and_succeeds(
     assert offset == path.stat().st_size  # the state is written again, and sane
     again = run_csv(clean_db, settings)
     assert (again["fetched"], again["inserted"]) == (0, 0)
+
+
+def test_f21_double_submit_with_one_idempotency_key_makes_one_job(
+    clean_db: Engine, settings: Settings, auth_headers: dict[str, str], redis_url: str
+) -> None:
+    import redis
+
+    from api import create_app
+    from tests.conftest import QUEUE_KEY
+
+    app = create_app({"TESTING": True, "RATELIMIT_ENABLED": False}, settings=settings)
+    answers: list[tuple[int, int]] = []
+    barrier = threading.Barrier(20)
+
+    def post() -> None:
+        barrier.wait()
+        response = app.test_client().post(
+            "/jobs", json={"sources": ["csv"]},
+            headers={**auth_headers, "Idempotency-Key": "double-submit-1"})
+        body = response.get_json()
+        answers.append((response.status_code, body.get("id", body.get("message"))))
+
+    threads = [threading.Thread(target=post) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(answers) == 20
+    assert len({job_id for _, job_id in answers}) == 1
+    assert sorted(status for status, _ in answers) == [200] * 19 + [202]
+    assert count(clean_db, "jobs") == 1 and count(clean_db, "runs") == 1
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.llen(QUEUE_KEY) == 1  # enqueued once, by the request that created it
+    finally:
+        client.close()
