@@ -177,7 +177,10 @@ def _keyset_after(
     if value is None:
         return and_(column.is_(None), after_tie)
     beyond = column < value if descending else column > value
-    condition = or_(beyond, and_(column == value, after_tie))
+    # The redundant bound (<= / >=) gives the planner an index range to start from; the OR
+    # alone makes it scan from the first row and filter, so deep pages would cost more.
+    bound = column <= value if descending else column >= value
+    condition = and_(bound, or_(beyond, and_(column == value, after_tie)))
     return or_(condition, column.is_(None)) if nullable else condition
 
 
