@@ -11,6 +11,7 @@ help:
 	@echo "make run      start PostgreSQL/Redis (embedded if needed), migrate, API + worker + beat"
 	@echo "make test     run the whole test suite (embedded PostgreSQL/Redis if none found)"
 	@echo "make demo     like run, against a local replay of recorded upstream payloads"
+	@echo "make bench    benchmarks: ingest vs COPY, re-runs, /data under load, sources"
 	@echo "make lint     flake8"
 	@echo "make migrate  flask --app api db upgrade (needs DATABASE_URL)"
 	@echo "make clean    remove var/ (embedded data, logs, API token)"
@@ -34,8 +35,9 @@ test: $(STAMP)
 demo:
 	REPLAY_UPSTREAM=1 $(MAKE) run
 
-bench:
-	@echo "no benchmarks yet"
+# Its own database on the services `make test` uses; table in var/bench-results.md (~10 min).
+bench: $(STAMP)
+	$(PY) -m bench $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m flake8 api worker shared scripts tests migrations

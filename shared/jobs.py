@@ -101,20 +101,32 @@ def job_status_from_runs(statuses: Sequence[str]) -> str:
 
 
 def refresh_current_quotes(session: Session, run_ids: Sequence[int]) -> int:
-    """Publish the newest quote per (asset, source) written by these runs; returns rows touched."""
+    """Publish the newest quote per (asset, source) written by these runs; returns rows touched.
+
+    The loader notes in run_assets which assets each run wrote; per asset, the newest quote
+    of these runs is one step back along the quotes primary key, so the cost follows the
+    number of assets, not of quotes. The notes are dropped once published.
+    """
     if not run_ids:
         return 0
+    params = {"run_ids": list(run_ids)}
     result = session.execute(
         text(
             """
             INSERT INTO current_quotes AS cur (asset_id, source, symbol, name, source_asset_id,
                 observed_at, price_usd, market_cap_usd, volume_24h_usd, rank, updated_at)
-            SELECT DISTINCT ON (q.asset_id, q.source) q.asset_id, q.source, a.symbol, a.name,
-                q.source_asset_id, q.observed_at, q.price_usd, q.market_cap_usd,
-                q.volume_24h_usd, q.rank, now()
-            FROM quotes q JOIN assets a ON a.id = q.asset_id
-            WHERE q.run_id = ANY(:run_ids)
-            ORDER BY q.asset_id, q.source, q.observed_at DESC
+            SELECT q.asset_id, q.source, a.symbol, a.name, q.source_asset_id, q.observed_at,
+                q.price_usd, q.market_cap_usd, q.volume_24h_usd, q.rank, now()
+            FROM (SELECT DISTINCT ra.asset_id, r.source
+                  FROM run_assets ra JOIN runs r ON r.id = ra.run_id
+                  WHERE ra.run_id = ANY(:run_ids)) touched
+            CROSS JOIN LATERAL (
+                SELECT * FROM quotes q
+                WHERE q.asset_id = touched.asset_id AND q.source = touched.source
+                  AND q.run_id = ANY(:run_ids)
+                ORDER BY q.observed_at DESC LIMIT 1
+            ) q
+            JOIN assets a ON a.id = q.asset_id
             ON CONFLICT (asset_id, source) DO UPDATE SET
                 symbol = excluded.symbol, name = excluded.name,
                 source_asset_id = excluded.source_asset_id, observed_at = excluded.observed_at,
@@ -124,8 +136,9 @@ def refresh_current_quotes(session: Session, run_ids: Sequence[int]) -> int:
             WHERE excluded.observed_at >= cur.observed_at
             """
         ),
-        {"run_ids": list(run_ids)},
+        params,
     )
+    session.execute(text("DELETE FROM run_assets WHERE run_id = ANY(:run_ids)"), params)
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 

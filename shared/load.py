@@ -1,18 +1,28 @@
-"""Bulk writes of one batch: COPY into staging, then INSERT ... ON CONFLICT, plus checkpoint."""
+"""Bulk writes of one batch: COPY straight into the tables, via staging when rows repeat."""
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
+from psycopg2 import errors as pg_errors
 from psycopg2.extras import Json, execute_values
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from shared.identity import Alias, IdentityHint, resolve_assets
-from shared.records import Batch, content_hash
+from shared.records import (
+    ASSET_SLOT,
+    QUOTE_COPY_COLUMNS,
+    RAW_COPY_COLUMNS,
+    Batch,
+    ParsedQuote,
+    RawItem,
+    content_hash,
+    copy_escape,
+)
 
 
 class CheckpointMoved(RuntimeError):
@@ -30,27 +40,45 @@ class BatchResult:
     rejected: int = 0
 
 
-# Session-local staging tables: rows vanish at commit, the definitions stay for the
-# connection's life so each batch pays only for COPY.
+# After a batch met rows that exist already (a re-read file, a repeated API page), the next
+# batches of the run go through staging for a while instead of failing their COPY first.
+STAGING_BATCHES_AFTER_CONFLICT = 8
+COPY_CHUNK_BYTES = 1 << 20
+
+
+@dataclass
+class LoadState:
+    """What a run's loader remembers between its batches."""
+
+    staging_left: dict[str, int] = field(default_factory=dict)
+    assets_recorded: set[int] = field(default_factory=set)
+
+
+# Session-local staging tables with the layout of the COPY text: rows vanish at commit, the
+# definitions stay for the connection's life. Only used when a batch repeats stored rows.
 _STAGING_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS stage_raw (
-    source_key text, content_hash bytea, payload text
+    content_hash bytea, source text, source_key text, payload text, run_id bigint
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_quotes (
-    asset_id bigint, observed_at timestamptz, source_asset_id text,
+    asset_id bigint, source text, run_id bigint, observed_at timestamptz, source_asset_id text,
     price_usd numeric, market_cap_usd numeric, volume_24h_usd numeric,
     circulating_supply numeric, total_supply numeric, max_supply numeric, rank integer,
     open_usd numeric, high_usd numeric, low_usd numeric, close_usd numeric, raw_hash bytea
 ) ON COMMIT DELETE ROWS;
 """
 
-_QUOTE_COLUMNS = (
-    "asset_id, observed_at, source_asset_id, price_usd, market_cap_usd, volume_24h_usd, "
-    "circulating_supply, total_supply, max_supply, rank, open_usd, high_usd, low_usd, "
-    "close_usd, raw_hash"
+_RAW_COLUMNS = ", ".join(RAW_COPY_COLUMNS)
+_QUOTE_COLUMNS = ", ".join(QUOTE_COPY_COLUMNS)
+_RAW_FROM_STAGING = (
+    f"INSERT INTO raw_records ({_RAW_COLUMNS}) "
+    f"SELECT DISTINCT ON (content_hash) {_RAW_COLUMNS} FROM stage_raw "
+    "ON CONFLICT (source, content_hash) DO NOTHING"
 )
-
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_QUOTES_FROM_STAGING = (
+    f"INSERT INTO quotes ({_QUOTE_COLUMNS}) SELECT {_QUOTE_COLUMNS} FROM stage_quotes "
+    "ON CONFLICT (asset_id, source, observed_at) DO NOTHING"
+)
 
 
 def _cell(value: Any) -> str:
@@ -63,16 +91,56 @@ def _cell(value: Any) -> str:
         return value.isoformat()
     if isinstance(value, (Decimal, int)):
         return str(value)
-    return str(value).translate(_COPY_ESCAPES)
+    return copy_escape(str(value))
 
 
-def _copy(cursor: Any, table: str, columns: str, rows: Iterable[Sequence[Any]]) -> None:
-    buffer = io.StringIO()
-    for row in rows:
-        buffer.write("\t".join(_cell(v) for v in row))
-        buffer.write("\n")
-    buffer.seek(0)
-    cursor.copy_expert(f"COPY {table} ({columns}) FROM STDIN", buffer)
+def _line(values: Iterable[Any]) -> str:
+    return "\t".join(_cell(v) for v in values) + "\n"
+
+
+def _raw_lines(source: str, run_id: int, items: list[RawItem]) -> list[str]:
+    return [_line((r.hash, source, r.source_key, r.payload, run_id)) for r in items]
+
+
+def _quote_line(asset_id: int, source: str, run_id: int, q: ParsedQuote) -> str:
+    return _line((
+        asset_id, source, run_id, q.observed_at, q.source_asset_id, q.price_usd,
+        q.market_cap_usd, q.volume_24h_usd, q.circulating_supply, q.total_supply,
+        q.max_supply, q.rank, q.open_usd, q.high_usd, q.low_usd, q.close_usd, q.raw_hash,
+    ))
+
+
+def _copy_new_rows(
+    cursor: Any, state: LoadState, table: str, columns: str, data: str, staging: str,
+    from_staging: str,
+) -> int:
+    """Load COPY text into `table`; returns how many rows were new.
+
+    COPY straight into the table is the fast path and is safe because the table's unique
+    index checks every row: if one exists already, the COPY fails as a whole, is rolled back
+    to its savepoint, and the rows go through a staging table and INSERT ... ON CONFLICT DO
+    NOTHING instead, which skips exactly the stored ones.
+    """
+    left = state.staging_left.get(table, 0)
+    if left <= 0:
+        cursor.execute("SAVEPOINT bulk_copy")
+        try:
+            cursor.copy_expert(f"COPY {table} ({columns}) FROM STDIN", io.StringIO(data),
+                               COPY_CHUNK_BYTES)
+        except pg_errors.UniqueViolation:
+            cursor.execute("ROLLBACK TO SAVEPOINT bulk_copy")
+            state.staging_left[table] = STAGING_BATCHES_AFTER_CONFLICT
+        else:
+            copied = int(cursor.rowcount)
+            cursor.execute("RELEASE SAVEPOINT bulk_copy")
+            return copied
+    else:
+        state.staging_left[table] = left - 1
+    cursor.execute(_STAGING_DDL)
+    cursor.copy_expert(f"COPY {staging} ({columns}) FROM STDIN", io.StringIO(data),
+                       COPY_CHUNK_BYTES)
+    cursor.execute(from_staging)
+    return int(cursor.rowcount)
 
 
 def write_batch(
@@ -83,41 +151,37 @@ def write_batch(
     previous_checkpoint: dict[str, Any] | None,
     aliases: dict[tuple[str, str], Alias],
     asset_cache: dict[str, int],
+    state: LoadState | None = None,
 ) -> BatchResult:
     """Write a batch's raw rows, quotes, rejects and checkpoint in the caller's transaction."""
-    result = BatchResult(fetched=len(batch.raw), rejected=len(batch.rejects))
+    state = state if state is not None else LoadState()
+    result = BatchResult(fetched=batch.raw_count, rejected=len(batch.rejects))
     cursor = session.connection().connection.cursor()
-    cursor.execute(_STAGING_DDL)
 
-    if batch.raw:
-        _copy(cursor, "stage_raw", "source_key, content_hash, payload",
-              ((r.source_key, r.hash, r.payload) for r in batch.raw))
-        cursor.execute(
-            "INSERT INTO raw_records (source, source_key, content_hash, payload, run_id) "
-            "SELECT DISTINCT ON (content_hash) %s, source_key, content_hash, payload, %s "
-            "FROM stage_raw ON CONFLICT (source, content_hash) DO NOTHING",
-            (source, run_id),
-        )
-        result.raw_inserted = cursor.rowcount
+    if batch.raw_count:
+        lines = _raw_lines(source, run_id, batch.raw)
+        lines.sort()  # by content hash, as the unique index wants them
+        data = batch.raw_copy + "".join(lines)
+        result.raw_inserted = _copy_new_rows(
+            cursor, state, "raw_records", _RAW_COLUMNS, data, "stage_raw", _RAW_FROM_STAGING)
 
-    if batch.quotes:
+    quote_count = batch.quote_count
+    if quote_count:
         hints = {q.source_asset_id: IdentityHint(q.source_asset_id, q.symbol, q.name)
                  for q in batch.quotes}
+        for block in batch.quote_blocks:
+            hints.setdefault(block.source_asset_id,
+                             IdentityHint(block.source_asset_id, block.symbol, block.name))
         assets = resolve_assets(session, source, list(hints.values()), aliases, asset_cache)
-        _copy(cursor, "stage_quotes", _QUOTE_COLUMNS, (
-            (assets[q.source_asset_id], q.observed_at, q.source_asset_id, q.price_usd,
-             q.market_cap_usd, q.volume_24h_usd, q.circulating_supply, q.total_supply,
-             q.max_supply, q.rank, q.open_usd, q.high_usd, q.low_usd, q.close_usd, q.raw_hash)
-            for q in batch.quotes
-        ))
-        cursor.execute(
-            f"INSERT INTO quotes (source, run_id, {_QUOTE_COLUMNS}) "
-            f"SELECT %s, %s, {_QUOTE_COLUMNS} FROM stage_quotes "
-            "ON CONFLICT (asset_id, source, observed_at) DO NOTHING",
-            (source, run_id),
-        )
-        result.inserted = cursor.rowcount
-        result.unchanged = len(batch.quotes) - result.inserted
+        parts = [block.text.replace(ASSET_SLOT, str(assets[block.source_asset_id]))
+                 for block in batch.quote_blocks]
+        parts.extend(_quote_line(assets[q.source_asset_id], source, run_id, q)
+                     for q in batch.quotes)
+        result.inserted = _copy_new_rows(
+            cursor, state, "quotes", _QUOTE_COLUMNS, "".join(parts), "stage_quotes",
+            _QUOTES_FROM_STAGING)
+        result.unchanged = quote_count - result.inserted
+        _record_run_assets(cursor, state, run_id, {assets[sid] for sid in hints})
 
     if batch.rejects:
         execute_values(
@@ -147,6 +211,19 @@ def write_batch(
          result.raw_inserted, run_id),
     )
     return result
+
+
+def _record_run_assets(cursor: Any, state: LoadState, run_id: int, asset_ids: set[int]) -> None:
+    """Note the assets this run wrote quotes for, so normalize publishes only those."""
+    new = sorted(asset_ids - state.assets_recorded)
+    if not new:
+        return
+    cursor.execute(
+        "INSERT INTO run_assets (run_id, asset_id) SELECT %s, unnest(%s::bigint[]) "
+        "ON CONFLICT DO NOTHING",
+        (run_id, new),
+    )
+    state.assets_recorded.update(new)
 
 
 def save_checkpoint(

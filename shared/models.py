@@ -86,11 +86,11 @@ class RawRecord(Base):
     source_key: Mapped[str] = mapped_column(Text)
     content_hash: Mapped[bytes] = mapped_column(LargeBinary)
     payload: Mapped[str] = mapped_column(Text)
-    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    # The run that stored it. Not a foreign key: a per-row check costs more than the COPY of
+    # the row itself, the loader takes the id from the run it executes, and runs are never
+    # deleted (see migration 0003).
+    run_id: Mapped[int | None] = mapped_column(BigInteger)
     fetched_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
-
-
-Index("ix_raw_records_source_key", RawRecord.source, RawRecord.source_key)
 
 
 class Quote(Base):
@@ -98,7 +98,11 @@ class Quote(Base):
 
     __tablename__ = "quotes"
 
-    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.id"), primary_key=True)
+    # asset_id and run_id are not foreign keys, for the reason given at RawRecord.run_id; the
+    # loader takes asset ids from asset_source_ids (which has the foreign key) in the same
+    # transaction, and assets are never deleted. run_id has no index: no query selects by it
+    # (normalize finds a run's quotes through run_assets and the primary key).
+    asset_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     source: Mapped[str] = mapped_column(String(32), primary_key=True)
     observed_at: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
     source_asset_id: Mapped[str] = mapped_column(String(300))
@@ -114,10 +118,23 @@ class Quote(Base):
     low_usd: Mapped[Decimal | None] = mapped_column(Numeric)
     close_usd: Mapped[Decimal | None] = mapped_column(Numeric)
     raw_hash: Mapped[bytes | None] = mapped_column(LargeBinary)
-    run_id: Mapped[int | None] = mapped_column(
-        ForeignKey("runs.id", ondelete="SET NULL"), index=True
-    )
+    run_id: Mapped[int | None] = mapped_column(BigInteger)
     inserted_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+
+
+class RunAsset(Base):
+    """An asset a run wrote quotes for, kept until its job is normalized.
+
+    Normalize publishes the newest quote of each of these instead of sorting every quote of
+    the job's runs (a million for a large CSV file).
+    """
+
+    __tablename__ = "run_assets"
+
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    asset_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
 
 
 class CurrentQuote(Base):

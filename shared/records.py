@@ -57,6 +57,44 @@ class Rejected:
     payload: str
 
 
+# Columns of the COPY text a source may hand over ready-made (see `QuoteBlock`, `Batch.raw_copy`).
+# Raw lines start with the hash so that sorting them orders the unique index's inserts.
+RAW_COPY_COLUMNS: tuple[str, ...] = ("content_hash", "source", "source_key", "payload", "run_id")
+QUOTE_COPY_COLUMNS: tuple[str, ...] = (
+    "asset_id", "source", "run_id", "observed_at", "source_asset_id", "price_usd",
+    "market_cap_usd", "volume_24h_usd", "circulating_supply", "total_supply", "max_supply",
+    "rank", "open_usd", "high_usd", "low_usd", "close_usd", "raw_hash",
+)
+# Starts every line of a QuoteBlock: the loader replaces it with the asset id it resolves.
+# NUL cannot occur in PostgreSQL text, so it can never be confused with data.
+ASSET_SLOT = "\x00"
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def copy_escape(value: str) -> str:
+    """`value` as a cell of PostgreSQL's COPY text format (backslash, tab, newlines escaped)."""
+    return value.translate(_COPY_ESCAPES)
+
+
+@dataclass(frozen=True, slots=True)
+class QuoteBlock:
+    """Quotes of one source asset id as PostgreSQL COPY text, values already checked.
+
+    A source that reads text (CSV) renders the lines itself and lets PostgreSQL parse the
+    numbers and timestamps, instead of building a ParsedQuote per row. Each line holds
+    QUOTE_COPY_COLUMNS, tab-separated and escaped, and starts with ASSET_SLOT in place of
+    the asset id.
+    """
+
+    source_asset_id: str
+    symbol: str
+    name: str | None
+    text: str
+    rows: int
+
+
 @dataclass(slots=True)
 class Batch:
     """A unit of atomic progress: these rows and this checkpoint commit together."""
@@ -70,8 +108,22 @@ class Batch:
     stats: dict[str, float] = field(default_factory=dict)
     # Schema-drift events (shared.sources.drift.DriftEvent) seen while reading this batch.
     drift: list[Any] = field(default_factory=list)
+    # Ready-made COPY text (see QuoteBlock): raw rows in RAW_COPY_COLUMNS, and quote blocks.
+    raw_copy: str = ""
+    raw_copy_rows: int = 0
+    quote_blocks: list[QuoteBlock] = field(default_factory=list)
+
+    @property
+    def raw_count(self) -> int:
+        """Raw records in this batch, as objects and as COPY text."""
+        return len(self.raw) + self.raw_copy_rows
+
+    @property
+    def quote_count(self) -> int:
+        """Usable records in this batch, as objects and as COPY text."""
+        return len(self.quotes) + sum(block.rows for block in self.quote_blocks)
 
     @property
     def record_count(self) -> int:
         """Records this batch covers: usable plus rejected."""
-        return len(self.quotes) + len(self.rejects)
+        return self.quote_count + len(self.rejects)

@@ -1,0 +1,412 @@
+"""`make bench`: measure ingest, re-runs, appends, /data under load and parallel sources.
+
+Sets up its own database (created, migrated with `flask --app api db upgrade`, dropped at the
+end) on the PostgreSQL and Redis that `scripts.stack.ensure_services()` finds or starts,
+prints one table of figures and goals, and writes it to var/bench-results.md. Every figure
+is a ratio against a baseline measured in the same run; nothing here is a pass/fail test.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from bench.gen import append_days, kaggle_file
+from scripts.stack import ROOT, VAR_DIR, ensure_services, free_port
+
+BENCH_DIR = VAR_DIR / "bench"
+RESULTS = VAR_DIR / "bench-results.md"
+
+
+@dataclass
+class Row:
+    """One line of the results table."""
+
+    case: str
+    measured: str
+    baseline: str
+    ratio: float | None
+    goal: str
+    met: bool | None
+
+    def cells(self) -> list[str]:
+        """The row as table cells."""
+        ratio = "" if self.ratio is None else f"{self.ratio:.3g}"
+        met = {True: "yes", False: "NO", None: "n/a"}[self.met]
+        return [self.case, self.measured, self.baseline, ratio, self.goal, met]
+
+
+def say(message: str) -> None:
+    """Progress on stderr (the table goes to stdout)."""
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+class BenchDatabase:
+    """A database of our own on the server, migrated, dropped by `drop()`."""
+
+    def __init__(self, server_url: str) -> None:
+        self.name = f"kasparro_bench_{uuid.uuid4().hex[:8]}"
+        base = make_url(server_url)
+        self.admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        with self.admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{self.name}"'))
+        self.url = base.set(database=self.name).render_as_string(hide_password=False)
+        self.engine = create_engine(self.url, pool_pre_ping=True)
+
+    def migrate(self, env: dict[str, str]) -> None:
+        """flask --app api db upgrade, as make run does."""
+        subprocess.run([sys.executable, "-m", "flask", "--app", "api", "db", "upgrade"],
+                       cwd=ROOT, env={**env, "DATABASE_URL": self.url}, check=True,
+                       capture_output=True)
+
+    def truncate_all(self) -> None:
+        """Empty every table but alembic_version."""
+        with self.engine.begin() as conn:
+            tables = conn.execute(text(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                "AND tablename <> 'alembic_version'")).scalars().all()
+            conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+
+    def checkpoint(self) -> None:
+        """Flush dirty buffers so one measurement does not pay for the previous one's."""
+        with self.admin.connect() as conn:
+            conn.execute(text("CHECKPOINT"))
+
+    def drop(self) -> None:
+        """Drop the database."""
+        self.engine.dispose()
+        with self.admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+        self.admin.dispose()
+
+
+def run_ingest(env: dict[str, str], csv_dir: Path) -> dict[str, Any]:
+    """One csv job in a fresh process (bench.ingest); its JSON report."""
+    out = subprocess.run([sys.executable, "-m", "bench.ingest", str(csv_dir)], cwd=ROOT,
+                         env=env, check=True, capture_output=True, text=True)
+    report: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    if report["run"]["status"] != "succeeded":
+        raise RuntimeError(f"ingest run did not succeed: {report}")
+    return report
+
+
+def copy_baseline(db: BenchDatabase, path: Path) -> float:
+    """Seconds for a bare COPY of the file into one logged table keyed like the quotes."""
+    raw = db.engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        cur.execute(
+            "CREATE TABLE bench_copy (sno bigint, name text, symbol text, "
+            "observed_at timestamptz, high numeric, low numeric, open numeric, "
+            "close numeric, volume numeric, marketcap numeric, "
+            "PRIMARY KEY (symbol, observed_at))")
+        raw.commit()
+        db.checkpoint()
+        started = time.perf_counter()
+        with path.open("rb") as handle:
+            cur.copy_expert("COPY bench_copy FROM STDIN WITH (FORMAT csv, HEADER true)",
+                            handle, 1 << 20)
+        raw.commit()
+        seconds = time.perf_counter() - started
+        cur.execute("DROP TABLE bench_copy")
+        raw.commit()
+        return seconds
+    finally:
+        raw.close()
+
+
+def only(directory: Path, *files: Path) -> Path:
+    """A folder holding links to exactly these files (the CSV source reads a folder)."""
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    for file in files:
+        (directory / file.name).symlink_to(file.resolve())
+    return directory
+
+
+def ingest_cases(db: BenchDatabase, env: dict[str, str], args: argparse.Namespace
+                 ) -> tuple[list[Row], dict[str, Any]]:
+    """Cases 1-3: ingest at scale (and its memory), re-run with nothing new, append."""
+    data = BENCH_DIR / "data"
+    coins, days = args.coins, args.days
+    small_coins = max(1, coins // 4)
+    say(f"generating {coins}x{days} and {small_coins}x{days} Kaggle files (kept in {data})")
+    big = kaggle_file(data / f"kaggle_{coins}x{days}.csv", coins, days)
+    small = kaggle_file(data / f"kaggle_{small_coins}x{days}.csv", small_coins, days)
+    rows_big, rows_small = coins * days, small_coins * days
+
+    say(f"memory: pipeline on {rows_small:,} rows")
+    mem_small = run_ingest(env, only(BENCH_DIR / "csv-small", small))
+    db.truncate_all()
+
+    say(f"COPY baseline: {rows_big:,} rows")
+    copy_seconds = copy_baseline(db, big)
+    say(f"  {copy_seconds:.2f}s")
+
+    work = BENCH_DIR / "work"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    live = work / big.name
+    shutil.copyfile(big, live)  # case 3 appends to it
+    csv_dir = only(BENCH_DIR / "csv-big", live)
+    db.checkpoint()
+    say(f"pipeline: {rows_big:,} rows (raw + quotes + identity + checkpoint, finalize)")
+    first = run_ingest(env, csv_dir)
+    say(f"  {first['seconds']:.2f}s, peak RSS {first['maxrss_mb']:.0f} MB")
+
+    say("re-run with nothing new")
+    rerun = run_ingest(env, csv_dir)
+
+    append_rows = args.append_days * coins
+    say(f"append {append_rows:,} lines")
+    append_days(live, coins, days, args.append_days)
+    db.checkpoint()
+    appended = run_ingest(env, csv_dir)
+
+    per_line_first = first["seconds"] / rows_big * 1e6
+    per_line_append = appended["seconds"] / append_rows * 1e6
+    rows = [
+        Row(f"1. CSV ingest, {rows_big:,} rows, whole pipeline vs bare COPY",
+            f"{first['seconds']:.2f} s", f"COPY {copy_seconds:.2f} s",
+            first["seconds"] / copy_seconds, "<= 2.0x", first["seconds"] / copy_seconds <= 2.0),
+        Row(f"1. peak RSS of the worker, {rows_big:,} vs {rows_small:,} rows",
+            f"{first['maxrss_mb']:.0f} MB", f"{mem_small['maxrss_mb']:.0f} MB",
+            first["maxrss_mb"] / mem_small["maxrss_mb"], "flat (<= 1.15x)",
+            first["maxrss_mb"] / mem_small["maxrss_mb"] <= 1.15),
+        Row("2. re-run, nothing new", f"{rerun['seconds'] * 1000:.0f} ms "
+            f"(read {rerun['run']['fetched']} lines)", f"first run {first['seconds']:.2f} s",
+            rerun["seconds"] / first["seconds"], "<= 2%",
+            rerun["seconds"] / first["seconds"] <= 0.02),
+        Row(f"3. append {append_rows:,} lines: time per line",
+            f"{per_line_append:.1f} us/line ({appended['seconds']:.2f} s, "
+            f"read {appended['run']['fetched']:,} lines)",
+            f"first run {per_line_first:.1f} us/line", per_line_append / per_line_first,
+            "proportional (<= 2.0x, only new lines read)",
+            per_line_append / per_line_first <= 2.0
+            and appended["run"]["fetched"] == append_rows),
+    ]
+    facts = {"copy_seconds": copy_seconds, "first": first, "rerun": rerun,
+             "append": appended, "small": mem_small}
+    return rows, facts
+
+
+# ------------------------------------------------------------------------------------------
+# /data under load
+
+
+def start_gunicorn(
+    env: dict[str, str], workers: int, log: Path
+) -> tuple[subprocess.Popen[bytes], int]:
+    """gunicorn as `make run` starts it (same worker count and options), on a free port."""
+    port = free_port()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "bench.wsgi:app", "-b", f"127.0.0.1:{port}",
+             "-w", str(workers), "--access-logfile", "-", "--no-control-socket"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    import urllib.request
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/live", timeout=2):
+                return proc, port
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.3)
+    stop_process(proc)
+    raise RuntimeError(f"gunicorn did not answer; see {log}")
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group we started, then SIGKILL if needed."""
+    import signal
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def _get_json(port: int, path: str) -> dict[str, Any]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as response:
+        body: dict[str, Any] = json.loads(response.read())
+        return body
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
+def data_cases(db: BenchDatabase, env: dict[str, str], args: argparse.Namespace
+               ) -> tuple[list[Row], dict[str, Any]]:
+    """Case 4: /data under 64 connections vs a trivial endpoint; first vs deep page."""
+    from bench.http_load import run_load, sequential_latency
+
+    data = BENCH_DIR / "data"
+    wide = kaggle_file(data / f"kaggle_wide_{args.data_coins}x1.csv", args.data_coins, 1,
+                       seed=8, prefix="W")
+    say(f"loading {args.data_coins:,} more coins (1 day each) for /data")
+    wide_run = run_ingest(env, only(BENCH_DIR / "csv-wide", wide))
+    with db.engine.connect() as conn:
+        current = int(conn.execute(text("SELECT count(*) FROM current_quotes")).scalar_one())
+        quotes = int(conn.execute(text("SELECT count(*) FROM quotes")).scalar_one())
+    # The steady state autovacuum reaches a little after a large load.
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM ANALYZE"))
+    gunicorn, port = start_gunicorn(env, args.workers, BENCH_DIR / "gunicorn.log")
+    try:
+        base = f"http://127.0.0.1:{port}"
+        run_load(f"{base}/data?page_size=100", 16, 2)  # warm both workers' pools
+        say(f"load: /health/live, {args.connections} connections, {args.seconds}s")
+        trivial = run_load(f"{base}/health/live", args.connections, args.seconds)
+        say(f"load: /data?page_size=100, {args.connections} connections, {args.seconds}s")
+        listing = run_load(f"{base}/data?page_size=100", args.connections, args.seconds)
+
+        target = int(current * 0.9) if current < 1_000_000 else 900_000
+        say(f"deep paging: following next_cursor to row {target:,}")
+        cursor, seen = None, 0
+        while seen + 500 <= target:
+            suffix = f"&cursor={cursor}" if cursor else ""
+            page = _get_json(port, f"/data?page_size=500{suffix}")
+            cursor = page["pagination"].get("next_cursor")
+            seen += len(page["data"])
+            if not cursor:
+                break
+        samples = args.latency_samples
+        first_page = sequential_latency("127.0.0.1", port, "/data?page_size=100", samples)
+        deep_page = sequential_latency("127.0.0.1", port, f"/data?page_size=100&cursor={cursor}",
+                                       samples) if cursor else []
+        offset_page = sequential_latency(
+            "127.0.0.1", port, f"/data?page_size=100&page={seen // 100 + 1}", samples)
+    finally:
+        stop_process(gunicorn)
+    first_ms, offset_ms = _median(first_page), _median(offset_page)
+    deep_ms = _median(deep_page) if deep_page else float("nan")
+    rows = [
+        Row(f"4. /data?page_size=100 under {args.connections} connections: requests/s "
+            f"({current:,} current rows, {quotes:,} quotes)",
+            f"{listing.rps:.0f} req/s ({listing.errors} errors)",
+            f"/health/live {trivial.rps:.0f} req/s", listing.rps / trivial.rps, ">= 50%",
+            listing.rps / trivial.rps >= 0.5 and listing.errors == 0),
+        Row(f"4. /data latency under {args.connections} connections",
+            f"p50 {listing.p50_ms:.1f} ms, p99 {listing.p99_ms:.1f} ms",
+            f"/health/live p50 {trivial.p50_ms:.1f} ms, p99 {trivial.p99_ms:.1f} ms",
+            None, "p99 < 50 ms", listing.p99_ms < 50),
+        Row(f"4. deep page: cursor page at row {seen:,} vs first page (one connection, p50)",
+            f"{deep_ms:.1f} ms", f"first page {first_ms:.1f} ms", deep_ms / first_ms,
+            "<= 1.5x", deep_ms / first_ms <= 1.5 if deep_page else None),
+        Row(f"4. (for comparison) offset page at row {seen:,} vs first page",
+            f"{offset_ms:.1f} ms", f"first page {first_ms:.1f} ms", offset_ms / first_ms,
+            "none (cursor paging is the deep path)", None),
+    ]
+    facts = {"wide_run": wide_run, "current_rows": current, "quotes": quotes,
+             "trivial": vars(trivial), "data": vars(listing), "deep_row": seen,
+             "first_page_ms": first_ms, "deep_page_ms": deep_ms, "offset_page_ms": offset_ms,
+             "tool": listing.tool, "workers": args.workers}
+    return rows, facts
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def render(rows: list[Row], notes: list[str]) -> str:
+    """The results as a Markdown table plus notes."""
+    header = ["case", "measured", "baseline (same run)", "ratio", "goal", "met"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
+    return "\n".join(lines + [""] + [f"- {note}" for note in notes]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the cases and print/write the table."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--coins", type=int, default=1000)
+    parser.add_argument("--days", type=int, default=1000)
+    parser.add_argument("--append-days", type=int, default=10)
+    parser.add_argument("--data-coins", type=int, default=100_000)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--latency-samples", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn -w (make run: 2)")
+    parser.add_argument("--gecko-coins", type=int, default=10_000,
+                        help="coins the replay CoinGecko serves (41 pages: past the free quota)")
+    parser.add_argument("--cases", default="ingest,data,sources")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--keep-db", action="store_true",
+                        help="leave the database in place (for EXPLAIN ANALYZE afterwards)")
+    args = parser.parse_args(argv)
+    cases = set(args.cases.split(","))
+
+    started = time.monotonic()
+    services = ensure_services(VAR_DIR)
+    db: BenchDatabase | None = None
+    rows: list[Row] = []
+    notes: list[str] = []
+    facts: dict[str, Any] = {}
+    try:
+        db = BenchDatabase(services.database_url)
+        env = {**os.environ, **services.env(), "DATABASE_URL": db.url,
+               "API_TOKEN": os.environ.get("API_TOKEN") or uuid.uuid4().hex,
+               "PYTHONPATH": str(ROOT)}
+        say(f"database {db.name} ({services.origin['postgres']} PostgreSQL)")
+        db.migrate(env)
+        steps: list[tuple[str, Callable[..., tuple[list[Row], dict[str, Any]]]]] = [
+            ("ingest", ingest_cases), ("data", data_cases)]
+        if "sources" in cases:
+            from bench.sources import sources_cases
+
+            steps.append(("sources", sources_cases))
+        for name, step in steps:
+            if name in cases:
+                new_rows, new_facts = step(db, env, args)
+                rows += new_rows
+                facts[name] = new_facts
+    finally:
+        if db is not None and not args.keep_db:
+            db.drop()
+        elif db is not None:
+            say(f"kept database {db.name}")
+        services.stop()
+    notes.append(f"{time.monotonic() - started:.0f} s in all; {os.cpu_count()} CPUs; "
+                 f"PostgreSQL from {services.origin['postgres']}")
+    if "data" in facts:
+        d = facts["data"]
+        notes.append(f"load tool: {d['tool']}; gunicorn -w {d['workers']} (as make run); "
+                     f"bench.wsgi lifts only the per-client read quota")
+        notes.append(f"/data data set: {d['current_rows']:,} current rows, {d['quotes']:,} "
+                     f"quotes; the extra coins took {d['wide_run']['seconds']:.1f} s to load")
+    if "sources" in facts:
+        notes += facts["sources"].get("notes", [])
+    table = render(rows, notes)
+    print(table)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(table)
+    (args.output.with_suffix(".json")).write_text(json.dumps(facts, indent=2, default=str))
+    say(f"written to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""One CSV job through the real task code, in its own process: `python -m bench.ingest DIR`.
+
+Prints one JSON line: seconds (create_job + execute_run + finalize_job, as the worker runs
+them), the process's peak RSS, and the run's counters. A separate process per measurement
+gives a clean ru_maxrss and no warm caches carried over from a previous case.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+
+from sqlalchemy import text
+
+from shared.config import load_settings
+from shared.db import make_engine, unit_of_work
+from shared.jobs import create_job, finalize_job
+from shared.runs import execute_run
+
+
+def main(csv_dir: str) -> int:
+    """Run one csv job on the files in `csv_dir` and print what it took."""
+    settings = load_settings({**os.environ, "CSV_DIR": csv_dir})
+    engine = make_engine(settings.database_url)
+    started = time.perf_counter()
+    with unit_of_work(engine) as session:
+        job = create_job(session, ["csv"], "cli").job
+        run_id, job_id = job.runs[0].id, job.id
+    execute_run(run_id, None, settings, engine)
+    with unit_of_work(engine) as session:
+        status = finalize_job(session, job_id)
+    seconds = time.perf_counter() - started
+    with engine.connect() as conn:
+        run = dict(conn.execute(text(
+            "SELECT status, fetched, inserted, unchanged, rejected, raw_inserted, error "
+            "FROM runs WHERE id = :id"), {"id": run_id}).mappings().one())
+    engine.dispose()
+    print(json.dumps({
+        "seconds": seconds, "job_status": status, "run": run,
+        "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
