@@ -229,3 +229,13 @@ def wait_for_job(client: Any, job_id: int, timeout: float = 60) -> dict[str, Any
             return body
         time.sleep(0.25)
     raise TimeoutError(f"job {job_id} not terminal after {timeout}s: {body}")
+
+
+@pytest.fixture
+def upstream() -> Iterator[Any]:
+    """The replay upstream (recorded CoinGecko/CoinPaprika payloads) on a free loopback port."""
+    from tests.upstream import ReplayUpstream
+
+    server = ReplayUpstream().start()
+    yield server
+    server.stop()

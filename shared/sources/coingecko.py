@@ -9,12 +9,12 @@ import requests
 
 from shared.config import Settings
 from shared.errors import SourceError
-from shared.records import Batch, ParsedQuote, RawItem, Rejected, content_hash
+from shared.records import Batch, ParsedQuote
 from shared.sources.base import RunContext
 from shared.sources.batching import Entry, build_batch, cut_index, records_budget
 from shared.sources.drift import DriftEvent, DriftReport, FieldSpec, detect_drift
 from shared.sources.http import HttpClient, JsonItem, RateLimiter
-from shared.sources.items import parse_market_item
+from shared.sources.items import parse_market_item, to_entry
 
 logger = logging.getLogger("shared.sources.coingecko")
 
@@ -91,18 +91,7 @@ def parse_entries(
     entries: list[Entry] = []
     for index, item in enumerate(items, start=1):
         where = f"page {page} item {index}"
-        quote, reason, key = parse_item(item, where, report)
-        # The raw layer keeps everything as received, usable or not.
-        raw = RawItem(source_key=key, payload=item.text, hash=content_hash(SOURCE, item.text))
-        if quote is None:
-            reject = Rejected(location=where, reason=reason or "unusable", payload=item.text)
-            entries.append(Entry(raw, reject=reject))
-        elif quote.source_asset_id in seen:
-            # Ranks shift between pages of a ~30 s cache: the first sighting wins.
-            entries.append(Entry(raw))
-        else:
-            seen.add(quote.source_asset_id)
-            entries.append(Entry(raw, quote=quote))
+        entries.append(to_entry(SOURCE, item, where, parse_item(item, where, report), seen))
     return entries, report.events
 
 

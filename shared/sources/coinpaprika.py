@@ -8,12 +8,12 @@ from typing import Any, Iterator
 import requests
 
 from shared.config import Settings
-from shared.records import Batch, ParsedQuote, RawItem, Rejected, content_hash
+from shared.records import Batch, ParsedQuote
 from shared.sources.base import RunContext
 from shared.sources.batching import Entry, build_batch, cut_index, records_budget
 from shared.sources.drift import DriftEvent, DriftReport, FieldSpec, detect_drift
 from shared.sources.http import HttpClient, JsonItem, RateLimiter
-from shared.sources.items import parse_market_item
+from shared.sources.items import parse_market_item, to_entry
 
 logger = logging.getLogger("shared.sources.coinpaprika")
 
@@ -189,14 +189,6 @@ class CoinPaprikaSource:
         for sort_key, item in zip(keys[start:], ordered[start:]):
             # Name the item by its position in the upstream array, where people look.
             where = f"tickers item {sort_key[2] + 1}"
-            quote, reason, key = parse_ticker(item, where, report)
-            raw = RawItem(source_key=key, payload=item.text, hash=content_hash(SOURCE, item.text))
-            if quote is None:
-                reject = Rejected(location=where, reason=reason or "unusable", payload=item.text)
-                entries.append(Entry(raw, reject=reject))
-            elif quote.source_asset_id in seen:
-                entries.append(Entry(raw))
-            else:
-                seen.add(quote.source_asset_id)
-                entries.append(Entry(raw, quote=quote))
+            entries.append(to_entry(SOURCE, item, where, parse_ticker(item, where, report),
+                                    seen))
         return entries

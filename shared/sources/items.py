@@ -4,7 +4,8 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any, Sequence
 
-from shared.records import ParsedQuote, content_hash
+from shared.records import ParsedQuote, RawItem, Rejected, content_hash
+from shared.sources.batching import Entry
 from shared.sources.drift import DriftReport, flatten
 from shared.sources.http import JsonItem, to_datetime, to_decimal, to_int
 
@@ -70,3 +71,24 @@ def parse_market_item(
         **numbers,
     )
     return quote, None, key
+
+
+def to_entry(
+    source: str,
+    item: JsonItem,
+    where: str,
+    parsed: tuple[ParsedQuote | None, str | None, str],
+    seen: set[str],
+) -> Entry:
+    """The raw record plus its quote, its reject, or nothing for an id already seen."""
+    quote, reason, key = parsed
+    # The raw layer keeps everything as received, usable or not.
+    raw = RawItem(source_key=key, payload=item.text, hash=content_hash(source, item.text))
+    if quote is None:
+        return Entry(raw, reject=Rejected(location=where, reason=reason or "unusable",
+                                          payload=item.text))
+    if quote.source_asset_id in seen:
+        # Ranks shift between pages of a ~30 s cache: the first sighting wins.
+        return Entry(raw)
+    seen.add(quote.source_asset_id)
+    return Entry(raw, quote=quote)

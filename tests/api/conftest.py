@@ -1,4 +1,4 @@
-"""API test fixtures: the replay upstream, and a database loaded once per module."""
+"""API test fixtures: settings on the replay upstream, and a database loaded once per module."""
 from __future__ import annotations
 
 import shutil
@@ -12,14 +12,6 @@ from shared.config import Settings
 from tests.api.helpers import Loaded, replay_settings, run_sources
 from tests.conftest import ROOT, TABLES
 from tests.upstream import ReplayUpstream
-
-
-@pytest.fixture
-def upstream() -> Iterator[ReplayUpstream]:
-    """The replay upstream serving the recorded CoinGecko and CoinPaprika payloads."""
-    server = ReplayUpstream().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
@@ -20,14 +20,6 @@ PAGE = json.loads(
     parse_float=Decimal, parse_int=Decimal,
 )
 CSV_ROWS = 2991 + 3776 + 399
-
-
-@pytest.fixture
-def upstream() -> Iterator[ReplayUpstream]:
-    """The replay upstream on a free loopback port."""
-    server = ReplayUpstream().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
