@@ -333,13 +333,9 @@ class JobAcceptedSchema(ma.Schema):
     status_url = ma.fields.String(required=True)
 
 
-class RunSchema(ma.Schema):
-    """One source's run inside a job."""
+class RunCountersSchema(ma.Schema):
+    """The counters of a run (shared.queries.RUN_COUNTERS), as values or as differences."""
 
-    id = ma.fields.Integer(required=True)
-    job_id = ma.fields.Integer(required=True)
-    source = ma.fields.String(required=True)
-    status = ma.fields.String(required=True, validate=validate.OneOf(RUN_STATUSES))
     fetched = ma.fields.Integer(required=True)
     inserted = ma.fields.Integer(required=True)
     unchanged = ma.fields.Integer(required=True)
@@ -349,6 +345,15 @@ class RunSchema(ma.Schema):
     http_retries = ma.fields.Integer(required=True)
     rate_limit_waits = ma.fields.Integer(required=True)
     attempts = ma.fields.Integer(required=True)
+
+
+class RunSchema(RunCountersSchema):
+    """One source's run inside a job."""
+
+    id = ma.fields.Integer(required=True)
+    job_id = ma.fields.Integer(required=True)
+    source = ma.fields.String(required=True)
+    status = ma.fields.String(required=True, validate=validate.OneOf(RUN_STATUSES))
     celery_task_id = ma.fields.String(allow_none=True)
     error = ma.fields.String(allow_none=True)
     created_at = ma.fields.DateTime(format="iso", required=True)
@@ -367,18 +372,9 @@ class RunsEnvelopeSchema(EnvelopeSchema):
     data = ma.fields.List(ma.fields.Nested(RunSchema), required=True)
 
 
-class RunDifferenceSchema(ma.Schema):
+class RunDifferenceSchema(RunCountersSchema):
     """Run b minus run a, counter by counter."""
 
-    fetched = ma.fields.Integer(required=True)
-    inserted = ma.fields.Integer(required=True)
-    unchanged = ma.fields.Integer(required=True)
-    rejected = ma.fields.Integer(required=True)
-    raw_inserted = ma.fields.Integer(required=True)
-    http_requests = ma.fields.Integer(required=True)
-    http_retries = ma.fields.Integer(required=True)
-    rate_limit_waits = ma.fields.Integer(required=True)
-    attempts = ma.fields.Integer(required=True)
     duration_ms = ma.fields.Float(required=True, allow_none=True)
 
 

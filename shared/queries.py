@@ -184,6 +184,18 @@ def _keyset_after(
     return or_(condition, column.is_(None)) if nullable else condition
 
 
+def time_bounds(
+    column: Any, since: datetime | None, until: datetime | None
+) -> list[ColumnElement[bool]]:
+    """`since <= column <= until`, each bound only when given."""
+    bounds: list[ColumnElement[bool]] = []
+    if since:
+        bounds.append(column >= since)
+    if until:
+        bounds.append(column <= until)
+    return bounds
+
+
 def _count(session: Session, query: Select[Any]) -> int:
     total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
     return int(total or 0)
@@ -242,11 +254,7 @@ def _data_conditions(filters: DataFilters) -> list[ColumnElement[bool]]:
         pattern = f"%{escape_like(filters.q.strip())}%"
         conditions.append(or_(CurrentQuote.name.ilike(pattern, escape="\\"),
                               CurrentQuote.symbol.ilike(pattern, escape="\\")))
-    if filters.since:
-        conditions.append(CurrentQuote.observed_at >= filters.since)
-    if filters.until:
-        conditions.append(CurrentQuote.observed_at <= filters.until)
-    return conditions
+    return conditions + time_bounds(CurrentQuote.observed_at, filters.since, filters.until)
 
 
 def parse_sort(sort: str, allowed: Sequence[str]) -> tuple[str, bool]:
@@ -362,10 +370,7 @@ def asset_history(
     conditions: list[ColumnElement[bool]] = [Quote.asset_id == asset.id]
     if source:
         conditions.append(Quote.source == source)
-    if since:
-        conditions.append(Quote.observed_at >= since)
-    if until:
-        conditions.append(Quote.observed_at <= until)
+    conditions += time_bounds(Quote.observed_at, since, until)
     base = select(Quote).where(*conditions)
     query = base
     if cursor is not None:
@@ -449,10 +454,7 @@ def list_runs(
         conditions.append(Run.status == status)
     if job_id is not None:
         conditions.append(Run.job_id == job_id)
-    if since:
-        conditions.append(Run.created_at >= since)
-    if until:
-        conditions.append(Run.created_at <= until)
+    conditions += time_bounds(Run.created_at, since, until)
     base = select(Run).where(*conditions)
     query = base
     if cursor is not None:

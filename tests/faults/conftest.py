@@ -116,6 +116,19 @@ class Fault:
             time.sleep(0.05)
         raise TimeoutError(f"fewer than {minimum} quotes after {timeout}s")
 
+    def assert_resumed_once(self, job_id: int, timeout: float = 120) -> dict[str, Any]:
+        """The job succeeds on a second attempt that read only what the first had not
+        committed; then every invariant holds and a clean re-run adds nothing."""
+        job = self.wait_job(job_id, timeout)
+        assert job["status"] == "succeeded", job
+        run = job["runs"][0]
+        assert run["attempts"] == 2
+        # Committed batches were not fetched again: the two attempts read each row once.
+        assert run["fetched"] == ROWS and run["inserted"] == ROWS
+        self.assert_invariants()
+        self.assert_clean_rerun_adds_nothing()
+        return job
+
     def assert_invariants(self, expected_rows: int = ROWS, deadline: float = 120) -> None:
         """lost = 0, duplicates = 0, all terminal, queues empty, no checkpoint regression."""
         end = time.monotonic() + deadline

@@ -103,12 +103,7 @@ def test_f10_postgres_crash_mid_batch_then_restart(
     stack.stop_embedded_postgres(var_dir, mode="immediate")  # crash: no checkpoint, no flush
     time.sleep(3)
     stack.start_embedded_postgres(var_dir, port=port, database="faults")
-    job = fault.wait_job(job_id, timeout=120)
-    assert job["status"] == "succeeded", job
-    run = job["runs"][0]
-    assert run["attempts"] == 2 and run["fetched"] == ROWS
-    fault.assert_invariants()
-    fault.assert_clean_rerun_adds_nothing()
+    fault.assert_resumed_once(job_id)
     fault.engine.dispose()
 
 
