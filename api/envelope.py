@@ -4,9 +4,10 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, Sequence
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, current_app, g, request
 
 from shared.queries import Page
 
@@ -57,3 +58,69 @@ def page_window(args: dict[str, Any]) -> dict[str, Any]:
     """offset/limit/cursor keyword arguments for a query function, from page/page_size/cursor."""
     return {"offset": (args["page"] - 1) * args["page_size"], "limit": args["page_size"],
             "cursor": args.get("cursor")}
+
+
+# Stand-ins for the two per-request values of a list body. PostgreSQL text cannot hold NUL, so
+# their JSON encodings ("\u0000...") cannot occur anywhere else in a body.
+_LATENCY_MARK = "\x00api_latency_ms\x00"
+_REQUEST_ID_MARK = "\x00request_id\x00"
+
+
+@dataclass(frozen=True)
+class BodyTemplate:
+    """A serialized list body cut around its two per-request values."""
+
+    head: bytes
+    middle: bytes
+    tail: bytes
+    latency_first: bool
+
+    @property
+    def size(self) -> int:
+        """Bytes held."""
+        return len(self.head) + len(self.middle) + len(self.tail)
+
+
+def body_template(data: Sequence[Any], page: int | None, page_size: int, total: int,
+                  next_cursor: str | None = None) -> BodyTemplate | None:
+    """The list body serialized once, cut around its latency and request id.
+
+    Serialized by the app's JSON provider exactly as `jsonify(envelope(...))` is, so a
+    response assembled by `template_response` is byte for byte the one the schema path gives
+    (tests/api/test_data_cache.py compares them). None if the cut is not clean.
+    """
+    body = {
+        "request_id": _REQUEST_ID_MARK,
+        "api_latency_ms": _LATENCY_MARK,
+        "data": data,
+        "pagination": {
+            "page": page,
+            "page_size": page_size,
+            "total": total,
+            "total_pages": (total + page_size - 1) // page_size,
+            "next_cursor": next_cursor,
+        },
+    }
+    provider = current_app.json
+    text = provider.response(body).get_data()
+    latency = provider.dumps(_LATENCY_MARK).encode()
+    request_id = provider.dumps(_REQUEST_ID_MARK).encode()
+    if text.count(latency) != 1 or text.count(request_id) != 1:
+        return None
+    latency_first = text.index(latency) < text.index(request_id)
+    first, second = (latency, request_id) if latency_first else (request_id, latency)
+    head, rest = text.split(first)
+    middle, tail = rest.split(second)
+    return BodyTemplate(head, middle, tail, latency_first)
+
+
+def template_response(template: BodyTemplate) -> Response:
+    """The response of a body template, with this request's latency and request id filled in."""
+    provider = current_app.json
+    latency = provider.dumps(round((time.perf_counter() - g.request_started) * 1000, 3))
+    request_id = provider.dumps(g.request_id)
+    first, second = (latency, request_id) if template.latency_first else (request_id, latency)
+    body = b"".join((template.head, first.encode(), template.middle, second.encode(),
+                     template.tail))
+    return current_app.response_class(
+        body, mimetype=getattr(provider, "mimetype", "application/json"))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, Sequence
 
 import marshmallow as ma
 from marshmallow import validate
@@ -205,6 +205,23 @@ class QuoteRecordSchema(ma.Schema):
     volume_24h_usd = DecimalString(metadata=DECIMAL_DOC)
     rank = ma.fields.Integer(allow_none=True)
     observed_at = ma.fields.DateTime(format="iso", required=True)
+
+
+def quote_record(row: Sequence[Any]) -> dict[str, Any]:
+    """QuoteRecordSchema().dump of a shared.queries.DATA_RECORD_FIELDS row, without marshmallow.
+
+    The money columns arrive as PostgreSQL's numeric text, which is already the plain-notation
+    string DecimalString gives; the time is formatted as DateTime(format="iso") does. A test
+    compares both paths on every loaded record.
+    """
+    (asset_id, symbol, name, source, source_asset_id, price_usd, market_cap_usd,
+     volume_24h_usd, rank, observed_at) = row
+    return {
+        "asset_id": asset_id, "symbol": symbol, "name": name, "source": source,
+        "source_asset_id": source_asset_id, "price_usd": price_usd,
+        "market_cap_usd": market_cap_usd, "volume_24h_usd": volume_24h_usd, "rank": rank,
+        "observed_at": observed_at.isoformat(),
+    }
 
 
 class PaginationSchema(ma.Schema):

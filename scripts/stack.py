@@ -724,10 +724,10 @@ def run_stack(var_dir: Path = VAR_DIR, tail: bool = True) -> int:
             raise StackError(f"migrations failed (exit {migrate.returncode})")
 
         commands = {
-            "api": [sys.executable, "-m", "gunicorn", "api:create_app()",
-                    "-b", f"127.0.0.1:{port}", "-w", "2", "--access-logfile", "-",
-                    # The default control socket (~/.gunicorn) would clash between instances.
-                    "--no-control-socket"],
+            # Workers, worker class and logging: api/gunicorn_conf.py (shared with docker
+            # compose and make bench); only the address is set here.
+            "api": [sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf",
+                    "api:create_app()", "-b", f"127.0.0.1:{port}"],
             "worker": [sys.executable, "-m", "celery", "-A", "worker", "worker",
                        "-l", "INFO", "-c", "2"],
             "beat": [sys.executable, "-m", "celery", "-A", "worker", "beat", "-l", "INFO",

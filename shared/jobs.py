@@ -105,11 +105,20 @@ def refresh_current_quotes(session: Session, run_ids: Sequence[int]) -> int:
 
     The loader notes in run_assets which assets each run wrote; per asset, the newest quote
     of these runs is one step back along the quotes primary key, so the cost follows the
-    number of assets, not of quotes. The notes are dropped once published.
+    number of assets, not of quotes. The notes are dropped once published. The write moves
+    the data version in this transaction (trigger, migration 0004), so the API's /data cache
+    serves the new rows from the moment they are committed.
     """
     if not run_ids:
         return 0
     params = {"run_ids": list(run_ids)}
+    # Any statement on current_quotes moves the data version (a trigger, migration 0004) and
+    # so empties every API process's /data cache: a job that brought nothing new (the usual
+    # scheduled run) must not issue one.
+    pending = session.execute(
+        text("SELECT EXISTS (SELECT 1 FROM run_assets WHERE run_id = ANY(:run_ids))"), params)
+    if not pending.scalar():
+        return 0
     result = session.execute(
         text(
             """
