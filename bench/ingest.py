@@ -14,16 +14,25 @@ import time
 
 from sqlalchemy import text
 
+from bench.cpu import backend_cpu_seconds
 from shared.config import load_settings
 from shared.db import make_engine, unit_of_work
 from shared.jobs import create_job, finalize_job
 from shared.runs import execute_run
 
 
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main(csv_dir: str) -> int:
     """Run one csv job on the files in `csv_dir` and print what it took."""
     settings = load_settings({**os.environ, "CSV_DIR": csv_dir})
     engine = make_engine(settings.database_url)
+    database = engine.url.database or ""
+    cpu_before = backend_cpu_seconds(engine, database)
+    own_before = _own_cpu()
     started = time.perf_counter()
     with unit_of_work(engine) as session:
         job = create_job(session, ["csv"], "cli").job
@@ -32,6 +41,10 @@ def main(csv_dir: str) -> int:
     with unit_of_work(engine) as session:
         status = finalize_job(session, job_id)
     seconds = time.perf_counter() - started
+    own_cpu = _own_cpu() - own_before
+    cpu_after = backend_cpu_seconds(engine, database)
+    backend_cpu = (cpu_after - cpu_before
+                   if cpu_after is not None and cpu_before is not None else None)
     with engine.connect() as conn:
         run = dict(conn.execute(text(
             "SELECT status, fetched, inserted, unchanged, rejected, raw_inserted, error "
@@ -39,6 +52,7 @@ def main(csv_dir: str) -> int:
     engine.dispose()
     print(json.dumps({
         "seconds": seconds, "job_status": status, "run": run,
+        "worker_cpu_seconds": own_cpu, "backend_cpu_seconds": backend_cpu,
         "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }))
     return 0

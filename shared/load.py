@@ -1,4 +1,12 @@
-"""Bulk writes of one batch: COPY straight into the tables, via staging when rows repeat."""
+"""Bulk writes of one batch: COPY straight into the tables, via staging when rows repeat.
+
+Raw records are deduplicated by content in two ways. API records (a few thousand per run,
+mostly repeats) carry a unique index on (source, content_hash) and go through ON CONFLICT.
+CSV lines (millions, nearly all new) have no index on their hash (migration 0005): a line is
+read once because the file offset that covers it commits with it, and when lines do repeat
+(a replaced file, a re-appended day) their quotes collide on the quotes' primary key, which
+says whether the identical line is stored already (quotes.raw_hash).
+"""
 from __future__ import annotations
 
 import io
@@ -40,10 +48,16 @@ class BatchResult:
     rejected: int = 0
 
 
+# Sources whose raw lines have no content-hash index: mirrors the predicate of the partial
+# unique index uq_raw_records_api_content (migration 0005).
+UNINDEXED_RAW_SOURCES = frozenset({"csv"})
+
 # After a batch met rows that exist already (a re-read file, a repeated API page), the next
 # batches of the run go through staging for a while instead of failing their COPY first.
 STAGING_BATCHES_AFTER_CONFLICT = 8
-COPY_CHUNK_BYTES = 1 << 20
+# Big reads: each read of the COPY data takes the GIL from the read-ahead thread, and every
+# hand-over can wait a whole switch interval (5 ms) while PostgreSQL sits idle.
+COPY_CHUNK_BYTES = 16 << 20
 
 
 @dataclass
@@ -73,7 +87,14 @@ _QUOTE_COLUMNS = ", ".join(QUOTE_COPY_COLUMNS)
 _RAW_FROM_STAGING = (
     f"INSERT INTO raw_records ({_RAW_COLUMNS}) "
     f"SELECT DISTINCT ON (content_hash) {_RAW_COLUMNS} FROM stage_raw "
-    "ON CONFLICT (source, content_hash) DO NOTHING"
+    "ON CONFLICT (source, content_hash) WHERE source <> 'csv' DO NOTHING"
+)
+# Staged quotes whose key is stored already, and whether the stored one came from the same
+# raw line (then that line is stored too).
+_STAGED_KEYS_STORED = (
+    "SELECT encode(s.raw_hash, 'hex'), q.raw_hash = s.raw_hash FROM stage_quotes s "
+    "JOIN quotes q ON q.asset_id = s.asset_id AND q.source = s.source "
+    "AND q.observed_at = s.observed_at"
 )
 _QUOTES_FROM_STAGING = (
     f"INSERT INTO quotes ({_QUOTE_COLUMNS}) SELECT {_QUOTE_COLUMNS} FROM stage_quotes "
@@ -158,13 +179,16 @@ def write_batch(
     result = BatchResult(fetched=batch.raw_count, rejected=len(batch.rejects))
     cursor = session.connection().connection.cursor()
 
-    if batch.raw_count:
+    by_lines = source in UNINDEXED_RAW_SOURCES
+    if batch.raw_count and not by_lines:
         lines = _raw_lines(source, run_id, batch.raw)
         lines.sort()  # by content hash, as the unique index wants them
         data = batch.raw_copy + "".join(lines)
         result.raw_inserted = _copy_new_rows(
             cursor, state, "raw_records", _RAW_COLUMNS, data, "stage_raw", _RAW_FROM_STAGING)
 
+    # Hex hashes of this batch's lines that are stored already (line sources only).
+    stored_lines: set[str] | None = None
     quote_count = batch.quote_count
     if quote_count:
         hints = {q.source_asset_id: IdentityHint(q.source_asset_id, q.symbol, q.name)
@@ -177,20 +201,33 @@ def write_batch(
                  for block in batch.quote_blocks]
         parts.extend(_quote_line(assets[q.source_asset_id], source, run_id, q)
                      for q in batch.quotes)
-        result.inserted = _copy_new_rows(
-            cursor, state, "quotes", _QUOTE_COLUMNS, "".join(parts), "stage_quotes",
-            _QUOTES_FROM_STAGING)
+        if by_lines:
+            result.inserted, stored_lines = _copy_line_quotes(
+                cursor, state, source, "".join(parts))
+        else:
+            result.inserted = _copy_new_rows(
+                cursor, state, "quotes", _QUOTE_COLUMNS, "".join(parts), "stage_quotes",
+                _QUOTES_FROM_STAGING)
         result.unchanged = quote_count - result.inserted
         _record_run_assets(cursor, state, run_id, {assets[sid] for sid in hints})
 
+    repeated_rejects: set[str] = set()
     if batch.rejects:
-        execute_values(
+        new_locations = execute_values(
             cursor,
             "INSERT INTO rejected_records (source, location, reason, payload, content_hash, "
-            "run_id) VALUES %s ON CONFLICT (source, location, content_hash) DO NOTHING",
+            "run_id) VALUES %s ON CONFLICT (source, location, content_hash) DO NOTHING "
+            "RETURNING location",
             [(source, r.location, r.reason[:2000], r.payload,
               content_hash(source, r.location, r.payload), run_id) for r in batch.rejects],
+            fetch=True,
         )
+        # A line rejected before at the same place with the same text: its raw line is kept.
+        repeated_rejects = {r.location for r in batch.rejects} - {loc for loc, in new_locations}
+
+    if batch.raw_count and by_lines:
+        result.raw_inserted = _copy_raw_lines(
+            cursor, source, run_id, batch, stored_lines, repeated_rejects)
 
     if batch.drift:
         execute_values(
@@ -211,6 +248,84 @@ def write_batch(
          result.raw_inserted, run_id),
     )
     return result
+
+
+def _copy_line_quotes(cursor: Any, state: LoadState, source: str, data: str
+                      ) -> tuple[int, set[str] | None]:
+    """COPY a line source's quotes; (rows new, hashes of its lines stored already or None).
+
+    None means every quote was new, so none of their lines can be stored already (the same
+    line always parses to the same key). After a collision the quotes go through staging,
+    and before they are inserted the stored quotes with the same keys say which lines are
+    stored: the same raw hash means the identical line; another hash (a corrected value)
+    means the line may still be stored from an earlier correction, which only the raw table
+    can tell (one scan, only for such lines).
+    """
+    left = state.staging_left.get("quotes", 0)
+    if left <= 0:
+        cursor.execute("SAVEPOINT bulk_copy")
+        try:
+            cursor.copy_expert(f"COPY quotes ({_QUOTE_COLUMNS}) FROM STDIN", io.StringIO(data),
+                               COPY_CHUNK_BYTES)
+        except pg_errors.UniqueViolation:
+            cursor.execute("ROLLBACK TO SAVEPOINT bulk_copy")
+            state.staging_left["quotes"] = STAGING_BATCHES_AFTER_CONFLICT
+        else:
+            copied = int(cursor.rowcount)
+            cursor.execute("RELEASE SAVEPOINT bulk_copy")
+            return copied, None
+    else:
+        state.staging_left["quotes"] = left - 1
+    cursor.execute(_STAGING_DDL)
+    cursor.copy_expert(f"COPY stage_quotes ({_QUOTE_COLUMNS}) FROM STDIN", io.StringIO(data),
+                       COPY_CHUNK_BYTES)
+    cursor.execute(_STAGED_KEYS_STORED)
+    stored: set[str] = set()
+    corrected: list[str] = []
+    for hex_hash, same in cursor.fetchall():
+        (stored.add if same else corrected.append)(hex_hash)
+    if corrected:
+        cursor.execute(
+            "SELECT encode(content_hash, 'hex') FROM raw_records WHERE source = %s "
+            "AND content_hash = ANY(SELECT decode(h, 'hex') FROM unnest(%s::text[]) AS h)",
+            (source, corrected),
+        )
+        stored.update(h for h, in cursor.fetchall())
+    cursor.execute(_QUOTES_FROM_STAGING)
+    return int(cursor.rowcount), stored
+
+
+def _copy_raw_lines(
+    cursor: Any, source: str, run_id: int, batch: Batch, stored: set[str] | None,
+    repeated_rejects: set[str],
+) -> int:
+    """COPY a line source's raw lines, leaving out those stored already; returns rows copied."""
+    items = [r for r in batch.raw if r.source_key not in repeated_rejects]
+    text_ = batch.raw_copy
+    if stored is not None:
+        # Lines start with the hash as COPY bytea text: two backslashes, 'x', 64 hex digits.
+        # Keep each hash once: a file may repeat a line within one batch.
+        seen = set(stored)
+        kept: list[str] = []
+        for line in text_.splitlines(keepends=True):
+            digest = line[3:67]
+            if digest not in seen:
+                seen.add(digest)
+                kept.append(line)
+        text_ = "".join(kept)
+        unique_items: list[RawItem] = []
+        for item in items:
+            digest = item.hash.hex()
+            if digest not in seen:
+                seen.add(digest)
+                unique_items.append(item)
+        items = unique_items
+    data = text_ + "".join(_raw_lines(source, run_id, items))
+    if not data:
+        return 0
+    cursor.copy_expert(f"COPY raw_records ({_RAW_COLUMNS}) FROM STDIN", io.StringIO(data),
+                       COPY_CHUNK_BYTES)
+    return int(cursor.rowcount)
 
 
 def _record_run_assets(cursor: Any, state: LoadState, run_id: int, asset_ids: set[int]) -> None:

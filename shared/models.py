@@ -15,6 +15,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     Numeric,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -76,10 +77,20 @@ class AssetSourceId(Base):
 
 
 class RawRecord(Base):
-    """A record exactly as received: the JSON item text of an API, or the line of a CSV file."""
+    """A record exactly as received: the JSON item text of an API, or the line of a CSV file.
+
+    API records are unique by content hash through a partial unique index. CSV lines are not
+    indexed by hash: a random 32-byte key in a btree cost more than the COPY of the lines
+    themselves (migration 0005). A line is stored once because the file offset that covers it
+    commits in the same transaction, and a replaced file is re-read against the stored hashes
+    (shared.load).
+    """
 
     __tablename__ = "raw_records"
-    __table_args__ = (UniqueConstraint("source", "content_hash"),)
+    __table_args__ = (
+        Index("uq_raw_records_api_content", "source", "content_hash", unique=True,
+              postgresql_where=text("source <> 'csv'")),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     source: Mapped[str] = mapped_column(String(32))
@@ -157,6 +168,21 @@ class CurrentQuote(Base):
     volume_24h_usd: Mapped[Decimal | None] = mapped_column(Numeric)
     rank: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+
+
+class DataVersion(Base):
+    """One row whose `version` changes in every transaction that changes current_quotes.
+
+    A statement-level trigger on current_quotes sets it from a sequence (migration 0004), so a
+    value is never reused; the API keys its per-process /data cache by it.
+    """
+
+    __tablename__ = "data_version"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    version: Mapped[int] = mapped_column(BigInteger)
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
 
 
 class Job(Base):

@@ -39,10 +39,12 @@ RowParser = Callable[[list[str], str, bytes], ParsedQuote]
 # to escape) and plain non-negative decimals. Such a line is turned into COPY text directly and
 # PostgreSQL parses its numbers, exactly as it parses str(Decimal); any other line (quoted
 # cells, signs, missing values, odd spellings) takes the general path with its reject reasons.
+# Possessive quantifiers: a cell never has to give characters back (a comma ends it), and not
+# backtracking makes the match ~30% cheaper, the largest Python cost per line.
 _PLAIN = r'[^,"\\\t\r\n\x00]'
-_NUMBER = r"([0-9]{1,100}(?:\.[0-9]{1,100})?(?:[eE][-+]?[0-9]{1,4})?)"
+_NUMBER = r"([0-9]{1,100}+(?:\.[0-9]{1,100}+)?+(?:[eE][-+]?[0-9]{1,4}+)?+)"
 _KAGGLE_FAST = re.compile(
-    rf"{_PLAIN}*,({_PLAIN}*),({_PLAIN}*),({_PLAIN}+)" + rf",{_NUMBER}" * 6 + r"\Z"
+    rf"{_PLAIN}*+,({_PLAIN}*+),({_PLAIN}*+),({_PLAIN}++)" + rf",{_NUMBER}" * 6 + r"\Z"
 )
 _NULL4 = "\\N\t" * 4  # circulating_supply, total_supply, max_supply, rank
 # Bounds the per-file caches of rendered dates and identities (a file has few of each).
@@ -264,11 +266,17 @@ class CsvSource:
                     chunk = list(itertools.islice(handle, limit - len(lines)))
                     if not chunk:
                         break
-                    for raw_line in chunk:
-                        offset += len(raw_line)
+                    block = b"".join(chunk)
+                    offset += len(block)
+                    # One decode per chunk instead of per line. Splitting on "\n" only (not
+                    # splitlines) keeps other separators inside their line, as per-line reads do.
+                    texts = block.decode("utf-8", errors="replace").split("\n")
+                    if texts[-1] == "":
+                        texts.pop()  # the chunk ended with a newline
+                    for text in texts:
                         line_no += 1
-                        text = raw_line.decode("utf-8", errors="replace").rstrip("\r\n")
-                        if text.strip():
+                        text = text.rstrip("\r")
+                        if text and not text.isspace():
                             lines.append((line_no, text))
                 if not lines:
                     # Blank trailing lines still move the offset; record it once.
@@ -349,13 +357,11 @@ class _LineReader:
                         f"{open_}\t{high}\t{low}\t{close}\t\\\\x{hex_hash}\n"
                     )
                     continue
-            raw.append(f"\\\\x{hex_hash}{raw_middle}{line_no}\t{copy_escape(text)}{run_suffix}")
             slow.append((line_no, text, hex_hash))
         if len(dates) > _CACHE_LIMIT:
             dates.clear()
         if len(identities) > _CACHE_LIMIT:
             identities.clear()
-        raw.sort()  # by content hash: the unique index takes them in order
         batch.raw_copy = "".join(raw)
         batch.raw_copy_rows = len(raw)
         batch.quote_blocks = [
@@ -372,6 +378,9 @@ class _LineReader:
         rows = csv.reader((text for _, text, _ in lines), delimiter=fmt.delimiter)
         for (line_no, text, hex_hash), cells in zip(lines, rows):
             location = f"{self.key}:{line_no}"
+            # As objects, not COPY text: the loader leaves out the raw line of a reject it
+            # has stored before (same place, same text).
+            batch.raw.append(RawItem(location, text, bytes.fromhex(hex_hash)))
             if len(cells) != fmt.columns:
                 reason = f"expected {fmt.columns} columns, got {len(cells)}"
                 batch.rejects.append(Rejected(location, reason, text))
