@@ -112,6 +112,9 @@ class Batch:
     raw_copy: str = ""
     raw_copy_rows: int = 0
     quote_blocks: list[QuoteBlock] = field(default_factory=list)
+    # Set by shared.load.prepare_batch when identities were resolved ahead of the write:
+    # the quotes' COPY data with asset ids filled in, and those asset ids.
+    prepared: tuple[bytes, set[int]] | None = None
 
     @property
     def raw_count(self) -> int:

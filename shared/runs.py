@@ -10,7 +10,7 @@ import time
 import zlib
 from collections import defaultdict
 from datetime import datetime, timezone
-from typing import Iterator
+from typing import Callable, Iterator
 
 from sqlalchemy import Connection, Engine, text, update
 from sqlalchemy.exc import DBAPIError
@@ -20,7 +20,7 @@ from shared.config import Settings
 from shared.db import get_engine, session_factory, unit_of_work
 from shared.errors import InjectedFailure
 from shared.identity import load_aliases
-from shared.load import LoadState, load_checkpoints, write_batch
+from shared.load import LoadState, load_checkpoints, prepare_batch, write_batch
 from shared.logging_setup import redact
 from shared.models import TERMINAL_STATUSES, Job, Run
 from shared.records import Batch
@@ -177,8 +177,12 @@ def _process(
     asset_cache: dict[str, int] = {}
     load_state = LoadState()
     session: Session = make_session()
+
+    def prepare(batch: Batch) -> Batch:
+        return prepare_batch(engine, source, run_id, batch, aliases, asset_cache)
+
     try:
-        for batch in _batches(get_source(source, settings), ctx):
+        for batch in _batches(get_source(source, settings), ctx, prepare):
             for name, amount in batch.stats.items():
                 on_event(name, amount)
             write_batch(session, source, run_id, batch, checkpoints.get(batch.checkpoint_key),
@@ -217,17 +221,21 @@ def _process(
 _QUEUE_POLL_SECONDS = 0.2
 
 
-def _batches(extractor: Source, ctx: RunContext) -> Iterator[Batch]:
-    """The source's batches, read ahead when the source allows it."""
+def _batches(
+    extractor: Source, ctx: RunContext, prepare: Callable[[Batch], Batch]
+) -> Iterator[Batch]:
+    """The source's batches, read ahead (and `prepare`d) when the source allows it."""
     batches = extractor.batches(ctx)
     # FAIL_AFTER_N_RECORDS cuts batches by what was committed, so it rules out reading ahead.
     if getattr(extractor, "read_ahead", False) and ctx.max_records is None:
-        return read_ahead(batches)
+        return read_ahead(batches, prepare=prepare)
     return batches
 
 
-def read_ahead(batches: Iterator[Batch], depth: int = 1) -> Iterator[Batch]:
-    """Yield `batches` while a thread prepares the next `depth` ones.
+def read_ahead(
+    batches: Iterator[Batch], depth: int = 1, prepare: Callable[[Batch], Batch] | None = None
+) -> Iterator[Batch]:
+    """Yield `batches` while a thread reads (and `prepare`s) the next `depth` ones.
 
     Parsing a batch (Python) then overlaps with writing the previous one (PostgreSQL, which
     releases the GIL). When the consumer stops early, the thread stops after the batch it is
@@ -248,6 +256,8 @@ def read_ahead(batches: Iterator[Batch], depth: int = 1) -> Iterator[Batch]:
     def produce() -> None:
         try:
             for batch in batches:
+                if prepare is not None:
+                    batch = prepare(batch)
                 if not put("batch", batch):
                     return
             put("done", None)
