@@ -34,10 +34,16 @@ def envelope(
     next_cursor: str | None = None,
 ) -> dict[str, Any]:
     """The list body with request id, latency so far, page numbers and the next cursor."""
+    return _list_body(g.request_id, round((time.perf_counter() - g.request_started) * 1000, 3),
+                      list(data), page, page_size, total, next_cursor)
+
+
+def _list_body(request_id: Any, latency: Any, data: Sequence[Any], page: int | None,
+               page_size: int, total: int, next_cursor: str | None) -> dict[str, Any]:
     return {
-        "request_id": g.request_id,
-        "api_latency_ms": round((time.perf_counter() - g.request_started) * 1000, 3),
-        "data": list(data),
+        "request_id": request_id,
+        "api_latency_ms": latency,
+        "data": data,
         "pagination": {
             "page": page,
             "page_size": page_size,
@@ -89,18 +95,8 @@ def body_template(data: Sequence[Any], page: int | None, page_size: int, total: 
     response assembled by `template_response` is byte for byte the one the schema path gives
     (tests/api/test_data_cache.py compares them). None if the cut is not clean.
     """
-    body = {
-        "request_id": _REQUEST_ID_MARK,
-        "api_latency_ms": _LATENCY_MARK,
-        "data": data,
-        "pagination": {
-            "page": page,
-            "page_size": page_size,
-            "total": total,
-            "total_pages": (total + page_size - 1) // page_size,
-            "next_cursor": next_cursor,
-        },
-    }
+    body = _list_body(_REQUEST_ID_MARK, _LATENCY_MARK, data, page, page_size, total,
+                      next_cursor)
     provider = current_app.json
     text = provider.response(body).get_data()
     latency = provider.dumps(_LATENCY_MARK).encode()

@@ -13,7 +13,7 @@ import io
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from psycopg2 import errors as pg_errors
 from psycopg2.extras import Json, execute_values
@@ -138,14 +138,15 @@ def _reader(data: str | bytes) -> io.StringIO | io.BytesIO:
 
 def _copy_new_rows(
     cursor: Any, state: LoadState, table: str, columns: str, data: str | bytes, staging: str,
-    from_staging: str,
+    from_staging: str, on_staged: Callable[[Any], None] | None = None,
 ) -> int:
     """Load COPY text into `table`; returns how many rows were new.
 
     COPY straight into the table is the fast path and is safe because the table's unique
     index checks every row: if one exists already, the COPY fails as a whole, is rolled back
     to its savepoint, and the rows go through a staging table and INSERT ... ON CONFLICT DO
-    NOTHING instead, which skips exactly the stored ones.
+    NOTHING instead, which skips exactly the stored ones. `on_staged(cursor)` runs between
+    the staging COPY and that INSERT, while the table still holds only the earlier rows.
     """
     left = state.staging_left.get(table, 0)
     if left <= 0:
@@ -165,6 +166,8 @@ def _copy_new_rows(
     cursor.execute(_STAGING_DDL)
     cursor.copy_expert(f"COPY {staging} ({columns}) FROM STDIN", _reader(data),
                        COPY_CHUNK_BYTES)
+    if on_staged is not None:
+        on_staged(cursor)
     cursor.execute(from_staging)
     return int(cursor.rowcount)
 
@@ -192,20 +195,17 @@ def write_batch(
         result.raw_inserted = _copy_new_rows(
             cursor, state, "raw_records", _RAW_COLUMNS, data, "stage_raw", _RAW_FROM_STAGING)
 
-    # Hex hashes of this batch's lines that are stored already (line sources only).
-    stored_lines: set[str] | None = None
+    # Which of this batch's lines are stored already (line sources only).
+    stored_lines = _StoredLines(source)
     quote_count = batch.quote_count
     if quote_count:
         prepared = batch.prepared
         if prepared is None:
             prepared = _render_quotes(session, source, run_id, batch, aliases, asset_cache)
         quote_data, asset_ids = prepared
-        if by_lines:
-            result.inserted, stored_lines = _copy_line_quotes(cursor, state, source, quote_data)
-        else:
-            result.inserted = _copy_new_rows(
-                cursor, state, "quotes", _QUOTE_COLUMNS, quote_data, "stage_quotes",
-                _QUOTES_FROM_STAGING)
+        result.inserted = _copy_new_rows(
+            cursor, state, "quotes", _QUOTE_COLUMNS, quote_data, "stage_quotes",
+            _QUOTES_FROM_STAGING, on_staged=stored_lines.find if by_lines else None)
         result.unchanged = quote_count - result.inserted
         _record_run_assets(cursor, state, run_id, asset_ids)
 
@@ -225,7 +225,7 @@ def write_batch(
 
     if batch.raw_count and by_lines:
         result.raw_inserted = _copy_raw_lines(
-            cursor, source, run_id, batch, stored_lines, repeated_rejects)
+            cursor, source, run_id, batch, stored_lines.hashes, repeated_rejects)
 
     if batch.drift:
         execute_values(
@@ -284,49 +284,36 @@ def prepare_batch(
     return batch
 
 
-def _copy_line_quotes(cursor: Any, state: LoadState, source: str, data: bytes
-                      ) -> tuple[int, set[str] | None]:
-    """COPY a line source's quotes; (rows new, hashes of its lines stored already or None).
+class _StoredLines:
+    """Which of a line source's staged lines are stored already (after a quote collision).
 
-    None means every quote was new, so none of their lines can be stored already (the same
-    line always parses to the same key). After a collision the quotes go through staging,
-    and before they are inserted the stored quotes with the same keys say which lines are
-    stored: the same raw hash means the identical line; another hash (a corrected value)
-    means the line may still be stored from an earlier correction, which only the raw table
-    can tell (one scan, only for such lines).
+    Used only when the quotes went through staging: the stored quotes with the staged keys say
+    which lines are stored (the same raw hash means the identical line). Another hash (a
+    corrected value) means the line may still be stored from an earlier correction, which only
+    the raw table can tell (one scan, only for such lines). When the quotes' COPY went straight
+    in, `hashes` stays None: every quote was new, so none of their lines can be stored (the
+    same line always parses to the same key).
     """
-    left = state.staging_left.get("quotes", 0)
-    if left <= 0:
-        cursor.execute("SAVEPOINT bulk_copy")
-        try:
-            cursor.copy_expert(f"COPY quotes ({_QUOTE_COLUMNS}) FROM STDIN", io.BytesIO(data),
-                               COPY_CHUNK_BYTES)
-        except pg_errors.UniqueViolation:
-            cursor.execute("ROLLBACK TO SAVEPOINT bulk_copy")
-            state.staging_left["quotes"] = STAGING_BATCHES_AFTER_CONFLICT
-        else:
-            copied = int(cursor.rowcount)
-            cursor.execute("RELEASE SAVEPOINT bulk_copy")
-            return copied, None
-    else:
-        state.staging_left["quotes"] = left - 1
-    cursor.execute(_STAGING_DDL)
-    cursor.copy_expert(f"COPY stage_quotes ({_QUOTE_COLUMNS}) FROM STDIN", io.BytesIO(data),
-                       COPY_CHUNK_BYTES)
-    cursor.execute(_STAGED_KEYS_STORED)
-    stored: set[str] = set()
-    corrected: list[str] = []
-    for hex_hash, same in cursor.fetchall():
-        (stored.add if same else corrected.append)(hex_hash)
-    if corrected:
-        cursor.execute(
-            "SELECT encode(content_hash, 'hex') FROM raw_records WHERE source = %s "
-            "AND content_hash = ANY(SELECT decode(h, 'hex') FROM unnest(%s::text[]) AS h)",
-            (source, corrected),
-        )
-        stored.update(h for h, in cursor.fetchall())
-    cursor.execute(_QUOTES_FROM_STAGING)
-    return int(cursor.rowcount), stored
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.hashes: set[str] | None = None
+
+    def find(self, cursor: Any) -> None:
+        """Collect the hex hashes of staged lines already stored (run before the INSERT)."""
+        cursor.execute(_STAGED_KEYS_STORED)
+        stored: set[str] = set()
+        corrected: list[str] = []
+        for hex_hash, same in cursor.fetchall():
+            (stored.add if same else corrected.append)(hex_hash)
+        if corrected:
+            cursor.execute(
+                "SELECT encode(content_hash, 'hex') FROM raw_records WHERE source = %s "
+                "AND content_hash = ANY(SELECT decode(h, 'hex') FROM unnest(%s::text[]) AS h)",
+                (self.source, corrected),
+            )
+            stored.update(h for h, in cursor.fetchall())
+        self.hashes = stored
 
 
 def _copy_raw_lines(

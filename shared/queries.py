@@ -187,6 +187,11 @@ def _keyset_after(
 ) -> ColumnElement[bool]:
     """Rows after (value, tiebreak...) in `column dir NULLS LAST, tiebreak ASC` order."""
     after_tie = tuple_(*tiebreak) > tuple_(*tiebreak_values)
+    if column is tiebreak[0] and value == tiebreak_values[0] and not descending:
+        # Sorting by the key's own first column (GET /data's default): one row comparison is
+        # an index range the planner estimates right. The general form below makes it guess
+        # ~10% of the real row count and sort every remaining row (bench case 4, deep page).
+        return after_tie
     if value is None:
         return and_(column.is_(None), after_tie)
     beyond = column < value if descending else column > value
@@ -219,11 +224,17 @@ def _page(
     cursor_of: Callable[[Any], dict[str, Any]],
 ) -> Page:
     """Fetch one row more than asked to learn whether a next page exists."""
-    rows = list(session.scalars(query.offset(offset).limit(limit + 1)).all())
+    rows, next_cursor = _trim(list(session.scalars(query.offset(offset).limit(limit + 1))),
+                              limit, cursor_of)
+    return Page(rows=rows, total=_count(session, counted), next_cursor=next_cursor)
+
+
+def _trim(rows: list[Any], limit: int, cursor_of: Callable[[Any], dict[str, Any]]
+          ) -> tuple[list[Any], str | None]:
+    """Rows fetched with one extra: the page, and the cursor of its last row if more exist."""
     more = len(rows) > limit
     rows = rows[:limit]
-    next_cursor = encode_cursor(cursor_of(rows[-1])) if more and rows else None
-    return Page(rows=rows, total=_count(session, counted), next_cursor=next_cursor)
+    return rows, (encode_cursor(cursor_of(rows[-1])) if more and rows else None)
 
 
 # --- GET /data -----------------------------------------------------------------------------
@@ -339,31 +350,23 @@ def list_current_quotes(
             raise InvalidCursor("cursor has no sort key")
         key = _sort_key_from_json(name, payload["k"])
         asset_id, source = _cursor_int(payload, "a"), _cursor_str(payload, "r", 32)
-        if name == "asset_id" and not descending and key == asset_id:
-            # The default order is the primary key's: one row comparison is an index range
-            # the planner estimates right. The general form below makes it guess ~10% of the
-            # real row count and sort every remaining row instead (bench case 4, deep page).
-            query = query.where(tuple_(CurrentQuote.asset_id, CurrentQuote.source)
-                                > tuple_(asset_id, source))
-        else:
-            query = query.where(_keyset_after(
-                column, key, descending, nullable,
-                (CurrentQuote.asset_id, CurrentQuote.source), (asset_id, source)))
+        query = query.where(_keyset_after(
+            column, key, descending, nullable,
+            (CurrentQuote.asset_id, CurrentQuote.source), (asset_id, source)))
         offset = 0
     ordered = column.desc() if descending else column.asc()
     query = query.order_by(ordered.nulls_last(), CurrentQuote.asset_id, CurrentQuote.source)
-    # One row more than asked tells whether a next page exists.
-    rows = [tuple(row) for row in conn.execute(query.offset(offset).limit(limit + 1))]
-    next_cursor = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        last = rows[-1]
-        position = _DATA_SORT_POSITION[name]
+    position = _DATA_SORT_POSITION[name]
+
+    def cursor_of(row: tuple[Any, ...]) -> dict[str, Any]:
         # Decimal keys are already plain-notation strings (see _DATA_RECORD_COLUMNS).
-        key_json = (last[position] if name in _DECIMAL_SORT_FIELDS
-                    else _sort_key_to_json(name, last[position]))
-        next_cursor = encode_cursor({"t": "data", "s": sort, "k": key_json,
-                                     "a": last[0], "r": last[3]}) if rows else None
+        key_json = (row[position] if name in _DECIMAL_SORT_FIELDS
+                    else _sort_key_to_json(name, row[position]))
+        return {"t": "data", "s": sort, "k": key_json, "a": row[0], "r": row[3]}
+
+    rows, next_cursor = _trim(
+        [tuple(row) for row in conn.execute(query.offset(offset).limit(limit + 1))],
+        limit, cursor_of)
     if total is None:
         total = count_current_quotes(conn, filters)
     return Page(rows=rows, total=total, next_cursor=next_cursor)
