@@ -28,6 +28,7 @@ from shared.records import (
     RAW_COPY_COLUMNS,
     Batch,
     ParsedQuote,
+    PreparedQuotes,
     RawItem,
     content_hash,
     copy_escape,
@@ -181,8 +182,15 @@ def write_batch(
     aliases: dict[tuple[str, str], Alias],
     asset_cache: dict[str, int],
     state: LoadState | None = None,
+    wait_turn: Callable[[], None] | None = None,
 ) -> BatchResult:
-    """Write a batch's raw rows, quotes, rejects and checkpoint in the caller's transaction."""
+    """Write a batch's raw rows, quotes, rejects and checkpoint in the caller's transaction.
+
+    The bulk rows (quotes, raw lines) come first; `wait_turn()`, when given, is called after
+    them and before anything another in-flight batch may also touch (run_assets, rejects, the
+    checkpoint, the run's counters), so that two batches can be written at once on two
+    connections and still commit in order (shared.pipeline).
+    """
     state = state if state is not None else LoadState()
     result = BatchResult(fetched=batch.raw_count, rejected=len(batch.rejects))
     cursor = session.connection().connection.cursor()
@@ -198,16 +206,22 @@ def write_batch(
     # Which of this batch's lines are stored already (line sources only).
     stored_lines = _StoredLines(source)
     quote_count = batch.quote_count
+    prepared = batch.prepared
     if quote_count:
-        prepared = batch.prepared
         if prepared is None:
             prepared = _render_quotes(session, source, run_id, batch, aliases, asset_cache)
-        quote_data, asset_ids = prepared
         result.inserted = _copy_new_rows(
-            cursor, state, "quotes", _QUOTE_COLUMNS, quote_data, "stage_quotes",
+            cursor, state, "quotes", _QUOTE_COLUMNS, prepared.data, "stage_quotes",
             _QUOTES_FROM_STAGING, on_staged=stored_lines.find if by_lines else None)
         result.unchanged = quote_count - result.inserted
-        _record_run_assets(cursor, state, run_id, asset_ids)
+    raw_lines = _RawLines(source, run_id, stored_lines.hashes)
+    if by_lines and batch.raw_copy:
+        result.raw_inserted = raw_lines.copy_text(cursor, batch.raw_copy)
+
+    if wait_turn is not None:
+        wait_turn()
+    if prepared is not None:
+        _record_run_assets(cursor, state, run_id, prepared.asset_ids)
 
     repeated_rejects: set[str] = set()
     if batch.rejects:
@@ -223,9 +237,9 @@ def write_batch(
         # A line rejected before at the same place with the same text: its raw line is kept.
         repeated_rejects = {r.location for r in batch.rejects} - {loc for loc, in new_locations}
 
-    if batch.raw_count and by_lines:
-        result.raw_inserted = _copy_raw_lines(
-            cursor, source, run_id, batch, stored_lines.hashes, repeated_rejects)
+    if batch.raw and by_lines:
+        result.raw_inserted += raw_lines.copy_items(
+            cursor, [r for r in batch.raw if r.source_key not in repeated_rejects])
 
     if batch.drift:
         execute_values(
@@ -251,8 +265,8 @@ def write_batch(
 def _render_quotes(
     session: Session, source: str, run_id: int, batch: Batch,
     aliases: dict[tuple[str, str], Alias], asset_cache: dict[str, int],
-) -> tuple[bytes, set[int]]:
-    """Resolve the batch's coins and render its quotes as COPY data; (data, asset ids)."""
+) -> PreparedQuotes:
+    """Resolve the batch's coins and render its quotes as COPY data, with their keys."""
     hints = {q.source_asset_id: IdentityHint(q.source_asset_id, q.symbol, q.name)
              for q in batch.quotes}
     for block in batch.quote_blocks:
@@ -263,7 +277,11 @@ def _render_quotes(
              for block in batch.quote_blocks]
     parts.extend(_quote_line(assets[q.source_asset_id], source, run_id, q)
                  for q in batch.quotes)
-    return "".join(parts).encode(), {assets[sid] for sid in hints}
+    keys = {(assets[block.source_asset_id], stamp)
+            for block in batch.quote_blocks for stamp in block.stamps}
+    keys.update((assets[q.source_asset_id], q.observed_at.isoformat()) for q in batch.quotes)
+    return PreparedQuotes("".join(parts).encode(), {assets[sid] for sid in hints},
+                          frozenset(keys))
 
 
 def prepare_batch(
@@ -316,37 +334,51 @@ class _StoredLines:
         self.hashes = stored
 
 
-def _copy_raw_lines(
-    cursor: Any, source: str, run_id: int, batch: Batch, stored: set[str] | None,
-    repeated_rejects: set[str],
-) -> int:
-    """COPY a line source's raw lines, leaving out those stored already; returns rows copied."""
-    items = [r for r in batch.raw if r.source_key not in repeated_rejects]
-    text_ = batch.raw_copy
-    if stored is not None:
-        # Lines start with the hash as COPY bytea text: two backslashes, 'x', 64 hex digits.
-        # Keep each hash once: a file may repeat a line within one batch.
-        seen = set(stored)
-        kept: list[str] = []
-        for line in text_.splitlines(keepends=True):
-            digest = line[3:67]
-            if digest not in seen:
-                seen.add(digest)
-                kept.append(line)
-        text_ = "".join(kept)
-        unique_items: list[RawItem] = []
-        for item in items:
-            digest = item.hash.hex()
-            if digest not in seen:
-                seen.add(digest)
-                unique_items.append(item)
-        items = unique_items
-    data = text_ + "".join(_raw_lines(source, run_id, items))
-    if not data:
-        return 0
-    cursor.copy_expert(f"COPY raw_records ({_RAW_COLUMNS}) FROM STDIN", io.StringIO(data),
-                       COPY_CHUNK_BYTES)
-    return int(cursor.rowcount)
+class _RawLines:
+    """COPY of a line source's raw lines, leaving out those stored already.
+
+    `stored` holds the hex hashes of this batch's lines found stored (see _StoredLines), or
+    None when none can be. The fast path's COPY text and the general path's RawItems are
+    copied separately (the items only after the batch's rejects are known), and a line that
+    repeats within the batch is kept once across both.
+    """
+
+    def __init__(self, source: str, run_id: int, stored: set[str] | None) -> None:
+        self.source, self.run_id = source, run_id
+        self.seen = set(stored) if stored is not None else None
+
+    def copy_text(self, cursor: Any, text_: str) -> int:
+        """COPY ready-made raw rows (RAW_COPY_COLUMNS text); returns rows copied."""
+        if self.seen is not None:
+            # Lines start with the hash as COPY bytea text: two backslashes, 'x', 64 hex digits.
+            kept: list[str] = []
+            for line in text_.splitlines(keepends=True):
+                digest = line[3:67]
+                if digest not in self.seen:
+                    self.seen.add(digest)
+                    kept.append(line)
+            text_ = "".join(kept)
+        return self._copy(cursor, text_)
+
+    def copy_items(self, cursor: Any, items: list[RawItem]) -> int:
+        """COPY raw lines given as RawItems; returns rows copied."""
+        if self.seen is not None:
+            unique_items: list[RawItem] = []
+            for item in items:
+                digest = item.hash.hex()
+                if digest not in self.seen:
+                    self.seen.add(digest)
+                    unique_items.append(item)
+            items = unique_items
+        return self._copy(cursor, "".join(_raw_lines(self.source, self.run_id, items)))
+
+    @staticmethod
+    def _copy(cursor: Any, data: str) -> int:
+        if not data:
+            return 0
+        cursor.copy_expert(f"COPY raw_records ({_RAW_COLUMNS}) FROM STDIN", io.StringIO(data),
+                           COPY_CHUNK_BYTES)
+        return int(cursor.rowcount)
 
 
 def _record_run_assets(cursor: Any, state: LoadState, run_id: int, asset_ids: set[int]) -> None:

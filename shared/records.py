@@ -93,6 +93,21 @@ class QuoteBlock:
     name: str | None
     text: str
     rows: int
+    # observed_at of each row as ISO 8601 UTC text (datetime.isoformat()), for the quotes' keys.
+    stamps: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedQuotes:
+    """A batch's quotes ready to write: COPY data with asset ids filled in, the assets, the keys.
+
+    `keys` are the (asset id, observed_at ISO text) primary keys the batch writes for its
+    source: two batches written at once must not share one (see shared.pipeline).
+    """
+
+    data: bytes
+    asset_ids: set[int]
+    keys: frozenset[tuple[int, str]]
 
 
 @dataclass(slots=True)
@@ -112,9 +127,8 @@ class Batch:
     raw_copy: str = ""
     raw_copy_rows: int = 0
     quote_blocks: list[QuoteBlock] = field(default_factory=list)
-    # Set by shared.load.prepare_batch when identities were resolved ahead of the write:
-    # the quotes' COPY data with asset ids filled in, and those asset ids.
-    prepared: tuple[bytes, set[int]] | None = None
+    # Set by shared.load.prepare_batch when identities were resolved ahead of the write.
+    prepared: PreparedQuotes | None = None
 
     @property
     def raw_count(self) -> int:

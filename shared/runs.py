@@ -10,7 +10,7 @@ import time
 import zlib
 from collections import defaultdict
 from datetime import datetime, timezone
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from sqlalchemy import Connection, Engine, text, update
 from sqlalchemy.exc import DBAPIError
@@ -19,10 +19,11 @@ from sqlalchemy.orm import Session
 from shared.config import Settings
 from shared.db import get_engine, session_factory, unit_of_work
 from shared.errors import InjectedFailure
-from shared.identity import load_aliases
+from shared.identity import Alias, load_aliases
 from shared.load import LoadState, load_checkpoints, prepare_batch, write_batch
 from shared.logging_setup import redact
 from shared.models import TERMINAL_STATUSES, Job, Run
+from shared.pipeline import write_in_order
 from shared.records import Batch
 from shared.sources import get_source
 from shared.sources.base import RunContext, Source
@@ -181,26 +182,26 @@ def _process(
     def prepare(batch: Batch) -> Batch:
         return prepare_batch(engine, source, run_id, batch, aliases, asset_cache)
 
+    extractor = get_source(source, settings)
     try:
-        for batch in _batches(get_source(source, settings), ctx, prepare):
-            for name, amount in batch.stats.items():
-                on_event(name, amount)
-            write_batch(session, source, run_id, batch, checkpoints.get(batch.checkpoint_key),
-                        aliases, asset_cache, load_state)
-            _flush_events(session, run_id, events)
-            session.commit()
-            checkpoints[batch.checkpoint_key] = batch.checkpoint
-            ctx.records_done += batch.record_count
-            if settings.batch_delay_seconds:
-                time.sleep(settings.batch_delay_seconds)
-            if ctx.max_records is not None and ctx.records_done >= ctx.max_records:
-                if settings.fail_mode == "kill":
-                    log.warning("FAIL_MODE=kill: killing worker process %s", os.getpid())
-                    os.kill(os.getpid(), signal.SIGKILL)
-                raise InjectedFailure(
-                    f"FAIL_AFTER_N_RECORDS={ctx.max_records} reached after "
-                    f"{ctx.records_done} records"
-                )
+        if _can_read_ahead(extractor, ctx):
+            _write_pipelined(engine, run_id, source, settings, ctx, extractor, prepare,
+                             aliases, asset_cache)
+        else:
+            for batch in extractor.batches(ctx):
+                for name, amount in batch.stats.items():
+                    on_event(name, amount)
+                write_batch(session, source, run_id, batch,
+                            checkpoints.get(batch.checkpoint_key), aliases, asset_cache,
+                            load_state)
+                _flush_events(session, run_id, events)
+                session.commit()
+                checkpoints[batch.checkpoint_key] = batch.checkpoint
+                ctx.records_done += batch.record_count
+                if settings.batch_delay_seconds:
+                    time.sleep(settings.batch_delay_seconds)
+                if ctx.max_records is not None and ctx.records_done >= ctx.max_records:
+                    _inject_failure(settings, ctx)
         _end(session, run_id, "succeeded", None, events)
     except BaseException as exc:
         session.rollback()
@@ -221,15 +222,42 @@ def _process(
 _QUEUE_POLL_SECONDS = 0.2
 
 
-def _batches(
-    extractor: Source, ctx: RunContext, prepare: Callable[[Batch], Batch]
-) -> Iterator[Batch]:
-    """The source's batches, read ahead (and `prepare`d) when the source allows it."""
-    batches = extractor.batches(ctx)
+def _inject_failure(settings: Settings, ctx: RunContext) -> None:
+    """FAIL_AFTER_N_RECORDS was reached: kill the worker or fail the run, as configured."""
+    if settings.fail_mode == "kill":
+        log.warning("FAIL_MODE=kill: killing worker process %s", os.getpid())
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise InjectedFailure(
+        f"FAIL_AFTER_N_RECORDS={ctx.max_records} reached after {ctx.records_done} records"
+    )
+
+
+def _can_read_ahead(extractor: Source, ctx: RunContext) -> bool:
+    """Whether the source's batches may be read (and written) ahead of the commits."""
     # FAIL_AFTER_N_RECORDS cuts batches by what was committed, so it rules out reading ahead.
-    if getattr(extractor, "read_ahead", False) and ctx.max_records is None:
-        return read_ahead(batches, prepare=prepare)
-    return batches
+    return bool(getattr(extractor, "read_ahead", False)) and ctx.max_records is None
+
+
+def _write_pipelined(
+    engine: Engine, run_id: int, source: str, settings: Settings, ctx: RunContext,
+    extractor: Source, prepare: Callable[[Batch], Batch],
+    aliases: dict[tuple[str, str], Alias], asset_cache: dict[str, int],
+) -> None:
+    """Read ahead, and write two batches at once on two connections (shared.pipeline)."""
+
+    def write(session: Session, batch: Batch, previous: dict[str, Any] | None,
+              state: LoadState, wait_turn: Callable[[], None]) -> None:
+        write_batch(session, source, run_id, batch, previous, aliases, asset_cache, state,
+                    wait_turn=wait_turn)
+        _flush_events(session, run_id, dict(batch.stats))
+
+    def after_submit(batch: Batch) -> None:
+        ctx.records_done += batch.record_count
+        if settings.batch_delay_seconds:
+            time.sleep(settings.batch_delay_seconds)
+
+    write_in_order(session_factory(engine), read_ahead(extractor.batches(ctx), prepare=prepare),
+                   write, ctx.checkpoints, after_submit)
 
 
 def read_ahead(

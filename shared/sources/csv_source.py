@@ -47,6 +47,8 @@ _KAGGLE_FAST = re.compile(
     rf"{_PLAIN}*+,({_PLAIN}*+),({_PLAIN}*+),({_PLAIN}++)" + rf",{_NUMBER}" * 6 + r"\Z"
 )
 _NULL4 = "\\N\t" * 4  # circulating_supply, total_supply, max_supply, rank
+# Lines in a file's first batch (when CSV_BATCH_ROWS is larger); each next batch doubles.
+FIRST_BATCH_ROWS = 2_000
 # Bounds the per-file caches of rendered dates and identities (a file has few of each).
 _CACHE_LIMIT = 100_000
 
@@ -256,10 +258,14 @@ class CsvSource:
                 offset = len(header_bytes)
             handle.seek(offset)
             reader = _LineReader(key, fmt, ctx.run_id)
-            limit = self.batch_rows
+            # Batches start small and double up to CSV_BATCH_ROWS: writing starts while the
+            # rest is still parsed, and a short append spans several batches that the writers
+            # can commit side by side (shared.pipeline).
+            batch_rows = min(self.batch_rows, FIRST_BATCH_ROWS)
             while True:
+                limit = batch_rows
                 if ctx.max_records is not None:
-                    limit = max(1, min(self.batch_rows, ctx.max_records - ctx.records_done))
+                    limit = max(1, min(batch_rows, ctx.max_records - ctx.records_done))
                 lines: list[tuple[int, str]] = []
                 # Blank lines do not count towards the batch size: read until it is full.
                 while len(lines) < limit:
@@ -284,6 +290,7 @@ class CsvSource:
                         yield Batch(key, self._checkpoint(handle, offset, line_no, fmt))
                     return
                 yield reader.batch(lines, self._checkpoint(handle, offset, line_no, fmt))
+                batch_rows = min(self.batch_rows, batch_rows * 2)
                 checkpoint = None
                 handle.seek(offset)
 
@@ -325,7 +332,7 @@ class _LineReader:
         """The batch for these (line number, text) pairs, ending at `checkpoint`."""
         batch = Batch(self.key, checkpoint)
         raw: list[str] = []
-        blocks: dict[str, tuple[tuple[str, str, str | None], list[str]]] = {}
+        blocks: dict[str, tuple[tuple[str, str, str | None], list[str], list[str]]] = {}
         slow: list[tuple[int, str, str]] = []
         fast, dates, identities = self.fast, self.dates, self.identities
         hash_base, raw_middle, run_suffix = self.hash_base, self.raw_middle, self.run_suffix
@@ -351,11 +358,12 @@ class _LineReader:
                     sid = identity[0]
                     entry = blocks.get(sid)
                     if entry is None:
-                        entry = blocks[sid] = (identity, [])
+                        entry = blocks[sid] = (identity, [], [])
                     entry[1].append(
                         f"{quote_prefix}{stamp}\t{sid}\t{close}\t{mcap}\t{volume}\t{_NULL4}"
                         f"{open_}\t{high}\t{low}\t{close}\t\\\\x{hex_hash}\n"
                     )
+                    entry[2].append(stamp)
                     continue
             slow.append((line_no, text, hex_hash))
         if len(dates) > _CACHE_LIMIT:
@@ -365,8 +373,8 @@ class _LineReader:
         batch.raw_copy = "".join(raw)
         batch.raw_copy_rows = len(raw)
         batch.quote_blocks = [
-            QuoteBlock(sid, symbol, name, "".join(rows), len(rows))
-            for (sid, symbol, name), rows in blocks.values()
+            QuoteBlock(sid, symbol, name, "".join(rows), len(rows), stamps)
+            for (sid, symbol, name), rows, stamps in blocks.values()
         ]
         if slow:
             self._parse_slow(batch, slow)

@@ -1,0 +1,163 @@
+"""Two batches in flight: each written on its own connection, committed in the batches' order.
+
+One connection writes a batch with about one core of PostgreSQL time (the COPY of quotes and
+raw lines, their indexes, WAL), so with one connection the second core only parses. The
+batches of a line source do not depend on each other: batch i+1 is written on a second
+connection while batch i is. Each batch stays one transaction with its checkpoint, and the
+commits keep the batches' order: after its bulk rows and before its checkpoint, batch i+1
+waits until batch i has committed (if batch i failed, batch i+1 rolls back instead). A crash
+therefore leaves a prefix of the batches committed, exactly as with one connection.
+
+No deadlock is possible: before its turn a batch writes only rows that the batch in flight
+beside it cannot touch. Raw lines have no unique key over their content; quotes do, so the
+batches' quote keys are compared here first, and a batch sharing one with the batch before
+it is written only after that one has ended. Everything two batches may both touch
+(run_assets, rejects, the checkpoint row, the run's counters) comes after the turn.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from sqlalchemy.orm import Session
+
+from shared.load import LoadState
+from shared.records import Batch
+
+WRITERS = 2
+# Waits wake up this often so that a signal (Celery's soft time limit) reaches the main thread.
+_POLL_SECONDS = 0.2
+
+# write(session, batch, previous checkpoint, load state, wait_turn): the batch's statements,
+# calling wait_turn() between its bulk rows and the rest; the pipeline commits.
+WriteBatch = Callable[[Session, Batch, "dict[str, Any] | None", LoadState, Callable[[], None]],
+                      None]
+
+
+class EarlierBatchFailed(Exception):
+    """This batch was rolled back because another batch failed (that one's error counts)."""
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One batch on its way through a writer."""
+
+    index: int
+    batch: Batch | None
+    previous_checkpoint: dict[str, Any] | None
+    before: _Slot | None  # the batch that may be in flight beside this one
+    overlaps: bool  # shares a quote key with `before`: write only once it has ended
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+    def wait_before(self) -> None:
+        """Block until the batch before this one has ended; raise if it did not commit."""
+        before = self.before
+        if before is None:
+            return
+        before.done.wait()
+        if before.error is not None:
+            raise EarlierBatchFailed(f"batch {before.index} failed")
+
+
+def _shares_key(before: _Slot | None, batch: Batch) -> bool:
+    """Whether `batch` may insert a quote key that `before` inserts too (unknown: yes)."""
+    if before is None or batch.quote_count == 0:
+        return False
+    earlier = before.batch  # read once: the writer drops it when the batch ends
+    if earlier is None or before.done.is_set() or earlier.quote_count == 0:
+        return False
+    if earlier.prepared is None or batch.prepared is None:
+        return True
+    return not earlier.prepared.keys.isdisjoint(batch.prepared.keys)
+
+
+def write_in_order(
+    make_session: Callable[[], Session],
+    batches: Iterable[Batch],
+    write: WriteBatch,
+    checkpoints: dict[str, dict[str, Any]],
+    after_submit: Callable[[Batch], None] | None = None,
+) -> None:
+    """Write and commit `batches` in order, WRITERS at a time; raise the first batch's error.
+
+    `checkpoints` holds the committed value of each checkpoint key; it is advanced as batches
+    are handed out, since each batch's compare-and-set expects the value of the batch before.
+    """
+    failed = threading.Event()
+    permits = threading.Semaphore(WRITERS)
+    queues: list[queue.Queue[_Slot | None]] = [queue.Queue() for _ in range(WRITERS)]
+    failures: list[_Slot] = []
+
+    def run_writer(inbox: queue.Queue[_Slot | None]) -> None:
+        session = make_session()
+        state = LoadState()
+        try:
+            while True:
+                slot = inbox.get()
+                if slot is None:
+                    return
+                try:
+                    if failed.is_set():
+                        raise EarlierBatchFailed("another batch failed")
+                    if slot.overlaps:
+                        slot.wait_before()
+                    assert slot.batch is not None
+                    write(session, slot.batch, slot.previous_checkpoint, state, slot.wait_before)
+                    session.commit()
+                except BaseException as exc:  # noqa: B036 - handed to the caller's thread
+                    slot.error = exc
+                    failures.append(slot)
+                    failed.set()
+                    try:
+                        session.rollback()
+                    except Exception:  # noqa: BLE001 - the connection is gone; exc says why
+                        pass
+                finally:
+                    # Free the batch and the chain of earlier slots as soon as possible.
+                    slot.batch = None
+                    slot.before = None
+                    slot.done.set()
+                    permits.release()
+        finally:
+            session.close()
+
+    threads = [threading.Thread(target=run_writer, args=(inbox,), name=f"batch-writer-{n}",
+                                daemon=True) for n, inbox in enumerate(queues)]
+    for thread in threads:
+        thread.start()
+    before: _Slot | None = None
+    try:
+        for index, batch in enumerate(batches):
+            while not permits.acquire(timeout=_POLL_SECONDS):
+                pass
+            if failed.is_set():
+                permits.release()
+                break
+            key = batch.checkpoint_key
+            slot = _Slot(index, batch, checkpoints.get(key), before, _shares_key(before, batch))
+            checkpoints[key] = batch.checkpoint
+            queues[index % WRITERS].put(slot)
+            before = slot
+            if after_submit is not None:
+                after_submit(batch)
+    except BaseException:
+        failed.set()  # e.g. a time limit: batches not yet started roll back at once
+        raise
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+        for inbox in queues:
+            inbox.put(None)
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(timeout=_POLL_SECONDS)
+    # The cause, not the batches rolled back because of it.
+    causes = [slot for slot in failures if not isinstance(slot.error, EarlierBatchFailed)]
+    first = min(causes or failures, key=lambda slot: slot.index, default=None)
+    if first is not None:
+        assert first.error is not None
+        raise first.error
