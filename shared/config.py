@@ -16,7 +16,8 @@ class ConfigError(ValueError):
     """An environment variable holds a value we cannot use."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0,
+         maximum: int | None = None) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -26,6 +27,8 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be <= {maximum}, got {value}")
     return value
 
 
@@ -177,7 +180,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         batch_delay_seconds=_float(env, "ETL_BATCH_DELAY_SECONDS", 0.0),
         # 25,000 lines: the fastest of 10k/25k/50k in bench/ (fewer commits, better index
         # locality), at about 160 MB peak for the worker process.
-        csv_batch_rows=_int(env, "CSV_BATCH_ROWS", 25_000, 1),
+        # A batch's lines form one raw block; line ids keep 20 bits for the index
+        # (shared.models.RAW_LINE_ID_BITS).
+        csv_batch_rows=_int(env, "CSV_BATCH_ROWS", 25_000, 1, 1 << 20),
         task_soft_time_limit=soft_limit,
         task_time_limit=time_limit,
         visibility_timeout=visibility,

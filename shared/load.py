@@ -2,15 +2,17 @@
 
 Raw records are deduplicated by content in two ways. API records (a few thousand per run,
 mostly repeats) carry a unique index on (source, content_hash) and go through ON CONFLICT.
-CSV lines (millions, nearly all new) have no index on their hash (migration 0005): a line is
-read once because the file offset that covers it commits with it, and when lines do repeat
-(a replaced file, a re-appended day) their quotes collide on the quotes' primary key, which
-says whether the identical line is stored already (quotes.raw_hash).
+CSV lines (millions, nearly all new) are stored one block per batch (raw_line_blocks,
+migration 0006) with no index on their hashes: a line is read once because the file offset
+that covers it commits with it, and when lines do repeat (a replaced file, a re-appended day)
+their quotes collide on the quotes' primary key, which says whether the identical line is
+stored already (quotes.raw_hash).
 """
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+import struct
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Callable, Iterable
@@ -27,6 +29,7 @@ from shared.records import (
     QUOTE_COPY_COLUMNS,
     RAW_COPY_COLUMNS,
     Batch,
+    LineBlock,
     ParsedQuote,
     PreparedQuotes,
     RawItem,
@@ -49,10 +52,6 @@ class BatchResult:
     unchanged: int = 0
     rejected: int = 0
 
-
-# Sources whose raw lines have no content-hash index: mirrors the predicate of the partial
-# unique index uq_raw_records_api_content (migration 0005).
-UNINDEXED_RAW_SOURCES = frozenset({"csv"})
 
 # After a batch met rows that exist already (a re-read file, a repeated API page), the next
 # batches of the run go through staging for a while instead of failing their COPY first.
@@ -186,25 +185,24 @@ def write_batch(
 ) -> BatchResult:
     """Write a batch's raw rows, quotes, rejects and checkpoint in the caller's transaction.
 
-    The bulk rows (quotes, raw lines) come first; `wait_turn()`, when given, is called after
-    them and before anything another in-flight batch may also touch (run_assets, rejects, the
-    checkpoint, the run's counters), so that two batches can be written at once on two
-    connections and still commit in order (shared.pipeline).
+    The rows only this batch can hold come first (quotes, rejects, raw lines); `wait_turn()`,
+    when given, is called after them and before anything another in-flight batch may also
+    touch (run_assets, the checkpoint, the run's counters), so that two batches can be written
+    at once on two connections and still commit in order (shared.pipeline).
     """
     state = state if state is not None else LoadState()
     result = BatchResult(fetched=batch.raw_count, rejected=len(batch.rejects))
     cursor = session.connection().connection.cursor()
 
-    by_lines = source in UNINDEXED_RAW_SOURCES
-    if batch.raw_count and not by_lines:
+    if batch.raw:
         lines = _raw_lines(source, run_id, batch.raw)
         lines.sort()  # by content hash, as the unique index wants them
-        data = batch.raw_copy + "".join(lines)
         result.raw_inserted = _copy_new_rows(
-            cursor, state, "raw_records", _RAW_COLUMNS, data, "stage_raw", _RAW_FROM_STAGING)
+            cursor, state, "raw_records", _RAW_COLUMNS, "".join(lines), "stage_raw",
+            _RAW_FROM_STAGING)
 
     # Which of this batch's lines are stored already (line sources only).
-    stored_lines = _StoredLines(source)
+    stored_lines = _StoredLines(source, batch.checkpoint_key)
     quote_count = batch.quote_count
     prepared = batch.prepared
     if quote_count:
@@ -212,16 +210,9 @@ def write_batch(
             prepared = _render_quotes(session, source, run_id, batch, aliases, asset_cache)
         result.inserted = _copy_new_rows(
             cursor, state, "quotes", _QUOTE_COLUMNS, prepared.data, "stage_quotes",
-            _QUOTES_FROM_STAGING, on_staged=stored_lines.find if by_lines else None)
+            _QUOTES_FROM_STAGING,
+            on_staged=stored_lines.find if batch.raw_lines is not None else None)
         result.unchanged = quote_count - result.inserted
-    raw_lines = _RawLines(source, run_id, stored_lines.hashes)
-    if by_lines and batch.raw_copy:
-        result.raw_inserted = raw_lines.copy_text(cursor, batch.raw_copy)
-
-    if wait_turn is not None:
-        wait_turn()
-    if prepared is not None:
-        _record_run_assets(cursor, state, run_id, prepared.asset_ids)
 
     repeated_rejects: set[str] = set()
     if batch.rejects:
@@ -237,9 +228,14 @@ def write_batch(
         # A line rejected before at the same place with the same text: its raw line is kept.
         repeated_rejects = {r.location for r in batch.rejects} - {loc for loc, in new_locations}
 
-    if batch.raw and by_lines:
-        result.raw_inserted += raw_lines.copy_items(
-            cursor, [r for r in batch.raw if r.source_key not in repeated_rejects])
+    if batch.raw_lines is not None:
+        result.raw_inserted = _copy_line_block(cursor, source, run_id, batch.raw_lines,
+                                               stored_lines.hashes, repeated_rejects)
+
+    if wait_turn is not None:
+        wait_turn()
+    if prepared is not None:
+        _record_run_assets(cursor, state, run_id, prepared.asset_ids)
 
     if batch.drift:
         execute_values(
@@ -277,11 +273,21 @@ def _render_quotes(
              for block in batch.quote_blocks]
     parts.extend(_quote_line(assets[q.source_asset_id], source, run_id, q)
                  for q in batch.quotes)
-    keys = {(assets[block.source_asset_id], stamp)
-            for block in batch.quote_blocks for stamp in block.stamps}
-    keys.update((assets[q.source_asset_id], q.observed_at.isoformat()) for q in batch.quotes)
-    return PreparedQuotes("".join(parts).encode(), {assets[sid] for sid in hints},
-                          frozenset(keys))
+    spans: dict[int, tuple[str, str]] = {}
+
+    def cover(asset_id: int, first: str, last: str) -> None:
+        span = spans.get(asset_id)
+        if span is not None:
+            first, last = min(span[0], first), max(span[1], last)
+        spans[asset_id] = (first, last)
+
+    for block in batch.quote_blocks:
+        if block.stamps:
+            cover(assets[block.source_asset_id], min(block.stamps), max(block.stamps))
+    for q in batch.quotes:
+        stamp = q.observed_at.isoformat()
+        cover(assets[q.source_asset_id], stamp, stamp)
+    return PreparedQuotes("".join(parts).encode(), spans)
 
 
 def prepare_batch(
@@ -299,6 +305,9 @@ def prepare_batch(
         with unit_of_work(engine) as session:
             batch.prepared = _render_quotes(session, source, run_id, batch, aliases,
                                             asset_cache)
+        # The rendered data replaces the blocks' text: drop it now, not when the batch is
+        # written (several batches wait in memory while two are written).
+        batch.quote_blocks = [replace(block, text="", stamps=[]) for block in batch.quote_blocks]
     return batch
 
 
@@ -308,13 +317,13 @@ class _StoredLines:
     Used only when the quotes went through staging: the stored quotes with the staged keys say
     which lines are stored (the same raw hash means the identical line). Another hash (a
     corrected value) means the line may still be stored from an earlier correction, which only
-    the raw table can tell (one scan, only for such lines). When the quotes' COPY went straight
-    in, `hashes` stays None: every quote was new, so none of their lines can be stored (the
-    same line always parses to the same key).
+    the file's raw line blocks can tell (one read of their hashes, only for such lines). When
+    the quotes' COPY went straight in, `hashes` stays None: every quote was new, so none of
+    their lines can be stored (the same line always parses to the same key).
     """
 
-    def __init__(self, source: str) -> None:
-        self.source = source
+    def __init__(self, source: str, file_key: str) -> None:
+        self.source, self.file_key = source, file_key
         self.hashes: set[str] | None = None
 
     def find(self, cursor: Any) -> None:
@@ -325,60 +334,78 @@ class _StoredLines:
         for hex_hash, same in cursor.fetchall():
             (stored.add if same else corrected.append)(hex_hash)
         if corrected:
+            # A line's hash covers its file's key, so only that file's blocks can hold it.
+            wanted = set(corrected)
             cursor.execute(
-                "SELECT encode(content_hash, 'hex') FROM raw_records WHERE source = %s "
-                "AND content_hash = ANY(SELECT decode(h, 'hex') FROM unnest(%s::text[]) AS h)",
-                (self.source, corrected),
+                "SELECT line_hashes FROM raw_line_blocks WHERE source = %s AND file_key = %s",
+                (self.source, self.file_key),
             )
-            stored.update(h for h, in cursor.fetchall())
+            for hashes, in cursor:
+                hashes = bytes(hashes)
+                found = {hashes[i:i + 32].hex() for i in range(0, len(hashes), 32)} & wanted
+                stored.update(found)
         self.hashes = stored
 
 
-class _RawLines:
-    """COPY of a line source's raw lines, leaving out those stored already.
+def _copy_line_block(
+    cursor: Any, source: str, run_id: int, block: LineBlock, stored: set[str] | None,
+    repeated_rejects: set[str],
+) -> int:
+    """Store a batch's raw lines as one raw_line_blocks row; returns how many lines it holds.
 
-    `stored` holds the hex hashes of this batch's lines found stored (see _StoredLines), or
-    None when none can be. The fast path's COPY text and the general path's RawItems are
-    copied separately (the items only after the batch's rejects are known), and a line that
-    repeats within the batch is kept once across both.
+    Left out: lines found stored already (`stored`, hex hashes; None when none can be, see
+    _StoredLines), a line repeated within the batch after its first, and the line of a reject
+    stored before at the same place (`repeated_rejects`, locations).
     """
+    numbers, texts, hashes = block.numbers, block.texts, block.hashes
+    if stored is not None or repeated_rejects:
+        seen = set(stored or ())
+        keep: list[int] = []
+        for index, (number, digest) in enumerate(zip(numbers, hashes)):
+            if digest in seen or f"{block.file_key}:{number}" in repeated_rejects:
+                continue
+            seen.add(digest)
+            keep.append(index)
+        numbers = [numbers[i] for i in keep]
+        texts = [texts[i] for i in keep]
+        hashes = [hashes[i] for i in keep]
+    if not numbers:
+        return 0
+    # Binary COPY: the lines and hashes go in as they are, with nothing for the server to
+    # parse or unescape (text COPY spent ~1 s per million lines on that alone).
+    row = _binary_row(
+        source.encode(), block.file_key.encode(), _int4_array(numbers),
+        "\n".join(texts).encode(), bytes.fromhex("".join(hashes)), _INT8.pack(run_id),
+    )
+    cursor.copy_expert(
+        "COPY raw_line_blocks (source, file_key, line_numbers, payload, line_hashes, run_id) "
+        "FROM STDIN WITH (FORMAT binary)",
+        io.BytesIO(_PGCOPY_HEADER + row + _PGCOPY_TRAILER), COPY_CHUNK_BYTES)
+    return len(numbers)
 
-    def __init__(self, source: str, run_id: int, stored: set[str] | None) -> None:
-        self.source, self.run_id = source, run_id
-        self.seen = set(stored) if stored is not None else None
 
-    def copy_text(self, cursor: Any, text_: str) -> int:
-        """COPY ready-made raw rows (RAW_COPY_COLUMNS text); returns rows copied."""
-        if self.seen is not None:
-            # Lines start with the hash as COPY bytea text: two backslashes, 'x', 64 hex digits.
-            kept: list[str] = []
-            for line in text_.splitlines(keepends=True):
-                digest = line[3:67]
-                if digest not in self.seen:
-                    self.seen.add(digest)
-                    kept.append(line)
-            text_ = "".join(kept)
-        return self._copy(cursor, text_)
+# PostgreSQL's binary COPY format: signature, flags, header extension length; -1 field count.
+_PGCOPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+_PGCOPY_TRAILER = struct.pack("!h", -1)
+_INT8 = struct.Struct("!q")
+_INT4_OID = 23
 
-    def copy_items(self, cursor: Any, items: list[RawItem]) -> int:
-        """COPY raw lines given as RawItems; returns rows copied."""
-        if self.seen is not None:
-            unique_items: list[RawItem] = []
-            for item in items:
-                digest = item.hash.hex()
-                if digest not in self.seen:
-                    self.seen.add(digest)
-                    unique_items.append(item)
-            items = unique_items
-        return self._copy(cursor, "".join(_raw_lines(self.source, self.run_id, items)))
 
-    @staticmethod
-    def _copy(cursor: Any, data: str) -> int:
-        if not data:
-            return 0
-        cursor.copy_expert(f"COPY raw_records ({_RAW_COLUMNS}) FROM STDIN", io.StringIO(data),
-                           COPY_CHUNK_BYTES)
-        return int(cursor.rowcount)
+def _binary_row(*fields: bytes) -> bytes:
+    """One row of binary COPY: field count, then each field's length and bytes."""
+    parts = [struct.pack("!h", len(fields))]
+    for value in fields:
+        parts.append(struct.pack("!i", len(value)))
+        parts.append(value)
+    return b"".join(parts)
+
+
+def _int4_array(values: list[int]) -> bytes:
+    """A one-dimensional int4[] in binary COPY form (no NULLs, lower bound 1)."""
+    count = len(values)
+    flat = [4] * (2 * count)  # each element: its length (4), then its value
+    flat[1::2] = values
+    return struct.pack("!5i", 1, 0, _INT4_OID, count, 1) + struct.pack(f"!{2 * count}i", *flat)
 
 
 def _record_run_assets(cursor: Any, state: LoadState, run_id: int, asset_ids: set[int]) -> None:

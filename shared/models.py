@@ -77,13 +77,10 @@ class AssetSourceId(Base):
 
 
 class RawRecord(Base):
-    """A record exactly as received: the JSON item text of an API, or the line of a CSV file.
+    """A record of an API source exactly as received: the JSON item text.
 
-    API records are unique by content hash through a partial unique index. CSV lines are not
-    indexed by hash: a random 32-byte key in a btree cost more than the COPY of the lines
-    themselves (migration 0005). A line is stored once because the file offset that covers it
-    commits in the same transaction, and a replaced file is re-read against the stored hashes
-    (shared.load).
+    Unique by content hash through a partial unique index (its predicate dates from when CSV
+    lines were stored here too; they live in raw_line_blocks since migration 0006).
     """
 
     __tablename__ = "raw_records"
@@ -102,6 +99,39 @@ class RawRecord(Base):
     # deleted (see migration 0003).
     run_id: Mapped[int | None] = mapped_column(BigInteger)
     fetched_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+
+
+class RawLineBlock(Base):
+    """The raw lines of one batch of a line source (CSV), exactly as read, in one row.
+
+    One row per batch instead of per line (migration 0006): a row per line cost as much as a
+    bare COPY of the whole file, mostly in index and sequence upkeep. `payload` is the lines
+    joined by newlines; `line_numbers` and `line_hashes` (32 bytes of SHA-256 per line) run in
+    the same order. The view `raw_lines` shows one row per line, with the id GET
+    /raw/<source>/<id> uses: block id * 2^20 + index in the block (RAW_LINE_ID_BITS).
+    """
+
+    __tablename__ = "raw_line_blocks"
+    __table_args__ = (
+        CheckConstraint("octet_length(line_hashes) = 32 * cardinality(line_numbers)",
+                        name="hash_per_line"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    source: Mapped[str] = mapped_column(String(32))
+    file_key: Mapped[str] = mapped_column(Text)
+    line_numbers: Mapped[list[int]] = mapped_column(ARRAY(Integer))
+    payload: Mapped[str] = mapped_column(Text)
+    line_hashes: Mapped[bytes] = mapped_column(LargeBinary)
+    run_id: Mapped[int | None] = mapped_column(BigInteger)
+    fetched_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+
+
+# A raw line's id is its block id shifted by this many bits plus its index in the block, so
+# a block holds at most 2^20 lines (CSV_BATCH_ROWS is bounded below that).
+RAW_LINE_ID_BITS = 20
+# Sources whose raw records are lines kept in raw_line_blocks (the others use raw_records).
+LINE_SOURCES = frozenset({"csv"})
 
 
 class Quote(Base):

@@ -9,13 +9,17 @@ waits until batch i has committed (if batch i failed, batch i+1 rolls back inste
 therefore leaves a prefix of the batches committed, exactly as with one connection.
 
 No deadlock is possible: before its turn a batch writes only rows that the batch in flight
-beside it cannot touch. Raw lines have no unique key over their content; quotes do, so the
-batches' quote keys are compared here first, and a batch sharing one with the batch before
+beside it cannot touch. Raw line blocks have no unique key, and a reject's key holds its own
+line's place in the file; quotes do have one, so the batches' quote keys are compared here
+first (by each asset's span of times), and a batch that may share one with the batch before
 it is written only after that one has ended. Everything two batches may both touch
-(run_assets, rejects, the checkpoint row, the run's counters) comes after the turn.
+(run_assets, the checkpoint row, the run's counters) comes after the turn.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
+import itertools
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -27,6 +31,12 @@ from shared.load import LoadState
 from shared.records import Batch
 
 WRITERS = 2
+# glibc gives each thread that meets a busy heap its own malloc arena, and the arenas of the
+# four threads here (read-ahead, two writers, the caller) kept growing with the file: peak RSS
+# 178 MB for 250,000 lines but 210 MB for 1,000,000. Two arenas keep it flat (196 / 194 MB)
+# at no measured cost in speed.
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # mallopt() parameter number, from glibc's malloc.h
 # Waits wake up this often so that a signal (Celery's soft time limit) reaches the main thread.
 _POLL_SECONDS = 0.2
 
@@ -71,7 +81,16 @@ def _shares_key(before: _Slot | None, batch: Batch) -> bool:
         return False
     if earlier.prepared is None or batch.prepared is None:
         return True
-    return not earlier.prepared.keys.isdisjoint(batch.prepared.keys)
+    return earlier.prepared.may_share_key(batch.prepared)
+
+
+@functools.cache
+def _limit_malloc_arenas() -> None:
+    """Cap glibc's malloc arenas for this process (once; nothing to do on other C libraries)."""
+    try:
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
+    except (OSError, AttributeError):
+        pass
 
 
 def write_in_order(
@@ -86,6 +105,7 @@ def write_in_order(
     `checkpoints` holds the committed value of each checkpoint key; it is advanced as batches
     are handed out, since each batch's compare-and-set expects the value of the batch before.
     """
+    _limit_malloc_arenas()
     failed = threading.Event()
     permits = threading.Semaphore(WRITERS)
     queues: list[queue.Queue[_Slot | None]] = [queue.Queue() for _ in range(WRITERS)]
@@ -129,11 +149,14 @@ def write_in_order(
     for thread in threads:
         thread.start()
     before: _Slot | None = None
+    pending = iter(batches)
     try:
-        for index, batch in enumerate(batches):
+        for index in itertools.count():
+            # A free writer first, then the next batch: no batch waits here in memory.
             while not permits.acquire(timeout=_POLL_SECONDS):
                 pass
-            if failed.is_set():
+            batch = next(pending, None) if not failed.is_set() else None
+            if batch is None:
                 permits.release()
                 break
             key = batch.checkpoint_key

@@ -57,8 +57,8 @@ class Rejected:
     payload: str
 
 
-# Columns of the COPY text a source may hand over ready-made (see `QuoteBlock`, `Batch.raw_copy`).
-# Raw lines start with the hash so that sorting them orders the unique index's inserts.
+# Columns of the COPY text of raw records and of quotes (see `QuoteBlock`). Raw rows start with
+# the hash so that sorting them orders the unique index's inserts.
 RAW_COPY_COLUMNS: tuple[str, ...] = ("content_hash", "source", "source_key", "payload", "run_id")
 QUOTE_COPY_COLUMNS: tuple[str, ...] = (
     "asset_id", "source", "run_id", "observed_at", "source_asset_id", "price_usd",
@@ -98,16 +98,42 @@ class QuoteBlock:
 
 
 @dataclass(frozen=True, slots=True)
-class PreparedQuotes:
-    """A batch's quotes ready to write: COPY data with asset ids filled in, the assets, the keys.
+class LineBlock:
+    """A line source's raw lines in one batch, in file order: stored as one raw_line_blocks row.
 
-    `keys` are the (asset id, observed_at ISO text) primary keys the batch writes for its
-    source: two batches written at once must not share one (see shared.pipeline).
+    `hashes` are the lines' content hashes as hex text (the same values quotes.raw_hash holds).
+    """
+
+    file_key: str
+    numbers: list[int]
+    texts: list[str]
+    hashes: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedQuotes:
+    """A batch's quotes ready to write: COPY data with asset ids filled in, and their key spans.
+
+    `spans` maps each asset id to the first and last observed_at (ISO 8601 UTC text, which
+    sorts as time does) the batch writes for it: two batches written at once must not share a
+    quote key, and disjoint spans prove they do not (see shared.pipeline).
     """
 
     data: bytes
-    asset_ids: set[int]
-    keys: frozenset[tuple[int, str]]
+    spans: dict[int, tuple[str, str]]
+
+    @property
+    def asset_ids(self) -> set[int]:
+        """The assets the batch writes quotes for."""
+        return set(self.spans)
+
+    def may_share_key(self, other: PreparedQuotes) -> bool:
+        """Whether the two batches might write the same (asset, observed_at)."""
+        for asset_id, (first, last) in self.spans.items():
+            span = other.spans.get(asset_id)
+            if span is not None and first <= span[1] and span[0] <= last:
+                return True
+        return False
 
 
 @dataclass(slots=True)
@@ -123,17 +149,16 @@ class Batch:
     stats: dict[str, float] = field(default_factory=dict)
     # Schema-drift events (shared.sources.drift.DriftEvent) seen while reading this batch.
     drift: list[Any] = field(default_factory=list)
-    # Ready-made COPY text (see QuoteBlock): raw rows in RAW_COPY_COLUMNS, and quote blocks.
-    raw_copy: str = ""
-    raw_copy_rows: int = 0
+    # A line source's raw lines (instead of `raw`) and its quotes as ready-made COPY text.
+    raw_lines: LineBlock | None = None
     quote_blocks: list[QuoteBlock] = field(default_factory=list)
     # Set by shared.load.prepare_batch when identities were resolved ahead of the write.
     prepared: PreparedQuotes | None = None
 
     @property
     def raw_count(self) -> int:
-        """Raw records in this batch, as objects and as COPY text."""
-        return len(self.raw) + self.raw_copy_rows
+        """Raw records in this batch: API records and lines."""
+        return len(self.raw) + (len(self.raw_lines.numbers) if self.raw_lines else 0)
 
     @property
     def quote_count(self) -> int:

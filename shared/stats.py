@@ -17,6 +17,7 @@ from shared.models import (
     CurrentQuote,
     DriftEvent,
     Quote,
+    RawLineBlock,
     RawRecord,
     RejectedRecord,
     Run,
@@ -52,10 +53,22 @@ def _counts_by_source(session: Session, column: Any) -> dict[str, int]:
     return {str(source): int(n) for source, n in rows}
 
 
+def _raw_counts(session: Session) -> dict[str, int]:
+    """Raw records per source: API records plus the lines in line blocks."""
+    counts = _counts_by_source(session, RawRecord.source)
+    lines = session.execute(
+        select(RawLineBlock.source, func.sum(func.cardinality(RawLineBlock.line_numbers)))
+        .group_by(RawLineBlock.source)
+    ).all()
+    for source, n in lines:
+        counts[str(source)] = counts.get(str(source), 0) + int(n)
+    return counts
+
+
 def records_by_layer(session: Session) -> dict[str, dict[str, int]]:
     """Rows per source in every layer: raw, quotes, current, asset ids, rejected."""
     return {
-        "raw": _counts_by_source(session, RawRecord.source),
+        "raw": _raw_counts(session),
         "quotes": _counts_by_source(session, Quote.source),
         "current": _counts_by_source(session, CurrentQuote.source),
         "assets": _counts_by_source(session, AssetSourceId.source),

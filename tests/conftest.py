@@ -26,7 +26,7 @@ BROKER_PREFIX = f"kt-{uuid.uuid4().hex[:8]}:"
 QUEUE_KEY = BROKER_PREFIX + "celery"
 UNACKED_KEY = BROKER_PREFIX + "unacked"
 TABLES = (
-    "quotes", "current_quotes", "raw_records", "rejected_records", "checkpoints",
+    "quotes", "current_quotes", "raw_records", "raw_line_blocks", "rejected_records", "checkpoints",
     "asset_source_ids", "assets", "drift_events", "runs", "jobs",
 )
 
@@ -141,6 +141,13 @@ def client(app: Any) -> Any:
 def auth_headers() -> dict[str, str]:
     """The bearer header that POST /jobs needs."""
     return {"Authorization": f"Bearer {TEST_TOKEN}"}
+
+
+# Every raw record, one row each: API records and CSV lines (kept in blocks, shown per line by
+# the raw_lines view). Usable wherever a table name is (count, FROM).
+ALL_RAW = ("(SELECT id, source, source_key, content_hash, payload, run_id FROM raw_records "
+           "UNION ALL SELECT id, source, source_key, content_hash, payload, run_id "
+           "FROM raw_lines) AS all_raw")
 
 
 def count(engine: Engine, table: str, where: str = "TRUE", **params: Any) -> int:

@@ -1,13 +1,18 @@
 """The migrations build the schema the models describe."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import uuid
 from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, create_engine, make_url, text
 
 from shared.models import Base
+from tests.conftest import ROOT, _admin_engine, _server_url
 
 
 def test_upgrade_leaves_nothing_for_autogenerate(engine: Engine) -> None:
@@ -17,3 +22,48 @@ def test_upgrade_leaves_nothing_for_autogenerate(engine: Engine) -> None:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         diff: list[Any] = compare_metadata(context, Base.metadata)
     assert diff == []
+
+
+def _flask_db(url: str, *args: str) -> None:
+    subprocess.run([sys.executable, "-m", "flask", "--app", "api", "db", *args], cwd=ROOT,
+                   env=dict(os.environ, DATABASE_URL=url), check=True, capture_output=True)
+
+
+def test_0006_moves_csv_lines_into_blocks_and_back() -> None:
+    # Lines stored one row each (before 0006) come out of raw_lines unchanged, hashes and all;
+    # API records stay where they are; the downgrade puts the lines back.
+    admin = _admin_engine()
+    name = f"kasparro_mig_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(_server_url()).set(database=name).render_as_string(hide_password=False)
+    engine = create_engine(url)
+    rows = [("csv", f"a:b.csv:{n}", f"{n},Coin,C,2020-01-0{n},1,1,1,1,1,1", 7) for n in (2, 3)]
+    rows += [("csv", "other.csv:2", "x,y", 8), ("coingecko", "bitcoin", '{"id": "bitcoin"}', 7)]
+    try:
+        _flask_db(url, "upgrade", "0005")
+        with engine.begin() as conn:
+            for source, key, payload, run in rows:
+                conn.execute(text(
+                    "INSERT INTO raw_records (source, source_key, content_hash, payload, run_id) "
+                    "VALUES (:s, :k, sha256(convert_to(:p, 'UTF8')), :p, :r)"),
+                    {"s": source, "k": key, "p": payload, "r": run})
+        stored = "SELECT source, source_key, payload, run_id, content_hash FROM {} ORDER BY 2"
+        with engine.connect() as conn:
+            before = conn.execute(text(stored.format("raw_records"))).all()
+        _flask_db(url, "upgrade")
+        with engine.connect() as conn:
+            lines = conn.execute(text(stored.format("raw_lines"))).all()
+            api = conn.execute(text(stored.format("raw_records"))).all()
+            blocks = conn.execute(text("SELECT count(*) FROM raw_line_blocks")).scalar_one()
+        assert sorted(lines + api) == sorted(before)
+        assert [row.source for row in api] == ["coingecko"] and blocks == 2
+        _flask_db(url, "downgrade", "0005")
+        with engine.connect() as conn:
+            assert sorted(conn.execute(text(stored.format("raw_records"))).all()) == \
+                sorted(before)
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -16,12 +16,11 @@ from shared.parsing import ValueParseError, parse_decimal, parse_timestamp
 from shared.records import (
     ASSET_SLOT,
     Batch,
+    LineBlock,
     ParsedQuote,
     QuoteBlock,
-    RawItem,
     Rejected,
     content_hash,
-    copy_escape,
 )
 from shared.sources.base import RunContext
 
@@ -309,19 +308,17 @@ class CsvSource:
         text = header.rstrip("\r\n")
         return Batch(
             key, value,
-            raw=[RawItem(f"{key}:1", text, content_hash(NAME, key, text))],
+            raw_lines=LineBlock(key, [1], [text], [content_hash(NAME, key, text).hex()]),
             rejects=[Rejected(f"{key}:1", reason, text)],
         )
 
 
 class _LineReader:
-    """Turns a file's lines into a batch: raw rows and quotes as COPY text, plus rejects."""
+    """Turns a file's lines into a batch: its raw lines, quotes as COPY text, and rejects."""
 
     def __init__(self, key: str, fmt: CsvFormat, run_id: int) -> None:
         self.key, self.fmt = key, fmt
         self.fast = _KAGGLE_FAST.match if fmt.name == "kaggle" else None
-        self.raw_middle = f"\t{NAME}\t{copy_escape(key)}:"
-        self.run_suffix = f"\t{run_id}\n"
         self.quote_prefix = f"{ASSET_SLOT}\t{NAME}\t{run_id}\t"
         # content_hash(NAME, key, text) without re-hashing the constant part for every line.
         self.hash_base = hashlib.sha256(f"{NAME}\x1f{key}\x1f".encode())
@@ -331,17 +328,17 @@ class _LineReader:
     def batch(self, lines: list[tuple[int, str]], checkpoint: dict[str, Any]) -> Batch:
         """The batch for these (line number, text) pairs, ending at `checkpoint`."""
         batch = Batch(self.key, checkpoint)
-        raw: list[str] = []
+        hashes: list[str] = []
         blocks: dict[str, tuple[tuple[str, str, str | None], list[str], list[str]]] = {}
         slow: list[tuple[int, str, str]] = []
         fast, dates, identities = self.fast, self.dates, self.identities
-        hash_base, raw_middle, run_suffix = self.hash_base, self.raw_middle, self.run_suffix
-        quote_prefix = self.quote_prefix
+        hash_base, quote_prefix = self.hash_base, self.quote_prefix
         for line_no, text in lines:
             digest = hash_base.copy()
             digest.update(text.encode())
             digest.update(b"\x1f")
             hex_hash = digest.hexdigest()
+            hashes.append(hex_hash)
             match = fast(text) if fast is not None else None
             if match is not None:
                 name, symbol, date, high, low, open_, close, volume, mcap = match.groups()
@@ -354,7 +351,6 @@ class _LineReader:
                 else:
                     identity = identities[(name, symbol)] = _kaggle_identity(name, symbol)
                 if stamp is not None and identity is not None:
-                    raw.append(f"\\\\x{hex_hash}{raw_middle}{line_no}\t{text}{run_suffix}")
                     sid = identity[0]
                     entry = blocks.get(sid)
                     if entry is None:
@@ -370,8 +366,8 @@ class _LineReader:
             dates.clear()
         if len(identities) > _CACHE_LIMIT:
             identities.clear()
-        batch.raw_copy = "".join(raw)
-        batch.raw_copy_rows = len(raw)
+        batch.raw_lines = LineBlock(self.key, [number for number, _ in lines],
+                                    [text for _, text in lines], hashes)
         batch.quote_blocks = [
             QuoteBlock(sid, symbol, name, "".join(rows), len(rows), stamps)
             for (sid, symbol, name), rows, stamps in blocks.values()
@@ -386,9 +382,6 @@ class _LineReader:
         rows = csv.reader((text for _, text, _ in lines), delimiter=fmt.delimiter)
         for (line_no, text, hex_hash), cells in zip(lines, rows):
             location = f"{self.key}:{line_no}"
-            # As objects, not COPY text: the loader leaves out the raw line of a reject it
-            # has stored before (same place, same text).
-            batch.raw.append(RawItem(location, text, bytes.fromhex(hex_hash)))
             if len(cells) != fmt.columns:
                 reason = f"expected {fmt.columns} columns, got {len(cells)}"
                 batch.rejects.append(Rejected(location, reason, text))

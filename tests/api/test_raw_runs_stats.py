@@ -10,7 +10,7 @@ from sqlalchemy import Engine, text
 
 from shared.config import Settings, load_settings
 from tests.api.helpers import coins_csv, run_sources
-from tests.conftest import count
+from tests.conftest import ALL_RAW, count
 from tests.shared.test_csv_pipeline import HEADER, only_file, run_csv
 from tests.upstream import ReplayUpstream
 
@@ -51,7 +51,7 @@ def test_raw_lists_detail_and_cursor(
 
     csv_run = next(r for r in all_sources["runs"] if r["source"] == "csv")
     csv_rows = _get(client, f"/raw/csv?run_id={csv_run['id']}&page_size=1")
-    assert csv_rows["pagination"]["total"] == count(clean_db, "raw_records", "source = 'csv'")
+    assert csv_rows["pagination"]["total"] == count(clean_db, "raw_lines", "source = 'csv'")
     line = csv_rows["data"][0]
     assert "," in line["payload"] and ".csv:" in line["source_key"]
     assert _get(client, f"/raw/csv?run_id={csv_run['id'] + 100}")["pagination"]["total"] == 0
@@ -145,7 +145,7 @@ def test_stats_layers_runs_outcomes_and_checkpoints(
     base_env: dict[str, str], csv_dir: Path,
 ) -> None:
     stats = _get(client, "/stats")
-    for layer, table in (("raw", "raw_records"), ("quotes", "quotes"),
+    for layer, table in (("raw", ALL_RAW), ("quotes", "quotes"),
                          ("current", "current_quotes"), ("assets", "asset_source_ids"),
                          ("rejected", "rejected_records")):
         for source in ("coingecko", "coinpaprika", "csv"):

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import count, wait_for_job
+from tests.conftest import ALL_RAW, count, wait_for_job
 
 pytestmark = pytest.mark.e2e
 
@@ -36,7 +36,7 @@ def test_csv_job_through_a_real_worker(
         ALL_ROWS, ALL_ROWS, 0, 0)
     assert run["duration_ms"] is not None and run["celery_task_id"]
 
-    assert count(clean_db, "raw_records", "source = 'csv'") == ALL_ROWS
+    assert count(clean_db, "raw_lines", "source = 'csv'") == ALL_ROWS
     assert count(clean_db, "quotes", "source = 'csv'") == ALL_ROWS
     # The alias file ties the symbol-only exports to Bitcoin, and the Kaggle file matches it
     # by symbol + name: one asset for all three files.
@@ -62,7 +62,7 @@ def test_same_job_twice_changes_no_counts(
     worker_factory({"CSV_DIR": str(csv_dir)})
     first = wait_for_job(client, _post_job(client, auth_headers, ["csv"]))
     assert first["status"] == "succeeded"
-    before = {t: count(clean_db, t) for t in ("raw_records", "assets", "quotes")}
+    before = {t: count(clean_db, t) for t in (ALL_RAW, "assets", "quotes")}
     second = wait_for_job(client, _post_job(client, auth_headers, ["csv"]))
     assert second["status"] == "succeeded"
     (run,) = second["runs"]

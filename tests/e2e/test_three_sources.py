@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from tests.conftest import ROOT, count, wait_for_job
+from tests.conftest import ALL_RAW, ROOT, count, wait_for_job
 from tests.upstream import ReplayUpstream
 
 pytestmark = pytest.mark.e2e
@@ -102,7 +102,7 @@ def test_three_sources_side_by_side_exact_and_incremental(
     assert compared == 250 * 9
 
     # Nothing new upstream: nothing written.
-    before = {t: count(clean_db, t) for t in ("raw_records", "quotes", "assets")}
+    before = {t: count(clean_db, t) for t in (ALL_RAW, "quotes", "assets")}
     again = _runs(_job(client, auth_headers))
     assert {s: r["inserted"] for s, r in again.items()} == \
         {"coingecko": 0, "coinpaprika": 0, "csv": 0}

@@ -13,7 +13,7 @@ import pytest
 import redis
 from sqlalchemy import Engine, text
 
-from tests.conftest import QUEUE_KEY, UNACKED_KEY, count, wait_for_job
+from tests.conftest import ALL_RAW, QUEUE_KEY, UNACKED_KEY, count, wait_for_job
 
 HEADER = "SNo,Name,Symbol,Date,High,Low,Open,Close,Volume,Marketcap\n"
 COINS, DAYS = 30, 120
@@ -143,10 +143,10 @@ class Fault:
                 "FROM quotes")).scalar_one()
             dup_raw = conn.execute(text(
                 "SELECT count(*) - least(count(DISTINCT (source, source_key)), "
-                "count(DISTINCT (source, content_hash))) FROM raw_records"
+                f"count(DISTINCT (source, content_hash))) FROM {ALL_RAW}"
             )).scalar_one()
         assert (dup_quotes, dup_raw) == (0, 0)
-        assert count(self.engine, "raw_records") == expected_rows
+        assert count(self.engine, ALL_RAW) == expected_rows
         client = redis.Redis.from_url(self.redis_url)
         try:
             assert client.llen(QUEUE_KEY) == 0
@@ -172,7 +172,7 @@ def table_checksums(engine: Engine) -> dict[str, str]:
                   "price_usd, market_cap_usd, volume_24h_usd), ',' ORDER BY source, "
                   "source_asset_id, observed_at)) FROM quotes",
         "raw": "SELECT md5(string_agg(encode(content_hash, 'hex'), ',' ORDER BY content_hash)) "
-               "FROM raw_records",
+               f"FROM {ALL_RAW}",
         "assets": "SELECT md5(string_agg(slug, ',' ORDER BY slug)) FROM assets",
     }
     with engine.connect() as conn:

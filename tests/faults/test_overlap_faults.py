@@ -102,7 +102,7 @@ def test_f30_checkpoint_in_the_future_reads_zero_new_rows_and_succeeds(
     # An offset beyond the file cannot be ours: the file is read again, nothing is new.
     assert run["status"] == "succeeded"
     assert (run["inserted"], run["unchanged"]) == (0, 100)
-    assert count(clean_db, "quotes") == 100 and count(clean_db, "raw_records") == 100
+    assert count(clean_db, "quotes") == 100 and count(clean_db, "raw_lines") == 100
     with clean_db.connect() as conn:
         offset = conn.execute(text("SELECT (value->>'offset')::bigint FROM checkpoints")
                               ).scalar_one()

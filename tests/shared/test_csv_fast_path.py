@@ -37,7 +37,7 @@ QUOTES = ("SELECT a.symbol, q.source_asset_id, q.observed_at, q.price_usd::text,
           "q.market_cap_usd::text, q.volume_24h_usd::text, q.open_usd::text, q.high_usd::text, "
           "q.low_usd::text, q.close_usd::text, q.circulating_supply, q.rank, q.raw_hash "
           "FROM quotes q JOIN assets a ON a.id = q.asset_id ORDER BY 2, 3")
-RAW = "SELECT source_key, content_hash, payload FROM raw_records ORDER BY source_key"
+RAW = "SELECT source_key, content_hash, payload FROM raw_lines ORDER BY source_key"
 REJECTS = "SELECT location, reason, payload FROM rejected_records ORDER BY location"
 
 
@@ -55,7 +55,7 @@ def test_fast_path_stores_what_the_general_path_stores(
     fast = _stored(clean_db)
 
     with clean_db.begin() as conn:
-        conn.execute(text("TRUNCATE quotes, current_quotes, raw_records, rejected_records, "
+        conn.execute(text("TRUNCATE quotes, current_quotes, raw_line_blocks, rejected_records, "
                           "checkpoints, asset_source_ids, assets, run_assets CASCADE"))
     monkeypatch.setattr(csv_source, "_KAGGLE_FAST", csv_source.re.compile(r"(?!)"))
     slow_run = run_csv(clean_db, settings)
@@ -80,5 +80,5 @@ def test_repeated_rows_in_one_batch_fall_back_to_on_conflict(
     assert run["status"] == "succeeded"
     assert (run["fetched"], run["raw_inserted"], run["inserted"], run["unchanged"]) == \
         (3, 2, 1, 2)
-    assert count(clean_db, "raw_records") == 2 and count(clean_db, "quotes") == 1
+    assert count(clean_db, "raw_lines") == 2 and count(clean_db, "quotes") == 1
     assert count(clean_db, "current_quotes") == 1 and count(clean_db, "run_assets") == 0

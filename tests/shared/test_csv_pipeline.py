@@ -69,7 +69,7 @@ def test_broken_rows_are_rejected_with_line_and_reason(
     ]
     assert prices == ["100.5", "1500", "100.5"]
     # Every line is kept raw, good or bad.
-    assert count(clean_db, "raw_records") == 7
+    assert count(clean_db, "raw_lines") == 7
 
 
 def test_append_reads_only_new_lines_and_replace_rereads_without_duplicates(
@@ -124,4 +124,4 @@ def test_fail_after_n_records_then_resume_matches_a_clean_run(
     resumed = run_csv(clean_db, settings)
     assert resumed["status"] == "succeeded"
     assert (resumed["fetched"], resumed["inserted"]) == (15, 15)
-    assert count(clean_db, "quotes") == 25 and count(clean_db, "raw_records") == 25
+    assert count(clean_db, "quotes") == 25 and count(clean_db, "raw_lines") == 25

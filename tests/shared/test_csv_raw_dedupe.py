@@ -6,20 +6,20 @@ from pathlib import Path
 from sqlalchemy import Engine, text
 
 from shared.config import Settings
-from tests.conftest import count
+from tests.conftest import ALL_RAW, count
 from tests.shared.test_csv_pipeline import HEADER, _row, only_file, run_csv
 
 
 def _raw_payloads(engine: Engine) -> list[str]:
     with engine.connect() as conn:
         return list(conn.execute(text(
-            "SELECT payload FROM raw_records WHERE source = 'csv' ORDER BY id")).scalars())
+            "SELECT payload FROM raw_lines WHERE source = 'csv' ORDER BY id")).scalars())
 
 
 def _assert_no_duplicate_content(engine: Engine) -> None:
     with engine.connect() as conn:
         repeated = conn.execute(text(
-            "SELECT count(*) - count(DISTINCT content_hash) FROM raw_records")).scalar_one()
+            f"SELECT count(*) - count(DISTINCT content_hash) FROM {ALL_RAW}")).scalar_one()
     assert repeated == 0
 
 
@@ -33,7 +33,7 @@ def test_a_line_appended_again_adds_no_raw_row(
         handle.write(_row(5, 5) + _row(6, 6))
     run = run_csv(clean_db, settings)
     assert (run["fetched"], run["inserted"], run["unchanged"], run["raw_inserted"]) == (2, 1, 1, 1)
-    assert count(clean_db, "raw_records") == 6 and count(clean_db, "quotes") == 6
+    assert count(clean_db, ALL_RAW) == 6 and count(clean_db, "quotes") == 6
     _assert_no_duplicate_content(clean_db)
 
 
@@ -79,10 +79,10 @@ def test_a_rejected_line_read_again_in_place_is_not_stored_again(
     bad = "2,Testcoin,TST,2021-01-02 23:59:59,110,90,95,abc,1000,5000\n"
     path = only_file(csv_dir, "coin.csv", HEADER + _row(1, 1) + bad)
     run_csv(clean_db, settings)
-    assert count(clean_db, "raw_records") == 2 and count(clean_db, "rejected_records") == 1
+    assert count(clean_db, ALL_RAW) == 2 and count(clean_db, "rejected_records") == 1
     # Replaced (first line corrected): read from the top; the bad line is where it was.
     path.write_text(HEADER + _row(1, 1, "99") + bad + _row(3, 3))
     run = run_csv(clean_db, settings)
     assert (run["fetched"], run["rejected"], run["raw_inserted"]) == (3, 1, 2)
-    assert count(clean_db, "raw_records") == 4 and count(clean_db, "rejected_records") == 1
+    assert count(clean_db, ALL_RAW) == 4 and count(clean_db, "rejected_records") == 1
     _assert_no_duplicate_content(clean_db)
