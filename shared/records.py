@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+from array import array
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -101,13 +102,15 @@ class QuoteBlock:
 class LineBlock:
     """A line source's raw lines in one batch, in file order: stored as one raw_line_blocks row.
 
-    `hashes` are the lines' content hashes as hex text (the same values quotes.raw_hash holds).
+    Kept compact (several batches wait in memory at once): `payload` is the lines joined by
+    newlines, `hashes` their 32-byte content hashes end to end (the values quotes.raw_hash
+    holds), `numbers` their line numbers.
     """
 
     file_key: str
-    numbers: list[int]
-    texts: list[str]
-    hashes: list[str]
+    numbers: array[int]
+    payload: str
+    hashes: bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+from array import array
 import hashlib
 import itertools
 import logging
@@ -308,7 +309,7 @@ class CsvSource:
         text = header.rstrip("\r\n")
         return Batch(
             key, value,
-            raw_lines=LineBlock(key, [1], [text], [content_hash(NAME, key, text).hex()]),
+            raw_lines=LineBlock(key, array("i", [1]), text, content_hash(NAME, key, text)),
             rejects=[Rejected(f"{key}:1", reason, text)],
         )
 
@@ -366,8 +367,9 @@ class _LineReader:
             dates.clear()
         if len(identities) > _CACHE_LIMIT:
             identities.clear()
-        batch.raw_lines = LineBlock(self.key, [number for number, _ in lines],
-                                    [text for _, text in lines], hashes)
+        batch.raw_lines = LineBlock(self.key, array("i", [number for number, _ in lines]),
+                                    "\n".join([text for _, text in lines]),
+                                    bytes.fromhex("".join(hashes)))
         batch.quote_blocks = [
             QuoteBlock(sid, symbol, name, "".join(rows), len(rows), stamps)
             for (sid, symbol, name), rows, stamps in blocks.values()
