@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import re
+import select
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +28,17 @@ def without_dynamic(body: bytes) -> bytes:
     return re.sub(rb'"request_id":"[^"]*"', b'"request_id":""', body)
 
 
+def notified(client: Any, timeout: float = 5.0) -> bool:
+    """Wait until the app's data-version connection has a notification to read."""
+    listener = client.application.extensions["db_version_watch"].listener
+    return bool(select.select([listener], [], [], timeout)[0])
+
+
 def test_the_next_request_after_a_publish_reads_the_new_data(
-    clean_db: Engine, client: Any, settings: Settings, csv_dir: Path
+    clean_db: Engine, client: Any, settings: Settings, csv_dir: Path, monkeypatch: Any
 ) -> None:
+    # The notification alone must carry the news: no periodic read within this test.
+    monkeypatch.setattr("api.db.VERSION_RECHECK_SECONDS", 3600.0)
     path = only_file(csv_dir, "coins.csv", HEADER + coins_csv(1, 30, symbol_prefix="K"))
     run_csv(clean_db, settings)
     url = "/data?page_size=10&sort=-price_usd"
@@ -43,6 +53,7 @@ def test_the_next_request_after_a_publish_reads_the_new_data(
         handle.write(coins_csv(100, 5, symbol_prefix="N", day=2, price_prefix="9."))
     assert run_csv(clean_db, settings)["status"] == "succeeded"
     assert _version(clean_db) != version
+    assert notified(client)
 
     after = client.get(url).get_json()
     assert after["pagination"]["total"] == 35 == before["pagination"]["total"] + 5
@@ -122,6 +133,52 @@ def test_the_version_moves_at_commit_and_never_repeats(clean_db: Engine,
     with clean_db.begin() as conn:  # the row comes back, with a value never used before
         conn.execute(text("DELETE FROM current_quotes"))
     assert _version(clean_db) not in seen
+
+
+def test_notifications_carry_each_committed_version_and_nothing_else(
+    clean_db: Engine, app: Any, settings: Settings, csv_dir: Path, monkeypatch: Any
+) -> None:
+    from api.db import current_data_version
+
+    monkeypatch.setattr("api.db.VERSION_RECHECK_SECONDS", 3600.0)
+    only_file(csv_dir, "coins.csv", HEADER + coins_csv(1, 3))
+    run_csv(clean_db, settings)
+    client = app.test_client()
+    with app.app_context():
+        assert current_data_version() == _version(clean_db)
+        with clean_db.connect() as writer:
+            transaction = writer.begin()
+            writer.execute(text("UPDATE current_quotes SET rank = 1"))
+            writer.execute(text("UPDATE current_quotes SET rank = 2"))
+            transaction.commit()  # two bumps: the last one is the committed version
+            assert notified(client)
+            assert current_data_version() == _version(clean_db)
+            before = _version(clean_db)
+            transaction = writer.begin()
+            writer.execute(text("UPDATE current_quotes SET rank = 3"))
+            transaction.rollback()  # no commit, no notification
+            assert not notified(client, timeout=0.5)
+            assert current_data_version() == before
+
+
+def test_a_missed_notification_is_caught_up_by_the_periodic_read(
+    clean_db: Engine, app: Any, settings: Settings, csv_dir: Path, monkeypatch: Any
+) -> None:
+    from api.db import current_data_version
+
+    monkeypatch.setattr("api.db.VERSION_RECHECK_SECONDS", 2.0)
+    only_file(csv_dir, "coins.csv", HEADER + coins_csv(1, 3))
+    run_csv(clean_db, settings)
+    with app.app_context():
+        first = current_data_version()
+        watch = app.extensions["db_version_watch"]
+        with watch.listener.cursor() as cursor:  # the server stops telling this process
+            cursor.execute("UNLISTEN data_version")
+        with clean_db.begin() as conn:
+            conn.execute(text("UPDATE current_quotes SET rank = 7"))
+        assert current_data_version() == first  # not told, and the last read is recent
+        time.sleep(2.05)
+        assert current_data_version() == _version(clean_db) != first
 
 
 def test_a_dropped_version_connection_is_replaced(
