@@ -150,17 +150,19 @@ def _copy_new_rows(
     """
     left = state.staging_left.get(table, 0)
     if left <= 0:
-        cursor.execute("SAVEPOINT bulk_copy")
         try:
-            cursor.copy_expert(f"COPY {table} ({columns}) FROM STDIN", _reader(data),
-                               COPY_CHUNK_BYTES)
+            # The savepoint and the COPY in one round trip: libpq runs the statements before
+            # a COPY in the same string, then streams the data. The savepoint is not
+            # released (another round trip): it ends with the transaction, and a later one
+            # of the same name shadows it. Each round trip saved matters here: its answer
+            # can wait a whole GIL switch interval while the read-ahead thread parses.
+            cursor.copy_expert(f"SAVEPOINT bulk_copy; COPY {table} ({columns}) FROM STDIN",
+                               _reader(data), COPY_CHUNK_BYTES)
         except pg_errors.UniqueViolation:
             cursor.execute("ROLLBACK TO SAVEPOINT bulk_copy")
             state.staging_left[table] = STAGING_BATCHES_AFTER_CONFLICT
         else:
-            copied = int(cursor.rowcount)
-            cursor.execute("RELEASE SAVEPOINT bulk_copy")
-            return copied
+            return int(cursor.rowcount)
     else:
         state.staging_left[table] = left - 1
     cursor.execute(_STAGING_DDL)
@@ -234,8 +236,6 @@ def write_batch(
 
     if wait_turn is not None:
         wait_turn()
-    if prepared is not None:
-        _record_run_assets(cursor, state, run_id, prepared.asset_ids)
 
     if batch.drift:
         execute_values(
@@ -246,15 +246,8 @@ def write_batch(
               round(e.confidence, 3), e.mapped, e.detail[:2000]) for e in batch.drift],
         )
 
-    save_checkpoint(cursor, source, batch.checkpoint_key, batch.checkpoint,
-                    previous_checkpoint, run_id)
-    cursor.execute(
-        "UPDATE runs SET fetched = fetched + %s, inserted = inserted + %s, "
-        "unchanged = unchanged + %s, rejected = rejected + %s, raw_inserted = raw_inserted + %s,"
-        " heartbeat_at = now() WHERE id = %s",
-        (result.fetched, result.inserted, result.unchanged, result.rejected,
-         result.raw_inserted, run_id),
-    )
+    _end_batch(cursor, state, source, run_id, batch, previous_checkpoint,
+               prepared.asset_ids if prepared is not None else set(), result)
     return result
 
 
@@ -411,42 +404,51 @@ def _int4_array(values: Sequence[int]) -> bytes:
     return struct.pack("!5i", 1, 0, _INT4_OID, count, 1) + struct.pack(f"!{2 * count}i", *flat)
 
 
-def _record_run_assets(cursor: Any, state: LoadState, run_id: int, asset_ids: set[int]) -> None:
-    """Note the assets this run wrote quotes for, so normalize publishes only those."""
-    new = sorted(asset_ids - state.assets_recorded)
-    if not new:
-        return
-    cursor.execute(
-        "INSERT INTO run_assets (run_id, asset_id) SELECT %s, unnest(%s::bigint[]) "
-        "ON CONFLICT DO NOTHING",
-        (run_id, new),
-    )
-    state.assets_recorded.update(new)
+# What a batch writes after its turn, in one statement (one round trip): the run's newly
+# written assets noted for normalize (run_assets), the run's counters, and the checkpoint's
+# compare-and-set, which must move exactly one row: it moves only from the value this run
+# started from (or is created if there was none), else another execution committed first.
+_END_BATCH = """
+WITH noted AS (
+    INSERT INTO run_assets (run_id, asset_id) SELECT %(run)s, unnest(%(assets)s::bigint[])
+    ON CONFLICT DO NOTHING
+), counted AS (
+    UPDATE runs SET fetched = fetched + %(fetched)s, inserted = inserted + %(inserted)s,
+        unchanged = unchanged + %(unchanged)s, rejected = rejected + %(rejected)s,
+        raw_inserted = raw_inserted + %(raw_inserted)s, heartbeat_at = now()
+    WHERE id = %(run)s
+), moved AS ({move})
+SELECT count(*) FROM moved
+"""
+_CHECKPOINT_CREATE = (
+    "INSERT INTO checkpoints (source, key, value, run_id, updated_at) "
+    "VALUES (%(source)s, %(key)s, %(value)s, %(run)s, now()) "
+    "ON CONFLICT (source, key) DO NOTHING RETURNING 1"
+)
+_CHECKPOINT_MOVE = (
+    "UPDATE checkpoints SET value = %(value)s, run_id = %(run)s, updated_at = now() "
+    "WHERE source = %(source)s AND key = %(key)s AND value = %(previous)s RETURNING 1"
+)
 
 
-def save_checkpoint(
-    cursor: Any,
-    source: str,
-    key: str,
-    value: dict[str, Any],
-    previous: dict[str, Any] | None,
-    run_id: int,
+def _end_batch(
+    cursor: Any, state: LoadState, source: str, run_id: int, batch: Batch,
+    previous: dict[str, Any] | None, asset_ids: set[int], result: BatchResult,
 ) -> None:
-    """Compare-and-set the checkpoint: it moves only from the value this run started from."""
-    if previous is None:
-        cursor.execute(
-            "INSERT INTO checkpoints (source, key, value, run_id, updated_at) "
-            "VALUES (%s, %s, %s, %s, now()) ON CONFLICT (source, key) DO NOTHING",
-            (source, key, Json(value), run_id),
-        )
-    else:
-        cursor.execute(
-            "UPDATE checkpoints SET value = %s, run_id = %s, updated_at = now() "
-            "WHERE source = %s AND key = %s AND value = %s",
-            (Json(value), run_id, source, key, Json(previous)),
-        )
-    if cursor.rowcount != 1:
-        raise CheckpointMoved(f"checkpoint {source}/{key} moved under run {run_id}")
+    """Note new assets, add the counters and move the checkpoint (raises CheckpointMoved)."""
+    new_assets = sorted(asset_ids - state.assets_recorded)
+    move = _CHECKPOINT_CREATE if previous is None else _CHECKPOINT_MOVE
+    cursor.execute(_END_BATCH.format(move=move), {
+        "run": run_id, "assets": new_assets, "source": source, "key": batch.checkpoint_key,
+        "value": Json(batch.checkpoint), "previous": Json(previous),
+        "fetched": result.fetched, "inserted": result.inserted, "unchanged": result.unchanged,
+        "rejected": result.rejected, "raw_inserted": result.raw_inserted,
+    })
+    moved, = cursor.fetchone()
+    if moved != 1:
+        raise CheckpointMoved(
+            f"checkpoint {source}/{batch.checkpoint_key} moved under run {run_id}")
+    state.assets_recorded.update(new_assets)
 
 
 def load_checkpoints(session: Session, source: str) -> dict[str, dict[str, Any]]:

@@ -179,7 +179,11 @@ class RunAsset(Base):
 
 
 class CurrentQuote(Base):
-    """The newest quote per (asset, source): what `GET /data` serves, refreshed by normalize."""
+    """The newest quote per (asset, source): what `GET /data` serves, refreshed by normalize.
+
+    Its pages are kept half empty (fillfactor 50, migration 0008) so that a publish updates
+    rows in place, without new index entries.
+    """
 
     __tablename__ = "current_quotes"
     __table_args__ = (

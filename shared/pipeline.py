@@ -25,6 +25,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
 from shared.load import LoadState
@@ -94,7 +95,7 @@ def _limit_malloc_arenas() -> None:
 
 
 def write_in_order(
-    make_session: Callable[[], Session],
+    engine: Engine,
     batches: Iterable[Batch],
     write: WriteBatch,
     checkpoints: dict[str, dict[str, Any]],
@@ -110,10 +111,14 @@ def write_in_order(
     permits = threading.Semaphore(WRITERS)
     queues: list[queue.Queue[_Slot | None]] = [queue.Queue() for _ in range(WRITERS)]
     failures: list[_Slot] = []
+    # The run's assets noted in run_assets, shared by the writers: a batch notes its assets
+    # after its turn, when every batch before it has committed its own notes.
+    assets_recorded: set[int] = set()
 
     def run_writer(inbox: queue.Queue[_Slot | None]) -> None:
-        session = make_session()
-        state = LoadState()
+        state = LoadState(assets_recorded=assets_recorded)
+        connection: Connection | None = None
+        session: Session | None = None
         try:
             while True:
                 slot = inbox.get()
@@ -122,6 +127,11 @@ def write_in_order(
                 try:
                     if failed.is_set():
                         raise EarlierBatchFailed("another batch failed")
+                    if session is None:
+                        # One connection per writer for the whole run: a session on the pool
+                        # would check one out, and pre-ping it, for every batch.
+                        connection = engine.connect()
+                        session = Session(bind=connection)
                     if slot.overlaps:
                         slot.wait_before()
                     assert slot.batch is not None
@@ -132,7 +142,8 @@ def write_in_order(
                     failures.append(slot)
                     failed.set()
                     try:
-                        session.rollback()
+                        if session is not None:
+                            session.rollback()
                     except Exception:  # noqa: BLE001 - the connection is gone; exc says why
                         pass
                 finally:
@@ -142,7 +153,10 @@ def write_in_order(
                     slot.done.set()
                     permits.release()
         finally:
-            session.close()
+            if session is not None:
+                session.close()
+            if connection is not None:
+                connection.close()
 
     threads = [threading.Thread(target=run_writer, args=(inbox,), name=f"batch-writer-{n}",
                                 daemon=True) for n, inbox in enumerate(queues)]

@@ -62,10 +62,20 @@ def now_utc() -> datetime:
 
 
 def _is_connection_error(exc: BaseException) -> bool:
-    return isinstance(exc, DBAPIError) and (
-        exc.connection_invalidated or exc.orig.__class__.__name__ in (
-            "OperationalError", "InterfaceError")
-    )
+    """Whether `exc` says the database connection is gone (retry), not that a statement failed.
+
+    Statements on a raw cursor (the bulk writes) raise psycopg2's own errors, unwrapped. Only
+    the base classes count: their subclasses (query canceled, ...) are statement errors.
+    """
+    if isinstance(exc, DBAPIError):
+        return bool(exc.connection_invalidated) or _is_bare_connection_error(exc.orig)
+    return _is_bare_connection_error(exc)
+
+
+def _is_bare_connection_error(exc: BaseException | None) -> bool:
+    kind = type(exc)
+    return kind.__name__ in ("OperationalError", "InterfaceError") and kind.__module__ in (
+        "psycopg2", "psycopg2.errors", "psycopg2.extensions")
 
 
 def execute_run(
@@ -102,9 +112,10 @@ def execute_run(
             return run_id
         _process(engine, run_id, source, settings, records_done)
         return run_id
-    except DBAPIError as exc:
+    except Exception as exc:
         if _is_connection_error(exc):
-            raise TransientDatabaseError(str(exc.orig)) from exc
+            raise TransientDatabaseError(
+                str(exc.orig if isinstance(exc, DBAPIError) else exc)) from exc
         raise
     finally:
         if locked:
@@ -256,7 +267,7 @@ def _write_pipelined(
         if settings.batch_delay_seconds:
             time.sleep(settings.batch_delay_seconds)
 
-    write_in_order(session_factory(engine), read_ahead(extractor.batches(ctx), prepare=prepare),
+    write_in_order(engine, read_ahead(extractor.batches(ctx), prepare=prepare),
                    write, ctx.checkpoints, after_submit)
 
 

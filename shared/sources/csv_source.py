@@ -254,6 +254,9 @@ class CsvSource:
                 yield self._rejected_file(handle, key, header)
                 return
             line_no = int(checkpoint.get("line", 1)) if offset and checkpoint else 1
+            # The offset the last checkpoint records (the committed one if it still holds,
+            # then each batch's): an end of file there needs no checkpoint-only batch.
+            recorded = offset or -1
             if not offset:
                 offset = len(header_bytes)
             handle.seek(offset)
@@ -286,12 +289,12 @@ class CsvSource:
                             lines.append((line_no, text))
                 if not lines:
                     # Blank trailing lines still move the offset; record it once.
-                    if checkpoint is None or offset != int(checkpoint.get("offset", 0)):
+                    if offset != recorded:
                         yield Batch(key, self._checkpoint(handle, offset, line_no, fmt))
                     return
                 yield reader.batch(lines, self._checkpoint(handle, offset, line_no, fmt))
+                recorded = offset
                 batch_rows = min(self.batch_rows, batch_rows * 2)
-                checkpoint = None
                 handle.seek(offset)
 
     def _checkpoint(

@@ -9,7 +9,6 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from shared.db import session_factory
 from shared.load import LoadState
 from shared.pipeline import write_in_order
 from shared.records import Batch, PreparedQuotes, QuoteBlock
@@ -73,7 +72,7 @@ def test_a_later_batch_writes_beside_an_earlier_one_but_takes_its_turn_after_it(
 ) -> None:
     write = Recorder(slow=0)
     checkpoints: dict[str, Any] = {}
-    write_in_order(session_factory(probe), iter([_batch(0), _batch(1)]), write, checkpoints)
+    write_in_order(probe, iter([_batch(0), _batch(1)]), write, checkpoints)
     # Batch 1 did its bulk rows while batch 0 was still at work, then waited for its turn.
     assert write.events.index("1 bulk done") < write.events.index("0 bulk done")
     assert write.events.index("0 turn") < write.events.index("1 turn")
@@ -87,7 +86,7 @@ def test_a_failed_batch_rolls_back_the_batch_written_beside_it(probe: Engine) ->
     write = Recorder(slow=0, fail=0)
     batches = iter([_batch(0), _batch(1), _batch(2)])
     with pytest.raises(RuntimeError, match="batch 0 broke"):
-        write_in_order(session_factory(probe), batches, write, {})
+        write_in_order(probe, batches, write, {})
     # Batch 1 wrote its bulk rows, but never got its turn: nothing of it (or of 0) is stored,
     # and batch 2 was not started.
     assert "1 bulk done" in write.events and "1 turn" not in write.events
@@ -101,7 +100,7 @@ def test_batches_that_may_share_a_quote_key_are_not_written_side_by_side(
     overlapping = [_batch(0, {7: ("2020-01-01", "2020-01-09")}),
                    _batch(1, {7: ("2020-01-09", "2020-01-20")})]
     write = Recorder(slow=0)
-    write_in_order(session_factory(probe), iter(overlapping), write, {})
+    write_in_order(probe, iter(overlapping), write, {})
     # Batch 1 started only after batch 0 had ended.
     assert write.events == ["0 bulk", "0 bulk done", "0 turn", "1 bulk", "1 bulk done",
                             "1 turn"]
@@ -109,7 +108,7 @@ def test_batches_that_may_share_a_quote_key_are_not_written_side_by_side(
     disjoint = [_batch(0, {7: ("2020-01-01", "2020-01-09")}),
                 _batch(1, {7: ("2020-01-10", "2020-01-20"), 8: ("2020-01-01", "2020-01-09")})]
     write = Recorder(slow=0)
-    write_in_order(session_factory(probe), iter(disjoint), write, {})
+    write_in_order(probe, iter(disjoint), write, {})
     assert write.events.index("1 bulk done") < write.events.index("0 bulk done")
 
 
@@ -119,3 +118,20 @@ def test_span_overlap() -> None:
     assert day.may_share_key(PreparedQuotes(b"", {1: ("2019-12-01", "2020-02-01")}))
     assert not day.may_share_key(PreparedQuotes(b"", {1: ("2020-01-06", "2020-01-07")}))
     assert not day.may_share_key(PreparedQuotes(b"", {2: ("2020-01-01", "2020-01-05")}))
+
+
+def test_a_lost_connection_is_told_from_a_failed_statement() -> None:
+    # The bulk writes run on raw cursors, whose errors arrive unwrapped: a dropped
+    # connection must still make the task retry (F10), while a statement error fails the run.
+    import psycopg2
+    from sqlalchemy.exc import OperationalError as WrappedOperationalError
+
+    from shared.runs import _is_connection_error
+
+    assert _is_connection_error(psycopg2.OperationalError("server closed the connection"))
+    assert _is_connection_error(psycopg2.InterfaceError("connection already closed"))
+    assert _is_connection_error(
+        WrappedOperationalError("COPY", {}, psycopg2.OperationalError("gone")))
+    assert not _is_connection_error(psycopg2.errors.QueryCanceled("statement timeout"))
+    assert not _is_connection_error(psycopg2.errors.UniqueViolation("duplicate key"))
+    assert not _is_connection_error(ValueError("bad line"))
