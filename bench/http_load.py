@@ -75,9 +75,16 @@ def run_wrk(url: str, connections: int, seconds: int, threads: int = 2,
             command += ["-s", script.name]
         out = subprocess.run(command + [url], capture_output=True, text=True,
                              timeout=seconds + 60, check=True).stdout
-    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    return parse_wrk(out)
+
+
+def parse_wrk(out: str) -> LoadResult:
+    """requests/s, p50, p99 and errors from wrk's --latency report."""
+    # wrk pads a latency in seconds ("1.13s ") with a trailing space.
+    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)[ \t]*$", out, re.M))
     total = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
-    assert total is not None, out
+    if total is None or len(pct) != 2:
+        raise RuntimeError(f"wrk printed no request count or latency distribution:\n{out}")
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), "
                               r"timeout (\d+)", out)
