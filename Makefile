@@ -35,7 +35,7 @@ test: $(STAMP)
 demo:
 	REPLAY_UPSTREAM=1 $(MAKE) run
 
-# Its own database on the services `make test` uses; table in var/bench-results.md (~10 min).
+# Its own database on the services `make test` uses; table in var/bench-results.md (~5 min).
 bench: $(STAMP)
 	$(PY) -m bench $(BENCH_ARGS)
 
