@@ -22,6 +22,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    text,
     tuple_,
 )
 from sqlalchemy.orm import InstrumentedAttribute, Session, selectinload
@@ -640,6 +641,16 @@ def _cut_lines(block: RawLineBlock, indexes: Sequence[int]) -> list[RawLine]:
     ) for i in indexes]
 
 
+# Line `:i` (0-based) of one raw_line_blocks row, if the block is `:source`'s and holds it.
+_ONE_LINE = text("""
+SELECT split_part(payload, E'\\n', :i + 1) AS payload, line_numbers[:i + 1] AS line_number,
+       substring(line_hashes FROM :i * 32 + 1 FOR 32) AS content_hash, file_key, run_id,
+       fetched_at
+FROM raw_line_blocks
+WHERE id = :block AND source = :source AND :i < cardinality(line_numbers)
+""")
+
+
 def get_raw_record(session: Session, source: str, record_id: int) -> RawRecord | RawLine:
     """One raw record of `source`; NotFound when the source or the record is unknown."""
     _known_source(source)
@@ -647,10 +658,16 @@ def get_raw_record(session: Session, source: str, record_id: int) -> RawRecord |
     if record_id > BIGINT_MAX:
         pass
     elif source in LINE_SOURCES:
-        block = session.get(RawLineBlock, record_id >> RAW_LINE_ID_BITS)
-        index = record_id & ((1 << RAW_LINE_ID_BITS) - 1)
-        if block is not None and block.source == source and index < len(block.line_numbers):
-            record = _cut_lines(block, [index])[0]
+        block_id, index = record_id >> RAW_LINE_ID_BITS, record_id & ((1 << RAW_LINE_ID_BITS) - 1)
+        # Cut in SQL: a block holds up to CSV_BATCH_ROWS lines (MBs of text and hashes), and
+        # only one line of it travels to us.
+        row = session.execute(_ONE_LINE, {"block": block_id, "i": index, "source": source}
+                              ).one_or_none()
+        if row is not None:
+            record = RawLine(
+                id=record_id, source=source, source_key=f"{row.file_key}:{row.line_number}",
+                payload=row.payload, content_hash=bytes(row.content_hash), run_id=row.run_id,
+                fetched_at=row.fetched_at)
     else:
         found = session.get(RawRecord, record_id)
         record = found if found is not None and found.source == source else None

@@ -198,3 +198,24 @@ def test_stats_surface_schema_drift(
     kinds = {(e["kind"], e["field"], e["mapped"]) for e in stats["recent_drift"]}
     assert ("renamed", "current_price", True) in kinds
     assert all(0 <= e["confidence"] <= 1 for e in stats["recent_drift"])
+
+
+def test_one_csv_line_by_id_is_cut_out_of_its_block(
+    clean_db: Engine, all_sources: dict[str, Any], client: Any
+) -> None:
+    listing = _get(client, "/raw/csv?page_size=25")
+    assert listing["data"]
+    for line in listing["data"]:
+        assert _get(client, f"/raw/csv/{line['id']}") == line
+        with clean_db.connect() as conn:
+            stored = conn.execute(text(
+                "SELECT payload, content_hash, source_key FROM raw_lines WHERE id = :id"),
+                {"id": line["id"]}).one()
+        assert (stored.payload, bytes(stored.content_hash).hex(), stored.source_key) == (
+            line["payload"], line["content_hash"], line["source_key"])
+    # Past the last line of a block, and a block of another source: not found.
+    with clean_db.connect() as conn:
+        block_id, lines = conn.execute(text(
+            "SELECT id, cardinality(line_numbers) FROM raw_line_blocks LIMIT 1")).one()
+    assert _get(client, f"/raw/csv/{(block_id << 20) + lines}", 404)["code"] == 404
+    assert _get(client, f"/raw/coingecko/{(block_id << 20)}", 404)["code"] == 404
