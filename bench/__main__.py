@@ -143,6 +143,11 @@ def only(directory: Path, *files: Path) -> Path:
     return directory
 
 
+def _median(values: list[Any], key: Callable[[Any], float] | None = None) -> Any:
+    """The middle element of `values`, ordered by `key` (the upper one of an even count)."""
+    return sorted(values, key=key)[len(values) // 2]
+
+
 def ingest_cases(db: BenchDatabase, env: dict[str, str], args: argparse.Namespace
                  ) -> tuple[list[Row], dict[str, Any]]:
     """Cases 1-3: ingest at scale (and its memory), re-run with nothing new, append.
@@ -184,8 +189,7 @@ def ingest_cases(db: BenchDatabase, env: dict[str, str], args: argparse.Namespac
         say(f"  COPY {copy_seconds:.2f} s, pipeline {run['seconds']:.2f} s "
             f"({run['seconds'] / copy_seconds:.2f}x), peak RSS {run['maxrss_mb']:.0f} MB")
         pairs.append((copy_seconds, copy_cpu, run))
-    copy_seconds, copy_cpu, first = sorted(
-        pairs, key=lambda pair: pair[2]["seconds"] / pair[0])[len(pairs) // 2]
+    copy_seconds, copy_cpu, first = _median(pairs, key=lambda pair: pair[2]["seconds"] / pair[0])
 
     say("re-run with nothing new")
     rerun = run_ingest(env, csv_dir)
@@ -197,11 +201,10 @@ def ingest_cases(db: BenchDatabase, env: dict[str, str], args: argparse.Namespac
         append_days(live, coins, days + round_no * args.append_days, args.append_days)
         db.checkpoint()
         appends.append(run_ingest(env, csv_dir))
-    appended = sorted(appends, key=lambda run: run["seconds"])[len(appends) // 2]
-    first_per_line = sorted(run["seconds"] for _, _, run in pairs)[len(pairs) // 2] / rows_big
+    appended = _median(appends, key=lambda run: run["seconds"])
 
     peak_rss = max(run["maxrss_mb"] for _, _, run in pairs)
-    per_line_first = first_per_line * 1e6
+    per_line_first = first["seconds"] / rows_big * 1e6
     per_line_append = appended["seconds"] / append_rows * 1e6
     per_line_marginal = (appended["seconds"] - rerun["seconds"]) / append_rows * 1e6
     rows = [
@@ -293,11 +296,6 @@ def _get_json(port: int, path: str) -> dict[str, Any]:
         return body
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[len(ordered) // 2]
-
-
 def data_cases(db: BenchDatabase, env: dict[str, str], args: argparse.Namespace
                ) -> tuple[list[Row], dict[str, Any]]:
     """Case 4: /data under 64 connections vs a trivial endpoint; misses; first vs deep page.
@@ -341,8 +339,8 @@ def data_cases(db: BenchDatabase, env: dict[str, str], args: argparse.Namespace
         stop_process(gunicorn)
     # The requests/s row shows the pair with the median ratio, the latency row the pair with
     # the median /data p99; every pair is in the notes.
-    trivial, listing = sorted(pairs, key=lambda pair: pair[1].rps / pair[0].rps)[len(pairs) // 2]
-    latency_base, latency = sorted(pairs, key=lambda pair: pair[1].p99_ms)[len(pairs) // 2]
+    trivial, listing = _median(pairs, key=lambda pair: pair[1].rps / pair[0].rps)
+    latency_base, latency = _median(pairs, key=lambda pair: pair[1].p99_ms)
 
     gunicorn, port = start_gunicorn(env, args.workers, log, "bench.wsgi:create(cache=False)")
     try:

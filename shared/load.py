@@ -429,6 +429,8 @@ _CHECKPOINT_MOVE = (
     "UPDATE checkpoints SET value = %(value)s, run_id = %(run)s, updated_at = now() "
     "WHERE source = %(source)s AND key = %(key)s AND value = %(previous)s RETURNING 1"
 )
+_END_BATCH_CREATE = _END_BATCH.format(move=_CHECKPOINT_CREATE)
+_END_BATCH_MOVE = _END_BATCH.format(move=_CHECKPOINT_MOVE)
 
 
 def _end_batch(
@@ -437,8 +439,7 @@ def _end_batch(
 ) -> None:
     """Note new assets, add the counters and move the checkpoint (raises CheckpointMoved)."""
     new_assets = sorted(asset_ids - state.assets_recorded)
-    move = _CHECKPOINT_CREATE if previous is None else _CHECKPOINT_MOVE
-    cursor.execute(_END_BATCH.format(move=move), {
+    cursor.execute(_END_BATCH_CREATE if previous is None else _END_BATCH_MOVE, {
         "run": run_id, "assets": new_assets, "source": source, "key": batch.checkpoint_key,
         "value": Json(batch.checkpoint), "previous": Json(previous),
         "fetched": result.fetched, "inserted": result.inserted, "unchanged": result.unchanged,

@@ -12,6 +12,7 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
+import psycopg2
 from sqlalchemy import Connection, Engine, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -73,9 +74,7 @@ def _is_connection_error(exc: BaseException) -> bool:
 
 
 def _is_bare_connection_error(exc: BaseException | None) -> bool:
-    kind = type(exc)
-    return kind.__name__ in ("OperationalError", "InterfaceError") and kind.__module__ in (
-        "psycopg2", "psycopg2.errors", "psycopg2.extensions")
+    return type(exc) in (psycopg2.OperationalError, psycopg2.InterfaceError)
 
 
 def execute_run(
