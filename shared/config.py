@@ -49,6 +49,18 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default
     return value
 
 
+def _quota(env: Mapping[str, str], name: str, default: str) -> str:
+    """A request quota in the `limits` notation ('600/minute', '10 per 1 second')."""
+    from limits import parse  # only here: the rest of this module needs no third party
+
+    value = env.get(name, "").strip() or default
+    try:
+        parse(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a quota such as '600/minute', got {value!r}") from exc
+    return value
+
+
 def _opt(env: Mapping[str, str], name: str) -> str | None:
     value = env.get(name, "").strip()
     return value or None
@@ -104,6 +116,10 @@ class Settings:
     reaper_interval_seconds: int
     consensus_disagreement_share: float
     enabled_sources: tuple[str, ...]
+    # API request quotas per client address, in the `limits` notation ('600/minute').
+    api_read_rate_limit: str = "600/minute"
+    api_jobs_rate_limit: str = "10/minute"
+    api_auth_fail_rate_limit: str = "20/minute"
 
     def fail_after_for(self, source: str) -> int | None:
         """The FAIL_AFTER_N_RECORDS limit in force for `source` (per-source form wins)."""
@@ -200,6 +216,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         reaper_interval_seconds=_int(env, "ETL_REAPER_INTERVAL_SECONDS", 60, 1),
         consensus_disagreement_share=_float(env, "CONSENSUS_DISAGREEMENT_SHARE", 0.02),
         enabled_sources=enabled,
+        api_read_rate_limit=_quota(env, "API_READ_RATE_LIMIT", "600/minute"),
+        api_jobs_rate_limit=_quota(env, "API_JOBS_RATE_LIMIT", "10/minute"),
+        api_auth_fail_rate_limit=_quota(env, "API_AUTH_FAIL_RATE_LIMIT", "20/minute"),
     )
 
 
