@@ -167,7 +167,9 @@ def finalize_job(session: Session, job_id: int) -> str | None:
         return None
     refresh_current_quotes(session, [r.id for r in runs if r.status != "skipped"])
     job.status = job_status_from_runs([r.status for r in runs])
-    errors = [f"{r.source}: {r.error}" for r in runs if r.status == "failed" and r.error]
+    # A run's error usually names its source already (shared.errors.public_error).
+    errors = [r.error if r.error.startswith(f"{r.source}: ") else f"{r.source}: {r.error}"
+              for r in runs if r.status == "failed" and r.error]
     job.error = "; ".join(errors)[:4000] or None
     job.started_at = job.started_at or min(
         (r.started_at for r in runs if r.started_at), default=None

@@ -19,10 +19,9 @@ from sqlalchemy.orm import Session
 
 from shared.config import Settings
 from shared.db import get_engine, session_factory, unit_of_work
-from shared.errors import InjectedFailure
+from shared.errors import InjectedFailure, public_error
 from shared.identity import Alias, load_aliases
 from shared.load import LoadState, load_checkpoints, prepare_batch, write_batch
-from shared.logging_setup import redact
 from shared.models import TERMINAL_STATUSES, Job, Run
 from shared.pipeline import write_in_order
 from shared.records import Batch
@@ -217,8 +216,10 @@ def _process(
         session.rollback()
         if _is_connection_error(exc):
             raise
-        message = redact(f"{type(exc).__name__}: {exc}", settings)[:2000]
-        log.warning("run %s (%s) failed: %s", run_id, source, message)
+        # The run keeps a short, typed text the API may serve; the detail (SQL, traceback)
+        # goes to this worker's log only (redacted there by the logging filter).
+        message = public_error(exc, source)
+        log.warning("run %s (%s) failed: %s", run_id, source, message, exc_info=exc)
         try:
             _end(session, run_id, "failed", message, events)
         except DBAPIError:
