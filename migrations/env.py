@@ -7,7 +7,7 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from shared.config import get_settings
+from shared.config import get_settings, normalize_database_url
 from shared.models import Base
 
 config = context.config
@@ -18,7 +18,10 @@ target_metadata = Base.metadata
 
 
 def _url() -> str:
-    return config.attributes.get("database_url") or get_settings().database_url
+    # Any PostgreSQL URL form, mapped to the driver we ship (shared.config.normalize_database_url).
+    return normalize_database_url(
+        config.attributes.get("database_url") or get_settings().database_url
+    )
 
 
 def run_migrations_offline() -> None:

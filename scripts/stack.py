@@ -400,18 +400,12 @@ def _wait_for(check: Callable[[], bool], seconds: float, what: str, log: Path) -
 
 
 def _pg_params(url: str) -> dict[str, object]:
-    from sqlalchemy.engine import make_url  # the venv's SQLAlchemy parses URLs correctly
+    # shared.config reads every URL form (postgres://, postgresql://, +psycopg2, ?sslmode=...).
+    from shared.config import libpq_params
 
-    parsed = make_url(url)
-    params: dict[str, object] = {
-        "host": parsed.host or "127.0.0.1",
-        "port": parsed.port or 5432,
-        "user": parsed.username or "postgres",
-        "dbname": parsed.database or DEFAULT_DATABASE,
-        "connect_timeout": 5,
-    }
-    if parsed.password is not None:
-        params["password"] = parsed.password
+    params: dict[str, object] = {"host": "127.0.0.1", "port": 5432, "user": "postgres",
+                                 "dbname": DEFAULT_DATABASE, "connect_timeout": 5}
+    params.update(libpq_params(url))
     return params
 
 
@@ -459,6 +453,16 @@ def ensure_database(url: str) -> bool:
         conn.close()
 
 
+def _database_url(raw: str) -> str:
+    """`raw` in the one form every process uses (shared.config); a bad URL is a StackError."""
+    from shared.config import ConfigError, normalize_database_url
+
+    try:
+        return normalize_database_url(raw)
+    except ConfigError as exc:
+        raise StackError(str(exc)) from None
+
+
 def _redis_url_answers(url: str) -> bool:
     from urllib.parse import urlsplit
 
@@ -500,7 +504,8 @@ def ensure_services(var_dir: Path = VAR_DIR, env: Mapping[str, str] | None = Non
     services = Services(database_url="", redis_url="")
     try:
         if env.get("DATABASE_URL"):
-            services.database_url, services.origin["postgres"] = env["DATABASE_URL"], "env"
+            services.database_url = _database_url(env["DATABASE_URL"])
+            services.origin["postgres"] = "env"
         elif not embedded and postgres_answers(LOCAL_DATABASE_URL):
             services.database_url, services.origin["postgres"] = LOCAL_DATABASE_URL, "local"
         else:

@@ -10,10 +10,52 @@ SOURCES: tuple[str, ...] = ("coingecko", "coinpaprika", "csv")
 
 DEFAULT_COINGECKO_BASE_URL = "https://api.coingecko.com/api/v3"
 DEFAULT_COINPAPRIKA_BASE_URL = "https://api.coinpaprika.com/v1"
+DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/kasparro"
+# The one PostgreSQL driver we ship. SQLAlchemy maps a bare `postgresql://` (and hosting
+# services' `postgres://`) to psycopg 3, which is not installed.
+DATABASE_DRIVERNAME = "postgresql+psycopg2"
+_POSTGRES_SCHEMES = ("postgres", "postgresql")
+_POSTGRES_DRIVERS = ("", "psycopg2", "psycopg", "psycopg2cffi")
 
 
 class ConfigError(ValueError):
     """An environment variable holds a value we cannot use."""
+
+
+def normalize_database_url(raw: str | None) -> str:
+    """`raw` (any common PostgreSQL URL form, query kept) as a psycopg2 SQLAlchemy URL."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    text = (raw or "").strip() or DEFAULT_DATABASE_URL
+    scheme, sep, _rest = text.partition("://")
+    backend, _, driver = scheme.lower().partition("+")
+    if not sep or backend not in _POSTGRES_SCHEMES or driver not in _POSTGRES_DRIVERS:
+        # Only the scheme is echoed: the rest may hold a password.
+        got = f"scheme {scheme!r}" if sep else "no scheme://"
+        raise ConfigError(
+            "DATABASE_URL must be a PostgreSQL URL (postgres://, postgresql:// or "
+            f"postgresql+psycopg2://), got {got}"
+        )
+    try:
+        url = make_url(DATABASE_DRIVERNAME + "://" + _rest)
+    except (ArgumentError, ValueError):
+        raise ConfigError("DATABASE_URL is not a valid URL (user:password@host:port/db)") from None
+    return url.render_as_string(hide_password=False)
+
+
+def libpq_params(url: str) -> dict[str, str]:
+    """psycopg2.connect() keywords for `url` (any form normalize_database_url takes)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(normalize_database_url(url))
+    params = {k: str(v) for k, v in parsed.translate_connect_args(
+        username="user", database="dbname").items()}
+    # Query parameters (sslmode, connect_timeout, host=/socket/dir, ...) are libpq keywords;
+    # a repeated one keeps its last value, as libpq does.
+    for key, value in parsed.query.items():
+        params[key] = value[-1] if isinstance(value, tuple) else value
+    return params
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0,
@@ -156,9 +198,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if unknown:
         raise ConfigError(f"ETL_SOURCES names unknown sources: {', '.join(unknown)}")
     return Settings(
-        database_url=env.get(
-            "DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/kasparro"
-        ),
+        database_url=normalize_database_url(env.get("DATABASE_URL")),
         redis_url=env.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
         api_token=_opt(env, "API_TOKEN"),
         csv_dir=csv_dir,

@@ -16,7 +16,7 @@ import redis
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from shared.config import Settings, load_settings, reset_settings
+from shared.config import Settings, load_settings, normalize_database_url, reset_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_TOKEN = "test-token-" + uuid.uuid4().hex
@@ -32,7 +32,10 @@ TABLES = (
 
 
 def _server_url() -> str:
-    return os.environ.get("DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+    # Any PostgreSQL URL form (postgres://, postgresql://, ...) read the way the app reads it.
+    return normalize_database_url(
+        os.environ.get("DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+    )
 
 
 def _admin_engine() -> Engine:
