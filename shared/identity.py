@@ -14,6 +14,7 @@ from sqlalchemy import BigInteger, Text, any_, bindparam, cast, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
+from shared.bounds import NAME_MAX, SOURCE_ASSET_ID_MAX, SYMBOL_MAX, text_problem
 from shared.models import Asset, AssetSourceId
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,33 @@ class IdentityHint:
     source_asset_id: str
     symbol: str
     name: str | None
+
+
+class IdentityError(ValueError):
+    """A source id the database cannot hold (sources reject such records before this)."""
+
+
+def _fit(value: str | None, limit: int) -> str | None:
+    """`value` as its column can hold it: no NUL (PostgreSQL text cannot), at most `limit`."""
+    if value is None:
+        return None
+    return value.replace("\x00", "")[:limit]
+
+
+def _storable(hint: IdentityHint) -> IdentityHint:
+    """The hint with a symbol and name its columns hold; an id that does not fit raises.
+
+    Sources reject such records first (shared.bounds); this keeps a missed one from failing
+    the whole batch inside an INSERT. A name or symbol can be cut, an id cannot: two ids cut
+    alike would become one coin.
+    """
+    problem = text_problem(hint.source_asset_id, SOURCE_ASSET_ID_MAX, "source asset id")
+    if problem is not None:
+        raise IdentityError(problem)
+    symbol, name = _fit(hint.symbol, SYMBOL_MAX), _fit(hint.name, NAME_MAX)
+    if symbol == hint.symbol and name == hint.name:
+        return hint
+    return IdentityHint(hint.source_asset_id, symbol or "", name)
 
 
 @dataclass(frozen=True)
@@ -115,7 +143,7 @@ def resolve_assets(
 ) -> dict[str, int]:
     """Asset id for every hint's source id, creating assets/mappings as needed (flushes)."""
     known = {} if known is None else known
-    missing = {h.source_asset_id: h for h in hints if h.source_asset_id not in known}
+    missing = {h.source_asset_id: _storable(h) for h in hints if h.source_asset_id not in known}
     if not missing:
         return known
     known.update(lookup_mapped(session, source, missing))
@@ -304,7 +332,7 @@ class _BatchView:
                     self.source, plan.hint.source_asset_id, len(candidates),
                 )
         # The name key is the plan's unless the column cuts the name.
-        key = plan.key if name and len(name) <= 300 else None
+        key = plan.key if name and len(name) <= NAME_MAX else None
         return self._create(self._free_slug(plan.base), symbol, name or symbol, key), "new"
 
     def _has_id(self, asset: _Asset) -> bool:
@@ -338,7 +366,8 @@ class _BatchView:
             self.by_slug[row.slug] = _Asset(*row)
 
     def _create(self, slug: str, symbol: str, name: str, key: str | None = None) -> _Asset:
-        asset = _Asset(-1 - len(self.created), slug, symbol.upper()[:64], name[:300])
+        asset = _Asset(-1 - len(self.created), slug, _fit(symbol.upper(), SYMBOL_MAX) or "",
+                       _fit(name, NAME_MAX) or "")
         self.created.append(asset)
         self.by_slug[slug] = asset
         key = normalize_name(asset.name) if key is None else key

@@ -4,6 +4,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any, Sequence
 
+from shared.bounds import SOURCE_ASSET_ID_MAX, asset_text_problem, text_problem
 from shared.records import ParsedQuote, RawItem, Rejected, content_hash
 from shared.sources.batching import Entry
 from shared.sources.drift import DriftReport, flatten
@@ -33,7 +34,9 @@ def parse_market_item(
         return None, "item is not a JSON object", location
     flat = flatten(value)
     coin_id = text_or_none(report.value(flat, "id"))
-    key = coin_id or location
+    # The raw record is keyed by the coin id only when the database can hold it as text.
+    id_problem = text_problem(coin_id, SOURCE_ASSET_ID_MAX, "id") if coin_id else None
+    key = location if id_problem or coin_id is None else coin_id
     if report.missing:
         names = ", ".join(repr(m) for m in report.missing)
         return None, f"missing field {names} (schema drift, no confident rename)", key
@@ -42,6 +45,10 @@ def parse_market_item(
     symbol = text_or_none(report.value(flat, "symbol"))
     if symbol is None:
         return None, "missing or empty 'symbol'", key
+    name = text_or_none(report.value(flat, "name"))
+    problem = id_problem or asset_text_problem(coin_id, symbol.upper(), name)
+    if problem is not None:
+        return None, problem, key
     if not report.has(flat, "last_updated"):
         return None, "missing field 'last_updated'", key
     try:
@@ -64,7 +71,7 @@ def parse_market_item(
     quote = ParsedQuote(
         source_asset_id=coin_id,
         symbol=symbol.upper(),
-        name=text_or_none(report.value(flat, "name")),
+        name=name,
         observed_at=observed_at,
         raw_hash=content_hash(source, item.text),
         rank=rank,
