@@ -15,6 +15,7 @@ from api.envelope import init_request_ids
 from api.errors import JsonErrorsApi, init_error_handlers
 from api.extensions import migrate
 from api.limits import init_limits, ratelimit_defaults
+from api.resources import docs_assets, index
 from shared.config import Settings, get_settings
 from shared.logging_setup import configure_logging
 from shared.queries import BIGINT_MAX
@@ -50,7 +51,10 @@ def create_app(
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="/docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        # Swagger UI's files from the pinned swagger-ui-bundle wheel, served by this app: /docs
+        # works offline. No online spec validator either (it would call validator.swagger.io).
+        OPENAPI_SWAGGER_UI_URL=docs_assets.ASSETS_URL,
+        OPENAPI_SWAGGER_UI_CONFIG={"validatorUrl": None},
         MAX_CONTENT_LENGTH=64 * 1024,
         JSON_SORT_KEYS=False,
         # Replies to a broadcast ping over Redis arrive on a polling cycle: with 0.5 s about
@@ -80,6 +84,8 @@ def create_app(
     from api.resources import metrics
 
     app.register_blueprint(metrics.blp)  # text, not JSON: outside the OpenAPI spec
+    app.register_blueprint(index.blp)  # for people (HTML) first: outside the spec too
+    app.register_blueprint(docs_assets.blp)
     init_error_handlers(app, api)
     init_cli(app)
     return app
