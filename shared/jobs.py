@@ -1,4 +1,4 @@
-"""Jobs: create one run per source, enqueue the chord after commit, finalize, reap the lost."""
+"""Jobs: create one run per source, enqueue the chord after commit, close them, reap the lost."""
 from __future__ import annotations
 
 import logging
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Sequence
 
-from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -100,62 +100,12 @@ def job_status_from_runs(statuses: Sequence[str]) -> str:
     return "succeeded"
 
 
-def refresh_current_quotes(session: Session, run_ids: Sequence[int]) -> int:
-    """Publish the newest quote per (asset, source) written by these runs; returns rows touched.
-
-    The loader notes in run_assets which assets each run wrote; per asset, the newest quote
-    of these runs is one step back along the quotes primary key, so the cost follows the
-    number of assets, not of quotes. The notes are dropped once published. The write moves
-    the data version in this transaction (trigger, migration 0004), so the API's /data cache
-    serves the new rows from the moment they are committed.
-    """
-    if not run_ids:
-        return 0
-    params = {"run_ids": list(run_ids)}
-    # Any statement on current_quotes moves the data version (a trigger, migration 0004) and
-    # so empties every API process's /data cache: a job that brought nothing new (the usual
-    # scheduled run) must not issue one.
-    pending = session.execute(
-        text("SELECT EXISTS (SELECT 1 FROM run_assets WHERE run_id = ANY(:run_ids))"), params)
-    if not pending.scalar():
-        return 0
-    result = session.execute(
-        text(
-            """
-            INSERT INTO current_quotes AS cur (asset_id, source, symbol, name, source_asset_id,
-                observed_at, price_usd, market_cap_usd, volume_24h_usd, rank, updated_at)
-            SELECT q.asset_id, q.source, a.symbol, a.name, q.source_asset_id, q.observed_at,
-                q.price_usd, q.market_cap_usd, q.volume_24h_usd, q.rank, now()
-            FROM (SELECT DISTINCT ra.asset_id, r.source
-                  FROM run_assets ra JOIN runs r ON r.id = ra.run_id
-                  WHERE ra.run_id = ANY(:run_ids)) touched
-            CROSS JOIN LATERAL (
-                SELECT * FROM quotes q
-                WHERE q.asset_id = touched.asset_id AND q.source = touched.source
-                  AND q.run_id = ANY(:run_ids)
-                ORDER BY q.observed_at DESC LIMIT 1
-            ) q
-            JOIN assets a ON a.id = q.asset_id
-            ON CONFLICT (asset_id, source) DO UPDATE SET
-                symbol = excluded.symbol, name = excluded.name,
-                source_asset_id = excluded.source_asset_id, observed_at = excluded.observed_at,
-                price_usd = excluded.price_usd, market_cap_usd = excluded.market_cap_usd,
-                volume_24h_usd = excluded.volume_24h_usd, rank = excluded.rank,
-                updated_at = now()
-            WHERE excluded.observed_at >= cur.observed_at
-            """
-        ),
-        params,
-    )
-    session.execute(text("DELETE FROM run_assets WHERE run_id = ANY(:run_ids)"), params)
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
-
-
 def finalize_job(session: Session, job_id: int) -> str | None:
-    """Normalize and close a job once every run is terminal; None while runs are still active.
+    """Close a job once every run is terminal; None while runs are still active.
 
-    Runs at most once per job (the row lock and the terminal check make a second call a no-op)
-    and is idempotent: publishing current quotes twice gives the same rows.
+    The cross-source step: the job's status needs every source's outcome. Quotes are not
+    published here: each batch published its own when it committed (shared.publish). Runs at
+    most once per job (the row lock and the terminal check make a second call a no-op).
     """
     job = session.get(Job, job_id, with_for_update=True)
     if job is None:
@@ -165,7 +115,6 @@ def finalize_job(session: Session, job_id: int) -> str | None:
     runs = list(session.scalars(select(Run).where(Run.job_id == job_id)))
     if any(r.status not in TERMINAL_STATUSES for r in runs):
         return None
-    refresh_current_quotes(session, [r.id for r in runs if r.status != "skipped"])
     job.status = job_status_from_runs([r.status for r in runs])
     # A run's error usually names its source already (shared.errors.public_error).
     errors = [r.error if r.error.startswith(f"{r.source}: ") else f"{r.source}: {r.error}"

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from shared.db import unit_of_work
 from shared.identity import Alias, IdentityHint, resolve_assets
+from shared.publish import PUBLISH_SQL
 from shared.records import (
     ASSET_SLOT,
     QUOTE_COPY_COLUMNS,
@@ -53,9 +54,6 @@ class BatchResult:
     rejected: int = 0
 
 
-# After a batch met rows that exist already (a re-read file, a repeated API page), the next
-# batches of the run go through staging for a while instead of failing their COPY first.
-STAGING_BATCHES_AFTER_CONFLICT = 8
 # Big reads: each read of the COPY data takes the GIL from the read-ahead thread, and every
 # hand-over can wait a whole switch interval (5 ms) while PostgreSQL sits idle.
 COPY_CHUNK_BYTES = 16 << 20
@@ -65,8 +63,9 @@ COPY_CHUNK_BYTES = 16 << 20
 class LoadState:
     """What a run's loader remembers between its batches."""
 
-    staging_left: dict[str, int] = field(default_factory=dict)
-    assets_recorded: set[int] = field(default_factory=set)
+    # Tables whose straight COPY failed on a stored row although the probe said none could
+    # (a race the probe cannot see): later batches of the run go through staging.
+    always_stage: set[str] = field(default_factory=set)
 
 
 # Session-local staging tables with the layout of the COPY text: rows vanish at commit, the
@@ -138,18 +137,19 @@ def _reader(data: str | bytes) -> io.StringIO | io.BytesIO:
 
 def _copy_new_rows(
     cursor: Any, state: LoadState, table: str, columns: str, data: str | bytes, staging: str,
-    from_staging: str, on_staged: Callable[[Any], None] | None = None,
+    from_staging: str, on_staged: Callable[[Any], None] | None = None, stage: bool = False,
 ) -> int:
     """Load COPY text into `table`; returns how many rows were new.
 
-    COPY straight into the table is the fast path and is safe because the table's unique
-    index checks every row: if one exists already, the COPY fails as a whole, is rolled back
-    to its savepoint, and the rows go through a staging table and INSERT ... ON CONFLICT DO
-    NOTHING instead, which skips exactly the stored ones. `on_staged(cursor)` runs between
+    `stage` says the rows may exist already (the caller decided it up front, so that an
+    unchanged re-run never makes PostgreSQL log a failed statement): they go through a
+    staging table and INSERT ... ON CONFLICT DO NOTHING, which skips exactly the stored ones.
+    Otherwise COPY goes straight into the table, the fast path, safe because the table's
+    unique index checks every row: should one exist after all, the COPY fails as a whole, is
+    rolled back to its savepoint and goes through staging. `on_staged(cursor)` runs between
     the staging COPY and that INSERT, while the table still holds only the earlier rows.
     """
-    left = state.staging_left.get(table, 0)
-    if left <= 0:
+    if not stage and table not in state.always_stage:
         try:
             # The savepoint and the COPY in one round trip: libpq runs the statements before
             # a COPY in the same string, then streams the data. The savepoint is not
@@ -160,11 +160,9 @@ def _copy_new_rows(
                                _reader(data), COPY_CHUNK_BYTES)
         except pg_errors.UniqueViolation:
             cursor.execute("ROLLBACK TO SAVEPOINT bulk_copy")
-            state.staging_left[table] = STAGING_BATCHES_AFTER_CONFLICT
+            state.always_stage.add(table)
         else:
             return int(cursor.rowcount)
-    else:
-        state.staging_left[table] = left - 1
     cursor.execute(_STAGING_DDL)
     cursor.copy_expert(f"COPY {staging} ({columns}) FROM STDIN", _reader(data),
                        COPY_CHUNK_BYTES)
@@ -189,7 +187,7 @@ def write_batch(
 
     The rows only this batch can hold come first (quotes, rejects, raw lines); `wait_turn()`,
     when given, is called after them and before anything another in-flight batch may also
-    touch (run_assets, the checkpoint, the run's counters), so that two batches can be written
+    touch (current_quotes, the checkpoint, the run's counters), so that two batches can be written
     at once on two connections and still commit in order (shared.pipeline).
     """
     state = state if state is not None else LoadState()
@@ -199,9 +197,11 @@ def write_batch(
     if batch.raw:
         lines = _raw_lines(source, run_id, batch.raw)
         lines.sort()  # by content hash, as the unique index wants them
+        # API pages (a few hundred records) mostly repeat what an earlier run stored: always
+        # staged, which costs about a millisecond and never fails a statement.
         result.raw_inserted = _copy_new_rows(
             cursor, state, "raw_records", _RAW_COLUMNS, "".join(lines), "stage_raw",
-            _RAW_FROM_STAGING)
+            _RAW_FROM_STAGING, stage=True)
 
     # Which of this batch's lines are stored already (line sources only).
     stored_lines = _StoredLines(source, batch.checkpoint_key)
@@ -213,7 +213,8 @@ def write_batch(
         result.inserted = _copy_new_rows(
             cursor, state, "quotes", _QUOTE_COLUMNS, prepared.data, "stage_quotes",
             _QUOTES_FROM_STAGING,
-            on_staged=stored_lines.find if batch.raw_lines is not None else None)
+            on_staged=stored_lines.find if batch.raw_lines is not None else None,
+            stage=_may_hold_keys(cursor, source, prepared))
         result.unchanged = quote_count - result.inserted
 
     repeated_rejects: set[str] = set()
@@ -246,9 +247,32 @@ def write_batch(
               round(e.confidence, 3), e.mapped, e.detail[:2000]) for e in batch.drift],
         )
 
-    _end_batch(cursor, state, source, run_id, batch, previous_checkpoint,
+    _end_batch(cursor, source, run_id, batch, previous_checkpoint,
                prepared.asset_ids if prepared is not None else set(), result)
     return result
+
+
+# Whether a stored quote of this source falls in one of the batch's per-asset time spans: one
+# index range probe per asset on the quotes' primary key. No: the batch cannot collide
+# (batches in flight beside it are proved disjoint by shared.pipeline), so COPY goes straight.
+_KEYS_IN_SPANS = """
+SELECT EXISTS (
+    SELECT 1 FROM unnest(%(ids)s::bigint[], %(first)s::timestamptz[], %(last)s::timestamptz[])
+        AS span(asset_id, first_at, last_at)
+    WHERE EXISTS (SELECT 1 FROM quotes q WHERE q.asset_id = span.asset_id
+                  AND q.source = %(source)s AND q.observed_at BETWEEN span.first_at
+                  AND span.last_at))
+"""
+
+
+def _may_hold_keys(cursor: Any, source: str, prepared: PreparedQuotes) -> bool:
+    """Whether some of the batch's quote keys may be stored already (then stage them)."""
+    ids = list(prepared.spans)
+    cursor.execute(_KEYS_IN_SPANS, {
+        "ids": ids, "source": source,
+        "first": [prepared.spans[i][0] for i in ids], "last": [prepared.spans[i][1] for i in ids],
+    })
+    return bool(cursor.fetchone()[0])
 
 
 def _render_quotes(
@@ -404,15 +428,15 @@ def _int4_array(values: Sequence[int]) -> bytes:
     return struct.pack("!5i", 1, 0, _INT4_OID, count, 1) + struct.pack(f"!{2 * count}i", *flat)
 
 
-# What a batch writes after its turn, in one statement (one round trip): the run's newly
-# written assets noted for normalize (run_assets), the run's counters, and the checkpoint's
-# compare-and-set, which must move exactly one row: it moves only from the value this run
-# started from (or is created if there was none), else another execution committed first.
+# What a batch writes after its turn, in one statement (one round trip): the newest quotes of
+# the assets it inserted quotes for, published into current_quotes (shared.publish: in the
+# batch's own transaction, so nothing committed stays unpublished), the run's counters, and
+# the checkpoint's compare-and-set, which must move exactly one row: it moves only from the
+# value this run started from (or is created if there was none), else another execution
+# committed first. A data-modifying CTE runs whether or not the main query reads it, and sees
+# the batch's quotes (earlier statements of the transaction).
 _END_BATCH = """
-WITH noted AS (
-    INSERT INTO run_assets (run_id, asset_id) SELECT %(run)s, unnest(%(assets)s::bigint[])
-    ON CONFLICT DO NOTHING
-), counted AS (
+WITH published AS ({publish}), counted AS (
     UPDATE runs SET fetched = fetched + %(fetched)s, inserted = inserted + %(inserted)s,
         unchanged = unchanged + %(unchanged)s, rejected = rejected + %(rejected)s,
         raw_inserted = raw_inserted + %(raw_inserted)s, heartbeat_at = now()
@@ -429,18 +453,20 @@ _CHECKPOINT_MOVE = (
     "UPDATE checkpoints SET value = %(value)s, run_id = %(run)s, updated_at = now() "
     "WHERE source = %(source)s AND key = %(key)s AND value = %(previous)s RETURNING 1"
 )
-_END_BATCH_CREATE = _END_BATCH.format(move=_CHECKPOINT_CREATE)
-_END_BATCH_MOVE = _END_BATCH.format(move=_CHECKPOINT_MOVE)
+_END_BATCH_CREATE = _END_BATCH.format(publish=PUBLISH_SQL, move=_CHECKPOINT_CREATE)
+_END_BATCH_MOVE = _END_BATCH.format(publish=PUBLISH_SQL, move=_CHECKPOINT_MOVE)
 
 
 def _end_batch(
-    cursor: Any, state: LoadState, source: str, run_id: int, batch: Batch,
-    previous: dict[str, Any] | None, asset_ids: set[int], result: BatchResult,
+    cursor: Any, source: str, run_id: int, batch: Batch, previous: dict[str, Any] | None,
+    asset_ids: set[int], result: BatchResult,
 ) -> None:
-    """Note new assets, add the counters and move the checkpoint (raises CheckpointMoved)."""
-    new_assets = sorted(asset_ids - state.assets_recorded)
+    """Publish, add the counters and move the checkpoint (raises CheckpointMoved)."""
+    # A batch that inserted nothing publishes nothing: every quote it met is stored and was
+    # published by the batch that stored it.
+    assets = sorted(asset_ids) if result.inserted else []
     cursor.execute(_END_BATCH_CREATE if previous is None else _END_BATCH_MOVE, {
-        "run": run_id, "assets": new_assets, "source": source, "key": batch.checkpoint_key,
+        "run": run_id, "assets": assets, "source": source, "key": batch.checkpoint_key,
         "value": Json(batch.checkpoint), "previous": Json(previous),
         "fetched": result.fetched, "inserted": result.inserted, "unchanged": result.unchanged,
         "rejected": result.rejected, "raw_inserted": result.raw_inserted,
@@ -449,7 +475,6 @@ def _end_batch(
     if moved != 1:
         raise CheckpointMoved(
             f"checkpoint {source}/{batch.checkpoint_key} moved under run {run_id}")
-    state.assets_recorded.update(new_assets)
 
 
 def load_checkpoints(session: Session, source: str) -> dict[str, dict[str, Any]]:

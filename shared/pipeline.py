@@ -13,7 +13,7 @@ beside it cannot touch. Raw line blocks have no unique key, and a reject's key h
 line's place in the file; quotes do have one, so the batches' quote keys are compared here
 first (by each asset's span of times), and a batch that may share one with the batch before
 it is written only after that one has ended. Everything two batches may both touch
-(run_assets, the checkpoint row, the run's counters) comes after the turn.
+(the published current quotes, the checkpoint row, the run's counters) comes after the turn.
 """
 from __future__ import annotations
 
@@ -111,12 +111,9 @@ def write_in_order(
     permits = threading.Semaphore(WRITERS)
     queues: list[queue.Queue[_Slot | None]] = [queue.Queue() for _ in range(WRITERS)]
     failures: list[_Slot] = []
-    # The run's assets noted in run_assets, shared by the writers: a batch notes its assets
-    # after its turn, when every batch before it has committed its own notes.
-    assets_recorded: set[int] = set()
 
     def run_writer(inbox: queue.Queue[_Slot | None]) -> None:
-        state = LoadState(assets_recorded=assets_recorded)
+        state = LoadState()
         connection: Connection | None = None
         session: Session | None = None
         try:
