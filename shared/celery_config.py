@@ -22,6 +22,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         # One message at a time per child: a prefetched message would wait behind a long run.
         "worker_prefetch_multiplier": 1,
+        # A child per enabled source plus one for normalize, ticks and the reaper: a run
+        # that sleeps through retry backoff or a rate-limit wait holds its child, and must
+        # not keep another source's ready run waiting for one (at most one run per source is
+        # live at a time: the source lock). `celery worker -c N` overrides it.
+        "worker_concurrency": len(settings.enabled_sources) + 1,
         "task_soft_time_limit": settings.task_soft_time_limit,
         "task_time_limit": settings.task_time_limit,
         # Above the hard limit, or Redis hands a still-running task to a second worker.

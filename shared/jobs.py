@@ -70,6 +70,12 @@ def enqueue_job(celery_app: Any, job: Job) -> None:
     callback = signature(task_names.NORMALIZE, args=(job.id,), app=celery_app).set(
         task_id=job.celery_task_id
     )
+    # A failed run fails its extract task (its state must say so), and with the Redis result
+    # backend a failed header task makes the chord call the body's error callbacks instead of
+    # the body, once every header task has ended: normalize is that callback too, so the job
+    # is closed either way (SPEC: a failing source does not block the others).
+    callback.link_error(signature(task_names.NORMALIZE, args=(None, job.id), app=celery_app,
+                                  immutable=True))
     chord(header, app=celery_app)(callback)
 
 

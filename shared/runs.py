@@ -37,6 +37,15 @@ class TransientDatabaseError(RuntimeError):
     """The database went away mid-run; the task should retry and resume from the checkpoint."""
 
 
+class ExtractFailed(RuntimeError):
+    """The run ended `failed`: raised by the extract task so that its state says so."""
+
+
+# What a run reports while it is active (throttled): the task turns it into a PROGRESS state.
+Progress = Callable[[dict[str, Any]], None]
+PROGRESS_INTERVAL_SECONDS = 1.0
+
+
 def source_lock_key(source: str) -> int:
     """The advisory-lock key that one running execution of `source` holds."""
     return zlib.crc32(f"kasparro.source.{source}".encode())
@@ -77,7 +86,8 @@ def _is_bare_connection_error(exc: BaseException | None) -> bool:
 
 
 def execute_run(
-    run_id: int, task_id: str | None, settings: Settings, engine: Engine | None = None
+    run_id: int, task_id: str | None, settings: Settings, engine: Engine | None = None,
+    on_progress: Progress | None = None,
 ) -> int:
     """Run `run_id` to a terminal state (or leave it to its live owner); returns `run_id`.
 
@@ -108,7 +118,7 @@ def execute_run(
         records_done = _claim(engine, run_id, task_id, settings)
         if records_done is None:
             return run_id
-        _process(engine, run_id, source, settings, records_done)
+        _process(engine, run_id, source, settings, records_done, on_progress)
         return run_id
     except Exception as exc:
         if _is_connection_error(exc):
@@ -167,9 +177,11 @@ def _claim(engine: Engine, run_id: int, task_id: str | None, settings: Settings)
 
 
 def _process(
-    engine: Engine, run_id: int, source: str, settings: Settings, records_done: int
+    engine: Engine, run_id: int, source: str, settings: Settings, records_done: int,
+    on_progress: Progress | None = None,
 ) -> None:
     events: dict[str, float] = defaultdict(float)
+    report = _Throttled(engine, run_id, on_progress)
 
     def on_event(name: str, amount: float) -> None:
         events[name] += amount
@@ -195,7 +207,7 @@ def _process(
     try:
         if _can_read_ahead(extractor, ctx):
             _write_pipelined(engine, run_id, source, settings, ctx, extractor, prepare,
-                             aliases, asset_cache)
+                             aliases, asset_cache, report)
         else:
             for batch in extractor.batches(ctx):
                 for name, amount in batch.stats.items():
@@ -207,11 +219,15 @@ def _process(
                 session.commit()
                 checkpoints[batch.checkpoint_key] = batch.checkpoint
                 ctx.records_done += batch.record_count
+                report(ctx.records_done)
                 if settings.batch_delay_seconds:
                     time.sleep(settings.batch_delay_seconds)
                 if ctx.max_records is not None and ctx.records_done >= ctx.max_records:
                     _inject_failure(settings, ctx)
-        _end(session, run_id, "succeeded", None, events)
+        # A source that could not read some of its input (CSV: unreadable files) says why;
+        # what it did read is committed and is published like a succeeded run's.
+        partial = getattr(extractor, "partial_reason", None)
+        _end(session, run_id, "partial" if partial else "succeeded", partial, events)
     except BaseException as exc:
         session.rollback()
         if _is_connection_error(exc):
@@ -231,6 +247,46 @@ def _process(
 
 
 _QUEUE_POLL_SECONDS = 0.2
+
+
+class _Throttled:
+    """Calls `on_progress` with the run's counters at most once per interval."""
+
+    def __init__(self, engine: Engine, run_id: int, on_progress: Progress | None) -> None:
+        self.engine, self.run_id, self.on_progress = engine, run_id, on_progress
+        self.last = 0.0
+
+    def __call__(self, records_read: int) -> None:
+        if self.on_progress is None:
+            return
+        now = time.monotonic()
+        if now - self.last < PROGRESS_INTERVAL_SECONDS:
+            return
+        self.last = now
+        # Committed counters (the batches written so far), plus what was read.
+        meta = run_outcome(self.engine, self.run_id)
+        meta["records_read"] = records_read
+        self.on_progress(meta)
+
+
+_OUTCOME_FIELDS = ("fetched", "inserted", "unchanged", "rejected", "http_requests",
+                   "http_retries", "rate_limit_waits")
+
+
+def run_outcome(engine: Engine, run_id: int) -> dict[str, Any]:
+    """The run's status, error and counters as stored: what the extract task reports.
+
+    Read back from PostgreSQL, so a redelivered task reports what the first delivery did
+    (FAULTS.md: chord members must return the same value every time).
+    """
+    with engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT source, status, error, " + ", ".join(_OUTCOME_FIELDS)
+                 + " FROM runs WHERE id = :id"), {"id": run_id}).mappings().first()
+    if row is None:
+        return {"run_id": run_id, "status": "missing"}
+    outcome: dict[str, Any] = {"run_id": run_id, **{k: row[k] for k in row.keys()}}
+    return outcome
 
 
 def _inject_failure(settings: Settings, ctx: RunContext) -> None:
@@ -253,6 +309,7 @@ def _write_pipelined(
     engine: Engine, run_id: int, source: str, settings: Settings, ctx: RunContext,
     extractor: Source, prepare: Callable[[Batch], Batch],
     aliases: dict[tuple[str, str], Alias], asset_cache: dict[str, int],
+    report: Callable[[int], None],
 ) -> None:
     """Read ahead, and write two batches at once on two connections (shared.pipeline)."""
 
@@ -264,6 +321,7 @@ def _write_pipelined(
 
     def after_submit(batch: Batch) -> None:
         ctx.records_done += batch.record_count
+        report(ctx.records_done)
         if settings.batch_delay_seconds:
             time.sleep(settings.batch_delay_seconds)
 

@@ -5,12 +5,13 @@ import logging
 from typing import Any
 
 from celery import Task, shared_task
+from celery.exceptions import Ignore
 
 from shared import task_names
 from shared.config import SOURCES, get_settings
 from shared.db import get_engine, unit_of_work
 from shared.jobs import create_job, enqueue_job, fail_unsent_job, finalize_job, reap_stale_runs
-from shared.runs import TransientDatabaseError, execute_run
+from shared.runs import ExtractFailed, TransientDatabaseError, execute_run, run_outcome
 
 log = logging.getLogger(__name__)
 
@@ -20,12 +21,29 @@ NORMALIZE_RETRY_SECONDS = 2
 NORMALIZE_MAX_RETRIES = 300
 
 
-def _extract(self: Task, run_id: int) -> int:
+def _extract(self: Task, run_id: int) -> dict[str, Any]:
+    """Run the source's run; the task's state tells its outcome (see README "Data flow").
+
+    Succeeded/skipped: SUCCESS with the run's stored outcome. Failed: FAILURE (ExtractFailed
+    naming the run and its error); the chord then calls normalize through its error callback.
+    Still running under another live execution (a duplicate delivery): nothing is reported,
+    that execution reports.
+    """
+    def progress(meta: dict[str, Any]) -> None:
+        self.update_state(state="PROGRESS", meta=meta)
+
+    engine = get_engine()
     try:
-        return execute_run(int(run_id), self.request.id, get_settings(), get_engine())
+        execute_run(int(run_id), self.request.id, get_settings(), engine, on_progress=progress)
+        outcome = run_outcome(engine, int(run_id))
     except TransientDatabaseError as exc:
         # The run stays 'running'; the retry resumes it from the committed checkpoint.
         raise self.retry(exc=exc, countdown=min(60, 2 ** self.request.retries), max_retries=8)
+    if outcome["status"] == "failed":
+        raise ExtractFailed(f"run {run_id} ({outcome['source']}) failed: {outcome['error']}")
+    if outcome["status"] in ("queued", "running"):
+        raise Ignore()
+    return outcome
 
 
 def _register_extract(source: str) -> None:
@@ -45,7 +63,7 @@ class NotReady(Exception):
 
 @shared_task(name=task_names.NORMALIZE, bind=True, acks_late=True, max_retries=None)
 def normalize(self: Task, _results: Any, job_id: int) -> str | None:
-    """Publish the job's quotes and close it once every run is terminal (checked in Postgres)."""
+    """Close the job once every run is terminal (checked in Postgres); also the error callback."""
     with unit_of_work(get_engine()) as session:
         status = finalize_job(session, int(job_id))
     if status is None:

@@ -13,6 +13,7 @@ import pytest
 import redis
 from sqlalchemy import Engine, text
 
+from shared.publish import unpublished
 from tests.conftest import ALL_RAW, QUEUE_KEY, UNACKED_KEY, count, wait_for_job
 
 HEADER = "SNo,Name,Symbol,Date,High,Low,Open,Close,Volume,Marketcap\n"
@@ -147,6 +148,7 @@ class Fault:
             )).scalar_one()
         assert (dup_quotes, dup_raw) == (0, 0)
         assert count(self.engine, ALL_RAW) == expected_rows
+        assert unpublished_quotes(self.engine) == [], "committed quotes not in current_quotes"
         client = redis.Redis.from_url(self.redis_url)
         try:
             assert client.llen(QUEUE_KEY) == 0
@@ -157,7 +159,8 @@ class Fault:
         assert self.watcher.regressions == []
 
     def assert_clean_rerun_adds_nothing(self) -> None:
-        """A clean job afterwards succeeds, writes 0 rows and leaves table checksums alone."""
+        """A clean job afterwards succeeds, writes 0 rows and leaves table checksums (and the
+        data version, the key of the API's /data cache) alone."""
         before = table_checksums(self.engine)
         job = self.wait_job(self.post_job())
         assert job["status"] == "succeeded", job
@@ -174,9 +177,19 @@ def table_checksums(engine: Engine) -> dict[str, str]:
         "raw": "SELECT md5(string_agg(encode(content_hash, 'hex'), ',' ORDER BY content_hash)) "
                f"FROM {ALL_RAW}",
         "assets": "SELECT md5(string_agg(slug, ',' ORDER BY slug)) FROM assets",
+        "current_quotes": "SELECT md5(string_agg(concat_ws('|', asset_id, source, observed_at, "
+                          "price_usd, updated_at), ',' ORDER BY asset_id, source)) "
+                          "FROM current_quotes",
+        "data_version": "SELECT version::text FROM data_version",
     }
     with engine.connect() as conn:
         return {name: conn.execute(text(sql)).scalar_one() or "" for name, sql in queries.items()}
+
+
+def unpublished_quotes(engine: Engine) -> list[tuple[int, str]]:
+    """(asset, source) pairs whose newest committed quote is not what current_quotes holds."""
+    with engine.connect() as conn:
+        return unpublished(conn.connection.cursor())
 
 
 def worker_children(worker: Any) -> list[psutil.Process]:
