@@ -734,7 +734,7 @@ def run_stack(var_dir: Path = VAR_DIR, tail: bool = True) -> int:
             "api": [sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf",
                     "api:create_app()", "-b", f"127.0.0.1:{port}"],
             "worker": [sys.executable, "-m", "celery", "-A", "worker", "worker",
-                       "-l", "INFO", "-c", "2"],
+                       "-l", "INFO"],  # concurrency: shared/celery_config.py
             "beat": [sys.executable, "-m", "celery", "-A", "worker", "beat", "-l", "INFO",
                      "-s", str(Path(var_dir) / "celerybeat-schedule")],
         }
