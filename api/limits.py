@@ -1,10 +1,18 @@
 """Request rate limits: fixed windows counted in Redis, keyed by client address.
 
-One quota shared by every read (GET/HEAD/OPTIONS on the read blueprints) and one for
-POST /jobs, each a fixed window per client. This used flask-limiter; measured on GET /data
-(bench case 4), its per-request bookkeeping (resolving limits per endpoint, three Redis round
-trips for the hit and the X-RateLimit-* headers) cost more than the rest of a cached answer,
-and ~100 us even on endpoints with no limit. Here a request that has a quota costs one Redis
+Three quotas per client, each a fixed window, configured by API_READ_RATE_LIMIT,
+API_JOBS_RATE_LIMIT and API_AUTH_FAIL_RATE_LIMIT (shared.config):
+- reads: every GET/HEAD/OPTIONS of the read blueprints, health (its database, broker and
+  worker checks) and metrics included; only /health/live (no I/O, the liveness probe) is exempt;
+- jobs: POST /jobs with a valid token, counted after authentication (api.auth);
+- auth failures: requests refused for a missing or wrong token. They never use up the
+  operator's job quota; once a client has used up this one, every write of that client is a
+  429 before its token is even compared, so guessing stays slow.
+
+This used flask-limiter; measured on GET /data (bench case 4), its per-request bookkeeping
+(resolving limits per endpoint, three Redis round trips for the hit and the X-RateLimit-*
+headers) cost more than the rest of a cached answer, and ~100 us even on endpoints with no
+limit. Here a request that has a quota costs one Redis
 round trip (a script that counts and returns the window's TTL), and any other request one
 dictionary lookup.
 """
@@ -26,6 +34,11 @@ from limits import parse as parse_limit
 from werkzeug.exceptions import TooManyRequests
 
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
+# Blueprints of operations endpoints, counted as reads: app.py registers metrics after the
+# limiter is attached, so they are named here rather than passed in.
+OPERATIONS_BLUEPRINTS = ("health", "metrics")
+# Endpoints never counted: the liveness probe must answer whatever a client does.
+EXEMPT_ENDPOINTS = frozenset({"health.Live"})
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +86,12 @@ def ratelimit_defaults(app: Flask, redis_url: str) -> None:
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
     # A Redis outage must not turn reads into 500s (health reports the broker instead).
     app.config.setdefault("RATELIMIT_SWALLOW_ERRORS", True)
-    app.config.setdefault("RATELIMIT_JOBS", "10/minute")
-    app.config.setdefault("RATELIMIT_READS", "600/minute")
+    settings = app.config.get("SETTINGS")
+    app.config.setdefault("RATELIMIT_JOBS", getattr(settings, "api_jobs_rate_limit", "10/minute"))
+    app.config.setdefault("RATELIMIT_READS",
+                          getattr(settings, "api_read_rate_limit", "600/minute"))
+    app.config.setdefault("RATELIMIT_AUTH_FAIL",
+                          getattr(settings, "api_auth_fail_rate_limit", "20/minute"))
 
 
 class _HitScript(threading.local):
@@ -93,17 +110,17 @@ class _HitScript(threading.local):
         self.connection: Any = None
         self.pid = 0
 
-    def __call__(self, key: str, seconds: int) -> tuple[int, int]:
+    def __call__(self, key: str, seconds: int, amount: int = 1) -> tuple[int, int]:
         for attempt in (1, 2):
             fresh = self.connection is None or self.pid != os.getpid()
             if fresh:
                 self.connection, self.pid = self.make(), os.getpid()
             try:
                 try:
-                    self.connection.send_command("EVALSHA", self.sha, 1, key, seconds, 1)
+                    self.connection.send_command("EVALSHA", self.sha, 1, key, seconds, amount)
                     count, ttl = self.connection.read_response()
                 except redis.exceptions.NoScriptError:
-                    self.connection.send_command("EVAL", _HIT_SCRIPT, 1, key, seconds, 1)
+                    self.connection.send_command("EVAL", _HIT_SCRIPT, 1, key, seconds, amount)
                     count, ttl = self.connection.read_response()
                 return int(count), int(ttl)
             except (redis.ConnectionError, redis.TimeoutError):
@@ -115,7 +132,11 @@ class _HitScript(threading.local):
 
 
 class RateLimiter:
-    """The app's quotas; `check()` runs before each request, `add_headers()` after it."""
+    """The app's quotas; `check()` runs before each request, `add_headers()` after it.
+
+    Writes are counted by api.auth instead, which knows whether the token was right:
+    `guard_write()` before the comparison, then `write_refused()` or `write_allowed()`.
+    """
 
     def __init__(self, app: Flask, read_blueprints: list[Blueprint],
                  jobs_blueprint: Blueprint) -> None:
@@ -126,33 +147,59 @@ class RateLimiter:
         self.prefix = str(config["RATELIMIT_KEY_PREFIX"])
         reads = ("reads", Quota.parse(str(config["RATELIMIT_READS"])))
         jobs = ("jobs", Quota.parse(str(config["RATELIMIT_JOBS"])))
+        self.auth_fail = ("auth_fail", Quota.parse(str(config["RATELIMIT_AUTH_FAIL"])))
+        names = [blp.name for blp in read_blueprints] + list(OPERATIONS_BLUEPRINTS)
         # (blueprint name, method) -> the quota it counts against.
         self.scopes: dict[tuple[str, str], tuple[str, Quota]] = {
-            (blp.name, method): reads for blp in read_blueprints for method in READ_METHODS}
-        self.scopes[(jobs_blueprint.name, "POST")] = jobs
+            (name, method): reads for name in names for method in READ_METHODS}
+        self.writes: dict[tuple[str, str], tuple[str, Quota]] = {
+            (jobs_blueprint.name, "POST"): jobs}
         self.hit = _HitScript(str(config["RATELIMIT_STORAGE_URI"]),
                               dict(config["RATELIMIT_STORAGE_OPTIONS"]))
 
     def check(self) -> None:
-        """Count this request against its quota; 429 (TooManyRequests) once it is used up."""
+        """Count this read against its quota; 429 (TooManyRequests) once it is used up."""
         if not self.enabled or request.blueprint is None:
             return
         scope = self.scopes.get((request.blueprint, request.method))
-        if scope is None:
+        if scope is None or request.endpoint in EXEMPT_ENDPOINTS:
             return
-        name, quota = scope
+        self._count(*scope)
+
+    def guard_write(self) -> None:
+        """429 when this client has used up its quota of refused tokens (a peek, not a hit)."""
+        if self.enabled:
+            self._count(*self.auth_fail, amount=0)
+
+    def write_refused(self) -> None:
+        """Count a request refused for its token in the client's auth-failure quota."""
+        if self.enabled:
+            self._count(*self.auth_fail, refuse=False)
+
+    def write_allowed(self) -> None:
+        """Count an authenticated write against its quota; 429 once it is used up."""
+        scope = self.writes.get((request.blueprint or "", request.method))
+        if self.enabled and scope is not None:
+            self._count(*scope)
+
+    def _count(self, name: str, quota: Quota, amount: int = 1, refuse: bool = True) -> None:
+        """Add `amount` (0: only look) to the client's window; 429 past the quota if `refuse`."""
         key = (f"{self.prefix}:ratelimit:{name}:{quota.amount}/{quota.seconds}:"
                f"{request.remote_addr}")
         try:
-            count, ttl = self.hit(key, quota.seconds)
+            count, ttl = self.hit(key, quota.seconds, amount)
         except redis.RedisError as exc:
             if not self.swallow_errors:
                 raise
             log.warning("rate limit storage unavailable, request let through: %s", exc)
             return
         ttl = max(ttl, 1)
-        g.rate_limit = (quota, count, ttl)
-        if count > quota.amount:
+        # A look asks whether one more request would be past the quota.
+        used = count if amount else count + 1
+        over = used > quota.amount
+        if amount or over:
+            g.rate_limit = (quota, used, ttl)
+        if refuse and over:
             raise TooManyRequests(description=quota.text, retry_after=ttl)
 
     def add_headers(self, response: Response) -> Response:
@@ -172,7 +219,7 @@ class RateLimiter:
 
 def init_limits(app: Flask, read_blueprints: list[Blueprint],
                 jobs_blueprint: Blueprint) -> RateLimiter:
-    """Attach the limiter: one shared read quota per client, and a POST /jobs quota."""
+    """Attach the limiter: a shared read quota per client, a POST /jobs quota, auth failures."""
     limiter = RateLimiter(app, read_blueprints, jobs_blueprint)
     app.before_request(limiter.check)
     app.after_request(limiter.add_headers)

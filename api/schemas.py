@@ -9,9 +9,12 @@ import marshmallow as ma
 from marshmallow import validate
 from webargs.fields import DelimitedList
 
+from api.security import SafeErrorText
 from shared.config import SOURCES
+from shared.job_queries import JOB_TRIGGERS
 from shared.models import RUN_STATUSES
-from shared.queries import BIGINT_MAX, CURSOR_MAX_LENGTH, DATA_SORT_FIELDS, run_duration_ms
+from shared.queries import BIGINT_MAX, CURSOR_MAX_LENGTH, DATA_SORT_FIELDS
+from shared.run_compare import run_duration_ms
 
 PAGE_SIZE_DEFAULT = 50
 PAGE_SIZE_MAX = 500
@@ -75,7 +78,30 @@ def _sort_choices(fields: tuple[str, ...]) -> list[str]:
 
 # --- request arguments -------------------------------------------------------------------------
 
-class PageArgsSchema(ma.Schema):
+def _string_keys(messages: Any) -> Any:
+    """Error messages with every dict key a string (marshmallow keys list items by int)."""
+    if isinstance(messages, dict):
+        return {str(key): _string_keys(value) for key, value in messages.items()}
+    if isinstance(messages, list):
+        return [_string_keys(item) for item in messages]
+    return messages
+
+
+class ArgsSchema(ma.Schema):
+    """Base of every request schema: error keys are strings.
+
+    marshmallow keys a list item's errors by its index (an int); next to a string key such
+    as `_schema`, Flask's JSON encoder (which sorts keys) raised TypeError and the 422 became
+    a 500 (`POST /jobs {"sources": ["csv", "csv", "x"]}`).
+    """
+
+    def handle_error(self, error: ma.ValidationError, data: Any, **kwargs: Any) -> None:
+        """Re-raise with string keys throughout."""
+        raise ma.ValidationError(_string_keys(error.messages), data=error.data,
+                                 valid_data=error.valid_data) from error
+
+
+class PageArgsSchema(ArgsSchema):
     """Page-number paging, or keyset paging with the opaque `cursor` of the previous page."""
 
     page = ma.fields.Integer(load_default=1, validate=validate.Range(min=1, max=1_000_000),
@@ -88,7 +114,7 @@ class PageArgsSchema(ma.Schema):
                   metadata={"description": "`pagination.next_cursor` of the previous page"})
 
 
-class TimeRangeMixin(ma.Schema):
+class TimeRangeMixin(ArgsSchema):
     """`since`/`until` bounds, inclusive, with `since` not after `until`."""
 
     since = UtcDateTime()
@@ -105,8 +131,12 @@ class DataArgsSchema(PageArgsSchema, TimeRangeMixin):
     """Filters, sort and paging of GET /data."""
 
     source = ma.fields.String(validate=validate.OneOf(SOURCES))
-    symbol = Text(validate=validate.Length(min=1, max=64),
-                  metadata={"description": "Exact symbol, case-insensitive"})
+    symbol = DelimitedList(
+        Text(validate=validate.Length(min=1, max=64)),
+        validate=validate.Length(min=1, max=ASSET_LIST_MAX),
+        metadata={"description": "Exact symbols, case-insensitive, comma separated "
+                                 f"(at most {ASSET_LIST_MAX})"},
+    )
     asset = DelimitedList(
         Text(validate=validate.Length(min=1, max=200)),
         validate=validate.Length(min=1, max=ASSET_LIST_MAX),
@@ -127,10 +157,16 @@ class HistoryArgsSchema(PageArgsSchema, TimeRangeMixin):
 
     @ma.validates_schema
     def _bounded(self, data: dict[str, Any], **_: Any) -> None:
+        """The range cap with both ends or an open end (now); the view checks an open start."""
         since, until = data.get("since"), data.get("until")
+        days = HISTORY_MAX_RANGE.days
         if since and until and until - since > HISTORY_MAX_RANGE:
+            raise ma.ValidationError(f"until - since must not exceed {days} days",
+                                     field_name="until")
+        if since and not until and datetime.now(timezone.utc) - since > HISTORY_MAX_RANGE:
             raise ma.ValidationError(
-                f"until - since must not exceed {HISTORY_MAX_RANGE.days} days", field_name="until")
+                f"since must be at most {days} days ago when until is not given "
+                "(an open until counts as now)", field_name="since")
 
 
 class RawArgsSchema(PageArgsSchema):
@@ -147,31 +183,59 @@ class RunsArgsSchema(PageArgsSchema, TimeRangeMixin):
     job_id = _id_field()
 
 
-class CompareArgsSchema(ma.Schema):
+class JobsArgsSchema(PageArgsSchema, TimeRangeMixin):
+    """Filters and paging of GET /jobs (`since`/`until` bound `created_at`)."""
+
+    status = ma.fields.String(validate=validate.OneOf(RUN_STATUSES))
+    trigger = ma.fields.String(validate=validate.OneOf(JOB_TRIGGERS),
+                               metadata={"description": "What queued the job"})
+
+
+class CompareArgsSchema(ArgsSchema):
     """The two runs of GET /runs/compare."""
 
     a = _id_field(required=True)
     b = _id_field(required=True)
 
 
-class JobRequestSchema(ma.Schema):
+class SourceNames(ma.fields.List):
+    """Distinct source names; each bad item is one message naming its position."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs["metadata"] = {"uniqueItems": True, **kwargs.get("metadata", {})}
+        super().__init__(ma.fields.String(validate=validate.OneOf(SOURCES)),
+                         validate=validate.Length(min=1, max=len(SOURCES)), **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[Any]:
+        if not isinstance(value, (list, tuple)):
+            raise self.make_error("invalid")
+        problems: list[str] = []
+        seen: set[str] = set()
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                problems.append(f"item {index}: not a string")
+            elif item not in SOURCES:
+                problems.append(f"item {index}: unknown source; must be one of: "
+                                f"{', '.join(SOURCES)}")
+            elif item in seen:
+                problems.append(f"item {index}: {item} is already listed")
+            else:
+                seen.add(item)
+        if problems:
+            raise ma.ValidationError(problems)
+        return list(value)
+
+
+class JobRequestSchema(ArgsSchema):
     """POST /jobs body: which sources to run (default: all configured)."""
 
     class Meta:
         unknown = ma.RAISE
 
-    sources = ma.fields.List(
-        ma.fields.String(validate=validate.OneOf(SOURCES)),
-        validate=validate.Length(min=1, max=len(SOURCES)),
-    )
-
-    @ma.validates("sources")
-    def _unique(self, value: list[str], **_: Any) -> None:
-        if len(set(value)) != len(value):
-            raise ma.ValidationError("sources must not repeat")
+    sources = SourceNames(metadata={"description": "Distinct source names"})
 
 
-class JobHeadersSchema(ma.Schema):
+class JobHeadersSchema(ArgsSchema):
     """POST /jobs headers: an optional Idempotency-Key."""
 
     idempotency_key = ma.fields.String(
@@ -351,7 +415,7 @@ class JobAcceptedSchema(ma.Schema):
 
 
 class RunCountersSchema(ma.Schema):
-    """The counters of a run (shared.queries.RUN_COUNTERS), as values or as differences."""
+    """The counters of a run (shared.run_compare.RUN_COUNTERS), as values or as differences."""
 
     fetched = ma.fields.Integer(required=True)
     inserted = ma.fields.Integer(required=True)
@@ -372,7 +436,7 @@ class RunSchema(RunCountersSchema):
     source = ma.fields.String(required=True)
     status = ma.fields.String(required=True, validate=validate.OneOf(RUN_STATUSES))
     celery_task_id = ma.fields.String(allow_none=True)
-    error = ma.fields.String(allow_none=True)
+    error = SafeErrorText(allow_none=True)
     created_at = ma.fields.DateTime(format="iso", required=True)
     started_at = ma.fields.DateTime(format="iso", allow_none=True)
     finished_at = ma.fields.DateTime(format="iso", allow_none=True)
@@ -410,8 +474,15 @@ class RunComparisonSchema(ma.Schema):
     a = ma.fields.Nested(RunSchema, required=True)
     b = ma.fields.Nested(RunSchema, required=True)
     same_source = ma.fields.Boolean(required=True)
+    same_job = ma.fields.Boolean(required=True,
+                                 metadata={"description": "a and b belong to one job"})
+    job_a = ma.fields.Integer(required=True)
+    job_b = ma.fields.Integer(required=True)
     difference = ma.fields.Nested(RunDifferenceSchema, required=True)
-    per_source = ma.fields.List(ma.fields.Nested(SourceComparisonSchema), required=True)
+    per_source = ma.fields.List(
+        ma.fields.Nested(SourceComparisonSchema), required=True,
+        metadata={"description": "Each source's run in job_a against the same source's run "
+                                 "in job_b; empty when both runs belong to one job"})
 
 
 class JobSchema(ma.Schema):
@@ -421,11 +492,17 @@ class JobSchema(ma.Schema):
     status = ma.fields.String(required=True, validate=validate.OneOf(RUN_STATUSES))
     sources = ma.fields.List(ma.fields.String(), required=True)
     trigger = ma.fields.String(required=True)
-    error = ma.fields.String(allow_none=True)
+    error = SafeErrorText(allow_none=True)
     created_at = ma.fields.DateTime(format="iso", required=True)
     started_at = ma.fields.DateTime(format="iso", allow_none=True)
     finished_at = ma.fields.DateTime(format="iso", allow_none=True)
     runs = ma.fields.List(ma.fields.Nested(RunSchema), required=True)
+
+
+class JobsEnvelopeSchema(EnvelopeSchema):
+    """GET /jobs."""
+
+    data = ma.fields.List(ma.fields.Nested(JobSchema), required=True)
 
 
 class RunRefSchema(ma.Schema):
@@ -434,7 +511,7 @@ class RunRefSchema(ma.Schema):
     run_id = ma.fields.Integer(required=True)
     status = ma.fields.String(required=True)
     finished_at = ma.fields.DateTime(format="iso", required=True)
-    error = ma.fields.String(allow_none=True)
+    error = SafeErrorText(allow_none=True)
 
 
 def _counts() -> ma.fields.Dict:
@@ -496,7 +573,10 @@ class StatsSchema(ma.Schema):
     records = ma.fields.Dict(
         keys=ma.fields.String(),
         values=ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Integer()),
-        required=True, metadata={"description": "layer -> source -> rows"})
+        required=True, metadata={"description": "layer -> source -> count (see `layers`)"})
+    layers = ma.fields.Dict(
+        keys=ma.fields.String(), values=ma.fields.String(), required=True,
+        metadata={"description": "layer -> what it counts, per source and in `totals`"})
     runs_by_status = _counts()
     sources = ma.fields.List(ma.fields.Nested(SourceStatsSchema), required=True)
     checkpoints = ma.fields.List(ma.fields.Nested(CheckpointSchema), required=True)
@@ -508,7 +588,7 @@ class CheckSchema(ma.Schema):
 
     ok = ma.fields.Boolean(required=True)
     latency_ms = ma.fields.Float()
-    error = ma.fields.String()
+    error = SafeErrorText()
 
 
 class WorkersCheckSchema(CheckSchema):

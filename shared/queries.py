@@ -25,7 +25,7 @@ from sqlalchemy import (
     text,
     tuple_,
 )
-from sqlalchemy.orm import InstrumentedAttribute, Session, selectinload
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from shared.config import SOURCES
 from shared.errors import NotFound
@@ -33,7 +33,6 @@ from shared.models import (
     Asset,
     AssetSourceId,
     CurrentQuote,
-    Job,
     Quote,
     LINE_SOURCES,
     RAW_LINE_ID_BITS,
@@ -78,7 +77,7 @@ class DataFilters:
     """Filters of the current-records listing (all optional, combined with AND)."""
 
     source: str | None = None
-    symbol: str | None = None
+    symbols: tuple[str, ...] = ()
     assets: tuple[str, ...] = ()
     q: str | None = None
     since: datetime | None = None
@@ -266,8 +265,13 @@ def _data_conditions(filters: DataFilters) -> list[ColumnElement[bool]]:
     conditions: list[ColumnElement[bool]] = []
     if filters.source:
         conditions.append(CurrentQuote.source == filters.source)
-    if filters.symbol:
-        conditions.append(CurrentQuote.symbol == filters.symbol.strip().upper())
+    symbols = sorted({s.strip().upper() for s in filters.symbols if s.strip()})
+    if len(symbols) == 1:
+        conditions.append(CurrentQuote.symbol == symbols[0])
+    elif symbols:
+        conditions.append(CurrentQuote.symbol.in_(symbols))
+    elif filters.symbols:  # only blank symbols: nothing can match
+        conditions.append(CurrentQuote.symbol.is_(None))
     if filters.assets:
         ids, slugs = _split_asset_refs(filters.assets)
         matches: list[ColumnElement[bool]] = []
@@ -717,44 +721,3 @@ def get_run(session: Session, run_id: int) -> Run:
         raise NotFound(f"run {run_id} not found")
     return run
 
-
-RUN_COUNTERS: tuple[str, ...] = (
-    "fetched", "inserted", "unchanged", "rejected", "raw_inserted", "http_requests",
-    "http_retries", "rate_limit_waits", "attempts",
-)
-
-
-def run_duration_ms(run: Run) -> float | None:
-    """How long the run took, in milliseconds (None until it started and finished)."""
-    if run.started_at and run.finished_at:
-        return round((run.finished_at - run.started_at).total_seconds() * 1000, 1)
-    return None
-
-
-def _run_difference(a: Run, b: Run) -> dict[str, Any]:
-    """b minus a, counter by counter, plus the duration change."""
-    diff: dict[str, Any] = {name: int(getattr(b, name)) - int(getattr(a, name))
-                            for name in RUN_COUNTERS}
-    da, db = run_duration_ms(a), run_duration_ms(b)
-    diff["duration_ms"] = round(db - da, 1) if da is not None and db is not None else None
-    return diff
-
-
-def compare_runs(session: Session, a_id: int, b_id: int) -> dict[str, Any]:
-    """Compare run `a` with run `b` and, source by source, the jobs they belong to."""
-    a, b = get_run(session, a_id), get_run(session, b_id)
-    jobs = {j.id: j for j in session.scalars(
-        select(Job).options(selectinload(Job.runs)).where(Job.id.in_({a.job_id, b.job_id})))}
-    runs_a = {r.source: r for r in jobs[a.job_id].runs}
-    runs_b = {r.source: r for r in jobs[b.job_id].runs}
-    per_source = []
-    for source in sorted(set(runs_a) | set(runs_b)):
-        ra, rb = runs_a.get(source), runs_b.get(source)
-        per_source.append({
-            "source": source, "a": ra, "b": rb,
-            "difference": _run_difference(ra, rb) if ra is not None and rb is not None else None,
-        })
-    return {
-        "a": a, "b": b, "same_source": a.source == b.source,
-        "difference": _run_difference(a, b), "per_source": per_source,
-    }

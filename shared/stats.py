@@ -23,7 +23,18 @@ from shared.models import (
     Run,
 )
 
-LAYERS: tuple[str, ...] = ("raw", "quotes", "current", "assets", "rejected")
+LAYERS: tuple[str, ...] = ("raw", "quotes", "current", "assets", "source_ids", "rejected")
+# What each layer counts, per source and in `totals` (served with the figures).
+LAYER_MEANINGS: dict[str, str] = {
+    "raw": "raw records as received: API items plus CSV lines; totals: their sum",
+    "quotes": "rows of the quote time series; totals: their sum",
+    "current": "current records (newest quote per asset and source); totals: their sum",
+    "assets": "distinct canonical assets with an id at the source; totals: canonical assets "
+              "(each once, however many sources know it, so not the sum)",
+    "source_ids": "the source's own asset ids mapped to canonical assets (several ids can map "
+                  "to one asset, e.g. one coin in two CSV formats); totals: their sum",
+    "rejected": "rejected records; totals: their sum",
+}
 CHECKPOINT_LIMIT = 500
 TOP_REJECT_REASONS = 10
 RECENT_DRIFT_EVENTS = 20
@@ -48,8 +59,10 @@ _TOP_REASONS_SQL = text(
 )
 
 
-def _counts_by_source(session: Session, column: Any) -> dict[str, int]:
-    rows = session.execute(select(column, func.count()).group_by(column)).all()
+def _counts_by_source(session: Session, column: Any, counted: Any = None) -> dict[str, int]:
+    """Rows per source, or distinct values of `counted` per source."""
+    measure = func.count() if counted is None else func.count(func.distinct(counted))
+    rows = session.execute(select(column, measure).group_by(column)).all()
     return {str(source): int(n) for source, n in rows}
 
 
@@ -66,12 +79,13 @@ def _raw_counts(session: Session) -> dict[str, int]:
 
 
 def records_by_layer(session: Session) -> dict[str, dict[str, int]]:
-    """Rows per source in every layer: raw, quotes, current, asset ids, rejected."""
+    """Per source, every layer of LAYERS (see LAYER_MEANINGS for what each counts)."""
     return {
         "raw": _raw_counts(session),
         "quotes": _counts_by_source(session, Quote.source),
         "current": _counts_by_source(session, CurrentQuote.source),
-        "assets": _counts_by_source(session, AssetSourceId.source),
+        "assets": _counts_by_source(session, AssetSourceId.source, AssetSourceId.asset_id),
+        "source_ids": _counts_by_source(session, AssetSourceId.source),
         "rejected": _counts_by_source(session, RejectedRecord.source),
     }
 
@@ -153,6 +167,7 @@ def collect_stats(session: Session) -> dict[str, Any]:
             "runs": sum(runs_by_status.values()),
         },
         "records": layers,
+        "layers": LAYER_MEANINGS,
         "runs_by_status": runs_by_status,
         "sources": per_source,
         "checkpoints": checkpoints,

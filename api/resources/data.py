@@ -7,11 +7,12 @@ from typing import Any, Callable
 from flask import current_app, request
 from flask.blueprints import BlueprintSetupState
 from flask.views import MethodView
-from flask_smorest import Blueprint
+from flask_smorest import Blueprint, abort
 
 from api.db import current_data_version, get_engine, get_session
 from api.envelope import body_template, envelope, page_window, paged, template_response
 from api.schemas import (
+    HISTORY_MAX_RANGE,
     AssetDetailSchema,
     DataArgsSchema,
     DataEnvelopeSchema,
@@ -20,6 +21,7 @@ from api.schemas import (
     HistoryEnvelopeSchema,
     quote_record,
 )
+from shared.history_range import open_start_span
 from shared.queries import (
     DataFilters,
     VersionedCache,
@@ -81,12 +83,12 @@ class DataList(MethodView):
     def get(self, args: dict[str, Any]) -> Any:
         """List the current record per asset and source
 
-        Filter by `source`, `symbol`, `asset` (ids or slugs), `q` (name/symbol substring) and
-        `since`/`until` (observed_at); sort with `sort`; page with `page`/`page_size`, or pass
-        `pagination.next_cursor` as `cursor` for stable deep paging.
+        Filter by `source`, `symbol` and `asset` (comma lists; assets by id or slug), `q`
+        (name/symbol substring) and `since`/`until` (observed_at); sort with `sort`; page with
+        `page`/`page_size`, or pass `pagination.next_cursor` as `cursor` for stable deep paging.
         """
         filters = DataFilters(
-            source=args.get("source"), symbol=args.get("symbol"),
+            source=args.get("source"), symbols=tuple(args.get("symbol") or ()),
             assets=tuple(args.get("asset") or ()), q=args.get("q"),
             since=args.get("since"), until=args.get("until"),
         )
@@ -134,9 +136,17 @@ class DataHistory(MethodView):
     def get(self, args: dict[str, Any], asset: str) -> dict[str, Any]:
         """List an asset's quotes, newest first
 
-        Filter by `source` and `since`/`until` (at most 366 days apart); page with
+        Filter by `source` and `since`/`until` (at most 366 days apart; an open `until`
+        counts as now, an open `since` as the asset's first quote); page with
         `page`/`page_size` or `cursor`.
         """
+        if args.get("until") and not args.get("since"):
+            span = open_start_span(get_session(), asset, args.get("source"), args["until"])
+            if span is not None and span > HISTORY_MAX_RANGE:
+                abort(422, errors={"query": {"until": [
+                    f"until must be at most {HISTORY_MAX_RANGE.days} days after the asset's "
+                    "first quote when since is not given (an open since counts as the first "
+                    "quote)"]}})
         page = asset_history(
             get_session(), asset, source=args.get("source"), since=args.get("since"),
             until=args.get("until"), **page_window(args),

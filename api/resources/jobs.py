@@ -1,4 +1,4 @@
-"""POST /jobs (queue an ETL job) and GET /jobs/<id> (its progress)."""
+"""POST /jobs (queue an ETL job), GET /jobs (list them) and GET /jobs/<id> (its progress)."""
 from __future__ import annotations
 
 import logging
@@ -11,24 +11,43 @@ from flask_smorest import Blueprint, abort
 from api.auth import require_token
 from api.broker import get_celery
 from api.db import get_session
+from api.envelope import page_window, paged
+from api.json_body import JsonBodyParser
 from api.schemas import (
     ErrorSchema,
     JobAcceptedSchema,
     JobHeadersSchema,
     JobRequestSchema,
+    JobsArgsSchema,
     JobSchema,
+    JobsEnvelopeSchema,
 )
 from shared.errors import NotFound
+from shared.job_queries import list_jobs
 from shared.jobs import create_job, enqueue_job, fail_unsent_job, load_job
 
 log = logging.getLogger(__name__)
 
 blp = Blueprint("jobs", __name__, url_prefix="/jobs", description="ETL jobs")
+# A body sent as anything but JSON is a 415, and a deeply nested one a 400 (not ignored/500).
+blp.ARGUMENTS_PARSER = JsonBodyParser()
 
 
 @blp.route("")
 class Jobs(MethodView):
-    """Queue jobs."""
+    """List and queue jobs."""
+
+    @blp.arguments(JobsArgsSchema, location="query")
+    @blp.response(200, JobsEnvelopeSchema)
+    def get(self, args: dict[str, Any]) -> dict[str, Any]:
+        """List jobs with their runs, newest first
+
+        Filter by `status`, `trigger` (`api`, `beat`, `cli`) and `since`/`until` (created_at);
+        page with `page`/`page_size` or `cursor`.
+        """
+        page = list_jobs(get_session(), status=args.get("status"), trigger=args.get("trigger"),
+                         since=args.get("since"), until=args.get("until"), **page_window(args))
+        return paged(page, args)
 
     @blp.doc(security=[{"bearerAuth": []}])
     @require_token
@@ -38,8 +57,10 @@ class Jobs(MethodView):
     @blp.alt_response(200, schema=JobAcceptedSchema, success=True,
                       description="Replay of an earlier request with the same Idempotency-Key")
     @blp.alt_response(401, schema=ErrorSchema, description="Missing bearer token")
+    @blp.alt_response(400, schema=ErrorSchema, description="Body is not valid JSON or too deep")
     @blp.alt_response(403, schema=ErrorSchema, description="Wrong bearer token")
     @blp.alt_response(413, schema=ErrorSchema, description="Body too large")
+    @blp.alt_response(415, schema=ErrorSchema, description="Body sent as another type than JSON")
     @blp.alt_response(429, schema=ErrorSchema, description="Too many jobs requested")
     @blp.alt_response(503, schema=ErrorSchema, description="Broker unavailable")
     def post(self, body: dict[str, Any] | None, headers: dict[str, Any]) -> Any:

@@ -16,7 +16,8 @@ from api.schemas import (
     RunsEnvelopeSchema,
     RunSchema,
 )
-from shared.queries import compare_runs, get_run, list_runs
+from shared.queries import get_run, list_runs
+from shared.run_compare import compare_runs
 
 blp = Blueprint("runs", __name__, url_prefix="/runs", description="ETL runs")
 
@@ -51,7 +52,8 @@ class RunCompare(MethodView):
     def get(self, args: dict[str, Any]) -> Any:
         """Compare run `a` with run `b`: counts, durations, and per source across their jobs
 
-        Differences are b minus a.
+        Differences are b minus a. `per_source` pairs each source's run in a's job with the
+        same source's run in b's job (empty when a and b belong to one job).
         """
         return compare_runs(get_session(), args["a"], args["b"])
 

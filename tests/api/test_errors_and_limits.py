@@ -99,32 +99,102 @@ def test_post_jobs_is_rate_limited_with_retry_after(
     clean_db: Engine, settings: Settings, auth_headers: dict[str, str]
 ) -> None:
     client = _app(settings, RATELIMIT_JOBS="2/minute").test_client()
-    # The limit applies before authentication: guessing tokens costs quota too.
-    wrong = {"Authorization": "Bearer wrong"}
     for _ in range(2):
-        assert client.post("/jobs", json={"sources": ["csv"]}, headers=wrong).status_code == 403
+        assert client.post("/jobs", json={"sources": ["csv"]},
+                           headers=auth_headers).status_code == 202
     response = client.post("/jobs", json={"sources": ["csv"]}, headers=auth_headers)
     body = _assert_error(response, 429)
     assert 0 < int(response.headers["Retry-After"]) <= 60
+    assert response.headers["X-RateLimit-Limit"] == "2"
     assert "rate limit" in body["message"]
-    assert count(clean_db, "jobs") == 0
+    assert count(clean_db, "jobs") == 2
     # Reads have their own quota.
-    assert client.get("/jobs/1").status_code == 404
+    assert client.get("/jobs/1").status_code == 200
+
+
+def test_refused_tokens_have_a_quota_of_their_own(
+    clean_db: Engine, settings: Settings, auth_headers: dict[str, str]
+) -> None:
+    client = _app(settings, RATELIMIT_JOBS="2/minute", RATELIMIT_AUTH_FAIL="3/minute"
+                  ).test_client()
+    wrong = {"Authorization": "Bearer wrong"}
+    # A client guessing tokens (or sending none) does not use up the operator's job quota...
+    for headers, code in ((wrong, 403), ({}, 401), (wrong, 403)):
+        response = client.post("/jobs", json={"sources": ["csv"]}, headers=headers)
+        assert response.status_code == code
+        assert response.headers["X-RateLimit-Limit"] == "3"
+    # ...but once its own is used up, even the right token is refused before any comparison:
+    # guessing cannot go faster than the quota, and a 429 tells nothing about the guess.
+    for headers in (wrong, auth_headers):
+        limited = client.post("/jobs", json={"sources": ["csv"]}, headers=headers)
+        _assert_error(limited, 429)
+        assert int(limited.headers["Retry-After"]) > 0
+    assert count(clean_db, "jobs") == 0
+    # The operator at another address is unaffected and still has both of its jobs.
+    operator = {"REMOTE_ADDR": "10.9.8.7"}
+    for _ in range(2):
+        assert client.post("/jobs", json={"sources": ["csv"]}, headers=auth_headers,
+                           environ_base=operator).status_code == 202
+    assert client.post("/jobs", json={"sources": ["csv"]}, headers=auth_headers,
+                       environ_base=operator).status_code == 429
+    assert count(clean_db, "jobs") == 2
+
+
+def test_quotas_come_from_the_environment(
+    clean_db: Engine, base_env: dict[str, str], csv_dir: Any, auth_headers: dict[str, str]
+) -> None:
+    from shared.config import ConfigError, load_settings
+
+    env = {**base_env, "CSV_DIR": str(csv_dir), "API_READ_RATE_LIMIT": "2/minute",
+           "API_JOBS_RATE_LIMIT": "1 per 1 minute", "API_AUTH_FAIL_RATE_LIMIT": "1/hour"}
+    configured = load_settings(env)
+    assert (configured.api_read_rate_limit, configured.api_jobs_rate_limit,
+            configured.api_auth_fail_rate_limit) == ("2/minute", "1 per 1 minute", "1/hour")
+    client = _app(configured).test_client()
+    assert [client.get("/stats").status_code for _ in range(3)] == [200, 200, 429]
+    assert client.post("/jobs", json={"sources": ["csv"]}, headers=auth_headers).status_code == 202
+    assert client.post("/jobs", json={"sources": ["csv"]}, headers=auth_headers).status_code == 429
+    other = {"REMOTE_ADDR": "10.1.1.1"}
+    assert client.post("/jobs", json={}, environ_base=other).status_code == 401
+    limited = client.post("/jobs", json={}, environ_base=other)
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) > 60
+    # Defaults, and a value that is not a quota names its variable.
+    defaults = load_settings(base_env)
+    assert (defaults.api_read_rate_limit, defaults.api_jobs_rate_limit,
+            defaults.api_auth_fail_rate_limit) == ("600/minute", "10/minute", "20/minute")
+    for name in ("API_READ_RATE_LIMIT", "API_JOBS_RATE_LIMIT", "API_AUTH_FAIL_RATE_LIMIT"):
+        with pytest.raises(ConfigError, match=name):
+            load_settings({**base_env, name: "lots"})
 
 
 def test_reads_share_one_quota_per_client(clean_db: Engine, settings: Settings) -> None:
-    client = _app(settings, RATELIMIT_READS="4/minute").test_client()
-    for path in ("/data", "/runs", "/stats", "/raw/csv"):
+    client = _app(settings, RATELIMIT_READS="6/minute").test_client()
+    for path in ("/data", "/runs", "/stats", "/raw/csv", "/jobs", "/health/ready"):
         response = client.get(path)
-        assert response.status_code == 200
+        assert response.status_code == 200, path
         assert "Retry-After" not in response.headers
-        assert response.headers["X-RateLimit-Limit"] == "4"
+        assert response.headers["X-RateLimit-Limit"] == "6"
     limited = client.get("/data/1")
     _assert_error(limited, 429)
     assert int(limited.headers["Retry-After"]) > 0
-    # Another client address has its own quota; docs and health are never limited.
+    # Another client address has its own quota; docs and the liveness probe are never limited.
     assert client.get("/data", environ_base={"REMOTE_ADDR": "10.1.2.3"}).status_code == 200
     assert client.get("/openapi.json").status_code == 200
+    assert all(client.get("/health/live").status_code == 200 for _ in range(20))
+
+
+@pytest.mark.parametrize("path", [
+    "/health", "/health/ready", "/metrics", "/data/bitcoin/history", "/raw/csv", "/runs",
+    "/stats", "/jobs", "/runs/compare?a=1&b=2"])
+def test_every_endpoint_that_does_work_is_limited(
+    clean_db: Engine, settings: Settings, path: str
+) -> None:
+    client = _app(settings, RATELIMIT_READS="2/minute").test_client()
+    for _ in range(2):
+        assert client.get(path).status_code != 429
+    limited = client.get(path)
+    assert limited.status_code == 429, path
+    assert int(limited.headers["Retry-After"]) > 0
     assert client.get("/health/live").status_code == 200
 
 

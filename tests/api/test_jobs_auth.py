@@ -61,15 +61,92 @@ def test_query_string_token_refused_even_when_correct(
 @pytest.mark.parametrize(
     ("body", "field"),
     [({"sources": ["nope"]}, "sources"), ({"sources": []}, "sources"),
-     ({"sources": ["csv", "csv"]}, "sources"), ({"extra": 1}, "extra")],
+     ({"sources": ["csv", "csv"]}, "sources"), ({"extra": 1}, "extra"),
+     # Found by schemathesis' fuzzing phase: a repeat next to an unknown name was a 500.
+     ({"sources": ["csv", "csv", "__not_in_enum__"]}, "sources"),
+     ({"sources": ["csv", 7, None]}, "sources"), ({"sources": "csv"}, "sources"),
+     ({"sources": ["csv"] * 4}, "sources"), ({"sources": [["csv"]]}, "sources")],
 )
 def test_bad_body_is_422_naming_the_field(
-    clean_db: Any, client: Any, auth_headers: dict[str, str], body: dict[str, Any], field: str
+    clean_db: Any, client: Any, auth_headers: dict[str, str], redis_url: str,
+    body: dict[str, Any], field: str
 ) -> None:
     response = client.post("/jobs", json=body, headers=auth_headers)
-    assert response.status_code == 422
-    assert field in response.get_json()["errors"]["json"]
+    assert response.status_code == 422, response.get_data(as_text=True)
+    errors = response.get_json()["errors"]["json"]
+    assert field in errors
+    # Every message is a plain string: no index-keyed dicts (their mixed keys broke encoding).
+    assert all(isinstance(m, str) for m in errors[field])
     assert count(clean_db, "jobs") == 0
+    assert _queued_messages(redis_url) == 0
+
+
+def test_repeated_and_unknown_sources_are_each_named(
+    clean_db: Any, client: Any, auth_headers: dict[str, str]
+) -> None:
+    response = client.post("/jobs", json={"sources": ["csv", "csv", "__not_in_enum__"]},
+                           headers=auth_headers)
+    assert response.status_code == 422
+    assert response.get_json()["errors"] == {"json": {"sources": [
+        "item 1: csv is already listed",
+        "item 2: unknown source; must be one of: coingecko, coinpaprika, csv"]}}
+
+
+@pytest.mark.parametrize("content_type", [
+    "text/plain", "application/x-www-form-urlencoded", "application/xml", None])
+def test_a_body_that_is_not_json_is_415(
+    clean_db: Any, client: Any, auth_headers: dict[str, str], redis_url: str,
+    content_type: str | None
+) -> None:
+    headers = {**auth_headers, **({"Content-Type": content_type} if content_type else {})}
+    response = client.post("/jobs", data='{"sources":["csv"]}', headers=headers)
+    assert response.status_code == 415, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["code"] == 415
+    assert "Content-Type" in body["errors"]["headers"]
+    # Nothing was queued, let alone a job for every source.
+    assert count(clean_db, "jobs") == 0
+    assert _queued_messages(redis_url) == 0
+
+
+def test_json_variants_and_an_empty_body_are_accepted(
+    clean_db: Any, client: Any, auth_headers: dict[str, str]
+) -> None:
+    one = client.post("/jobs", data='{"sources":["csv"]}',
+                      headers={**auth_headers, "Content-Type": "application/json; charset=utf-8"})
+    assert one.status_code == 202 and one.get_json()["sources"] == ["csv"]
+    # No body at all still means every configured source.
+    empty = client.post("/jobs", headers=auth_headers)
+    assert empty.status_code == 202
+    assert sorted(empty.get_json()["sources"]) == ["coingecko", "coinpaprika", "csv"]
+
+
+@pytest.mark.parametrize("body", [
+    "[" * 20_000 + "]" * 20_000,
+    '{"sources": ' + "[" * 20_000 + "]" * 20_000 + "}",
+    '{"a":' * 5_000 + "1" + "}" * 5_000,
+    "[" * 33 + "]" * 33,
+])
+def test_deeply_nested_json_is_400_not_500(
+    clean_db: Any, client: Any, auth_headers: dict[str, str], body: str
+) -> None:
+    response = client.post("/jobs", data=body,
+                           headers={**auth_headers, "Content-Type": "application/json"})
+    assert response.status_code == 400, response.get_data(as_text=True)[:300]
+    assert "nested deeper than 32 levels" in response.get_json()["errors"]["json"][0]
+    assert count(clean_db, "jobs") == 0
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting(
+    clean_db: Any, client: Any, auth_headers: dict[str, str]
+) -> None:
+    # The note ends in an escaped quote and an escaped backslash: `[{ ... \" \\`.
+    body = '{"sources": ["csv"], "note": "' + "[{" * 100 + r'\" \\"}'
+    response = client.post("/jobs", data=body,
+                           headers={**auth_headers, "Content-Type": "application/json"})
+    # Shallow JSON: it reaches the schema, which names the unknown field.
+    assert response.status_code == 422, response.get_data(as_text=True)
+    assert "note" in response.get_json()["errors"]["json"]
 
 
 def test_accepted_job_is_committed_then_queued(

@@ -122,6 +122,20 @@ def test_runs_compare_counts_durations_and_sources(
     assert _get(client, f"/runs/compare?a={first['id']}&b=999999", 404)["code"] == 404
 
 
+def test_runs_compare_within_one_job_does_not_compare_runs_with_themselves(
+    clean_db: Engine, client: Any, api_settings: Settings, csv_dir: Path
+) -> None:
+    only_file(csv_dir, "coins.csv", HEADER + coins_csv(1, 3))
+    job = run_sources(clean_db, api_settings, ["coingecko", "csv"])
+    a, b = job["runs"]
+    body = _get(client, f"/runs/compare?a={a['id']}&b={b['id']}")
+    assert body["same_job"] is True and body["job_a"] == body["job_b"] == job["id"]
+    assert body["same_source"] is False
+    # Before: per_source paired the job with itself, every run with itself (all zeros).
+    assert body["per_source"] == []
+    assert body["difference"]["inserted"] == b["inserted"] - a["inserted"] != 0
+
+
 def test_runs_compare_across_jobs_per_source(
     clean_db: Engine, client: Any, api_settings: Settings, csv_dir: Path
 ) -> None:
@@ -131,8 +145,16 @@ def test_runs_compare_across_jobs_per_source(
     a = next(r for r in one["runs"] if r["source"] == "coingecko")
     b = next(r for r in two["runs"] if r["source"] == "coingecko")
     body = _get(client, f"/runs/compare?a={a['id']}&b={b['id']}")
+    assert body["same_job"] is False
+    assert (body["job_a"], body["job_b"]) == (one["id"], two["id"])
     per_source = {row["source"]: row for row in body["per_source"]}
     assert set(per_source) == {"coingecko", "coinpaprika", "csv"}
+    # Each pair is the same source, one run from each job.
+    for row in body["per_source"]:
+        for side, job in (("a", one), ("b", two)):
+            if row[side] is not None:
+                assert row[side]["source"] == row["source"]
+                assert row[side]["job_id"] == job["id"]
     # Nothing new upstream: the second CoinGecko run inserts nothing.
     assert per_source["coingecko"]["difference"]["inserted"] == -250
     assert per_source["csv"]["b"] is None and per_source["csv"]["difference"] is None
@@ -146,12 +168,21 @@ def test_stats_layers_runs_outcomes_and_checkpoints(
 ) -> None:
     stats = _get(client, "/stats")
     for layer, table in (("raw", ALL_RAW), ("quotes", "quotes"),
-                         ("current", "current_quotes"), ("assets", "asset_source_ids"),
+                         ("current", "current_quotes"), ("source_ids", "asset_source_ids"),
                          ("rejected", "rejected_records")):
         for source in ("coingecko", "coinpaprika", "csv"):
             expected = count(clean_db, table, "source = :s", s=source)
             assert stats["records"][layer].get(source, 0) == expected, (layer, source)
+        # Additive layers: the total is the sum over sources.
+        assert stats["totals"][layer] == sum(stats["records"][layer].values()), layer
+    for source in ("coingecko", "coinpaprika", "csv"):
+        distinct = count(clean_db, "(SELECT DISTINCT asset_id FROM asset_source_ids "
+                         "WHERE source = :s) AS ids", s=source)
+        assert stats["records"]["assets"][source] == distinct
+        # No source knows more canonical assets than exist.
+        assert stats["records"]["assets"][source] <= stats["totals"]["assets"]
     assert stats["totals"]["assets"] == count(clean_db, "assets")
+    assert set(stats["layers"]) == set(stats["records"]) == set(stats["totals"]) - {"runs"}
     assert stats["totals"]["quotes"] == count(clean_db, "quotes") == 9416
     assert stats["runs_by_status"]["succeeded"] == 3 and stats["totals"]["runs"] == 3
     by_source = {s["source"]: s for s in stats["sources"]}
@@ -182,6 +213,23 @@ def test_stats_layers_runs_outcomes_and_checkpoints(
     assert csv_stats["records"]["rejected"] == 2
     assert csv_stats["top_reject_reasons"] == [
         {"reason": "expected 10 columns, got 2", "count": 2}]
+
+
+def test_stats_asset_counts_agree_for_one_coin_in_three_csv_formats(
+    clean_db: Engine, client: Any, settings: Settings
+) -> None:
+    """The BTC files of data/ (Kaggle, CoinGecko and CoinMarketCap exports) give the csv
+    source two ids of one coin (the issue's `records.assets.csv=2` against
+    `totals.assets=1`): `assets` now says 1 per source and in total, `source_ids` says 2."""
+    assert run_csv(clean_db, settings)["status"] == "succeeded"
+    stats = _get(client, "/stats")
+    assert count(clean_db, "assets") == 1
+    assert stats["records"]["source_ids"]["csv"] == count(clean_db, "asset_source_ids") == 2
+    assert stats["totals"]["source_ids"] == 2
+    assert stats["records"]["assets"]["csv"] == stats["totals"]["assets"] == 1
+    csv_entry = {s["source"]: s for s in stats["sources"]}["csv"]
+    assert csv_entry["records"]["assets"] == 1 and csv_entry["records"]["source_ids"] == 2
+    assert "not the sum" in stats["layers"]["assets"]
 
 
 def test_stats_surface_schema_drift(
