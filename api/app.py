@@ -16,6 +16,7 @@ from api.errors import JsonErrorsApi, init_error_handlers
 from api.extensions import migrate
 from api.limits import init_limits, ratelimit_defaults
 from api.resources import docs_assets, index
+from api.security import init_security_headers
 from shared.config import Settings, get_settings
 from shared.logging_setup import configure_logging
 from shared.queries import BIGINT_MAX
@@ -69,6 +70,7 @@ def create_app(
     init_db(app, settings.database_url)
     init_broker(app, settings)
     init_request_ids(app)
+    init_security_headers(app)
     migrate.init_app(app, db=None, directory=str(MIGRATIONS_DIR))
     app.url_map.converters["id"] = IdConverter
     # One Api per app: flask-smorest keeps the spec on the instance.
