@@ -1,6 +1,11 @@
 """Fault-suite harness: slow CSV jobs, real workers, and the invariants every case asserts."""
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -14,7 +19,8 @@ import redis
 from sqlalchemy import Engine, text
 
 from shared.publish import unpublished
-from tests.conftest import ALL_RAW, QUEUE_KEY, UNACKED_KEY, count, wait_for_job
+from scripts import stack
+from tests.conftest import ALL_RAW, QUEUE_KEY, ROOT, UNACKED_KEY, count, wait_for_job
 
 HEADER = "SNo,Name,Symbol,Date,High,Low,Open,Close,Volume,Marketcap\n"
 COINS, DAYS = 30, 120
@@ -218,3 +224,21 @@ def fault_worker(worker_factory: Any, csv_dir: Path) -> Callable[..., Any]:
                               **kwargs)
 
     return start
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[tuple[Path, str]]:
+    """A PostgreSQL of this test's own (embedded binaries), migrated; yields (var_dir, url)."""
+    # Outside pytest's tmp root: each pytest session resets that root to 0700, which would lock
+    # the unprivileged PostgreSQL account out if another session starts meanwhile.
+    var_dir = Path(tempfile.mkdtemp(prefix="kasparro-faults-pg-"))
+    server_url, stop = stack.start_embedded_postgres(var_dir, port=0, database="faults")
+    stack.ensure_database(server_url)
+    subprocess.run([sys.executable, "-m", "flask", "--app", "api", "db", "upgrade"], cwd=ROOT,
+                   env={**os.environ, "DATABASE_URL": server_url}, check=True,
+                   capture_output=True)
+    try:
+        yield var_dir, server_url
+    finally:
+        stop()
+        shutil.rmtree(var_dir, ignore_errors=True)

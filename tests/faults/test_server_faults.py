@@ -6,11 +6,9 @@ the shared PostgreSQL/Redis of the machine.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,24 +23,6 @@ from tests.conftest import BROKER_PREFIX, ROOT, TEST_TOKEN, count
 from tests.faults.conftest import FAULT_ENV, ROWS, CheckpointWatcher, Fault
 
 pytestmark = pytest.mark.faults
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[tuple[Path, str]]:
-    """A PostgreSQL of this test's own (embedded binaries), migrated; yields (var_dir, url)."""
-    # Outside pytest's tmp root: each pytest session resets that root to 0700, which would lock
-    # the unprivileged PostgreSQL account out if another session starts meanwhile.
-    var_dir = Path(tempfile.mkdtemp(prefix="kasparro-faults-pg-"))
-    server_url, stop = stack.start_embedded_postgres(var_dir, port=0, database="faults")
-    stack.ensure_database(server_url)
-    subprocess.run([sys.executable, "-m", "flask", "--app", "api", "db", "upgrade"], cwd=ROOT,
-                   env={**os.environ, "DATABASE_URL": server_url}, check=True,
-                   capture_output=True)
-    try:
-        yield var_dir, server_url
-    finally:
-        stop()
-        shutil.rmtree(var_dir, ignore_errors=True)
 
 
 @pytest.fixture
