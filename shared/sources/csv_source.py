@@ -4,26 +4,35 @@ from __future__ import annotations
 import csv
 from array import array
 import hashlib
-import itertools
 import logging
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Iterator
 
+from shared.bounds import CELL_MAX_CHARS, NUMERIC_INTEGER_DIGITS, NUMERIC_SCALE, asset_text_problem
 from shared.config import Settings
-from shared.parsing import ValueParseError, parse_decimal, parse_timestamp
+from shared.parsing import ValueParseError
 from shared.records import (
     ASSET_SLOT,
     Batch,
     LineBlock,
-    ParsedQuote,
     QuoteBlock,
     Rejected,
     content_hash,
 )
 from shared.sources.base import RunContext
+from shared.sources.csv_formats import CsvFormat, detect_format, req_timestamp
+from shared.sources.csv_files import (
+    PIECE_BYTES,
+    CsvEntry,
+    FileProblem,
+    LineScanner,
+    list_entries,
+    open_entry,
+    preview,
+    storable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +42,17 @@ NAME = "csv"
 HEAD_BYTES = 64 * 1024
 TAIL_BYTES = 4 * 1024
 
-RowParser = Callable[[list[str], str, bytes], ParsedQuote]
-
 # The common Kaggle line, matched in one go: plain cells (no quoting, nothing COPY would have
 # to escape) and plain non-negative decimals. Such a line is turned into COPY text directly and
 # PostgreSQL parses its numbers, exactly as it parses str(Decimal); any other line (quoted
 # cells, signs, missing values, odd spellings) takes the general path with its reject reasons.
 # Possessive quantifiers: a cell never has to give characters back (a comma ends it), and not
-# backtracking makes the match ~30% cheaper, the largest Python cost per line.
+# backtracking makes the match ~30% cheaper, the largest Python cost per line. A number matches
+# only when the quote columns surely hold it (shared.bounds): its digits, shifted by a one-digit
+# exponent, stay within the bounds; any other number is checked exactly by the general path.
 _PLAIN = r'[^,"\\\t\r\n\x00]'
-_NUMBER = r"([0-9]{1,100}+(?:\.[0-9]{1,100}+)?+(?:[eE][-+]?[0-9]{1,4}+)?+)"
+_NUMBER = (rf"([0-9]{{1,{NUMERIC_INTEGER_DIGITS - 9}}}+(?:\.[0-9]{{1,{NUMERIC_SCALE - 9}}}+)?+"
+           r"(?:[eE][-+]?[0-9])?+)")
 _KAGGLE_FAST = re.compile(
     rf"{_PLAIN}*+,({_PLAIN}*+),({_PLAIN}*+),({_PLAIN}++)" + rf",{_NUMBER}" * 6 + r"\Z"
 )
@@ -51,135 +61,6 @@ _NULL4 = "\\N\t" * 4  # circulating_supply, total_supply, max_supply, rank
 FIRST_BATCH_ROWS = 2_000
 # Bounds the per-file caches of rendered dates and identities (a file has few of each).
 _CACHE_LIMIT = 100_000
-
-
-@dataclass(frozen=True)
-class CsvFormat:
-    """A CSV dialect we recognise by its header."""
-
-    name: str
-    delimiter: str
-    columns: int
-    parse: RowParser
-
-
-def _req_timestamp(value: str, field: str) -> Any:
-    if not value.strip():
-        raise ValueParseError(f"missing {field}")
-    return parse_timestamp(value)
-
-
-def _req_price(value: str, field: str) -> Any:
-    price = parse_decimal(value)
-    if price is None:
-        raise ValueParseError(f"missing {field}")
-    if price < 0:
-        raise ValueParseError(f"negative {field}: {value!r}")
-    return price
-
-
-def _kaggle_parser(_symbol: str | None) -> RowParser:
-    def parse(cells: list[str], _key: str, raw_hash: bytes) -> ParsedQuote:
-        _sno, name, symbol, date, high, low, open_, close, volume, mcap = cells
-        symbol = symbol.strip().upper()
-        name = name.strip()
-        if not symbol:
-            raise ValueParseError("missing Symbol")
-        return ParsedQuote(
-            source_asset_id=f"{symbol}:{name}" if name else symbol,
-            symbol=symbol,
-            name=name or None,
-            observed_at=_req_timestamp(date, "Date"),
-            raw_hash=raw_hash,
-            price_usd=_req_price(close, "Close"),
-            close_usd=parse_decimal(close),
-            open_usd=parse_decimal(open_),
-            high_usd=parse_decimal(high),
-            low_usd=parse_decimal(low),
-            volume_24h_usd=parse_decimal(volume),
-            market_cap_usd=parse_decimal(mcap),
-        )
-
-    return parse
-
-
-def _coingecko_export_parser(symbol: str | None) -> RowParser:
-    def parse(cells: list[str], _key: str, raw_hash: bytes) -> ParsedQuote:
-        if symbol is None:
-            raise ValueParseError("cannot tell the coin from the file name (want <symbol>-usd-max)")
-        snapped_at, price, mcap, volume = cells
-        return ParsedQuote(
-            source_asset_id=symbol,
-            symbol=symbol,
-            name=None,
-            observed_at=_req_timestamp(snapped_at, "snapped_at"),
-            raw_hash=raw_hash,
-            price_usd=_req_price(price, "price"),
-            market_cap_usd=parse_decimal(mcap),
-            volume_24h_usd=parse_decimal(volume),
-        )
-
-    return parse
-
-
-def _coinmarketcap_parser(symbol: str | None) -> RowParser:
-    def parse(cells: list[str], _key: str, raw_hash: bytes) -> ParsedQuote:
-        if symbol is None:
-            raise ValueParseError("cannot tell the coin from the file name")
-        (_t_open, t_close, _t_high, _t_low, _name, open_, high, low, close, volume, mcap,
-         supply, _ts) = cells
-        return ParsedQuote(
-            source_asset_id=symbol,
-            symbol=symbol,
-            name=None,
-            observed_at=_req_timestamp(t_close, "timeClose"),
-            raw_hash=raw_hash,
-            price_usd=_req_price(close, "close"),
-            close_usd=parse_decimal(close),
-            open_usd=parse_decimal(open_),
-            high_usd=parse_decimal(high),
-            low_usd=parse_decimal(low),
-            volume_24h_usd=parse_decimal(volume),
-            market_cap_usd=parse_decimal(mcap),
-            circulating_supply=parse_decimal(supply),
-        )
-
-    return parse
-
-
-_HEADERS: dict[str, tuple[str, str, Callable[[str | None], RowParser]]] = {
-    "sno,name,symbol,date,high,low,open,close,volume,marketcap": ("kaggle", ",", _kaggle_parser),
-    "snapped_at,price,market_cap,total_volume": (
-        "coingecko_export", ",", _coingecko_export_parser
-    ),
-    "timeopen;timeclose;timehigh;timelow;name;open;high;low;close;volume;marketcap;"
-    "circulatingsupply;timestamp": ("coinmarketcap_export", ";", _coinmarketcap_parser),
-}
-
-_FILE_SYMBOL_PATTERNS = (
-    re.compile(r"(?:^|[_\-.])([a-z0-9]{1,15})-usd-max", re.I),  # CoinGecko: btc-usd-max.csv
-    re.compile(r"export_([a-z0-9]{1,15})_", re.I),  # coinmarketcap_export_btc_...
-)
-
-
-def symbol_from_filename(path: Path) -> str | None:
-    """The coin symbol encoded in an export's file name, upper-cased, if there is one."""
-    for pattern in _FILE_SYMBOL_PATTERNS:
-        match = pattern.search(path.name)
-        if match:
-            return match.group(1).upper()
-    return None
-
-
-def detect_format(header_line: str, path: Path) -> CsvFormat | None:
-    """The format a header line announces, or None for a header we do not know."""
-    key = header_line.lstrip("\ufeff").strip().replace('"', "").lower()
-    key = re.sub(r"\s+", "", key)
-    entry = _HEADERS.get(key)
-    if entry is None:
-        return None
-    name, delimiter, factory = entry
-    return CsvFormat(name, delimiter, key.count(delimiter) + 1, factory(symbol_from_filename(path)))
 
 
 def _digest(handle: BinaryIO, start: int, length: int) -> str:
@@ -211,7 +92,13 @@ def resume_offset(handle: BinaryIO, size: int, checkpoint: dict[str, Any] | None
 
 
 class CsvSource:
-    """Reads historical price files; each batch is a run of lines and their end offset."""
+    """Reads historical price files; each batch is a run of lines and their end offset.
+
+    Files and lines are untrusted (shared.sources.csv_files): an entry that cannot be read
+    (not a regular file, a link, a bad name, vanished, unreadable) becomes one file-level
+    reject and the run goes on with the next file; `partial_reason` then says why the run is
+    partial. Every line that cannot be stored is a reject with file, line and reason.
+    """
 
     name = NAME
     # Batches depend only on the files and ctx.max_records, so the run may prepare the next
@@ -222,80 +109,109 @@ class CsvSource:
         self.directory = settings.csv_dir
         self.batch_rows = settings.csv_batch_rows
         self.aliases_file = settings.asset_aliases_file
+        # "<file>: <reason>" of every file this run could not read.
+        self.unreadable: list[str] = []
 
-    def files(self) -> list[Path]:
-        """The CSV files to read, in a stable order (the alias file is not data)."""
-        if not self.directory.is_dir():
-            return []
-        skip = self.aliases_file.resolve() if self.aliases_file else None
-        return sorted(p for p in self.directory.glob("*.csv") if p.resolve() != skip)
+    @property
+    def partial_reason(self) -> str | None:
+        """Why the run is partial (files it could not read, short and path-free), or None."""
+        if not self.unreadable:
+            return None
+        shown = "; ".join(self.unreadable[:5])
+        more = len(self.unreadable) - 5
+        return f"csv: {shown}" + (f"; and {more} more unreadable files" if more > 0 else "")
+
+    def files(self) -> list[CsvEntry]:
+        """The CSV entries to read, by name (the alias file is not data), each judged."""
+        skip = None
+        if self.aliases_file is not None and (
+                self.aliases_file.parent.resolve() == self.directory.resolve()):
+            skip = self.aliases_file.name
+        return list_entries(self.directory, skip)
 
     def batches(self, ctx: RunContext) -> Iterator[Batch]:
         """Yield each file's new lines in batches, each with the offset it reaches."""
-        for path in self.files():
-            key = path.name
-            yield from self._file_batches(path, key, ctx.checkpoints.get(key), ctx)
+        self.unreadable = []
+        for entry in self.files():
+            yield from self.entry_batches(entry, ctx)
+
+    def entry_batches(self, entry: CsvEntry, ctx: RunContext) -> Iterator[Batch]:
+        """One entry's batches, or a single file-level reject when it cannot be read."""
+        key = entry.key
+        # The checkpoint this file's batches last moved to (only this generator moves it).
+        last = ctx.checkpoints.get(key)
+        try:
+            handle = open_entry(self.directory, entry)
+        except FileProblem as exc:
+            yield self._unreadable(key, str(exc), last)
+            return
+        with handle:
+            try:
+                for batch in self._file_batches(handle, key, last, ctx):
+                    last = batch.checkpoint
+                    yield batch
+            except OSError as exc:  # EIO and the like, mid-file: what was read stands
+                log.warning("csv file %s: read failed: %s", key, exc)
+                yield self._unreadable(key, f"read failed ({exc.strerror or 'I/O error'})",
+                                       last)
+
+    def _unreadable(self, key: str, reason: str, checkpoint: dict[str, Any] | None) -> Batch:
+        """A file-level reject; the file's checkpoint stays where it was (or starts at 0)."""
+        log.warning("csv file %s skipped: %s", key, reason)
+        self.unreadable.append(f"{key}: {reason}")
+        value = checkpoint if checkpoint is not None else {"offset": 0, "line": 0, "format": None}
+        return Batch(key, value, rejects=[Rejected(key, reason, "")])
 
     def _file_batches(
-        self, path: Path, key: str, checkpoint: dict[str, Any] | None, ctx: RunContext
+        self, handle: BinaryIO, key: str, checkpoint: dict[str, Any] | None, ctx: RunContext
     ) -> Iterator[Batch]:
-        with path.open("rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            offset = resume_offset(handle, size, checkpoint)
-            if checkpoint and offset == 0 and int(checkpoint.get("offset", 0)) > 0:
-                log.info("csv file %s changed before the committed offset: re-reading it", key)
-            if offset and offset == size:
+        size = os.fstat(handle.fileno()).st_size
+        offset = resume_offset(handle, size, checkpoint)
+        if checkpoint and offset == 0 and int(checkpoint.get("offset", 0)) > 0:
+            log.info("csv file %s changed before the committed offset: re-reading it", key)
+        if offset and offset == size:
+            return
+        handle.seek(0)
+        header_bytes = handle.readline(PIECE_BYTES)
+        if len(header_bytes) == PIECE_BYTES and not header_bytes.endswith(b"\n"):
+            yield self._rejected_file(handle, key, preview(header_bytes),
+                                      "header line too long")
+            return
+        header = storable(header_bytes.decode("utf-8", errors="replace"))
+        fmt = detect_format(header, Path(key))
+        if fmt is None:
+            yield self._rejected_file(handle, key, header, "unrecognised CSV header")
+            return
+        line_no = int(checkpoint.get("line", 1)) if offset and checkpoint else 1
+        # The offset the last checkpoint records (the committed one if it still holds,
+        # then each batch's): an end of file there needs no checkpoint-only batch.
+        recorded = offset or -1
+        if not offset:
+            offset = len(header_bytes)
+        handle.seek(offset)
+        scanner = LineScanner(handle, offset, line_no)
+        reader = _LineReader(key, fmt, ctx.run_id)
+        # Batches start small and double up to CSV_BATCH_ROWS: writing starts while the
+        # rest is still parsed, and a short append spans several batches that the writers
+        # can commit side by side (shared.pipeline).
+        batch_rows = min(self.batch_rows, FIRST_BATCH_ROWS)
+        while True:
+            limit = batch_rows
+            if ctx.max_records is not None:
+                limit = max(1, min(batch_rows, ctx.max_records - ctx.records_done))
+            # Blank lines do not count towards the batch size: read until it is full.
+            lines, flagged = scanner.read(limit)
+            offset = scanner.offset
+            if not lines:
+                # Blank trailing lines still move the offset; record it once.
+                if offset != recorded:
+                    yield Batch(key, self._checkpoint(handle, offset, scanner.line_no, fmt))
                 return
-            handle.seek(0)
-            header_bytes = handle.readline()
-            header = header_bytes.decode("utf-8", errors="replace")
-            fmt = detect_format(header, path)
-            if fmt is None:
-                yield self._rejected_file(handle, key, header)
-                return
-            line_no = int(checkpoint.get("line", 1)) if offset and checkpoint else 1
-            # The offset the last checkpoint records (the committed one if it still holds,
-            # then each batch's): an end of file there needs no checkpoint-only batch.
-            recorded = offset or -1
-            if not offset:
-                offset = len(header_bytes)
+            yield reader.batch(lines, flagged,
+                               self._checkpoint(handle, offset, scanner.line_no, fmt))
+            recorded = offset
+            batch_rows = min(self.batch_rows, batch_rows * 2)
             handle.seek(offset)
-            reader = _LineReader(key, fmt, ctx.run_id)
-            # Batches start small and double up to CSV_BATCH_ROWS: writing starts while the
-            # rest is still parsed, and a short append spans several batches that the writers
-            # can commit side by side (shared.pipeline).
-            batch_rows = min(self.batch_rows, FIRST_BATCH_ROWS)
-            while True:
-                limit = batch_rows
-                if ctx.max_records is not None:
-                    limit = max(1, min(batch_rows, ctx.max_records - ctx.records_done))
-                lines: list[tuple[int, str]] = []
-                # Blank lines do not count towards the batch size: read until it is full.
-                while len(lines) < limit:
-                    chunk = list(itertools.islice(handle, limit - len(lines)))
-                    if not chunk:
-                        break
-                    block = b"".join(chunk)
-                    offset += len(block)
-                    # One decode per chunk instead of per line. Splitting on "\n" only (not
-                    # splitlines) keeps other separators inside their line, as per-line reads do.
-                    texts = block.decode("utf-8", errors="replace").split("\n")
-                    if texts[-1] == "":
-                        texts.pop()  # the chunk ended with a newline
-                    for text in texts:
-                        line_no += 1
-                        text = text.rstrip("\r")
-                        if text and not text.isspace():
-                            lines.append((line_no, text))
-                if not lines:
-                    # Blank trailing lines still move the offset; record it once.
-                    if offset != recorded:
-                        yield Batch(key, self._checkpoint(handle, offset, line_no, fmt))
-                    return
-                yield reader.batch(lines, self._checkpoint(handle, offset, line_no, fmt))
-                recorded = offset
-                batch_rows = min(self.batch_rows, batch_rows * 2)
-                handle.seek(offset)
 
     def _checkpoint(
         self, handle: BinaryIO, offset: int, line_no: int, fmt: CsvFormat
@@ -304,9 +220,9 @@ class CsvSource:
         value.update(fingerprint(handle, offset))
         return value
 
-    def _rejected_file(self, handle: BinaryIO, key: str, header: str) -> Batch:
+    def _rejected_file(self, handle: BinaryIO, key: str, header: str, why: str) -> Batch:
         size = handle.seek(0, os.SEEK_END)
-        reason = "unrecognised CSV header; file skipped until it changes"
+        reason = f"{why}; file skipped until it changes"
         value: dict[str, Any] = {"offset": size, "line": 0, "format": None}
         value.update(fingerprint(handle, size))
         text = header.rstrip("\r\n")
@@ -329,8 +245,13 @@ class _LineReader:
         self.dates: dict[str, str | None] = {}
         self.identities: dict[tuple[str, str], tuple[str, str, str | None] | None] = {}
 
-    def batch(self, lines: list[tuple[int, str]], checkpoint: dict[str, Any]) -> Batch:
-        """The batch for these (line number, text) pairs, ending at `checkpoint`."""
+    def batch(self, lines: list[tuple[int, str]], flagged: dict[int, str],
+              checkpoint: dict[str, Any]) -> Batch:
+        """The batch for these (line number, text) pairs, ending at `checkpoint`.
+
+        `flagged` holds the reject reason of lines that cannot be used as read (see
+        csv_files.LineScanner): they are stored as raw lines and rejected unparsed.
+        """
         batch = Batch(self.key, checkpoint)
         hashes: list[str] = []
         blocks: dict[str, tuple[tuple[str, str, str | None], list[str], list[str]]] = {}
@@ -343,7 +264,12 @@ class _LineReader:
             digest.update(b"\x1f")
             hex_hash = digest.hexdigest()
             hashes.append(hex_hash)
-            match = fast(text) if fast is not None else None
+            if flagged and line_no in flagged:
+                batch.rejects.append(Rejected(f"{self.key}:{line_no}", flagged[line_no], text))
+                continue
+            # A line no longer than a cell's bound has no cell beyond it (and no number
+            # beyond what _NUMBER lets through): the fast path needs no other length check.
+            match = fast(text) if fast is not None and len(text) <= CELL_MAX_CHARS else None
             if match is not None:
                 name, symbol, date, high, low, open_, close, volume, mcap = match.groups()
                 if date in dates:
@@ -384,11 +310,22 @@ class _LineReader:
     def _parse_slow(self, batch: Batch, lines: list[tuple[int, str, str]]) -> None:
         """The general path: csv module, exact Decimal parsing, a reason for every reject."""
         fmt = self.fmt
-        rows = csv.reader((text for _, text, _ in lines), delimiter=fmt.delimiter)
-        for (line_no, text, hex_hash), cells in zip(lines, rows):
+        for line_no, text, hex_hash in lines:
             location = f"{self.key}:{line_no}"
+            # One reader per line: an unclosed quote must not swallow the lines after it.
+            try:
+                cells = next(csv.reader([text], delimiter=fmt.delimiter), [])
+            except csv.Error as exc:  # e.g. a bare carriage return inside a cell
+                reason = f"not valid CSV: {str(exc).split(' - ')[0]}"
+                batch.rejects.append(Rejected(location, reason, text))
+                continue
             if len(cells) != fmt.columns:
                 reason = f"expected {fmt.columns} columns, got {len(cells)}"
+                batch.rejects.append(Rejected(location, reason, text))
+                continue
+            long = next((n for n, cell in enumerate(cells, 1) if len(cell) > CELL_MAX_CHARS), 0)
+            if long:
+                reason = f"cell {long} longer than {CELL_MAX_CHARS} characters"
                 batch.rejects.append(Rejected(location, reason, text))
                 continue
             try:
@@ -400,7 +337,7 @@ class _LineReader:
 def _render_timestamp(value: str) -> str | None:
     """A Date cell as ISO 8601 UTC text, or None when it is not a timestamp (general path)."""
     try:
-        return str(_req_timestamp(value, "Date").isoformat())
+        return str(req_timestamp(value, "Date").isoformat())
     except ValueError:
         return None
 
@@ -410,4 +347,7 @@ def _kaggle_identity(name: str, symbol: str) -> tuple[str, str, str | None] | No
     symbol, name = symbol.strip().upper(), name.strip()
     if not symbol:
         return None
-    return (f"{symbol}:{name}" if name else symbol), symbol, name or None
+    source_asset_id = f"{symbol}:{name}" if name else symbol
+    if asset_text_problem(source_asset_id, symbol, name or None) is not None:
+        return None
+    return source_asset_id, symbol, name or None
