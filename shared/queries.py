@@ -9,7 +9,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Callable, Hashable, Sequence
 
 from sqlalchemy import (
@@ -40,9 +40,11 @@ from shared.models import (
     RawRecord,
     Run,
 )
+from shared.paging import DecimalKeyError, decimal_key, parse_decimal_key
 
 BIGINT_MAX = 2**63 - 1
-CURSOR_MAX_LENGTH = 1024
+# Room for a text sort key at its column's length (300 characters, each up to 6 bytes of JSON).
+CURSOR_MAX_LENGTH = 3072
 
 # Sort fields of GET /data; every one is backed by a column of current_quotes.
 DATA_SORT_FIELDS: tuple[str, ...] = (
@@ -111,7 +113,9 @@ class AssetDetail:
 
 def encode_cursor(payload: dict[str, Any]) -> str:
     """An opaque cursor: base64url (unpadded) of compact JSON."""
-    raw = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+    # Text keys as UTF-8, not \uXXXX escapes: a 300-character name stays within the length.
+    raw = json.dumps(payload, separators=(",", ":"), sort_keys=True,
+                     ensure_ascii=False).encode("utf-8")
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
@@ -171,12 +175,9 @@ def _sort_key_from_json(name: str, value: Any) -> Any:
         return None
     if name in _DECIMAL_SORT_FIELDS:
         try:
-            number = Decimal(value) if isinstance(value, str) and len(value) <= 200 else None
-        except InvalidOperation:
-            number = None
-        if number is None or not number.is_finite():
-            raise InvalidCursor(f"cursor value for {name!r} is not a decimal")
-        return number
+            return parse_decimal_key(value)
+        except DecimalKeyError as exc:
+            raise InvalidCursor(f"cursor value for {name!r} is {exc}") from None
     if name in _INT_SORT_FIELDS:
         return _cursor_int({"v": value}, "v")
     if name == "observed_at":
@@ -368,7 +369,8 @@ def list_current_quotes(
 
     def cursor_of(row: tuple[Any, ...]) -> dict[str, Any]:
         # Decimal keys are already plain-notation strings (see _DATA_RECORD_COLUMNS).
-        key_json = (row[position] if name in _DECIMAL_SORT_FIELDS
+        key_json = (decimal_key(row[position], descending) if name in _DECIMAL_SORT_FIELDS
+                    and row[position] is not None
                     else _sort_key_to_json(name, row[position]))
         return {"t": "data", "s": sort, "k": key_json, "a": row[0], "r": row[3]}
 
