@@ -491,6 +491,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['copy_seconds']:.2f} / {r['pipeline']['seconds']:.2f} = "
             f"{r['pipeline']['seconds'] / r['copy_seconds']:.2f}" for r in i["rounds"])
             + "; appends (s): " + ", ".join(f"{a['seconds']:.3f}" for a in i["appends"]))
+        seen = i["first"].get("publishes") or []
+        if seen:
+            notes.append(
+                f"/data visibility (case 1): the first rows were served {seen[0]:.2f} s into the "
+                f"{i['first']['seconds']:.2f} s run, the last {seen[-1]:.2f} s in "
+                f"({len(seen)} publishes, each in its batch's commit: 0 s from commit to /data); "
+                f"re-run with nothing new: {len(i['rerun'].get('publishes') or [])} publishes")
         first_cpu, copy_cpu = i["first"].get("backend_cpu_seconds"), i["copy_backend_cpu_seconds"]
         if first_cpu is not None and copy_cpu is not None:
             notes.append(

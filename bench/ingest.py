@@ -1,7 +1,9 @@
 """One CSV job through the real task code, in its own process: `python -m bench.ingest DIR`.
 
 Prints one JSON line: seconds (create_job + execute_run + finalize_job, as the worker runs
-them), the process's peak RSS, and the run's counters. A separate process per measurement
+them), the process's peak RSS, the run's counters, and when the run's rows became visible to
+`/data` (the commits that moved the data version, heard on its NOTIFY channel, in seconds
+from the job's start). A separate process per measurement
 gives a clean ru_maxrss and no warm caches carried over from a previous case.
 
 Before the timed job the process runs one job on an empty directory, on the same engine: a
@@ -14,8 +16,10 @@ from __future__ import annotations
 import json
 import os
 import resource
+import select
 import sys
 import tempfile
+import threading
 import time
 
 from sqlalchemy import Engine, text
@@ -43,6 +47,37 @@ def _run_job(engine: Engine, settings: Settings) -> tuple[int, str | None]:
         return run_id, finalize_job(session, job_id)
 
 
+class PublishListener(threading.Thread):
+    """LISTENs on data_version (migration 0007) and notes when each publish committed."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(daemon=True)
+        self.conn = engine.raw_connection()
+        self.conn.driver_connection.autocommit = True
+        with self.conn.cursor() as cursor:
+            cursor.execute("LISTEN data_version")
+        self.times: list[float] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        """Collect notification times until stopped."""
+        driver = self.conn.driver_connection
+        while not self.stopping.is_set():
+            if select.select([driver], [], [], 0.05)[0]:
+                driver.poll()
+                now = time.perf_counter()
+                while driver.notifies:
+                    driver.notifies.pop()
+                    self.times.append(now)
+
+    def stop(self) -> list[float]:
+        """Stop listening; the notification times."""
+        self.stopping.set()
+        self.join(5)
+        self.conn.close()
+        return self.times
+
+
 def main(csv_dir: str) -> int:
     """Run one csv job on the files in `csv_dir` and print what it took."""
     settings = load_settings({**os.environ, "CSV_DIR": csv_dir})
@@ -55,9 +90,12 @@ def main(csv_dir: str) -> int:
         _run_job(engine, load_settings({**os.environ, "CSV_DIR": empty}))
     cpu_before = backend_cpu_seconds(engine, database)
     own_before = _own_cpu()
+    listener = PublishListener(engine)
+    listener.start()
     started = time.perf_counter()
     run_id, status = _run_job(engine, settings)
     seconds = time.perf_counter() - started
+    publishes = [round(t - started, 3) for t in listener.stop()]
     own_cpu = _own_cpu() - own_before
     cpu_after = backend_cpu_seconds(engine, database)
     backend_cpu = (cpu_after - cpu_before
@@ -68,7 +106,7 @@ def main(csv_dir: str) -> int:
             "FROM runs WHERE id = :id"), {"id": run_id}).mappings().one())
     engine.dispose()
     print(json.dumps({
-        "seconds": seconds, "job_status": status, "run": run,
+        "seconds": seconds, "job_status": status, "run": run, "publishes": publishes,
         "worker_cpu_seconds": own_cpu, "backend_cpu_seconds": backend_cpu,
         "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }))

@@ -263,10 +263,15 @@ class _Throttled:
         if now - self.last < PROGRESS_INTERVAL_SECONDS:
             return
         self.last = now
-        # Committed counters (the batches written so far), plus what was read.
-        meta = run_outcome(self.engine, self.run_id)
-        meta["records_read"] = records_read
-        self.on_progress(meta)
+        # Best effort: a report that cannot be read or sent (Redis restarting, say) must not
+        # fail the run; the next batch tries again.
+        try:
+            # Committed counters (the batches written so far), plus what was read.
+            meta = run_outcome(self.engine, self.run_id)
+            meta["records_read"] = records_read
+            self.on_progress(meta)
+        except Exception as exc:  # noqa: BLE001 - see above
+            log.warning("run %s: progress not reported (%s)", self.run_id, type(exc).__name__)
 
 
 _OUTCOME_FIELDS = ("fetched", "inserted", "unchanged", "rejected", "http_requests",
