@@ -3,6 +3,7 @@ and deletions between listing and opening, bounded line reading; and a vanished 
 through the real loader as a file-level reject."""
 from __future__ import annotations
 
+import errno
 import io
 import os
 import socket
@@ -15,6 +16,7 @@ from sqlalchemy import Engine, text
 from shared.bounds import LINE_MAX_BYTES
 from shared.config import Settings
 from shared.db import unit_of_work
+from shared.identity import IdentityError, IdentityHint, resolve_assets
 from shared.jobs import create_job
 from shared.load import write_batch
 from shared.sources.base import RunContext
@@ -201,3 +203,66 @@ def test_a_line_of_exactly_the_limit_is_read(folder: Path) -> None:
     line = b"q" * LINE_MAX_BYTES
     lines, flagged, _ = _scan(line + b"\n" + line)
     assert [len(t) for _, t in lines] == [LINE_MAX_BYTES, LINE_MAX_BYTES] and flagged == {}
+
+
+def test_identity_never_sends_nul_or_overlong_names_to_the_database(clean_db: Engine) -> None:
+    """Sources reject such records first; identity stays safe if one slips through."""
+    hints = [IdentityHint("nul-coin", "N\x00L", "Nul\x00coin"),
+             IdentityHint("long-coin", "S" * 80, "L" * 400)]
+    with unit_of_work(clean_db) as session:
+        mapped = resolve_assets(session, "coingecko", hints, {})
+    assert set(mapped) == {"nul-coin", "long-coin"}
+    rows = _rows(clean_db, "SELECT a.symbol, a.name, m.symbol, m.name FROM assets a "
+                           "JOIN asset_source_ids m ON m.asset_id = a.id ORDER BY a.id")
+    assert rows == [("NL", "Nulcoin", "NL", "Nulcoin"),
+                    ("S" * 64, "L" * 300, "S" * 64, "L" * 300)]
+    for bad_id, reason in (("x" * 301, "longer than 300"), ("a\x00b", "NUL character")):
+        with unit_of_work(clean_db) as session, pytest.raises(IdentityError, match=reason):
+            resolve_assets(session, "coingecko", [IdentityHint(bad_id, "X", "X")], {})
+
+
+def _rows(engine: Engine, sql: str) -> list[tuple[object, ...]]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(text(sql))]
+
+
+def test_a_read_error_mid_file_keeps_what_was_read(
+    settings: Settings, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EIO after the first batch: that batch stands, the file gets a file-level reject that
+    leaves its checkpoint where the first batch moved it, and the run is partial."""
+    (folder / "eio.csv").write_text(HEADER + ROW * 3)
+    source = CsvSource(settings)
+    source.directory, source.batch_rows = folder, 1
+    real_read = LineScanner.read
+    calls: list[int] = []
+
+    def failing_read(self: LineScanner, limit: int) -> tuple[list[tuple[int, str]],
+                                                             dict[int, str]]:
+        calls.append(limit)
+        if len(calls) > 1:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_read(self, limit)
+
+    monkeypatch.setattr(LineScanner, "read", failing_read)
+    first, failed = list(source.batches(_ctx(settings)))
+    assert first.quote_count == 1 and first.checkpoint["line"] == 2
+    assert [(r.location, r.reason) for r in failed.rejects] == [
+        ("eio.csv", "read failed (Input/output error)")]
+    assert failed.checkpoint == first.checkpoint
+    assert source.partial_reason == "csv: eio.csv: read failed (Input/output error)"
+
+
+def test_an_oversize_header_rejects_the_file_until_it_changes(
+    settings: Settings, folder: Path
+) -> None:
+    (folder / "wide.csv").write_bytes(b"h" * (LINE_MAX_BYTES * 2) + b"\n" + ROW.encode())
+    source = CsvSource(settings)
+    source.directory = folder
+    (batch,) = list(source.batches(_ctx(settings)))
+    (reject,) = batch.rejects
+    assert (reject.location, reject.reason) == (
+        "wide.csv:1", "header line too long; file skipped until it changes")
+    assert reject.payload.endswith(OVERSIZE_MARK) and len(reject.payload) < 1100
+    assert batch.checkpoint["offset"] == (folder / "wide.csv").stat().st_size
+    assert source.partial_reason is None  # read, just not usable: like an unknown header
