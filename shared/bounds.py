@@ -49,6 +49,7 @@ def _integer_max(column: Any) -> int:
     return 2**15 - 1 if isinstance(column.type, SmallInteger) else 2**31 - 1
 
 
+SLUG_MAX = _length(Asset.slug)
 SYMBOL_MAX = _length(Asset.symbol, AssetSourceId.symbol, CurrentQuote.symbol)
 NAME_MAX = _length(Asset.name, AssetSourceId.name, CurrentQuote.name)
 SOURCE_ASSET_ID_MAX = _length(

@@ -1,23 +1,26 @@
 """Identity unification: map each source's own coin id to one canonical asset."""
 from __future__ import annotations
 
-import csv
 import logging
 import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable, NamedTuple, Sequence
 
 from sqlalchemy import BigInteger, Text, any_, bindparam, cast, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
+from shared.aliases import Alias, load_aliases
 from shared.bounds import NAME_MAX, SOURCE_ASSET_ID_MAX, SYMBOL_MAX, text_problem
 from shared.models import Asset, AssetSourceId
 
 log = logging.getLogger(__name__)
+
+# The alias file's reader lives in shared.aliases; importers keep using these names from here.
+__all__ = ["Alias", "IdentityError", "IdentityHint", "load_aliases", "lookup_mapped",
+           "normalize_name", "resolve_assets", "slugify"]
 
 # Held (per transaction) while new mappings are decided, so two sources loading at once
 # cannot both create "Bitcoin".
@@ -65,17 +68,6 @@ def _storable(hint: IdentityHint) -> IdentityHint:
     return IdentityHint(hint.source_asset_id, symbol or "", name)
 
 
-@dataclass(frozen=True)
-class Alias:
-    """A line of the alias file: treat (source, id) as this coin."""
-
-    source: str
-    source_asset_id: str
-    asset_slug: str | None
-    symbol: str | None
-    name: str | None
-
-
 _NOT_ALNUM = re.compile(r"[^a-z0-9]")
 _NOT_ALNUM_RUN = re.compile(r"[^a-z0-9]+")
 
@@ -98,27 +90,6 @@ def slugify(text_: str) -> str:
     """A URL-safe slug: 'BTC Bitcoin' -> 'btc-bitcoin'."""
     folded = _ascii_fold(text_).lower()
     return _NOT_ALNUM_RUN.sub("-", folded).strip("-")[:180] or "asset"
-
-
-def load_aliases(path: Path | None) -> dict[tuple[str, str], Alias]:
-    """Read the alias file (source,source_asset_id,asset_slug,symbol,name); missing = empty."""
-    if path is None or not path.is_file():
-        return {}
-    aliases: dict[tuple[str, str], Alias] = {}
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        for row in csv.DictReader(line for line in handle if not line.startswith("#")):
-            source = (row.get("source") or "").strip()
-            source_id = (row.get("source_asset_id") or "").strip()
-            if not source or not source_id:
-                continue
-            aliases[(source, source_id)] = Alias(
-                source,
-                source_id,
-                (row.get("asset_slug") or "").strip() or None,
-                (row.get("symbol") or "").strip().upper() or None,
-                (row.get("name") or "").strip() or None,
-            )
-    return aliases
 
 
 def lookup_mapped(session: Session, source: str, ids: Iterable[str]) -> dict[str, int]:
