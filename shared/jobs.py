@@ -99,7 +99,8 @@ def job_status_from_runs(statuses: Sequence[str]) -> str:
         return "skipped"
     succeeded = sum(1 for s in statuses if s == "succeeded")
     failed = sum(1 for s in statuses if s in ("failed", "partial"))
-    if failed and succeeded:
+    # A partial run (CSV: some files unreadable) committed and published what it read.
+    if (failed and succeeded) or "partial" in statuses:
         return "partial"
     if failed:
         return "failed"
@@ -124,7 +125,7 @@ def finalize_job(session: Session, job_id: int) -> str | None:
     job.status = job_status_from_runs([r.status for r in runs])
     # A run's error usually names its source already (shared.errors.public_error).
     errors = [r.error if r.error.startswith(f"{r.source}: ") else f"{r.source}: {r.error}"
-              for r in runs if r.status == "failed" and r.error]
+              for r in runs if r.status in ("failed", "partial") and r.error]
     job.error = "; ".join(errors)[:4000] or None
     job.started_at = job.started_at or min(
         (r.started_at for r in runs if r.started_at), default=None

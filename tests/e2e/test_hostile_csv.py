@@ -134,6 +134,7 @@ def test_hostile_csv_folder_through_a_real_worker(
     assert elapsed < 30, elapsed
     (run,) = job["runs"]
     assert run["status"] == "partial", run
+    assert job["status"] == "partial" and job["error"] == run["error"]
     assert run["error"].startswith("csv: bad\\xff.csv: file name is not valid UTF-8; h.csv: ")
     assert "more unreadable files" in run["error"]
     assert str(tmp_path) not in run["error"] and "/" not in run["error"]
