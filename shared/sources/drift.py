@@ -26,6 +26,18 @@ class FieldSpec:
     required: bool = False
 
 
+# Field paths are upstream JSON keys: an event stores them as text PostgreSQL can hold (no
+# NUL) and short (the detail quotes them with repr, which escapes).
+_PATH_CHARS = 200
+
+
+def _storable(path: str | None) -> str | None:
+    if path is None:
+        return None
+    path = path.replace("\x00", "\ufffd")
+    return path if len(path) <= _PATH_CHARS else path[:_PATH_CHARS] + "..."
+
+
 @dataclass(frozen=True, slots=True)
 class DriftEvent:
     """One observed change of an upstream's shape, with how sure we are and what we did."""
@@ -38,6 +50,10 @@ class DriftEvent:
     confidence: float
     mapped: bool
     detail: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "field", _storable(self.field))
+        object.__setattr__(self, "observed", _storable(self.observed))
 
 
 @dataclass

@@ -156,6 +156,10 @@ def test_a_coingecko_run_with_hostile_items_succeeds_and_loads_the_rest(
                for n, (changes, _) in enumerate(GECKO_CASES)}
     for n, text_ in hostile.items():
         served[n] = text_
+    # A new field whose key PostgreSQL text cannot hold, and a huge one: drift events only.
+    extra = json.loads(served[20])
+    extra["evil\u0000key"], extra["k" * 5000] = 1, 2
+    served[20] = json.dumps(extra)
     settings = replay_settings(base_env, csv_dir, upstream)
     job = run_sources(clean_db, settings, ["coingecko"])
     (run,) = job["runs"]
@@ -171,3 +175,7 @@ def test_a_coingecko_run_with_hostile_items_succeeds_and_loads_the_rest(
     assert len(reasons) == len(expected)
     assert all(any(r.startswith(e) for r in reasons) for e in expected), reasons
     assert biggest < 80
+    with clean_db.connect() as conn:
+        fields = conn.execute(text(
+            "SELECT field FROM drift_events WHERE kind = 'new'")).scalars().all()
+    assert "evil\ufffdkey" in fields and max(len(f) for f in fields) <= 203
