@@ -16,12 +16,26 @@ Chosen with bench case 4 (64 connections from wrk on the same 2-core machine, /d
   logger builds a dict of every request header, response header and WSGI environ entry for
   each line: 48 us per line, measured, of a ~600 us cached /data request. `AccessLogger`
   computes just the atoms of the default format, the same line, in 24 us.
+
+Hostile clients (issue 14):
+- Slow clients: the worker class is `api.gunicorn_worker.HeadFirstWorker`, the sync worker
+  fed only complete requests (a client sending its headers a line at a time waits in an
+  event loop, not in the worker; closed after 10 s). Tested by
+  tests/e2e/test_api_hardening_serving.py: /health/live keeps answering while such clients
+  hold connections open.
+- Request limits: a request line of at most 4094 bytes (a /data cursor is at most 3072),
+  50 header fields of at most 8190 bytes each.
+- Secrets: the access log line goes through `shared.logging_setup.redact` (token-like query
+  parameters, configured secrets), never names the Basic-auth user, and gunicorn's error log
+  has the same filter as the app's logs.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from gunicorn.glogging import Logger
+
+from shared.logging_setup import add_redacting_filter, redact_patterns, redact_values
 
 
 class AccessLogger(Logger):
@@ -31,9 +45,18 @@ class AccessLogger(Logger):
     unknown atoms).
     """
 
+    def setup(self, cfg: Any) -> None:
+        """gunicorn's setup, then the app's secret filter on the error log's handlers."""
+        super().setup(cfg)
+        self._secrets = _configured_secrets()
+        add_redacting_filter(self.error_log.handlers, None, self._secrets)
+
+    def _scrub(self, text: str) -> str:
+        return redact_patterns(redact_values(text, getattr(self, "_secrets", ())))
+
     def atoms(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any
               ) -> dict[str, Any]:
-        """h l u t r s b f a, as gunicorn computes them."""
+        """h l u t r s b f a, as gunicorn computes them; secrets redacted, no user name."""
         status = resp.status
         if isinstance(status, str):
             status = status.split(None, 1)[0]
@@ -41,18 +64,34 @@ class AccessLogger(Logger):
         return {
             "h": environ.get("REMOTE_ADDR", "-"),
             "l": "-",
-            "u": self._get_user(environ) or "-",
+            # gunicorn prints the user part of a Basic Authorization header: a credential.
+            "u": "-",
             "t": self.now(),
-            "r": f"{environ['REQUEST_METHOD']} {environ['RAW_URI']} {environ['SERVER_PROTOCOL']}",
+            "r": self._scrub(
+                f"{environ['REQUEST_METHOD']} {environ['RAW_URI']} {environ['SERVER_PROTOCOL']}"),
             "s": status,
             "b": str(sent) if sent is not None else "-",
-            "f": environ.get("HTTP_REFERER", "-"),
-            "a": environ.get("HTTP_USER_AGENT", "-"),
+            "f": self._scrub(environ.get("HTTP_REFERER", "-")),
+            "a": self._scrub(environ.get("HTTP_USER_AGENT", "-")),
         }
 
 
+def _configured_secrets() -> tuple[str, ...]:
+    """The secret values of the environment's settings (none if the settings do not load)."""
+    try:
+        from shared.config import get_settings
+
+        return get_settings().redacted_secrets()
+    except Exception:  # noqa: BLE001 - the app itself reports bad settings when it loads
+        return ()
+
+
 workers = 2
-worker_class = "sync"
+worker_class = "api.gunicorn_worker.HeadFirstWorker"
+timeout = 30
+limit_request_line = 4094
+limit_request_fields = 50
+limit_request_field_size = 8190
 accesslog = "-"
 logger_class = "api.gunicorn_conf.AccessLogger"
 # The default control socket (~/.gunicorn) would clash between instances on one machine.
