@@ -134,12 +134,16 @@ def copy_baseline(db: BenchDatabase, path: Path) -> tuple[float, float | None]:
 
 
 def only(directory: Path, *files: Path) -> Path:
-    """A folder holding links to exactly these files (the CSV source reads a folder)."""
+    """A folder holding links to exactly these files (the CSV source reads a folder).
+
+    Hard links: the CSV source does not follow symbolic ones, and an append to the file
+    shows through a hard link (one inode).
+    """
     if directory.exists():
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
     for file in files:
-        (directory / file.name).symlink_to(file.resolve())
+        os.link(file.resolve(), directory / file.name)
     return directory
 
 
