@@ -267,8 +267,8 @@ class _LineReader:
             if flagged and line_no in flagged:
                 batch.rejects.append(Rejected(f"{self.key}:{line_no}", flagged[line_no], text))
                 continue
-            # A line no longer than a cell's bound has no cell beyond it (and no number
-            # beyond what _NUMBER lets through): the fast path needs no other length check.
+            # A line no longer than one cell may be cannot hold an oversize cell; a longer one
+            # takes the general path, which checks every cell (_NUMBER bounds the numbers).
             match = fast(text) if fast is not None and len(text) <= CELL_MAX_CHARS else None
             if match is not None:
                 name, symbol, date, high, low, open_, close, volume, mcap = match.groups()
