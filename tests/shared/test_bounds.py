@@ -15,7 +15,9 @@ from shared import bounds
 from shared.bounds import numeric_problem
 from shared.models import Asset, AssetSourceId, Quote
 from shared.parsing import ValueParseError, parse_decimal, parse_int, parse_timestamp
+from shared.sources import csv_formats
 from shared.sources.coingecko import parse_page
+from shared.sources.csv_formats import detect_format
 from shared.sources.coinpaprika import parse_ticker
 from shared.sources.drift import DriftReport
 from shared.sources.http import JsonItem, parse_json_array
@@ -41,6 +43,9 @@ def test_text_bounds_are_the_models_varchar_lengths() -> None:
     assert (bounds.NUMERIC_INTEGER_DIGITS, bounds.NUMERIC_SCALE) == (30, 40)
     assert bounds.RANK_MAX == 2**31 - 1
     assert bounds.CSV_MAX_COLUMNS * bounds.CELL_MAX_CHARS * 4 <= bounds.LINE_MAX_BYTES
+    widest = max(detect_format(header, Path("x-usd-max.csv")).columns  # type: ignore[union-attr]
+                 for header in csv_formats._HEADERS)
+    assert widest == bounds.CSV_MAX_COLUMNS
 
 
 @pytest.mark.parametrize("value, problem", [
