@@ -96,9 +96,14 @@ def test_ok_with_a_live_worker_and_fresh_sources_then_stale(
     assert body["checks"]["workers"]["ok"] is True
 
 
-def test_health_is_not_rate_limited(clean_db: Engine, settings: Settings) -> None:
+def test_only_liveness_is_exempt_from_the_read_quota(clean_db: Engine, settings: Settings
+                                                     ) -> None:
+    """/health and /health/ready do real work (database, broker, worker ping): they count as
+    reads (issue 14); /health/live does none and must answer whatever a client does."""
     client = _app(settings, RATELIMIT_READS="2/minute", HEALTH_WORKER_PING_TIMEOUT=0.05)
+    assert client.get("/health/ready").status_code == 200
+    assert client.get("/health").status_code == 200
+    assert client.get("/health/ready").status_code == 429
+    assert client.get("/health").status_code == 429
     for _ in range(5):
         assert client.get("/health/live").status_code == 200
-        assert client.get("/health/ready").status_code == 200
-        assert client.get("/health").status_code == 200
