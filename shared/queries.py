@@ -722,4 +722,3 @@ def get_run(session: Session, run_id: int) -> Run:
     if run is None:
         raise NotFound(f"run {run_id} not found")
     return run
-
