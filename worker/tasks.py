@@ -30,7 +30,10 @@ def _extract(self: Task, run_id: int) -> dict[str, Any]:
     that execution reports.
     """
     def progress(meta: dict[str, Any]) -> None:
+        # The result backend for `AsyncResult`/`celery result`; an event for Flower, which
+        # follows events only (a `task-progress` event reads there as state PROGRESS).
         self.update_state(state="PROGRESS", meta=meta)
+        self.send_event("task-progress", **meta)
 
     engine = get_engine()
     try:

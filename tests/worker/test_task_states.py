@@ -1,9 +1,16 @@
-"""What the result backend (what Flower, `celery result` and `inspect` users read) says about
-a job's extract tasks on a real worker: a failed run is a FAILURE naming the run and its
-error, an active run shows PROGRESS with its counters, and the job still closes."""
+"""What the result backend (`celery result`, AsyncResult) and Flower's API say about a job's
+extract tasks on a real worker: a failed run is a FAILURE naming the run and its error, an
+active run shows PROGRESS with its counters, and the job still closes."""
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -14,7 +21,7 @@ from sqlalchemy import Engine, text
 
 from shared.celery_config import celery_config
 from shared.config import load_settings
-from tests.conftest import count, wait_for_job
+from tests.conftest import ROOT, count, wait_for_job
 from tests.upstream import ReplayUpstream
 
 pytestmark = pytest.mark.e2e
@@ -29,6 +36,68 @@ def results(base_env: dict[str, str]) -> Iterator[Celery]:
     app.close()
 
 
+class Flower:
+    """A `celery flower` subprocess with its API open (in this test only)."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker", "flower", "--address=127.0.0.1",
+             f"--port={self.port}"],
+            cwd=ROOT, env={**env, "FLOWER_UNAUTHENTICATED_API": "true"}, stdout=self._log,
+            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def get(self, path: str) -> Any:
+        """GET a Flower API path; its JSON."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as resp:
+            return json.loads(resp.read())
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        """Flower's view of one task (empty while it has heard nothing of it)."""
+        try:
+            return dict(self.get(f"/api/task/info/{task_id}"))
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return {}
+            raise
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        """Until its API answers and its event receiver has connected to the broker."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log_path.read_text()[-3000:]
+            try:
+                self.get("/api/tasks")
+                if "Connected to" in self.log_path.read_text(errors="replace"):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(self.log_path.read_text()[-3000:])
+
+    def stop(self) -> None:
+        """Stop it."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+            self.proc.wait(15)
+        self._log.close()
+
+
+@pytest.fixture
+def flower(base_env: dict[str, str], tmp_path: Path) -> Iterator[Flower]:
+    """Flower on this test session's broker, ready."""
+    server = Flower({**os.environ, **base_env, "PYTHONPATH": str(ROOT)}, tmp_path / "flower.log")
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
 def _task_ids(engine: Engine, job_id: int) -> dict[str, str]:
     with engine.connect() as conn:
         return dict(conn.execute(text(
@@ -37,7 +106,7 @@ def _task_ids(engine: Engine, job_id: int) -> dict[str, str]:
 
 def test_failed_extract_is_a_failure_and_active_one_shows_progress(
     clean_db: Engine, client: Any, auth_headers: dict[str, str], worker_factory: Any,
-    upstream: ReplayUpstream, csv_dir: Path, results: Celery,
+    upstream: ReplayUpstream, csv_dir: Path, results: Celery, flower: Flower,
 ) -> None:
     worker_factory({
         "COINGECKO_BASE_URL": upstream.coingecko_base_url, "COINGECKO_RATE_LIMIT": "1000",
@@ -49,15 +118,19 @@ def test_failed_extract_is_a_failure_and_active_one_shows_progress(
     job_id = int(response.get_json()["id"])
     ids = _task_ids(clean_db, job_id)
 
-    # While the CSV run is active its task says PROGRESS, with the run's committed counters.
+    # While the CSV run is active its task says PROGRESS, with the run's committed counters,
+    # in the result backend and in Flower.
     progress: dict[str, Any] = {}
+    flower_states: set[str] = set()
     deadline = time.monotonic() + 30
-    while not progress and time.monotonic() < deadline:
+    while not (progress and "PROGRESS" in flower_states) and time.monotonic() < deadline:
         state = AsyncResult(ids["csv"], app=results)
         if state.state == "PROGRESS" and state.info.get("fetched"):
             progress = dict(state.info)
+        flower_states.add(flower.task(ids["csv"]).get("state", ""))
         time.sleep(0.1)
     assert progress, "no PROGRESS state seen while the CSV run was active"
+    assert "PROGRESS" in flower_states, flower_states
     assert progress["source"] == "csv" and progress["status"] == "running"
     assert 0 < progress["fetched"] <= progress["records_read"]
 
@@ -76,5 +149,14 @@ def test_failed_extract_is_a_failure_and_active_one_shows_progress(
     assert done.result["status"] == "succeeded"
     assert done.result["run_id"] == runs["csv"]["id"]
     assert done.result["inserted"] == runs["csv"]["inserted"] > 0
+    # Flower tells the same story (it follows the workers' events).
+    deadline = time.monotonic() + 10
+    while flower.task(ids["csv"]).get("state") != "SUCCESS" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    shown = flower.task(ids["coingecko"])
+    assert shown["state"] == "FAILURE", shown
+    assert f"run {runs['coingecko']['id']} (coingecko) failed" in shown["exception"]
+    assert flower.task(ids["csv"])["state"] == "SUCCESS"
+
     # The failing source blocked nothing: the CSV rows are published, the job was closed.
     assert count(clean_db, "current_quotes", "source = 'csv'") > 0
