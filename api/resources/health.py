@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from api.broker import get_celery
 from api.db import get_session
-from api.schemas import HealthSchema, LiveSchema
+from api.ops_schemas import HealthSchema, LiveSchema
 from shared.stats import source_freshness
 
 blp = Blueprint("health", __name__, url_prefix="/health", description="Health checks")

@@ -13,15 +13,8 @@ from api.broker import get_celery
 from api.db import get_session
 from api.envelope import page_window, paged
 from api.json_body import JsonBodyParser
-from api.schemas import (
-    ErrorSchema,
-    JobAcceptedSchema,
-    JobHeadersSchema,
-    JobRequestSchema,
-    JobsArgsSchema,
-    JobSchema,
-    JobsEnvelopeSchema,
-)
+from api.ops_schemas import JobAcceptedSchema, JobSchema, JobsEnvelopeSchema
+from api.schemas import ErrorSchema, JobHeadersSchema, JobRequestSchema, JobsArgsSchema
 from shared.errors import NotFound
 from shared.job_queries import list_jobs
 from shared.jobs import create_job, enqueue_job, fail_unsent_job, load_job

@@ -8,14 +8,8 @@ from flask_smorest import Blueprint
 
 from api.db import get_session
 from api.envelope import page_window, paged
-from api.schemas import (
-    CompareArgsSchema,
-    ErrorSchema,
-    RunComparisonSchema,
-    RunsArgsSchema,
-    RunsEnvelopeSchema,
-    RunSchema,
-)
+from api.ops_schemas import RunComparisonSchema, RunsEnvelopeSchema, RunSchema
+from api.schemas import CompareArgsSchema, ErrorSchema, RunsArgsSchema
 from shared.queries import get_run, list_runs
 from shared.run_compare import compare_runs
 
