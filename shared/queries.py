@@ -5,12 +5,10 @@ import base64
 import binascii
 import json
 import statistics
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any, Callable, Hashable, Protocol, Sequence
 
 from sqlalchemy import (
     ColumnElement,
@@ -382,6 +380,16 @@ def list_current_quotes(
     return Page(rows=rows, total=total, next_cursor=next_cursor)
 
 
+class TotalsCache(Protocol):
+    """Where totals are kept per data version (the API's api.answer_cache.VersionedCache)."""
+
+    def get(self, version: int | None, key: Hashable) -> Any:
+        """The value stored for `key` at exactly this version, or None."""
+
+    def put(self, version: int, key: Hashable, value: Any, size: int) -> None:
+        """Keep `value` (about `size` bytes) for `key` at `version`."""
+
+
 @dataclass(frozen=True)
 class DataSnapshot:
     """A /data page read in one snapshot, with the data version that snapshot holds."""
@@ -393,7 +401,7 @@ class DataSnapshot:
 def read_current_quotes(
     engine: Engine,
     filters: DataFilters,
-    totals: VersionedCache | None = None,
+    totals: TotalsCache | None = None,
     **window: Any,
 ) -> DataSnapshot:
     """The data version, one page and its total, all from one REPEATABLE READ snapshot.
@@ -411,53 +419,6 @@ def read_current_quotes(
             if totals is not None and version is not None and total is None:
                 totals.put(version, ("total", filters), page.total, 200)
     return DataSnapshot(version, page)
-
-
-class VersionedCache:
-    """A thread-safe LRU, bounded in bytes, of values computed from one data version.
-
-    Every entry belongs to the version it was computed from; the first value stored for a
-    newer version drops all older entries, which no request can want again.
-    """
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._lock = threading.Lock()
-        self._version: int | None = None
-        self._entries: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
-        self._bytes = 0
-
-    def get(self, version: int | None, key: Hashable) -> Any:
-        """The value stored for `key` at exactly this version, or None."""
-        with self._lock:
-            if version is None or version != self._version:
-                return None
-            entry = self._entries.get(key)
-            if entry is None:
-                return None
-            self._entries.move_to_end(key)
-            return entry[0]
-
-    def put(self, version: int, key: Hashable, value: Any, size: int) -> None:
-        """Keep `value` (about `size` bytes) for `key` at `version`, evicting the least used."""
-        if size > self.max_bytes // 4:  # one huge page must not flush everything else
-            return
-        with self._lock:
-            if version != self._version:
-                self._entries.clear()
-                self._bytes = 0
-                self._version = version
-            previous = self._entries.pop(key, None)
-            if previous is not None:
-                self._bytes -= previous[1]
-            self._entries[key] = (value, size)
-            self._bytes += size
-            while self._bytes > self.max_bytes:
-                _, (_, dropped) = self._entries.popitem(last=False)
-                self._bytes -= dropped
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 # --- GET /data/<asset> and /data/<asset>/history ---------------------------------------------

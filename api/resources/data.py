@@ -4,11 +4,13 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
+import marshmallow as ma
 from flask import current_app, request
 from flask.blueprints import BlueprintSetupState
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
+from api.answer_cache import VersionedCache, deep_size
 from api.db import current_data_version, get_engine, get_session
 from api.envelope import body_template, envelope, page_window, paged, template_response
 from api.schemas import (
@@ -24,7 +26,6 @@ from api.schemas import (
 from shared.history_range import open_start_span
 from shared.queries import (
     DataFilters,
-    VersionedCache,
     asset_detail,
     asset_history,
     read_current_quotes,
@@ -34,16 +35,22 @@ blp = Blueprint("data", __name__, url_prefix="/data", description="Unified marke
 
 # Per process: ~1,300 pages of 100 records. 0 turns the answer cache off (bench.wsgi does, to
 # measure misses); the totals are then still counted once per filter set and data version.
+# Entries are charged their key and objects too (api.answer_cache), and capped in number.
 DATA_CACHE_MAX_BYTES = 32 * 1024 * 1024
-# Totals: ~200 bytes each as accounted here, so a few thousand filter sets.
+DATA_CACHE_MAX_ENTRIES = 20_000
+# Totals: ~500-700 bytes each with their filter-set key, so a couple of thousand filter sets.
 DATA_TOTALS_MAX_BYTES = 1024 * 1024
+DATA_TOTALS_MAX_ENTRIES = 5_000
 
 
 @blp.record_once
 def _init_caches(state: BlueprintSetupState) -> None:
     max_bytes = state.app.config.setdefault("DATA_CACHE_MAX_BYTES", DATA_CACHE_MAX_BYTES)
-    state.app.extensions["data_cache"] = VersionedCache(max_bytes) if max_bytes > 0 else None
-    state.app.extensions["data_totals"] = VersionedCache(DATA_TOTALS_MAX_BYTES)
+    state.app.extensions["data_cache"] = VersionedCache(
+        max_bytes, DATA_CACHE_MAX_ENTRIES, count_keys=True) if max_bytes > 0 else None
+    totals_bytes = state.app.config.setdefault("DATA_TOTALS_MAX_BYTES", DATA_TOTALS_MAX_BYTES)
+    state.app.extensions["data_totals"] = VersionedCache(
+        totals_bytes, DATA_TOTALS_MAX_ENTRIES, count_keys=True)
 
 
 def _cached(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -78,7 +85,9 @@ class DataList(MethodView):
     """Current records."""
 
     @_cached
-    @blp.arguments(DataArgsSchema, location="query")
+    # Unknown parameters are refused (422 naming them): the cache key is the raw query string,
+    # so accepted junk (?x=1, ?x=2, ...) would make a new entry per request.
+    @blp.arguments(DataArgsSchema, location="query", unknown=ma.RAISE)
     @blp.response(200, DataEnvelopeSchema)
     def get(self, args: dict[str, Any]) -> Any:
         """List the current record per asset and source
@@ -106,7 +115,7 @@ class DataList(MethodView):
                 envelope(records, number, args["page_size"], page.total, page.next_cursor))
         cache: VersionedCache | None = current_app.extensions.get("data_cache")
         if cache is not None and snapshot.version is not None:
-            cache.put(snapshot.version, request.query_string, template, template.size)
+            cache.put(snapshot.version, request.query_string, template, deep_size(template))
         return template_response(template)
 
 

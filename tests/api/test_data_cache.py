@@ -11,8 +11,8 @@ from typing import Any
 import redis
 from sqlalchemy import Engine, text
 
+from api.answer_cache import VersionedCache
 from shared.config import Settings
-from shared.queries import VersionedCache
 from tests.api.helpers import coins_csv
 from tests.shared.test_csv_pipeline import HEADER, only_file, run_csv
 
