@@ -8,12 +8,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import psycopg2
 import pytest
@@ -53,9 +54,24 @@ def _check_ok(body: Any, name: str) -> bool:
     return bool(check.get("ok")) if isinstance(check, dict) else check in (True, "ok")
 
 
-def test_embedded_stack_serves_health(tmp_path: Path) -> None:
+@pytest.fixture
+def pg_var_dir() -> Iterator[Path]:
+    """A var dir outside pytest's basetemp.
+
+    The embedded PostgreSQL runs as another account, which needs o+x on every parent; pytest
+    sessions started meanwhile (other checkouts on this machine) reset /tmp/pytest-of-<user> to
+    0700, which made initdb fail with 'Permission denied' half-way.
+    """
+    path = Path(tempfile.mkdtemp(prefix="kasparro-e2e-"))
+    try:
+        yield path / "var"
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_embedded_stack_serves_health(tmp_path: Path, pg_var_dir: Path) -> None:
     """Wheel-embedded servers, then `flask db upgrade`, then gunicorn answers /health with 200."""
-    var_dir = tmp_path / "var"
+    var_dir = pg_var_dir
     var_dir.mkdir()
     # port=0: free ports, never the machine's 5432/6379 (or the dev stack's fixed ports).
     database_url, stop_postgres = stack.start_embedded_postgres(
@@ -192,6 +208,30 @@ def test_run_writes_stack_env_that_make_targets_use(tmp_path: Path) -> None:
         inspect = _make("inspect", stack_env)
         assert inspect.returncode == 0, inspect.stdout + inspect.stderr
         assert "pong" in inspect.stdout
+
+        flower_port = stack.free_port()
+        venv = Path(sys.prefix)
+        flower = subprocess.Popen(
+            ["make", "--no-print-directory", f"VENV={venv}", "-o", f"{venv}/.installed-run",
+             "-o", f"{venv}/.installed-flower", f"STACK_ENV={stack_env}",
+             f"FLOWER_PORT={flower_port}", "flower"],
+            cwd=ROOT, env={k: v for k, v in os.environ.items() if k not in _STACK_KEYS},
+            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "flower.log", "wb"),
+            start_new_session=True)
+        try:
+            def dashboard() -> str:
+                if not stack.port_answers("127.0.0.1", flower_port):
+                    return ""
+                with urllib.request.urlopen(f"http://127.0.0.1:{flower_port}/workers",
+                                            timeout=5) as response:
+                    return str(response.read().decode())
+
+            # The dashboard lists the stack's worker once it has heard from it.
+            _wait_until(lambda: "celery@" in dashboard(), 60, "flower", launcher,
+                        tmp_path / "flower.log")
+        finally:
+            os.killpg(flower.pid, signal.SIGTERM)
+            flower.wait(30)
 
         # Beat queues a job at start; let it end so ours does not find the CSV source busy.
         db = _create_engine(values["DATABASE_URL"])
