@@ -34,7 +34,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Callable, Mapping, Sequence
 
-from scripts.stackenv import remove_stack_env, write_stack_env
+from scripts.stackenv import remove_stack_env, without_password, write_stack_env
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR_DIR = ROOT / "var"
@@ -778,7 +778,7 @@ def run_stack(var_dir: Path = VAR_DIR, tail: bool = True) -> int:
             f"  data    {api}/data",
             f"  logs    {log_dir}/{{api,worker,beat}}.log",
             f"  env     {env_file}  (make shell | etl ARGS=... | inspect | flower)",
-            f"  DATABASE_URL={services.database_url}",
+            f"  DATABASE_URL={without_password(services.database_url)}",
             f"  REDIS_URL={services.redis_url}",
             f"  API_TOKEN={env['API_TOKEN']}  (POST /jobs: Authorization: Bearer <token>)",
             "Press Ctrl-C to stop everything.",

@@ -32,11 +32,21 @@ def stack_env_values(env: Mapping[str, str], api_url: str) -> dict[str, str]:
     for key in _ONLY_WHEN_SET:
         if not env.get(key):
             values.pop(key, None)
+    if "DATABASE_URL" in values:
+        values["DATABASE_URL"] = without_password(values["DATABASE_URL"])
     # Absolute, so the file works from any directory.
     values["CSV_DIR"] = str((ROOT / env.get("CSV_DIR", "data")).resolve())
     values["API_URL"] = api_url
     values["API_PORT"] = api_url.rsplit(":", 1)[1]
     return {key: values[key] for key in KEYS if key in values}
+
+
+def without_password(url: str) -> str:
+    """`url` with its password left out (libpq then reads PGPASSWORD or ~/.pgpass)."""
+    from sqlalchemy.engine import make_url
+
+    # URL.set() ignores None; the URL is a named tuple, so _replace clears the field.
+    return make_url(url)._replace(password=None).render_as_string(hide_password=False)
 
 
 def write_stack_env(var_dir: Path, env: Mapping[str, str], api_url: str) -> Path:
@@ -45,7 +55,8 @@ def write_stack_env(var_dir: Path, env: Mapping[str, str], api_url: str) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["# The running stack's environment, written by `python -m scripts.stack run`.",
              "# Load it with `make shell`, or: set -a; . var/stack.env; set +a",
-             "# API_TOKEN is not here: it is in var/api_token (make shell exports it)."]
+             "# API_TOKEN is not here: it is in var/api_token (make shell exports it).",
+             "# Nor is a database password: libpq reads PGPASSWORD or ~/.pgpass."]
     lines += [f"{key}={shlex.quote(value)}"
               for key, value in stack_env_values(env, api_url).items()]
     temp = path.with_suffix(".tmp")
