@@ -284,10 +284,15 @@ def run_outcome(engine: Engine, run_id: int) -> dict[str, Any]:
     Read back from PostgreSQL, so a redelivered task reports what the first delivery did
     (FAULTS.md: chord members must return the same value every time).
     """
-    with engine.connect() as conn:
-        row = conn.execute(
-            text("SELECT source, status, error, " + ", ".join(_OUTCOME_FIELDS)
-                 + " FROM runs WHERE id = :id"), {"id": run_id}).mappings().first()
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                text("SELECT source, status, error, " + ", ".join(_OUTCOME_FIELDS)
+                     + " FROM runs WHERE id = :id"), {"id": run_id}).mappings().first()
+    except DBAPIError as exc:
+        if _is_connection_error(exc):
+            raise TransientDatabaseError(str(exc.orig)) from exc
+        raise
     if row is None:
         return {"run_id": run_id, "status": "missing"}
     outcome: dict[str, Any] = {"run_id": run_id, **{k: row[k] for k in row.keys()}}
