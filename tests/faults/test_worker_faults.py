@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import count
-from tests.faults.conftest import ROWS, Fault, worker_children
+from tests.faults.conftest import COINS, ROWS, Fault, unpublished_quotes, worker_children
 
 pytestmark = pytest.mark.faults
 
@@ -37,6 +37,9 @@ def test_f3_whole_worker_killed_and_restarted(fault: Fault, fault_worker: Any) -
     first.proc.wait(10)
     committed = count(fault.engine, "quotes")
     assert committed < ROWS
+    # The dead run's committed batches are served already: each published at its commit.
+    assert unpublished_quotes(fault.engine) == []
+    assert count(fault.engine, "current_quotes") == COINS
     fault_worker(concurrency=1)  # the message comes back after the visibility timeout + sweep
     fault.assert_resumed_once(job_id)
 
