@@ -60,10 +60,6 @@ for _source in SOURCES:
     _register_extract(_source)
 
 
-class NotReady(Exception):
-    """Some run of the job is still active."""
-
-
 @shared_task(name=task_names.NORMALIZE, bind=True, acks_late=True, max_retries=None)
 def normalize(self: Task, _results: Any, job_id: int) -> str | None:
     """Close the job once every run is terminal (checked in Postgres); also the error callback."""
