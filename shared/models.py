@@ -202,6 +202,41 @@ class CurrentQuote(Base):
     volume_24h_usd: Mapped[Decimal | None] = mapped_column(Numeric)
     rank: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    # NULL for a clean quote; else {"status": ..., "flags": [...]} from shared.quality (0011).
+    quality: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+
+
+class QuoteFlag(Base):
+    """The quality flags of one flagged quote (sparse: clean quotes have no row)."""
+
+    __tablename__ = "quote_flags"
+
+    asset_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    source: Mapped[str] = mapped_column(String(32), primary_key=True)
+    observed_at: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    flags: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+
+
+class Anomaly(Base):
+    """A run or data anomaly with its evidence, reported once per (kind, source, key)."""
+
+    __tablename__ = "anomalies"
+    __table_args__ = (
+        UniqueConstraint("kind", "source", "key"),
+        Index("ix_anomalies_source_created", "source", "created_at"),
+        Index("ix_anomalies_created", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    source: Mapped[str] = mapped_column(String(32))
+    # What the anomaly is about ("run:42", "quote:7:2025-01-01T00:00:00+00:00"): the dedupe key.
+    key: Mapped[str] = mapped_column(Text)
+    run_id: Mapped[int | None] = mapped_column(BigInteger)
+    observed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    evidence: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
 
 
 class DataVersion(Base):
