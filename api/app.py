@@ -19,7 +19,7 @@ from api.resources import docs_assets, index
 from api.security import init_security_headers
 from shared.config import Settings, get_settings
 from shared.logging_setup import configure_logging
-from shared.queries import BIGINT_MAX
+from shared.queries.paging import BIGINT_MAX
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 

@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import make_engine
-from shared.queries import DATA_VERSION_SQL
+from shared.queries.data import DATA_VERSION_SQL
 
 
 def init_db(app: Flask, database_url: str) -> None:

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 from flask import Flask, Response, current_app, g, request
 
-from shared.queries import Page
+from shared.queries.paging import Page
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
 
@@ -55,7 +55,7 @@ def _list_body(request_id: Any, latency: Any, data: Sequence[Any], page: int | N
 
 
 def paged(page: Page, args: dict[str, Any]) -> dict[str, Any]:
-    """The list body for a `shared.queries.Page` fetched with the request's paging arguments."""
+    """The list body for a `shared.queries.paging.Page` fetched with the request's paging args."""
     number = None if args.get("cursor") else args["page"]
     return envelope(page.rows, number, args["page_size"], page.total, page.next_cursor)
 

@@ -11,7 +11,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 
 from api.schemas import ErrorSchema
 from shared.errors import Conflict, NotFound
-from shared.queries import InvalidCursor
+from shared.queries.paging import InvalidCursor
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from marshmallow import validate
 from api.schemas import EnvelopeSchema
 from api.security import SafeErrorText
 from shared.models import RUN_STATUSES
-from shared.run_compare import run_duration_ms
+from shared.queries.runs import run_duration_ms
 
 
 class JobAcceptedSchema(ma.Schema):
@@ -22,7 +22,7 @@ class JobAcceptedSchema(ma.Schema):
 
 
 class RunCountersSchema(ma.Schema):
-    """The counters of a run (shared.run_compare.RUN_COUNTERS), as values or as differences."""
+    """The counters of a run (shared.queries.runs.RUN_COUNTERS), as values or as differences."""
 
     fetched = ma.fields.Integer(required=True)
     inserted = ma.fields.Integer(required=True)

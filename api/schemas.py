@@ -13,9 +13,10 @@ from marshmallow import validate
 from webargs.fields import DelimitedList
 
 from shared.config import SOURCES
-from shared.job_queries import JOB_TRIGGERS
+from shared.queries.jobs import JOB_TRIGGERS
 from shared.models import RUN_STATUSES
-from shared.queries import BIGINT_MAX, CURSOR_MAX_LENGTH, DATA_SORT_FIELDS
+from shared.queries.data import DATA_SORT_FIELDS
+from shared.queries.paging import BIGINT_MAX, CURSOR_MAX_LENGTH
 
 PAGE_SIZE_DEFAULT = 50
 PAGE_SIZE_MAX = 500
@@ -273,7 +274,7 @@ class QuoteRecordSchema(ma.Schema):
 
 
 def quote_record(row: Sequence[Any]) -> dict[str, Any]:
-    """QuoteRecordSchema().dump of a shared.queries.DATA_RECORD_FIELDS row, without marshmallow.
+    """QuoteRecordSchema().dump of a shared.queries.data.DATA_RECORD_FIELDS row, sans marshmallow.
 
     The money columns arrive as PostgreSQL's numeric text, which is already the plain-notation
     string DecimalString gives; the time is formatted as DateTime(format="iso") does. A test

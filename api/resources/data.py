@@ -23,13 +23,8 @@ from api.schemas import (
     HistoryEnvelopeSchema,
     quote_record,
 )
-from shared.history_range import open_start_span
-from shared.queries import (
-    DataFilters,
-    asset_detail,
-    asset_history,
-    read_current_quotes,
-)
+from shared.queries.assets import asset_detail, asset_history, open_start_span
+from shared.queries.data import DataFilters, read_current_quotes
 
 blp = Blueprint("data", __name__, url_prefix="/data", description="Unified market data")
 

@@ -16,7 +16,7 @@ from api.json_body import JsonBodyParser
 from api.ops_schemas import JobAcceptedSchema, JobSchema, JobsEnvelopeSchema
 from api.schemas import ErrorSchema, JobHeadersSchema, JobRequestSchema, JobsArgsSchema
 from shared.errors import NotFound
-from shared.job_queries import list_jobs
+from shared.queries.jobs import list_jobs
 from shared.jobs import create_job, enqueue_job, fail_unsent_job, load_job
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from api.db import get_session
 from api.envelope import page_window, paged
 from api.schemas import ErrorSchema, RawArgsSchema, RawEnvelopeSchema, RawRecordSchema
 from shared.config import SOURCES
-from shared.queries import get_raw_record, list_raw_records
+from shared.queries.raw import get_raw_record, list_raw_records
 
 blp = Blueprint("raw", __name__, url_prefix="/raw", description="Raw records as received")
 

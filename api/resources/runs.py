@@ -10,8 +10,7 @@ from api.db import get_session
 from api.envelope import page_window, paged
 from api.ops_schemas import RunComparisonSchema, RunsEnvelopeSchema, RunSchema
 from api.schemas import CompareArgsSchema, ErrorSchema, RunsArgsSchema
-from shared.queries import get_run, list_runs
-from shared.run_compare import compare_runs
+from shared.queries.runs import compare_runs, get_run, list_runs
 
 blp = Blueprint("runs", __name__, url_prefix="/runs", description="ETL runs")
 

@@ -1,4 +1,4 @@
-"""Read side of jobs: the newest-first, filtered, paged job list behind GET /jobs."""
+"""GET /jobs: the newest-first, filtered, paged job list (the read side of jobs)."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -6,7 +6,7 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from shared.models import Job
-from shared.queries import BIGINT_MAX, InvalidCursor, Page, decode_cursor, encode_cursor
+from shared.queries.paging import BIGINT_MAX, InvalidCursor, Page, decode_cursor, encode_cursor
 
 # What started a job: POST /jobs, beat's schedule, or `flask etl`.
 JOB_TRIGGERS: tuple[str, ...] = ("api", "beat", "cli")

@@ -1,18 +1,67 @@
-"""Two runs side by side (GET /runs/compare): counters, durations, and per source across jobs."""
+"""GET /runs: the filtered run list, one run, and two runs side by side (GET /runs/compare)."""
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session, selectinload
 
+from shared.errors import NotFound
 from shared.models import Job, Run
-from shared.queries import get_run
+from shared.queries.paging import (
+    BIGINT_MAX,
+    Page,
+    cursor_int,
+    decode_cursor,
+    fetch_page,
+    time_bounds,
+)
 
 RUN_COUNTERS: tuple[str, ...] = (
     "fetched", "inserted", "unchanged", "rejected", "raw_inserted", "http_requests",
     "http_retries", "rate_limit_waits", "attempts",
 )
+
+
+def list_runs(
+    session: Session,
+    *,
+    source: str | None = None,
+    status: str | None = None,
+    job_id: int | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    offset: int = 0,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Page:
+    """One page of runs, newest first, filtered by source, status, job and creation time."""
+    conditions: list[ColumnElement[bool]] = []
+    if source:
+        conditions.append(Run.source == source)
+    if status:
+        conditions.append(Run.status == status)
+    if job_id is not None:
+        conditions.append(Run.job_id == job_id)
+    conditions += time_bounds(Run.created_at, since, until)
+    base = select(Run).where(*conditions)
+    query = base
+    if cursor is not None:
+        payload = decode_cursor(cursor, "runs")
+        query = query.where(Run.id < cursor_int(payload, "id"))
+        offset = 0
+    query = query.order_by(Run.id.desc())
+    return fetch_page(session, query, base, offset=offset, limit=limit,
+                      cursor_of=lambda row: {"t": "runs", "id": row.id})
+
+
+def get_run(session: Session, run_id: int) -> Run:
+    """One run; NotFound when there is none."""
+    run = session.get(Run, run_id) if run_id <= BIGINT_MAX else None
+    if run is None:
+        raise NotFound(f"run {run_id} not found")
+    return run
 
 
 def run_duration_ms(run: Run) -> float | None:

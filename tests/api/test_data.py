@@ -12,8 +12,6 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from shared.models import CurrentQuote
-from shared.queries import price_consensus
 from tests.api.helpers import Loaded
 
 SORTS = ("asset_id", "symbol", "name", "source", "price_usd", "market_cap_usd",
@@ -200,23 +198,6 @@ def test_consensus_threshold_comes_from_settings(loaded: Loaded) -> None:
     client = create_app({"TESTING": True}, settings=tolerant).test_client()
     consensus = client.get("/data/bitcoin").get_json()["consensus"]
     assert consensus["disagree"] is False and consensus["threshold"] == 1000.0
-
-
-def test_price_consensus_median_spread_and_edge_cases() -> None:
-    def quote(source: str, price: str | None) -> CurrentQuote:
-        return CurrentQuote(source=source, price_usd=Decimal(price) if price else None)
-
-    agree = price_consensus([quote("coingecko", "100.0"), quote("coinpaprika", "101.0")], 0.02)
-    assert agree.price_usd == Decimal("100.5") and agree.disagree is False
-    assert agree.spread == pytest.approx(1 / 100.5)
-    disagree = price_consensus([quote("a", "100"), quote("b", "103"), quote("c", "99")], 0.02)
-    assert disagree.price_usd == Decimal("100") and disagree.disagree is True
-    one = price_consensus([quote("csv", "5"), quote("coingecko", None)], 0.02)
-    assert (one.spread, one.disagree, one.sources) == (0.0, False, ["csv"])
-    none = price_consensus([quote("csv", None)], 0.02)
-    assert none.price_usd is None and none.spread is None and none.disagree is False
-    zero = price_consensus([quote("a", "0"), quote("b", "0")], 0.02)
-    assert zero.spread is None and zero.disagree is False
 
 
 @pytest.mark.parametrize("ref", ["no-such-coin", "999999999", "99999999999999999999999",

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from api.envelope import envelope
 from api.schemas import DataEnvelopeSchema, QuoteRecordSchema, quote_record
 from shared.models import CurrentQuote
-from shared.queries import DATA_RECORD_FIELDS, list_current_quotes
+from shared.queries.data import DATA_RECORD_FIELDS, list_current_quotes
 from tests.api.helpers import Loaded
 from tests.api.test_data_cache import without_dynamic
 

@@ -1,0 +1,242 @@
+"""GET /data: filters, sort keys and keyset pages of current records, read in one snapshot."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Hashable, Protocol, Sequence
+
+from sqlalchemy import ColumnElement, Connection, Engine, Text, func, or_, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from shared.models import Asset, CurrentQuote
+from shared.queries.assets import split_asset_refs
+from shared.queries.paging import (
+    DecimalKeyError,
+    InvalidCursor,
+    Page,
+    cursor_datetime,
+    cursor_int,
+    cursor_str,
+    decimal_key,
+    decode_cursor,
+    keyset_after,
+    parse_decimal_key,
+    time_bounds,
+    trim_page,
+)
+
+# Sort fields of GET /data; every one is backed by a column of current_quotes.
+DATA_SORT_FIELDS: tuple[str, ...] = (
+    "asset_id", "symbol", "name", "source", "price_usd", "market_cap_usd", "volume_24h_usd",
+    "rank", "observed_at",
+)
+_DATA_SORT_COLUMNS: dict[str, InstrumentedAttribute[Any]] = {
+    name: getattr(CurrentQuote, name) for name in DATA_SORT_FIELDS
+}
+_NULLABLE_SORT_FIELDS = frozenset({"price_usd", "market_cap_usd", "volume_24h_usd", "rank"})
+_DECIMAL_SORT_FIELDS = frozenset({"price_usd", "market_cap_usd", "volume_24h_usd"})
+_INT_SORT_FIELDS = frozenset({"asset_id", "rank"})
+
+# The record of GET /data, in the order of the select below. Money is cast to text in SQL:
+# PostgreSQL prints numeric in plain notation with its stored scale, exactly the string
+# format(Decimal(value), "f") gave, without building a Decimal per value.
+DATA_RECORD_FIELDS: tuple[str, ...] = (
+    "asset_id", "symbol", "name", "source", "source_asset_id", "price_usd", "market_cap_usd",
+    "volume_24h_usd", "rank", "observed_at",
+)
+_DATA_RECORD_COLUMNS: tuple[Any, ...] = tuple(
+    getattr(CurrentQuote, name).cast(Text).label(name) if name in _DECIMAL_SORT_FIELDS
+    else getattr(CurrentQuote, name)
+    for name in DATA_RECORD_FIELDS
+)
+_DATA_SORT_POSITION = {name: DATA_RECORD_FIELDS.index(name) for name in DATA_SORT_FIELDS}
+
+DATA_VERSION_SQL = "SELECT version FROM data_version WHERE id = 1"
+
+
+@dataclass(frozen=True)
+class DataFilters:
+    """Filters of the current-records listing (all optional, combined with AND)."""
+
+    source: str | None = None
+    symbols: tuple[str, ...] = ()
+    assets: tuple[str, ...] = ()
+    q: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def _sort_key_to_json(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if name in _DECIMAL_SORT_FIELDS:
+        return format(Decimal(value), "f")
+    if name == "observed_at":
+        return value.isoformat()
+    return value
+
+
+def _sort_key_from_json(name: str, value: Any) -> Any:
+    if value is None:
+        if name not in _NULLABLE_SORT_FIELDS:
+            raise InvalidCursor(f"cursor has no value for sort field {name!r}")
+        return None
+    if name in _DECIMAL_SORT_FIELDS:
+        try:
+            return parse_decimal_key(value)
+        except DecimalKeyError as exc:
+            raise InvalidCursor(f"cursor value for {name!r} is {exc}") from None
+    if name in _INT_SORT_FIELDS:
+        return cursor_int({"v": value}, "v")
+    if name == "observed_at":
+        return cursor_datetime({"v": value}, "v")
+    return cursor_str({"v": value}, "v")
+
+
+def escape_like(value: str) -> str:
+    """`value` with LIKE wildcards and the escape character escaped (escape char: backslash)."""
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _data_conditions(filters: DataFilters) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if filters.source:
+        conditions.append(CurrentQuote.source == filters.source)
+    symbols = sorted({s.strip().upper() for s in filters.symbols if s.strip()})
+    if len(symbols) == 1:
+        conditions.append(CurrentQuote.symbol == symbols[0])
+    elif symbols:
+        conditions.append(CurrentQuote.symbol.in_(symbols))
+    elif filters.symbols:  # only blank symbols: nothing can match
+        conditions.append(CurrentQuote.symbol.is_(None))
+    if filters.assets:
+        ids, slugs = split_asset_refs(filters.assets)
+        matches: list[ColumnElement[bool]] = []
+        if ids:
+            matches.append(CurrentQuote.asset_id.in_(ids))
+        if slugs:
+            matches.append(CurrentQuote.asset_id.in_(
+                select(Asset.id).where(func.lower(Asset.slug).in_(slugs))))
+        # Only unusable references: nothing can match.
+        conditions.append(or_(*matches) if matches else CurrentQuote.asset_id.is_(None))
+    if filters.q:
+        pattern = f"%{escape_like(filters.q.strip())}%"
+        conditions.append(or_(CurrentQuote.name.ilike(pattern, escape="\\"),
+                              CurrentQuote.symbol.ilike(pattern, escape="\\")))
+    return conditions + time_bounds(CurrentQuote.observed_at, filters.since, filters.until)
+
+
+def parse_sort(sort: str, allowed: Sequence[str]) -> tuple[str, bool]:
+    """('-price_usd', allowed) -> ('price_usd', True); ValueError for a field not allowed."""
+    name, descending = (sort[1:], True) if sort.startswith("-") else (sort, False)
+    if name not in allowed:
+        raise ValueError(f"cannot sort by {name!r}")
+    return name, descending
+
+
+def read_data_version(conn: Connection) -> int | None:
+    """The version of current_quotes (migration 0004); None if its row is missing."""
+    version = conn.exec_driver_sql(DATA_VERSION_SQL).scalar()
+    return None if version is None else int(version)
+
+
+def count_current_quotes(conn: Connection | Session, filters: DataFilters | None = None) -> int:
+    """How many current records match `filters` (an exact count)."""
+    query = select(func.count()).select_from(CurrentQuote).where(
+        *_data_conditions(filters or DataFilters()))
+    return int(conn.execute(query).scalar_one())
+
+
+def list_current_quotes(
+    conn: Connection | Session,
+    filters: DataFilters | None = None,
+    *,
+    sort: str = "asset_id",
+    offset: int = 0,
+    limit: int = 50,
+    cursor: str | None = None,
+    total: int | None = None,
+) -> Page:
+    """One page of current records in `sort` order (ties by asset_id, source), keyset or offset.
+
+    Rows are tuples in DATA_RECORD_FIELDS order (money as exact decimal strings). With
+    `cursor` the page starts right after the row the cursor was issued for, so rows written
+    between two calls neither repeat nor shift the pages (offset is then ignored). `total`,
+    when the caller already knows it for these filters, saves the count.
+    """
+    filters = filters or DataFilters()
+    name, descending = parse_sort(sort, DATA_SORT_FIELDS)
+    column = _DATA_SORT_COLUMNS[name]
+    nullable = name in _NULLABLE_SORT_FIELDS
+    query = select(*_DATA_RECORD_COLUMNS).where(*_data_conditions(filters))
+    if cursor is not None:
+        payload = decode_cursor(cursor, "data")
+        if payload.get("s") != sort:
+            raise InvalidCursor(f"cursor was issued for sort={payload.get('s')!r}, not {sort!r}")
+        if "k" not in payload:
+            raise InvalidCursor("cursor has no sort key")
+        key = _sort_key_from_json(name, payload["k"])
+        asset_id, source = cursor_int(payload, "a"), cursor_str(payload, "r", 32)
+        query = query.where(keyset_after(
+            column, key, descending, nullable,
+            (CurrentQuote.asset_id, CurrentQuote.source), (asset_id, source)))
+        offset = 0
+    ordered = column.desc() if descending else column.asc()
+    query = query.order_by(ordered.nulls_last(), CurrentQuote.asset_id, CurrentQuote.source)
+    position = _DATA_SORT_POSITION[name]
+
+    def cursor_of(row: tuple[Any, ...]) -> dict[str, Any]:
+        # Decimal keys are already plain-notation strings (see _DATA_RECORD_COLUMNS).
+        key_json = (decimal_key(row[position], descending) if name in _DECIMAL_SORT_FIELDS
+                    and row[position] is not None
+                    else _sort_key_to_json(name, row[position]))
+        return {"t": "data", "s": sort, "k": key_json, "a": row[0], "r": row[3]}
+
+    rows, next_cursor = trim_page(
+        [tuple(row) for row in conn.execute(query.offset(offset).limit(limit + 1))],
+        limit, cursor_of)
+    if total is None:
+        total = count_current_quotes(conn, filters)
+    return Page(rows=rows, total=total, next_cursor=next_cursor)
+
+
+class TotalsCache(Protocol):
+    """Where totals are kept per data version (the API's api.answer_cache.VersionedCache)."""
+
+    def get(self, version: int | None, key: Hashable) -> Any:
+        """The value stored for `key` at exactly this version, or None."""
+
+    def put(self, version: int, key: Hashable, value: Any, size: int) -> None:
+        """Keep `value` (about `size` bytes) for `key` at `version`."""
+
+
+@dataclass(frozen=True)
+class DataSnapshot:
+    """A /data page read in one snapshot, with the data version that snapshot holds."""
+
+    version: int | None
+    page: Page
+
+
+def read_current_quotes(
+    engine: Engine,
+    filters: DataFilters,
+    totals: TotalsCache | None = None,
+    **window: Any,
+) -> DataSnapshot:
+    """The data version, one page and its total, all from one REPEATABLE READ snapshot.
+
+    The total of each filter set is kept in `totals` per data version, so an exact count runs
+    once per (filters, version) and process instead of on every request.
+    """
+    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
+        with conn.begin():
+            version = read_data_version(conn)
+            total = None
+            if totals is not None and version is not None:
+                total = totals.get(version, ("total", filters))
+            page = list_current_quotes(conn, filters, total=total, **window)
+            if totals is not None and version is not None and total is None:
+                totals.put(version, ("total", filters), page.total, 200)
+    return DataSnapshot(version, page)
