@@ -47,10 +47,9 @@ def build_batch(
     checkpoint_key: str,
     checkpoint: dict[str, Any],
     entries: Sequence[Entry],
-    stats: dict[str, float] | None = None,
 ) -> Batch:
     """A Batch of `entries` (raw for all, quotes and rejects where they have one)."""
-    batch = Batch(checkpoint_key=checkpoint_key, checkpoint=checkpoint, stats=dict(stats or {}))
+    batch = Batch(checkpoint_key=checkpoint_key, checkpoint=checkpoint)
     for entry in entries:
         batch.raw.append(entry.raw)
         if entry.quote is not None:

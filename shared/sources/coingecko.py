@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Iterator
 
 import requests
 
@@ -13,8 +13,10 @@ from shared.records import Batch, ParsedQuote
 from shared.sources.base import RunContext
 from shared.sources.batching import Entry, build_batch, cut_index, records_budget
 from shared.sources.drift import DriftEvent, DriftReport, FieldSpec, detect_drift
-from shared.sources.http import HttpClient, JsonItem, RateLimiter
+from shared.sources.exact_json import JsonItem
+from shared.sources.http import HttpClient
 from shared.sources.items import parse_market_item, to_entry
+from shared.sources.rate_limit import RateLimiter
 
 logger = logging.getLogger("shared.sources.coingecko")
 
@@ -95,18 +97,6 @@ def parse_entries(
     return entries, report.events
 
 
-def parse_page(
-    page: int,
-    items: list[JsonItem],
-    checkpoint: dict[str, Any],
-    seen: set[str] | None = None,
-) -> tuple[Batch, list[DriftEvent]]:
-    """Turn one fetched page into a Batch (raw + quotes + rejects) and its drift events."""
-    entries, events = parse_entries(page, items, seen)
-    stats = {"drift_events": float(len(events))}
-    return build_batch(CHECKPOINT_KEY, checkpoint, entries, stats), events
-
-
 @dataclass
 class CoinGeckoSource:
     """Pages through /coins/markets until an empty or short page; resumes within a run."""
@@ -119,8 +109,6 @@ class CoinGeckoSource:
     session: requests.Session | None = None
     backoff_base: float = 0.5
     name: str = SOURCE
-    # Drift seen by the last batches() call, for the run to surface with confidence scores.
-    drift_events: list[DriftEvent] = field(default_factory=list)
 
     def first_page(self, ctx: RunContext) -> int | None:
         """Where this run starts: after the last committed page of the same run, else page 1."""
@@ -134,7 +122,6 @@ class CoinGeckoSource:
     def batches(self, ctx: RunContext) -> Iterator[Batch]:
         """Yield one Batch per page; the empty/short last page carries complete=True."""
         start = self.first_page(ctx)
-        self.drift_events = []
         if start is None:
             logger.info("coingecko: run %s already complete; nothing to fetch", ctx.run_id)
             return
@@ -164,19 +151,17 @@ class CoinGeckoSource:
                 )
                 complete = len(items) < self.per_page
                 entries, events = parse_entries(page, items, seen)
-                self.drift_events.extend(events)
-                stats = {"drift_events": float(len(events))}
                 done = {"run_id": ctx.run_id, "page": page, "complete": complete}
                 cut = cut_index(entries, 0, len(entries), records_budget(ctx))
                 if cut < len(entries):
                     # FAIL_AFTER_N_RECORDS falls inside this page: commit its first part under
                     # the previous page's checkpoint, so a resume refetches the whole page.
                     before = {"run_id": ctx.run_id, "page": page - 1, "complete": False}
-                    batch = build_batch(CHECKPOINT_KEY, before, entries[:cut], stats)
+                    batch = build_batch(CHECKPOINT_KEY, before, entries[:cut])
                     batch.drift, events = events, []
                     yield batch
-                    entries, stats = entries[cut:], {}
-                batch = build_batch(CHECKPOINT_KEY, done, entries, stats)
+                    entries = entries[cut:]
+                batch = build_batch(CHECKPOINT_KEY, done, entries)
                 batch.drift = events
                 yield batch
                 if complete:

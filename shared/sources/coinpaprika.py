@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 import requests
@@ -11,9 +11,11 @@ from shared.config import Settings
 from shared.records import Batch, ParsedQuote
 from shared.sources.base import RunContext
 from shared.sources.batching import Entry, build_batch, cut_index, records_budget
-from shared.sources.drift import DriftEvent, DriftReport, FieldSpec, detect_drift
-from shared.sources.http import HttpClient, JsonItem, RateLimiter
+from shared.sources.drift import DriftReport, FieldSpec, detect_drift
+from shared.sources.exact_json import JsonItem
+from shared.sources.http import HttpClient
 from shared.sources.items import parse_market_item, to_entry
+from shared.sources.rate_limit import RateLimiter
 
 logger = logging.getLogger("shared.sources.coinpaprika")
 
@@ -107,7 +109,6 @@ class CoinPaprikaSource:
     session: requests.Session | None = None
     backoff_base: float = 0.5
     name: str = SOURCE
-    drift_events: list[DriftEvent] = field(default_factory=list)
 
     def resume_point(self, ctx: RunContext) -> dict[str, Any] | None:
         """The committed position of this run, {} to start fresh, None when already complete."""
@@ -121,7 +122,6 @@ class CoinPaprikaSource:
     def batches(self, ctx: RunContext) -> Iterator[Batch]:
         """Yield the tickers in batches; the last carries complete=True (even when empty)."""
         resume = self.resume_point(ctx)
-        self.drift_events = []
         if resume is None:
             logger.info("coinpaprika: run %s already complete; nothing to fetch", ctx.run_id)
             return
@@ -152,7 +152,6 @@ class CoinPaprikaSource:
                 # Past the coins with ids, only the (id-less) tail is left: trust the offset.
                 start = max(start, offset)
         report = detect_drift(SOURCE, "tickers", [i.value for i in items], FIELDS, KNOWN_FIELDS)
-        self.drift_events = list(report.events)
         entries = self._entries(ordered, keys, start, report)
         first = True
         position = start
@@ -169,11 +168,8 @@ class CoinPaprikaSource:
                 "last_id": cursor_id,
                 "complete": end >= len(ordered),
             }
-            # Drift is a property of the one response: count it once, on the first batch.
-            stats = {"drift_events": float(len(report.events)) if first else 0.0}
-            batch = build_batch(
-                CHECKPOINT_KEY, checkpoint, entries[position - start:end - start], stats
-            )
+            batch = build_batch(CHECKPOINT_KEY, checkpoint, entries[position - start:end - start])
+            # Drift is a property of the one response: recorded once, with the first batch.
             batch.drift = list(report.events) if first else []
             yield batch
             first = False

@@ -8,7 +8,7 @@ from shared.bounds import SOURCE_ASSET_ID_MAX, asset_text_problem, text_problem
 from shared.records import ParsedQuote, RawItem, Rejected, content_hash
 from shared.sources.batching import Entry
 from shared.sources.drift import DriftReport, flatten
-from shared.sources.http import JsonItem, to_datetime, to_decimal, to_int
+from shared.sources.exact_json import JsonItem, to_datetime, to_decimal, to_int
 
 
 def text_or_none(value: Any) -> str | None:

@@ -16,17 +16,16 @@ from shared.bounds import numeric_problem
 from shared.models import Asset, AssetSourceId, Quote
 from shared.parsing import ValueParseError, parse_decimal, parse_int, parse_timestamp
 from shared.sources import csv_formats
-from shared.sources.coingecko import parse_page
 from shared.sources.csv_formats import detect_format
 from shared.sources.coinpaprika import parse_ticker
 from shared.sources.drift import DriftReport
-from shared.sources.http import JsonItem, parse_json_array
+from shared.sources.exact_json import JsonItem, parse_json_array
 from tests.api.helpers import replay_settings, run_sources
+from tests.shared.sources.conftest import gecko_batches
 from tests.upstream import ReplayUpstream
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 GECKO_PAGE = FIXTURES / "coingecko" / "coins_markets_usd_page1_per250_2025-02-09.json"
-CHECKPOINT = {"run_id": 1, "page": 1, "complete": False}
 
 
 def _type(table: Any, column: str, attribute: str) -> Any:
@@ -122,8 +121,8 @@ def test_coingecko_items_out_of_bounds_are_rejected_with_a_reason(
              if "id" not in changes else _hostile_item(recorded_items[0], **changes)
              for n, (changes, _) in enumerate(GECKO_CASES)]
     texts.append(json.dumps(recorded_items[1]))  # a clean item after them
-    items = parse_json_array("[" + ",".join(texts) + "]")
-    batch, _ = parse_page(1, items, CHECKPOINT)
+    with ReplayUpstream() as server:
+        (batch,) = gecko_batches(server, "[" + ",".join(texts) + "]")
     reasons = {r.location: r.reason for r in batch.rejects}
     for index, (_, expected) in enumerate(GECKO_CASES, start=1):
         assert reasons[f"page 1 item {index}"].startswith(expected), reasons

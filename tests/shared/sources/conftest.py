@@ -8,7 +8,9 @@ import pytest
 import redis
 
 from shared.config import Settings, load_settings
+from shared.records import Batch
 from shared.sources.base import RunContext
+from shared.sources.coingecko import CHECKPOINT_KEY, CoinGeckoSource
 from tests.upstream import ReplayUpstream
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
@@ -76,3 +78,19 @@ def make_ctx(
         checkpoints=checkpoints or {}, on_event=events,
     )
     return ctx, events
+
+
+def gecko_batches(
+    upstream: ReplayUpstream, body: str | None = None, page: int = 1, **source: Any
+) -> list[Batch]:
+    """A CoinGecko run's batches from `page` on (resumed there); `body` is served as that page.
+
+    The real path: HTTP through the replay upstream, the client, the source's parsing.
+    """
+    if body is not None:
+        upstream.add_fault("status", endpoint="coingecko", page=page, count=1, status=200,
+                           body=body)
+    saved = {CHECKPOINT_KEY: {"run_id": 1, "page": page - 1, "complete": False}}
+    ctx, _ = make_ctx(make_settings(upstream), "coingecko", run_id=1,
+                      checkpoints=saved if page > 1 else None)
+    return list(CoinGeckoSource(backoff_base=0.01, **source).batches(ctx))

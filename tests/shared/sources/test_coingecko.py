@@ -13,26 +13,27 @@ import redis
 from shared.config import load_settings
 from shared.errors import UpstreamError
 from shared.records import Batch, content_hash
-from shared.sources.coingecko import (
-    NUMBER_FIELDS,
-    CoinGeckoSource,
-    auth_headers,
-    parse_page,
-)
-from shared.sources.http import JsonItem, UpstreamUnavailable, parse_json, parse_json_array
-from tests.shared.sources.conftest import make_ctx, make_settings
+from shared.sources.coingecko import NUMBER_FIELDS, CoinGeckoSource, auth_headers
+from shared.sources.exact_json import JsonItem, parse_json, parse_json_array
+from shared.sources.http_errors import UpstreamUnavailable
+from tests.shared.sources.conftest import gecko_batches, make_ctx, make_settings
 from tests.upstream import ReplayUpstream
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "coingecko" / (
     "coins_markets_usd_page1_per250_2025-02-09.json"
 )
-CHECKPOINT = {"run_id": 1, "page": 1, "complete": False}
 
 
 @pytest.fixture(scope="module")
 def recorded() -> list[JsonItem]:
     """The recorded page split into items."""
     return parse_json_array(FIXTURE.read_text(encoding="utf-8"))
+
+
+@pytest.fixture
+def page1(upstream: ReplayUpstream, redis_db: redis.Redis) -> Batch:
+    """The batch of page 1 as a run fetches it (the replay upstream serves the recorded page)."""
+    return gecko_batches(upstream)[0]
 
 
 def number_texts(item_text: str) -> dict[str, Any]:
@@ -73,10 +74,10 @@ def test_every_number_of_every_item_is_the_exact_upstream_text(recorded: list[Js
         assert value.as_tuple() == Decimal(text).as_tuple(), (path, text)
 
 
-def test_quotes_carry_the_exact_values(recorded: list[JsonItem]) -> None:
+def test_quotes_carry_the_exact_values(recorded: list[JsonItem], page1: Batch) -> None:
     """Every ParsedQuote number equals its item's JSON text; nulls stay None."""
-    batch, events = parse_page(1, recorded, CHECKPOINT)
-    assert events == [] and batch.rejects == []
+    batch = page1
+    assert batch.drift == [] and batch.rejects == []
     assert len(batch.quotes) == len(batch.raw) == 250
     for item, quote in zip(recorded, batch.quotes):
         texts = number_texts(item.text)
@@ -93,17 +94,17 @@ def test_quotes_carry_the_exact_values(recorded: list[JsonItem]) -> None:
         assert quote.raw_hash == content_hash("coingecko", item.text)
 
 
-def test_raw_items_are_the_exact_item_text(recorded: list[JsonItem]) -> None:
+def test_raw_items_are_the_exact_item_text(page1: Batch) -> None:
     """Raw payloads joined back give the recorded body, byte for byte."""
-    batch, _ = parse_page(1, recorded, CHECKPOINT)
+    batch = page1
     assert "[" + ",".join(r.payload for r in batch.raw) + "]" == FIXTURE.read_text(encoding="utf-8")
     assert all(r.hash == content_hash("coingecko", r.payload) for r in batch.raw)
     assert batch.raw[0].source_key == "bitcoin"
 
 
-def test_quirks_of_the_recorded_page(recorded: list[JsonItem]) -> None:
+def test_quirks_of_the_recorded_page(page1: Batch) -> None:
     """Symbols are shared by several coins; a lagging coin keeps its own last_updated."""
-    batch, _ = parse_page(1, recorded, CHECKPOINT)
+    batch = page1
     by_symbol: dict[str, set[str]] = {}
     for quote in batch.quotes:
         by_symbol.setdefault(quote.symbol, set()).add(quote.source_asset_id)
@@ -129,7 +130,9 @@ def market_item(drop: tuple[str, ...] = (), **fields: Any) -> str:
     return json.dumps({k: v for k, v in item.items() if k not in drop}, separators=(",", ":"))
 
 
-def test_bad_items_are_rejected_with_location_and_still_kept_raw() -> None:
+def test_bad_items_are_rejected_with_location_and_still_kept_raw(
+    upstream: ReplayUpstream, redis_db: redis.Redis
+) -> None:
     """Missing id/symbol, null or garbled last_updated, junk numbers: Rejected, never dropped."""
     bad = [
         market_item(drop=("id",)),
@@ -141,8 +144,7 @@ def test_bad_items_are_rejected_with_location_and_still_kept_raw() -> None:
         market_item(id="h", drop=("last_updated",)),
         "[1,2]",
     ]
-    items = parse_json_array("[" + ",".join([market_item(), *bad]) + "]")
-    batch, _ = parse_page(3, items, CHECKPOINT)
+    (batch,) = gecko_batches(upstream, "[" + ",".join([market_item(), *bad]) + "]", page=3)
     assert [q.source_asset_id for q in batch.quotes] == ["a"]
     assert [r.location for r in batch.rejects] == [f"page 3 item {i}" for i in range(2, 10)]
     assert [r.reason for r in batch.rejects] == [
@@ -160,18 +162,22 @@ def test_bad_items_are_rejected_with_location_and_still_kept_raw() -> None:
     assert batch.raw[1].source_key == "page 3 item 2"  # no id: named by its location
 
 
-def test_duplicates_across_pages_keep_the_first() -> None:
+def test_duplicates_across_pages_keep_the_first(
+    upstream: ReplayUpstream, redis_db: redis.Redis
+) -> None:
     """A coin pushed onto the next page by a rank shift is quoted once per run."""
-    page1 = parse_json_array("[" + market_item(id="x") + "]")
-    page2 = parse_json_array(
-        "[" + market_item(id="x", last_updated="2025-02-09T00:00:01Z") + ","
-        + market_item(id="y") + "]"
-    )
-    seen: set[str] = set()
-    first, _ = parse_page(1, page1, CHECKPOINT, seen)
-    second, _ = parse_page(2, page2, CHECKPOINT, seen)
-    assert [q.source_asset_id for q in first.quotes + second.quotes] == ["x", "y"]
+    pages = {
+        1: "[" + market_item(id="x") + "," + market_item(id="w") + "]",
+        2: "[" + market_item(id="x", last_updated="2025-02-09T00:00:01Z") + ","
+           + market_item(id="y") + "]",
+        3: "[]",
+    }
+    for page, body in pages.items():
+        upstream.add_fault("status", endpoint="coingecko", page=page, status=200, body=body)
+    first, second, last = gecko_batches(upstream, per_page=2)
+    assert [q.source_asset_id for q in first.quotes + second.quotes] == ["x", "w", "y"]
     assert second.stats["duplicates"] == 1 and len(second.raw) == 2
+    assert last.checkpoint["complete"] and last.raw == []
 
 
 # -- against the replay upstream --------------------------------------------------------------
@@ -270,19 +276,15 @@ def test_confident_rename_and_retype_are_mapped(
     upstream: ReplayUpstream, redis_db: redis.Redis
 ) -> None:
     """current_price -> price and market_cap as a string: mapped, values unchanged, recorded."""
+    expected = gecko_batches(upstream)[0]  # the page as served without drift
     upstream.add_fault("drift", endpoint="coingecko", page=1,
                        rename={"current_price": "price"}, retype={"market_cap": "string"})
-    ctx, _ = make_ctx(make_settings(upstream), "coingecko")
-    source = CoinGeckoSource(backoff_base=0.01)
-    batches = run(source, ctx)
-    first = batches[0]
+    first = gecko_batches(upstream)[0]
     assert first.rejects == [] and len(first.quotes) == 250
-    assert first.stats["drift_events"] == 2
-    kinds = {(e.kind, e.field, e.observed, e.mapped) for e in source.drift_events}
+    kinds = {(e.kind, e.field, e.observed, e.mapped) for e in first.drift}
     assert kinds == {("renamed", "current_price", "price", True),
                      ("retyped", "market_cap", "string", True)}
-    assert all(e.confidence >= 0.7 for e in source.drift_events)
-    expected, _ = parse_page(1, parse_json_array(FIXTURE.read_text(encoding="utf-8")), CHECKPOINT)
+    assert all(e.confidence >= 0.7 for e in first.drift)
     for got, want in zip(first.quotes, expected.quotes):
         assert got.price_usd == want.price_usd and got.market_cap_usd == want.market_cap_usd
     # The raw layer keeps the drifted text as received.
@@ -295,17 +297,15 @@ def test_unmappable_drift_rejects_items_naming_the_field(
     """last_updated removed, current_price renamed beyond recognition: every item rejected."""
     upstream.add_fault("drift", endpoint="coingecko", page=1,
                        rename={"current_price": "quux"}, remove=["last_updated"])
-    ctx, _ = make_ctx(make_settings(upstream), "coingecko")
-    source = CoinGeckoSource(backoff_base=0.01)
-    first = run(source, ctx)[0]
+    first = gecko_batches(upstream)[0]
     assert first.quotes == [] and len(first.rejects) == 250 and len(first.raw) == 250
     assert first.rejects[0].reason == (
         "missing field 'current_price', 'last_updated' (schema drift, no confident rename)"
     )
-    missing = {e.field for e in source.drift_events if e.kind == "missing"}
+    missing = {e.field for e in first.drift if e.kind == "missing"}
     assert missing == {"current_price", "last_updated"}
-    assert any(e.kind == "new" and e.field == "quux" for e in source.drift_events)
-    assert first.stats["drift_events"] == 3
+    assert any(e.kind == "new" and e.field == "quux" for e in first.drift)
+    assert len(first.drift) == 3
 
 
 def test_malformed_page_is_retried(upstream: ReplayUpstream, redis_db: redis.Redis) -> None:

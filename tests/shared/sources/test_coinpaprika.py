@@ -14,7 +14,7 @@ from shared.config import load_settings
 from shared.errors import UpstreamError
 from shared.records import Batch, content_hash
 from shared.sources.coinpaprika import CoinPaprikaSource, auth_headers
-from shared.sources.http import UpstreamUnavailable
+from shared.sources.http_errors import UpstreamUnavailable
 from tests.shared.sources.conftest import make_ctx, make_settings
 from tests.upstream import ReplayUpstream
 
@@ -173,8 +173,8 @@ def test_nested_rename_is_mapped(upstream: ReplayUpstream, redis_db: redis.Redis
     assert sum(len(b.rejects) for b in batches) == 0
     btc = next(q for b in batches for q in b.quotes if q.source_asset_id == "btc-bitcoin")
     assert btc.price_usd == Decimal("38054.559249568")
-    assert [b.stats["drift_events"] for b in batches] == [1, 0, 0, 0]
-    event = source.drift_events[0]
+    assert [len(b.drift) for b in batches] == [1, 0, 0, 0]
+    event = batches[0].drift[0]
     assert (event.kind, event.field, event.observed, event.mapped) == (
         "renamed", "quotes.USD.price", "quotes.USD.price_usd", True,
     )

@@ -16,27 +16,25 @@ import pytest
 import redis
 
 from shared.errors import UpstreamError
-from shared.sources.http import (
+from shared.sources.exact_json import (
     BodyError,
-    HttpClient,
-    NullRateLimiter,
-    RateLimited,
-    RedisRateLimiter,
     ShapeError,
-    UpstreamUnavailable,
     parse_json,
     parse_json_array,
-    parse_retry_after,
-    redact,
     to_datetime,
     to_decimal,
     to_int,
 )
+from shared.sources.http import HttpClient, parse_retry_after, redact
+from shared.sources.http_errors import RateLimited, UpstreamUnavailable
+from shared.sources.rate_limit import RedisRateLimiter
 from tests.shared.sources.conftest import REDIS_URL, Events, make_settings
 from tests.upstream import ReplayUpstream, max_requests_in_window
 
 ROOT = Path(__file__).resolve().parents[3]
 PING = "/api/v3/ping"
+# A one-coin page: the smallest request the clients really make.
+ONE_COIN = {"vs_currency": "usd", "per_page": 1, "page": 1}
 KEY = "cg-secret-key-0123456789"
 
 
@@ -47,6 +45,11 @@ def client_for(
     settings = make_settings(upstream, **env)
     rate = settings.coingecko_rate if source == "coingecko" else settings.coinpaprika_rate
     return HttpClient(source, settings, rate=rate, on_event=events, backoff_base=0.01)
+
+
+def markets(upstream: ReplayUpstream) -> str:
+    """The CoinGecko markets URL of the replay upstream."""
+    return upstream.coingecko_base_url + "/coins/markets"
 
 
 # -- exact JSON -------------------------------------------------------------------------------
@@ -169,10 +172,11 @@ def test_transient_faults_that_persist_give_up_after_max_retries(
     events = Events()
     with client_for(upstream, events, HTTP_MAX_RETRIES="2") as client:
         with pytest.raises(UpstreamUnavailable) as excinfo:
-            client.get_json(upstream.coingecko_base_url + "/ping")
+            client.get_json_array(markets(upstream), ONE_COIN)
     message = str(excinfo.value)
     assert expected in message and "after 3 attempt(s)" in message
-    assert message.startswith("coingecko: giving up on /api/v3/ping")
+    assert message.startswith(
+        "coingecko: giving up on /api/v3/coins/markets?vs_currency=usd&per_page=1&page=1")
     assert len(upstream.requests()) == 3
     assert events["http_retries"] == 2
 
@@ -218,7 +222,7 @@ def test_redirects_are_never_followed(upstream: ReplayUpstream, redis_db: redis.
     with ReplayUpstream(host="127.0.0.2") as elsewhere:
         upstream.add_fault("redirect", endpoint="coingecko", location=elsewhere.url + PING)
         with client_for(upstream) as client, pytest.raises(UpstreamError) as excinfo:
-            client.get_json(upstream.coingecko_base_url + "/ping")
+            client.get_json_array(markets(upstream), ONE_COIN)
         assert elsewhere.requests() == []
     assert excinfo.value.status == 302
     assert "HTTP 302 redirect" in str(excinfo.value) and "not followed" in str(excinfo.value)
@@ -237,7 +241,7 @@ def test_429_retry_after_is_honoured(
                        retry_after_format=fmt)
     events = Events()
     with client_for(upstream, events) as client:
-        assert client.get_json(upstream.coingecko_base_url + "/ping")
+        assert client.get_json_array(markets(upstream), ONE_COIN)
     first, second = upstream.requests("coingecko")
     assert first["status"] == 429 and second["status"] == 200
     # An HTTP date has 1 s resolution: it can mean up to 1 s less than the delta asked for.
@@ -255,11 +259,11 @@ def test_429_blocks_every_client_of_that_source(
     upstream.add_fault("429", endpoint="coingecko", count=1, retry_after=2)
     with client_for(upstream, HTTP_MAX_RETRIES="0") as worker_a:
         with pytest.raises(UpstreamUnavailable, match="HTTP 429"):
-            worker_a.get_json(upstream.coingecko_base_url + "/ping")
+            worker_a.get_json_array(markets(upstream), ONE_COIN)
     assert redis_db.get("ratelimit:blocked_until:coingecko") is not None
     events = Events()
     with client_for(upstream, events) as worker_b:
-        worker_b.get_json(upstream.coingecko_base_url + "/ping")
+        worker_b.get_json_array(markets(upstream), ONE_COIN)
         # Another source is not blocked.
         paprika = client_for(upstream, source="coinpaprika")
         started = time.monotonic()
@@ -276,11 +280,11 @@ def test_retry_after_longer_than_we_wait_raises_rate_limited(
     """A Retry-After beyond HTTP_BACKOFF_MAX_SECONDS is not slept through: RateLimited."""
     upstream.add_fault("429", endpoint="coingecko", retry_after=120)
     with client_for(upstream) as client, pytest.raises(RateLimited) as excinfo:
-        client.get_json(upstream.coingecko_base_url + "/ping")
+        client.get_json_array(markets(upstream), ONE_COIN)
     assert excinfo.value.retry_after == 120
     assert "exceeds the 3s we wait" in str(excinfo.value)
     with client_for(upstream) as other, pytest.raises(RateLimited):
-        other.get_json(upstream.coingecko_base_url + "/ping")
+        other.get_json_array(markets(upstream), ONE_COIN)
     assert len(upstream.requests()) == 1  # the second client did not even ask
 
 
@@ -292,7 +296,7 @@ def test_limiter_waits_for_a_free_slot(upstream: ReplayUpstream, redis_db: redis
     events = Events()
     with client_for(upstream, events, COINGECKO_RATE_LIMIT="2") as client:
         for _ in range(3):
-            client.get_json(upstream.coingecko_base_url + "/ping")
+            client.get_json_array(markets(upstream), ONE_COIN)
     times = [e["mono"] for e in upstream.requests()]
     assert max_requests_in_window(times, 1.0 - 0.25) <= 2  # allowance: see the next test
     assert events["rate_limit_waits"] == 1
@@ -346,7 +350,6 @@ def test_limiter_block_only_ever_extends(redis_db: redis.Redis) -> None:
     assert 28 < limiter.blocked_for() <= 30
     limiter.clear()
     assert limiter.blocked_for() == 0
-    assert NullRateLimiter().acquire() == 0.0
 
 
 # -- secrets ----------------------------------------------------------------------------------
@@ -366,7 +369,7 @@ def test_keys_never_appear_in_errors_or_logs(
         headers={"x-cg-demo-api-key": KEY}, backoff_base=0.01,
     )
     with client, pytest.raises(UpstreamError) as excinfo:
-        client.get_json(upstream.coingecko_base_url + "/ping")
+        client.get_json_array(markets(upstream), ONE_COIN)
     assert excinfo.value.status == 401
     assert KEY not in str(excinfo.value) and "[redacted]" in str(excinfo.value)
     assert caplog.records, "the retry should have been logged"
