@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import Mapping
 
 SOURCES: tuple[str, ...] = ("coingecko", "coinpaprika", "csv")
+# A quote observed this long before its fetch is stale (docs/quality.md); CSV rows are
+# historical closes by nature, so the check is off for them.
+QUALITY_STALE_SECONDS_DEFAULT = {"coingecko": 3600, "coinpaprika": 3600, "csv": 0}
 
 DEFAULT_COINGECKO_BASE_URL = "https://api.coingecko.com/api/v3"
 DEFAULT_COINPAPRIKA_BASE_URL = "https://api.coinpaprika.com/v1"
@@ -157,6 +160,25 @@ class Settings:
     run_stale_seconds: int
     reaper_interval_seconds: int
     consensus_disagreement_share: float
+    # Quality checks (shared.quality, docs/quality.md): stale limit per source in seconds
+    # (QUALITY_STALE_SECONDS_<SOURCE>, 0 = off), jump factor, outlier distance in percent,
+    # market cap / volume ratio, market cap vs price x supply factor, largest market cap.
+    quality_stale_seconds_by_source: dict[str, int]
+    quality_jump_factor: float
+    quality_outlier_pct: float
+    quality_mcap_volume_ratio: float
+    quality_mcap_supply_factor: float
+    quality_max_market_cap_usd: float
+    # Consensus takes quotes observed within this many seconds of the freshest (shared.consensus).
+    consensus_window_seconds: int
+    # Run anomaly rules (shared.anomalies): runs looked back, runs needed, ratio and robust z
+    # both required, failed runs in a row, reject-rate rise.
+    anomaly_lookback_runs: int
+    anomaly_min_history: int
+    anomaly_ratio: float
+    anomaly_robust_z: float
+    anomaly_failure_streak: int
+    anomaly_reject_rate_jump: float
     enabled_sources: tuple[str, ...]
     # API request quotas per client address, in the `limits` notation ('600/minute').
     api_read_rate_limit: str = "600/minute"
@@ -255,6 +277,22 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         run_stale_seconds=_int(env, "ETL_RUN_STALE_SECONDS", visibility + 120, 1),
         reaper_interval_seconds=_int(env, "ETL_REAPER_INTERVAL_SECONDS", 60, 1),
         consensus_disagreement_share=_float(env, "CONSENSUS_DISAGREEMENT_SHARE", 0.02),
+        quality_stale_seconds_by_source={
+            source: _int(env, f"QUALITY_STALE_SECONDS_{source.upper()}",
+                         QUALITY_STALE_SECONDS_DEFAULT.get(source, 0), 0)
+            for source in SOURCES},
+        quality_jump_factor=_float(env, "QUALITY_JUMP_FACTOR", 10.0),
+        quality_outlier_pct=_float(env, "QUALITY_OUTLIER_PCT", 10.0),
+        quality_mcap_volume_ratio=_float(env, "QUALITY_MCAP_VOLUME_RATIO", 1e8),
+        quality_mcap_supply_factor=_float(env, "QUALITY_MCAP_SUPPLY_FACTOR", 2.0),
+        quality_max_market_cap_usd=_float(env, "QUALITY_MAX_MARKET_CAP_USD", 1e13),
+        consensus_window_seconds=_int(env, "CONSENSUS_WINDOW_SECONDS", 3600, 1),
+        anomaly_lookback_runs=_int(env, "ANOMALY_LOOKBACK_RUNS", 20, 1),
+        anomaly_min_history=_int(env, "ANOMALY_MIN_HISTORY", 5, 1),
+        anomaly_ratio=_float(env, "ANOMALY_RATIO", 5.0),
+        anomaly_robust_z=_float(env, "ANOMALY_ROBUST_Z", 5.0),
+        anomaly_failure_streak=_int(env, "ANOMALY_FAILURE_STREAK", 3, 1),
+        anomaly_reject_rate_jump=_float(env, "ANOMALY_REJECT_RATE_JUMP", 0.1),
         enabled_sources=enabled,
         api_read_rate_limit=_quota(env, "API_READ_RATE_LIMIT", "600/minute"),
         api_jobs_rate_limit=_quota(env, "API_JOBS_RATE_LIMIT", "10/minute"),
