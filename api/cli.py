@@ -11,12 +11,13 @@ from flask.cli import AppGroup
 from sqlalchemy import Engine
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from api.broker import get_celery
 from api.cli_progress import (
     BackgroundWatch, as_dict, exit_code, load_state, start_line, summary_lines, watch,
 )
 from shared.config import SOURCES, Settings
 from shared.db import make_engine, unit_of_work
-from shared.jobs import create_job, enqueue_job, finalize_job, reap_stale_runs
+from shared.jobs import JobNotQueued, create_job, finalize_job, reap_stale_runs, submit_job
 from shared.runs import execute_run
 
 etl = AppGroup("etl", help="Run, queue or reap ETL jobs.")
@@ -93,9 +94,13 @@ def enqueue(sources: tuple[str, ...], wait: bool, timeout: float | None, as_json
     settings = _settings()
     engine = current_app.extensions["db_engine"]
     started = time.monotonic()
-    with unit_of_work(engine) as session:
-        job = create_job(session, list(sources or settings.enabled_sources), trigger="cli").job
-    enqueue_job(current_app.extensions["celery"], job)
+    try:
+        with unit_of_work(engine) as session:
+            job = submit_job(session, get_celery(), list(sources or settings.enabled_sources),
+                             trigger="cli").job
+    except JobNotQueued as exc:
+        # The job is committed as failed (GET /jobs/<id> says why); a one-line error, exit 1.
+        raise click.ClickException(str(exc)) from None
     if not wait:
         click.echo(job.id)
         return

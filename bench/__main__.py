@@ -15,81 +15,16 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import text
 
+from bench.common import BENCH_DIR, RESULTS, BenchDatabase, Row, only, say, stop_process
 from bench.cpu import backend_cpu_seconds
 from bench.gen import append_days, kaggle_file
+from bench.sources import sources_cases
 from scripts.stack import ROOT, VAR_DIR, ensure_services, free_port
-
-BENCH_DIR = VAR_DIR / "bench"
-RESULTS = VAR_DIR / "bench-results.md"
-
-
-@dataclass
-class Row:
-    """One line of the results table."""
-
-    case: str
-    measured: str
-    baseline: str
-    ratio: float | None
-    goal: str
-    met: bool | None
-
-    def cells(self) -> list[str]:
-        """The row as table cells."""
-        ratio = "" if self.ratio is None else f"{self.ratio:.3g}"
-        met = {True: "yes", False: "NO", None: "n/a"}[self.met]
-        return [self.case, self.measured, self.baseline, ratio, self.goal, met]
-
-
-def say(message: str) -> None:
-    """Progress on stderr (the table goes to stdout)."""
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-class BenchDatabase:
-    """A database of our own on the server, migrated, dropped by `drop()`."""
-
-    def __init__(self, server_url: str) -> None:
-        self.name = f"kasparro_bench_{uuid.uuid4().hex[:8]}"
-        base = make_url(server_url)
-        self.admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
-        with self.admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{self.name}"'))
-        self.url = base.set(database=self.name).render_as_string(hide_password=False)
-        self.engine = create_engine(self.url, pool_pre_ping=True)
-
-    def migrate(self, env: dict[str, str]) -> None:
-        """flask --app api db upgrade, as make run does."""
-        subprocess.run([sys.executable, "-m", "flask", "--app", "api", "db", "upgrade"],
-                       cwd=ROOT, env={**env, "DATABASE_URL": self.url}, check=True,
-                       capture_output=True)
-
-    def truncate_all(self) -> None:
-        """Empty every table but alembic_version."""
-        with self.engine.begin() as conn:
-            tables = conn.execute(text(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
-                "AND tablename <> 'alembic_version'")).scalars().all()
-            conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
-
-    def checkpoint(self) -> None:
-        """Flush dirty buffers so one measurement does not pay for the previous one's."""
-        with self.admin.connect() as conn:
-            conn.execute(text("CHECKPOINT"))
-
-    def drop(self) -> None:
-        """Drop the database."""
-        self.engine.dispose()
-        with self.admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
-        self.admin.dispose()
 
 
 def run_ingest(env: dict[str, str], csv_dir: Path) -> dict[str, Any]:
@@ -131,20 +66,6 @@ def copy_baseline(db: BenchDatabase, path: Path) -> tuple[float, float | None]:
         return seconds, cpu
     finally:
         raw.close()
-
-
-def only(directory: Path, *files: Path) -> Path:
-    """A folder holding links to exactly these files (the CSV source reads a folder).
-
-    Hard links: the CSV source does not follow symbolic ones, and an append to the file
-    shows through a hard link (one inode).
-    """
-    if directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
-    for file in files:
-        os.link(file.resolve(), directory / file.name)
-    return directory
 
 
 def _median(values: list[Any], key: Callable[[Any], float] | None = None) -> Any:
@@ -277,19 +198,6 @@ def start_gunicorn(
             time.sleep(0.3)
     stop_process(proc)
     raise RuntimeError(f"gunicorn did not answer; see {log}")
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group we started, then SIGKILL if needed."""
-    import signal
-
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
 
 
 def _get_json(port: int, path: str) -> dict[str, Any]:
@@ -473,8 +381,6 @@ def main(argv: list[str] | None = None) -> int:
         steps: list[tuple[str, Callable[..., tuple[list[Row], dict[str, Any]]]]] = [
             ("ingest", ingest_cases), ("data", data_cases)]
         if "sources" in cases:
-            from bench.sources import sources_cases
-
             steps.append(("sources", sources_cases))
         for name, step in steps:
             if name in cases:

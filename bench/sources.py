@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from scripts.stack import ROOT
+from bench.common import BENCH_DIR, ROOT, BenchDatabase, Row, only, say, stop_process
 from shared.config import load_settings
 
 SOURCES = ["coingecko", "coinpaprika", "csv"]
@@ -58,13 +58,13 @@ def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     raise RuntimeError(f"celery worker not ready; see {log}")
 
 
-def _run_job(db: Any, env: dict[str, str], timeout: float) -> dict[str, Any]:
+def _run_job(db: BenchDatabase, env: dict[str, str], timeout: float) -> dict[str, Any]:
     """Create the three-source job, send its chord, wait until normalize closed it."""
     from celery import Celery
 
     from shared.celery_config import celery_config
     from shared.db import unit_of_work
-    from shared.jobs import create_job, enqueue_job
+    from shared.jobs import submit_job
 
     settings = load_settings(env)
     client = Celery("kasparro-bench", set_as_current=False)
@@ -74,8 +74,7 @@ def _run_job(db: Any, env: dict[str, str], timeout: float) -> dict[str, Any]:
     client.connection_for_write().ensure_connection(max_retries=3)
     client.backend.client.ping()
     with unit_of_work(db.engine) as session:
-        job = create_job(session, SOURCES, "cli").job
-    enqueue_job(client, job)
+        job = submit_job(session, client, SOURCES, "cli").job
     deadline = time.monotonic() + timeout
     with db.engine.connect() as conn:
         while time.monotonic() < deadline:
@@ -104,7 +103,7 @@ def _quota_minimum(requests: int, limit: int, period: int) -> float:
     return math.floor(max(0, requests - 1) / limit) * period
 
 
-def _one(db: Any, env: dict[str, str], redis_db: int, log_dir: Path, coins: int,
+def _one(db: BenchDatabase, env: dict[str, str], redis_db: int, log_dir: Path, coins: int,
          quotas: dict[str, str], csv_dir: Path, timeout: float) -> dict[str, Any]:
     import redis
 
@@ -115,8 +114,6 @@ def _one(db: Any, env: dict[str, str], redis_db: int, log_dir: Path, coins: int,
     upstream, base = _start_upstream(run_env, coins, log_dir / "upstream.log")
     run_env["COINGECKO_BASE_URL"] = f"{base}/api/v3"
     run_env["COINPAPRIKA_BASE_URL"] = f"{base}/v1"
-    from bench.__main__ import stop_process
-
     worker = None
     try:
         worker = _start_worker(run_env, log_dir / f"worker-{redis_db}.log")
@@ -128,11 +125,9 @@ def _one(db: Any, env: dict[str, str], redis_db: int, log_dir: Path, coins: int,
         redis.Redis.from_url(redis_url).flushdb()
 
 
-def sources_cases(db: Any, env: dict[str, str], args: argparse.Namespace
-                  ) -> tuple[list[Any], dict[str, Any]]:
+def sources_cases(db: BenchDatabase, env: dict[str, str], args: argparse.Namespace
+                  ) -> tuple[list[Row], dict[str, Any]]:
     """Case 5 with quotas lifted, then with the free-plan quotas."""
-    from bench.__main__ import BENCH_DIR, Row, only, say
-
     log_dir = BENCH_DIR / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     csv_dir = only(BENCH_DIR / "csv-sources", *sorted((ROOT / "data").glob("*.csv")))

@@ -13,10 +13,22 @@ from sqlalchemy.orm import Session, selectinload
 
 from shared import task_names
 from shared.config import Settings
+from shared.errors import EtlError
 from shared.models import TERMINAL_STATUSES, Job, Run
 from shared.runs import now_utc, release_source_lock, try_source_lock
 
 log = logging.getLogger(__name__)
+
+# The stored error of a job (and its runs) whose messages never reached the broker.
+NOT_QUEUED = "broker unavailable: the job was not queued"
+
+
+class JobNotQueued(EtlError):
+    """The job was committed but the broker refused its messages; it is now failed."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"job {job_id}: {NOT_QUEUED}")
+        self.job_id = job_id
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,38 @@ def enqueue_job(celery_app: Any, job: Job) -> None:
     callback.link_error(signature(task_names.NORMALIZE, args=(None, job.id), app=celery_app,
                                   immutable=True))
     chord(header, app=celery_app)(callback)
+
+
+def submit_job(
+    session: Session,
+    celery_app: Any,
+    sources: Sequence[str],
+    trigger: str,
+    idempotency_key: str | None = None,
+) -> CreatedJob:
+    """Create and commit a job, then send its chord; a replay sends nothing.
+
+    The one way jobs are submitted (API, beat, CLI). Enqueued only after the commit, so a
+    worker never looks for a row that is not there yet; if the broker is down the job and its
+    runs are failed (committed) and JobNotQueued is raised, so nothing stays `queued` forever.
+    `celery_app` is whatever can send by task name (the API's sending-only client, the worker's
+    app): this module never builds one.
+    """
+    created = create_job(session, sources, trigger, idempotency_key)
+    session.commit()
+    if not created.created:
+        return created
+    job = created.job
+    try:
+        enqueue_job(celery_app, job)
+    except Exception as exc:  # any broker/transport error: the messages are not sent
+        log.error("could not enqueue job %s: %s", job.id, type(exc).__name__)
+        session.rollback()
+        fail_unsent_job(session, job.id, NOT_QUEUED)
+        session.commit()
+        session.refresh(job)
+        raise JobNotQueued(job.id) from exc
+    return created
 
 
 def fail_unsent_job(session: Session, job_id: int, reason: str) -> None:

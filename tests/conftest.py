@@ -17,6 +17,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from shared.config import Settings, load_settings, normalize_database_url, reset_settings
+from shared.models import Base
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_TOKEN = "test-token-" + uuid.uuid4().hex
@@ -25,10 +26,14 @@ TEST_TOKEN = "test-token-" + uuid.uuid4().hex
 BROKER_PREFIX = f"kt-{uuid.uuid4().hex[:8]}:"
 QUEUE_KEY = BROKER_PREFIX + "celery"
 UNACKED_KEY = BROKER_PREFIX + "unacked"
-TABLES = (
-    "quotes", "current_quotes", "raw_records", "raw_line_blocks", "rejected_records", "checkpoints",
-    "asset_source_ids", "assets", "drift_events", "runs", "jobs",
-)
+# Tables the migrations fill and the tests must not empty: data_version's single row is the
+# API's cache key and its version must never go back (the trigger only updates it).
+KEPT_TABLES = frozenset({"data_version"})
+# Every other mapped table, children first. Built from the models, not written by hand: a
+# table without a foreign key (run_assets since migration 0009) is not reached by CASCADE,
+# and RESTART IDENTITY would hand its leftover rows to the next test's runs.
+TABLES = tuple(table.name for table in reversed(Base.metadata.sorted_tables)
+               if table.name not in KEPT_TABLES)
 
 
 def _server_url() -> str:
@@ -114,11 +119,16 @@ def engine(base_env: dict[str, str]) -> Iterator[Engine]:
     eng.dispose()
 
 
+def truncate_tables(engine: Engine) -> None:
+    """Empty every table but the kept ones, ids restarting at 1."""
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+
+
 @pytest.fixture
 def clean_db(engine: Engine, redis_url: str) -> Engine:
     """Empty every table and this session's broker keys before the test."""
-    with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    truncate_tables(engine)
     client = redis.Redis.from_url(redis_url)
     for key in client.scan_iter(match=BROKER_PREFIX + "*", count=500):
         client.delete(key)

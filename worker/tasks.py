@@ -10,7 +10,7 @@ from celery.exceptions import Ignore
 from shared import task_names
 from shared.config import SOURCES, get_settings
 from shared.db import get_engine, unit_of_work
-from shared.jobs import create_job, enqueue_job, fail_unsent_job, finalize_job, reap_stale_runs
+from shared.jobs import finalize_job, reap_stale_runs, submit_job
 from shared.runs import ExtractFailed, TransientDatabaseError, execute_run, run_outcome
 
 log = logging.getLogger(__name__)
@@ -76,15 +76,10 @@ def normalize(self: Task, _results: Any, job_id: int) -> str | None:
 @shared_task(name=task_names.SCHEDULE_TICK, acks_late=True, ignore_result=True)
 def schedule_tick() -> int:
     """Create an incremental job for every enabled source and enqueue it."""
-    settings = get_settings()
+    # A broker that is down fails the job (JobNotQueued, raised on): it never stays queued.
     with unit_of_work(get_engine()) as session:
-        job = create_job(session, settings.enabled_sources, trigger="beat").job
-    try:
-        enqueue_job(schedule_tick.app, job)
-    except Exception as exc:  # broker down: the job must not stay queued forever
-        with unit_of_work(get_engine()) as session:
-            fail_unsent_job(session, job.id, f"could not enqueue: {type(exc).__name__}")
-        raise
+        job = submit_job(session, schedule_tick.app, get_settings().enabled_sources,
+                         trigger="beat").job
     return job.id
 
 

@@ -1,7 +1,6 @@
 """POST /jobs (queue an ETL job), GET /jobs (list them) and GET /jobs/<id> (its progress)."""
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from flask import current_app, url_for
@@ -17,9 +16,7 @@ from api.ops_schemas import JobAcceptedSchema, JobSchema, JobsEnvelopeSchema
 from api.schemas import ErrorSchema, JobHeadersSchema, JobRequestSchema, JobsArgsSchema
 from shared.errors import NotFound
 from shared.queries.jobs import list_jobs
-from shared.jobs import create_job, enqueue_job, fail_unsent_job, load_job
-
-log = logging.getLogger(__name__)
+from shared.jobs import NOT_QUEUED, JobNotQueued, load_job, submit_job
 
 blp = Blueprint("jobs", __name__, url_prefix="/jobs", description="ETL jobs")
 # A body sent as anything but JSON is a 415, and a deeply nested one a 400 (not ignored/500).
@@ -66,22 +63,17 @@ class Jobs(MethodView):
         settings = current_app.config["SETTINGS"]
         sources = (body or {}).get("sources") or list(settings.enabled_sources)
         key = headers.get("idempotency_key")
-        session = get_session()
-        created = create_job(session, sources, trigger="api", idempotency_key=key)
+        try:
+            created = submit_job(get_session(), get_celery(), sources, trigger="api",
+                                 idempotency_key=key)
+        except JobNotQueued:
+            abort(503, message=NOT_QUEUED)
         job = created.job
+        # A replay wrote nothing, so checking it after the (empty) commit is the same as before.
         if not created.created and sorted(job.sources) != sorted(sources):
             abort(422, message="Idempotency-Key was already used for other sources",
                   errors={"headers": {"Idempotency-Key": [
                       f"already used for sources {job.sources}"]}})
-        session.commit()
-        if created.created:
-            try:
-                enqueue_job(get_celery(), job)
-            except Exception as exc:
-                log.error("could not enqueue job %s: %s", job.id, type(exc).__name__)
-                fail_unsent_job(session, job.id, "broker unavailable: the job was not queued")
-                session.commit()
-                abort(503, message="broker unavailable: the job was not queued")
         status_url = url_for("jobs.JobDetail", job_id=job.id)
         body_out = {"id": job.id, "status": job.status, "sources": job.sources,
                     "status_url": status_url}
