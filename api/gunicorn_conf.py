@@ -4,18 +4,18 @@
 differs between them (a setting given on the command line overrides the one here).
 
 Chosen with bench case 4 (64 connections from wrk on the same 2-core machine, /data and
-/health/live; figures in README "Benchmarks"):
+/health/live; figures in docs/benchmarks.md):
 - `sync` workers. Each request is a new connection (sync workers close after each
   answer), yet this gave the best p99: the kernel's accept queue serves connections in
   arrival order. `gthread` (2 or 4 threads, keep-alive) gave about the same requests/s
-  but 1.5-2.5x the p99: threads of one process take turns on the GIL, and a keep-alive
+  but a worse p99: threads of one process take turns on the GIL, and a keep-alive
   connection that just got an answer can be served again before older ones.
 - 2 workers, one per core. 3 gave no more requests/s and a worse /data p99, 4 less of both:
   the load generator, PostgreSQL and Redis need the cores too.
 - The access log stays on: it is the only record of each request's status. gunicorn's own
   logger builds a dict of every request header, response header and WSGI environ entry for
-  each line: 48 us per line, measured, of a ~600 us cached /data request. `AccessLogger`
-  computes just the atoms of the default format, the same line, in 24 us.
+  each line, a measurable share of a cached /data request. `AccessLogger` computes just
+  the atoms of the default format, the same line, in half the time.
 
 Hostile clients (issue 14):
 - Slow clients: the worker class is `api.gunicorn_worker.HeadFirstWorker`, the sync worker

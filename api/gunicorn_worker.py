@@ -7,7 +7,7 @@ and reads them without blocking, many at a time, in one event loop; a connection
 (by the unchanged sync code path, one at a time) only when its request head is complete and a
 body of known length has arrived in full. A client gets HEAD_DEADLINE seconds for that, then
 is closed; at most MAX_PENDING connections wait per worker (the oldest is closed first). What
-a fast client sees is the sync worker's behaviour, which bench case 4 chose (README).
+a fast client sees is the sync worker's behaviour, which bench case 4 chose (docs/benchmarks.md).
 """
 from __future__ import annotations
 

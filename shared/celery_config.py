@@ -7,7 +7,7 @@ from shared.config import Settings
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    """Celery settings, each chosen on purpose (see README "Operations")."""
+    """Celery settings, each chosen on purpose (see docs/operations.md)."""
     return {
         "broker_url": settings.redis_url,
         "result_backend": settings.redis_url,

@@ -33,9 +33,8 @@ from shared.records import Batch
 
 WRITERS = 2
 # glibc gives each thread that meets a busy heap its own malloc arena, and the arenas of the
-# four threads here (read-ahead, two writers, the caller) kept growing with the file: peak RSS
-# 178 MB for 250,000 lines but 210 MB for 1,000,000. Two arenas keep it flat (196 / 194 MB)
-# at no measured cost in speed.
+# four threads here (read-ahead, two writers, the caller) kept growing with the file. Two
+# arenas keep the peak RSS flat at no measured cost in speed (docs/benchmarks.md).
 MALLOC_ARENAS = 2
 _M_ARENA_MAX = -8  # mallopt() parameter number, from glibc's malloc.h
 # Waits wake up this often so that a signal (Celery's soft time limit) reaches the main thread.

@@ -92,7 +92,7 @@ def execute_run(
     """Run `run_id` to a terminal state (or leave it to its live owner); returns `run_id`.
 
     The return value is always the run id so that a redelivered chord member returns the same
-    value as the first delivery (FAULTS.md: a different value can fire the chord early).
+    value as the first delivery (docs/faults.md: a different value can fire the chord early).
     """
     engine = engine or get_engine()
     try:
@@ -282,7 +282,7 @@ def run_outcome(engine: Engine, run_id: int) -> dict[str, Any]:
     """The run's status, error and counters as stored: what the extract task reports.
 
     Read back from PostgreSQL, so a redelivered task reports what the first delivery did
-    (FAULTS.md: chord members must return the same value every time).
+    (docs/faults.md: chord members must return the same value every time).
     """
     try:
         with engine.connect() as conn:

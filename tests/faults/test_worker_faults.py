@@ -1,4 +1,4 @@
-"""Worker faults (FAULTS.md F1, F3, F5, F6) and FAIL_AFTER_N_RECORDS resume, on real workers."""
+"""Worker faults (docs/faults.md F1, F3, F5, F6) and FAIL_AFTER_N_RECORDS resume, real workers."""
 from __future__ import annotations
 
 import signal
