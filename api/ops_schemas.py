@@ -206,11 +206,17 @@ class WorkersCheckSchema(CheckSchema):
 
 
 class SourceFreshnessSchema(ma.Schema):
-    """When a source last succeeded."""
+    """A source's state against its freshness objective (shared.freshness)."""
 
     fresh = ma.fields.Boolean(required=True)
+    state = ma.fields.String(validate=validate.OneOf(("fresh", "stale", "failing")))
+    objective_seconds = ma.fields.Integer()
     last_success_at = ma.fields.DateTime(format="iso", required=True, allow_none=True)
     age_seconds = ma.fields.Float(required=True, allow_none=True)
+    consecutive_failures = ma.fields.Integer()
+    last_error = SafeErrorText(allow_none=True)
+    last_error_run_id = ma.fields.Integer(allow_none=True)
+    next_run_at = ma.fields.DateTime(format="iso", allow_none=True)
 
 
 class FreshnessCheckSchema(CheckSchema):

@@ -10,6 +10,8 @@ SOURCES: tuple[str, ...] = ("coingecko", "coinpaprika", "csv")
 # A quote observed this long before its fetch is stale (docs/quality.md); CSV rows are
 # historical closes by nature, so the check is off for them.
 QUALITY_STALE_SECONDS_DEFAULT = {"coingecko": 3600, "coinpaprika": 3600, "csv": 0}
+# Default freshness objective: a source is stale after this many schedule periods.
+FRESHNESS_SCHEDULE_PERIODS = 3
 
 DEFAULT_COINGECKO_BASE_URL = "https://api.coingecko.com/api/v3"
 DEFAULT_COINPAPRIKA_BASE_URL = "https://api.coinpaprika.com/v1"
@@ -184,6 +186,20 @@ class Settings:
     api_read_rate_limit: str = "600/minute"
     api_jobs_rate_limit: str = "10/minute"
     api_auth_fail_rate_limit: str = "20/minute"
+    # Freshness objective per source (FRESHNESS_<SOURCE>_SECONDS): seconds since its last
+    # success after which the source is stale (shared.freshness).
+    freshness_seconds_by_source: dict[str, int] = field(default_factory=dict)
+    # Notifications (shared.notify): webhook URLs are secrets; reminder and escalation policy.
+    slack_webhook_url: str | None = field(default=None, repr=False)
+    alert_webhook_url: str | None = field(default=None, repr=False)
+    notify_reminder_seconds: int = 3600
+    notify_escalate_after: int = 3
+    notify_timeout_seconds: float = 5.0
+
+    def freshness_objective(self, source: str) -> int:
+        """Seconds after its last success at which `source` is stale (default 3 schedules)."""
+        return self.freshness_seconds_by_source.get(
+            source, FRESHNESS_SCHEDULE_PERIODS * self.etl_schedule_seconds)
 
     def fail_after_for(self, source: str) -> int | None:
         """The FAIL_AFTER_N_RECORDS limit in force for `source` (per-source form wins)."""
@@ -192,7 +208,8 @@ class Settings:
     def redacted_secrets(self) -> tuple[str, ...]:
         """Secret values that must never appear in logs or error bodies."""
         return tuple(
-            s for s in (self.api_token, self.coingecko_api_key, self.coinpaprika_api_key) if s
+            s for s in (self.api_token, self.coingecko_api_key, self.coinpaprika_api_key,
+                        self.slack_webhook_url, self.alert_webhook_url) if s
         )
 
 
@@ -216,6 +233,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     enabled = tuple(
         s.strip() for s in env.get("ETL_SOURCES", ",".join(SOURCES)).split(",") if s.strip()
     )
+    freshness = {source: _int(env, f"FRESHNESS_{source.upper()}_SECONDS", 0, 0)
+                 for source in SOURCES}
     unknown = [s for s in enabled if s not in SOURCES]
     if unknown:
         raise ConfigError(f"ETL_SOURCES names unknown sources: {', '.join(unknown)}")
@@ -297,6 +316,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         api_read_rate_limit=_quota(env, "API_READ_RATE_LIMIT", "600/minute"),
         api_jobs_rate_limit=_quota(env, "API_JOBS_RATE_LIMIT", "10/minute"),
         api_auth_fail_rate_limit=_quota(env, "API_AUTH_FAIL_RATE_LIMIT", "20/minute"),
+        freshness_seconds_by_source={k: v for k, v in freshness.items() if v > 0},
+        slack_webhook_url=_opt(env, "SLACK_WEBHOOK_URL"),
+        alert_webhook_url=_opt(env, "ALERT_WEBHOOK_URL"),
+        notify_reminder_seconds=_int(env, "NOTIFY_REMINDER_SECONDS", 3600, 1),
+        notify_escalate_after=_int(env, "NOTIFY_ESCALATE_AFTER", 3, 1),
+        notify_timeout_seconds=_float(env, "NOTIFY_TIMEOUT_SECONDS", 5.0),
     )
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 import redis
@@ -14,12 +14,9 @@ from sqlalchemy import text
 from api.broker import get_celery
 from api.db import get_session
 from api.ops_schemas import HealthSchema, LiveSchema
-from shared.stats import source_freshness
+from shared.freshness import FAILING, STALE, source_states
 
 blp = Blueprint("health", __name__, url_prefix="/health", description="Health checks")
-
-# A source is stale when its last success is older than this many schedule periods.
-FRESHNESS_PERIODS = 3
 
 
 def _timed(check: Callable[[], dict[str, Any] | None]) -> dict[str, Any]:
@@ -47,7 +44,7 @@ def _check_broker() -> None:
         client.close()
 
 
-def _check_workers() -> dict[str, Any]:
+def check_workers() -> dict[str, Any]:
     """Workers that answer a broadcast ping; cached briefly so probes do not flood the broker."""
     cache = current_app.extensions.setdefault("health_workers_cache", {})
     ttl = float(current_app.config["HEALTH_WORKERS_CACHE_SECONDS"])
@@ -64,16 +61,19 @@ def _check_workers() -> dict[str, Any]:
 
 
 def _check_freshness() -> dict[str, Any]:
+    """Every enabled source's state against its objective (shared.freshness: one definition)."""
     settings = current_app.config["SETTINGS"]
-    max_age = timedelta(seconds=FRESHNESS_PERIODS * settings.etl_schedule_seconds)
-    sources = source_freshness(get_session(), settings.enabled_sources, max_age,
-                               datetime.now(timezone.utc))
-    result: dict[str, Any] = {"ok": all(s["fresh"] for s in sources.values()),
-                              "max_age_seconds": int(max_age.total_seconds()),
+    states = source_states(get_session(), settings, datetime.now(timezone.utc))
+    sources = {name: state.as_dict() for name, state in states.items()}
+    result: dict[str, Any] = {"ok": all(s.fresh for s in states.values()),
+                              "max_age_seconds": max(
+                                  (s.objective_seconds for s in states.values()), default=0),
                               "sources": sources}
     if not result["ok"]:
-        stale = sorted(name for name, s in sources.items() if not s["fresh"])
-        result["error"] = f"stale sources: {', '.join(stale)}"
+        named = {state: sorted(n for n, s in states.items() if s.state == state)
+                 for state in (FAILING, STALE)}
+        result["error"] = "; ".join(f"{state} sources: {', '.join(names)}"
+                                    for state, names in named.items() if names)
     return result
 
 
@@ -87,12 +87,13 @@ class Health(MethodView):
         """Check database, broker, live workers and source freshness
 
         `down` (503) when the database or the broker is unreachable; `degraded` (200) when no
-        worker answers or a source's last success is older than 3 schedule periods.
+        worker answers or a source is stale or failing against its freshness objective
+        (FRESHNESS_<SOURCE>_SECONDS, default 3 schedule periods).
         """
         checks: dict[str, Any] = {"database": _timed(_check_database),
                                   "broker": _timed(_check_broker)}
         if checks["broker"]["ok"]:
-            checks["workers"] = _timed(_check_workers)
+            checks["workers"] = _timed(check_workers)
         if checks["database"]["ok"]:
             checks["freshness"] = _timed(_check_freshness)
         if not (checks["database"]["ok"] and checks["broker"]["ok"]):

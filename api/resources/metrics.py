@@ -11,17 +11,23 @@ upstream requests summed over runs, which are never deleted).
 """
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any, Iterator
 
-from flask import Blueprint, Response
+import redis
+from flask import Blueprint, Response, current_app
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from api.db import get_session
+from api.resources.health import check_workers
+from shared.freshness import STATES, SourceState, source_states
 from shared.models import TERMINAL_STATUSES
 from shared.stats import collect_stats, http_totals
 
 blp = Blueprint("metrics", __name__)
+# Celery's default queue: the only one the app routes to.
+QUEUE = "celery"
 
 
 class _EtlCollector:
@@ -77,10 +83,85 @@ class _EtlCollector:
         yield from families.values()
 
 
+class _OpsCollector:
+    """Per-source freshness (shared.freshness), queue depth and workers online."""
+
+    def __init__(self, states: dict[str, SourceState], queues: dict[str, int],
+                 workers: int | None) -> None:
+        self.states, self.queues, self.workers = states, queues, workers
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the operations families (a source never seen succeeding has no timestamp)."""
+        def gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, labels=["source"] if labels is None else labels)
+
+        last_ok = gauge("kasparro_source_last_success_timestamp_seconds",
+                        "Unix time of the source's last succeeded run")
+        objective = gauge("kasparro_source_freshness_objective_seconds",
+                          "Seconds after its last success at which the source is stale")
+        age = gauge("kasparro_source_age_seconds", "Seconds since the source's last success")
+        data_age = gauge("kasparro_source_data_age_seconds",
+                         "Seconds since the newest observation the source published")
+        failures = gauge("kasparro_source_consecutive_failures",
+                         "Failed or partial runs since the source's last success")
+        state = gauge("kasparro_source_state", "1 for the source's current state, else 0",
+                      ["source", "state"])
+        for name, st in self.states.items():
+            objective.add_metric([name], st.objective_seconds)
+            failures.add_metric([name], st.consecutive_failures)
+            if st.last_success_at is not None and st.age_seconds is not None:
+                last_ok.add_metric([name], st.last_success_at.timestamp())
+                age.add_metric([name], st.age_seconds)
+            if st.data_age_seconds is not None:
+                data_age.add_metric([name], st.data_age_seconds)
+            for value in STATES:
+                state.add_metric([name, value], 1.0 if st.state == value else 0.0)
+        yield from (last_ok, objective, age, data_age, failures, state)
+        depth = gauge("kasparro_queue_depth", "Tasks waiting in the broker queue", ["queue"])
+        for queue, n in sorted(self.queues.items()):
+            depth.add_metric([queue], n)
+        yield depth
+        if self.workers is not None:
+            workers = GaugeMetricFamily("kasparro_workers_online",
+                                        "Celery workers that answered a ping (cached briefly)")
+            workers.add_metric([], self.workers)
+            yield workers
+
+
+def _queue_depths() -> dict[str, int]:
+    """Messages waiting per broker queue (Redis lists), plus delivered but unacked ones."""
+    settings = current_app.config["SETTINGS"]
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
+    prefix = settings.broker_key_prefix
+    try:
+        return {QUEUE: int(client.llen(prefix + QUEUE)),
+                "unacked": int(client.hlen(prefix + "unacked"))}
+    finally:
+        client.close()
+
+
+def _workers_online() -> int | None:
+    """The health check's cached worker ping count; None when the broker did not answer."""
+    result = check_workers()
+    return int(result["count"]) if "count" in result else None
+
+
+def _guarded(probe: Any, default: Any) -> Any:
+    # A scrape still reports what the database knows when the broker is down.
+    try:
+        return probe()
+    except Exception:  # noqa: BLE001 - any broker failure leaves the family out
+        return default
+
+
 @blp.route("/metrics")
 def metrics() -> Response:
-    """Prometheus exposition of records, runs, freshness, drift and upstream traffic."""
+    """Prometheus exposition of records, runs, freshness, drift, queues and upstream traffic."""
     session = get_session()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_EtlCollector(collect_stats(session), http_totals(session)))
+    settings = current_app.config["SETTINGS"]
+    states = source_states(session, settings, datetime.now(timezone.utc))
+    registry.register(_OpsCollector(states, _guarded(_queue_depths, {}),
+                                    _guarded(_workers_online, None)))
     return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4")
