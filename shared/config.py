@@ -219,7 +219,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     time_limit = _int(env, "ETL_TASK_TIME_LIMIT", 900, 1)
     soft_limit = _int(env, "ETL_TASK_SOFT_TIME_LIMIT", max(1, time_limit - 30), 1)
     # The visibility timeout must exceed the hard time limit, otherwise Redis hands a task
-    # that is still running to a second worker (see FAULTS.md).
+    # that is still running to a second worker (see docs/faults.md).
     visibility = _int(env, "CELERY_VISIBILITY_TIMEOUT", time_limit + 300, 1)
     if visibility <= time_limit:
         raise ConfigError("CELERY_VISIBILITY_TIMEOUT must be greater than ETL_TASK_TIME_LIMIT")
@@ -276,7 +276,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         fail_mode=_choice(env, "FAIL_MODE", ("raise", "kill"), "raise"),
         batch_delay_seconds=_float(env, "ETL_BATCH_DELAY_SECONDS", 0.0),
         # 25,000 lines: the fastest of 10k/25k/50k in bench/ (fewer commits, better index
-        # locality), at about 160 MB peak for the worker process.
+        # locality; figures in docs/benchmarks.md).
         # A batch's lines form one raw block; line ids keep 20 bits for the index
         # (shared.models.RAW_LINE_ID_BITS).
         csv_batch_rows=_int(env, "CSV_BATCH_ROWS", 25_000, 1, 1 << 20),
