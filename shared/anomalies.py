@@ -70,7 +70,7 @@ def duration_seconds(run: Any) -> float | None:
     """Seconds from a run's start to its end, None when either is unknown."""
     if run.started_at is None or run.finished_at is None:
         return None
-    return (run.finished_at - run.started_at).total_seconds()
+    return float((run.finished_at - run.started_at).total_seconds())
 
 
 def robust_z(value: float, baseline: Sequence[float]) -> tuple[float, float, float]:

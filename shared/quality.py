@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -15,7 +15,6 @@ OUTLIER = "outlier"
 FLAG_KINDS = (IMPLAUSIBLE, OUTLIER, JUMP, STALE)
 
 _ZERO = Decimal(0)
-_NUMERIC_FIELDS = ("price_usd", "market_cap_usd", "volume_24h_usd", "circulating_supply")
 
 Flag = dict[str, Any]
 
@@ -55,13 +54,11 @@ def make_flag(kind: str, reason: str, **evidence: Any) -> Flag:
 
 
 def _json_value(value: Any) -> Any:
-    # Decimals as strings keep every digit; datetimes as ISO 8601.
+    # Decimals as strings keep every digit; datetimes as ISO 8601; the rest as is.
     if isinstance(value, Decimal):
         return str(value)
     if isinstance(value, datetime):
         return value.isoformat()
-    if isinstance(value, float):
-        return float(f"{value:.6g}")
     return value
 
 
@@ -93,38 +90,39 @@ def stale_flag(source: str, observed_at: datetime, fetched_at: datetime | None,
                      threshold_seconds=limit, rule="fetched_at - observed_at > threshold")
 
 
-def implausible_flags(quote: Any, thresholds: QualityThresholds) -> list[Flag]:
+def _num(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def implausible_flags(price: float | None, mcap: float | None, volume: float | None,
+                      supply: float | None, thresholds: QualityThresholds) -> list[Flag]:
     """*implausible*: negative values, an absurd market cap, or one out of proportion."""
     flags: list[Flag] = []
-    for name in _NUMERIC_FIELDS:
-        value = getattr(quote, name, None)
-        if value is not None and value < _ZERO:
+    for name, value in (("price_usd", price), ("market_cap_usd", mcap),
+                        ("volume_24h_usd", volume), ("circulating_supply", supply)):
+        if value is not None and value < 0:
             flags.append(make_flag(IMPLAUSIBLE, f"{name} is negative", field=name, value=value,
                                    rule=f"{name} >= 0"))
-    mcap = getattr(quote, "market_cap_usd", None)
-    if mcap is None or mcap <= _ZERO:
+    if mcap is None or mcap <= 0:
         return flags
     if mcap > thresholds.max_market_cap_usd:
         flags.append(make_flag(
             IMPLAUSIBLE, "market cap larger than any real asset's", field="market_cap_usd",
             value=mcap, threshold=thresholds.max_market_cap_usd,
             rule="market_cap_usd <= max_market_cap_usd"))
-    volume = getattr(quote, "volume_24h_usd", None)
     # Zero volume means "unknown" in several sources (old CSV rows): no verdict on it.
-    if volume is not None and volume > _ZERO:
-        ratio = float(mcap / volume)
+    if volume is not None and volume > 0:
+        ratio = mcap / volume
         if ratio > thresholds.mcap_volume_ratio:
             flags.append(make_flag(
                 IMPLAUSIBLE, f"market cap is {ratio:.3g} times the 24h volume",
                 field="market_cap_usd", market_cap_usd=mcap, volume_24h_usd=volume,
                 ratio=ratio, threshold=thresholds.mcap_volume_ratio,
                 rule="market_cap_usd / volume_24h_usd <= threshold"))
-    price = getattr(quote, "price_usd", None)
-    supply = getattr(quote, "circulating_supply", None)
-    if price is not None and supply is not None and price > _ZERO and supply > _ZERO:
-        ratio = float(mcap / (price * supply))
+    if price is not None and supply is not None and price > 0 and supply > 0:
+        ratio = mcap / (price * supply)
         factor = thresholds.mcap_supply_factor
-        if ratio > factor or ratio < 1 / factor:
+        if ratio > factor or ratio * factor < 1:
             flags.append(make_flag(
                 IMPLAUSIBLE, f"market cap is {ratio:.3g} times price x circulating supply",
                 field="market_cap_usd", market_cap_usd=mcap, price_usd=price,
@@ -134,23 +132,102 @@ def implausible_flags(quote: Any, thresholds: QualityThresholds) -> list[Flag]:
     return flags
 
 
-def jump_flag(price: Decimal | None, observed_at: datetime,
-              previous: tuple[datetime, Decimal | None] | None,
-              thresholds: QualityThresholds) -> Flag | None:
-    """*jump* when the price moved by the jump factor or more since the previous quote."""
-    if previous is None or price is None or price <= _ZERO:
-        return None
-    prev_at, prev_price = previous
-    if prev_price is None or prev_price <= _ZERO or prev_at >= observed_at:
-        return None
-    factor = float(max(price / prev_price, prev_price / price))
-    if factor < thresholds.jump_factor:
-        return None
+def _jump(price: float, observed_at: Any, prev_at: Any, prev_price: float,
+          thresholds: QualityThresholds) -> Flag:
+    factor = max(price / prev_price, prev_price / price)
     return make_flag(JUMP, f"price moved {factor:.3g}x since the previous quote",
                      price_usd=price, previous_price_usd=prev_price,
-                     previous_observed_at=prev_at, factor=factor,
+                     observed_at=observed_at, previous_observed_at=prev_at, factor=factor,
                      threshold=thresholds.jump_factor,
                      rule="max(price/previous, previous/price) < threshold")
+
+
+def check_columns(
+    source: str,
+    keys: Sequence[Any],
+    times: Sequence[Any],
+    prices: Sequence[float | None],
+    thresholds: QualityThresholds,
+    *,
+    mcaps: Sequence[float | None] | None = None,
+    volumes: Sequence[float | None] | None = None,
+    supplies: Sequence[float | None] | None = None,
+    fetched_at: datetime | None = None,
+    previous: Mapping[Any, tuple[Any, float]] | None = None,
+) -> dict[int, list[Flag]]:
+    """Flags of one source's batch given as columns: {row index: flags}, flagged rows only.
+
+    Row i is (keys[i], times[i], prices[i], ...); numbers as floats (a CSV reader passes
+    float(text)), times as datetimes or ISO 8601 text of one format (they are only compared,
+    except by the stale check, which needs datetimes and `fetched_at`). `previous` maps a key
+    to the (time, price) of its newest quote stored before this batch (one query per batch,
+    by the caller); rows of one key inside the batch are compared in time order too, so a
+    CSV file's overnight 100x is caught. Clean rows cost a few float comparisons: the flag
+    dicts are built only for flagged rows.
+    """
+    result: dict[int, list[Flag]] = {}
+    if mcaps is not None:
+        n = len(prices)
+        vols = volumes if volumes is not None else [None] * n
+        sups = supplies if supplies is not None else [None] * n
+        limit = thresholds.max_market_cap_usd
+        ratio = thresholds.mcap_volume_ratio
+        factor = thresholds.mcap_supply_factor
+        for i, (p, m, v, s) in enumerate(zip(prices, mcaps, vols, sups)):
+            # A cheap screen in floats; only a suspect row gets the full check and its flags.
+            suspect = ((p is not None and p < 0) or (v is not None and v < 0)
+                       or (s is not None and s < 0))
+            if not suspect and m is not None:
+                if m < 0 or m > limit or (v is not None and v > 0 and m > ratio * v):
+                    suspect = True
+                elif m > 0 and p and s and p > 0 and s > 0:
+                    share = m / (p * s)
+                    suspect = share > factor or share * factor < 1
+            if suspect:
+                flags = implausible_flags(p, m, v, s, thresholds)
+                if flags:
+                    result[i] = flags
+    else:
+        for i, p in enumerate(prices):
+            if p is not None and p < 0:
+                result[i] = implausible_flags(p, None, None, None, thresholds)
+    if fetched_at is not None and thresholds.stale_seconds.get(source, 0):
+        oldest = fetched_at - timedelta(seconds=thresholds.stale_seconds[source])
+        for i, observed in enumerate(times):
+            if observed < oldest:
+                stale = stale_flag(source, observed, fetched_at, thresholds)
+                if stale:
+                    result.setdefault(i, []).append(stale)
+    _jumps(keys, times, prices, thresholds, previous, result)
+    return result
+
+
+def _jumps(keys: Sequence[Any], times: Sequence[Any], prices: Sequence[float | None],
+           t: QualityThresholds, previous: Mapping[Any, tuple[Any, float]] | None,
+           result: dict[int, list[Flag]]) -> None:
+    factor = t.jump_factor
+    last: dict[Any, tuple[Any, float]] = dict(previous or {})
+    order: Iterable[int] = range(len(prices))
+    if any(a > b for a, b in zip(times, times[1:])):
+        # Not in time order (several keys interleaved, or newest first): sort once.
+        order = sorted(order, key=times.__getitem__)
+    for i in order:
+        p = prices[i]
+        if p is None or p <= 0 or (i in result and _implausible(result[i])):
+            # An implausible price must not become the base the next one is judged by.
+            continue
+        k = keys[i]
+        prev = last.get(k)
+        at = times[i]
+        if prev is not None and prev[0] < at and prev[1] > 0:
+            move = p / prev[1]
+            if move >= factor or move * factor <= 1:
+                result.setdefault(i, []).append(_jump(p, at, prev[0], prev[1], t))
+        last[k] = (at, p)
+
+
+def _implausible(flags: Sequence[Flag]) -> bool:
+    return any(f["flag"] == IMPLAUSIBLE for f in flags)
 
 
 def check_batch(
@@ -158,37 +235,22 @@ def check_batch(
     quotes: Sequence[Any],
     fetched_at: datetime | None,
     thresholds: QualityThresholds,
-    previous: Mapping[Any, tuple[datetime, Decimal | None]] | None = None,
+    previous: Mapping[Any, tuple[Any, Any]] | None = None,
     key: Callable[[Any], Any] = lambda q: q.source_asset_id,
 ) -> dict[int, list[Flag]]:
-    """Flags of one source's batch: {index in `quotes`: flags}, only for flagged quotes.
+    """check_columns over quote objects (records.ParsedQuote, models.Quote, CurrentQuote).
 
-    `quotes` are objects with observed_at, price_usd, market_cap_usd, volume_24h_usd and
-    circulating_supply (records.ParsedQuote, models.Quote, CurrentQuote). `previous` maps
-    key(quote) to the (observed_at, price_usd) of the newest quote stored before this batch
-    (one query per batch, by the caller); quotes of the same key inside the batch are
-    compared in time order too, so a CSV file's overnight 100x is caught.
+    The objects need observed_at, price_usd, market_cap_usd, volume_24h_usd and
+    circulating_supply; `previous` maps key(quote) to (observed_at, price_usd).
     """
-    result: dict[int, list[Flag]] = {}
-    last: dict[Any, tuple[datetime, Decimal | None]] = dict(previous or {})
-    # Time order per key for the jump check; a batch is usually already sorted.
-    order = sorted(range(len(quotes)), key=lambda i: quotes[i].observed_at)
-    for index in order:
-        quote = quotes[index]
-        flags = implausible_flags(quote, thresholds)
-        stale = stale_flag(source, quote.observed_at, fetched_at, thresholds)
-        if stale:
-            flags.append(stale)
-        k = key(quote)
-        jump = jump_flag(quote.price_usd, quote.observed_at, last.get(k), thresholds)
-        if jump:
-            flags.append(jump)
-        # An implausible price must not become the base the next quote is judged against.
-        if quote.price_usd is not None and not any(f["flag"] == IMPLAUSIBLE for f in flags):
-            last[k] = (quote.observed_at, quote.price_usd)
-        if flags:
-            result[index] = flags
-    return result
+    prev = {k: (at, float(p)) for k, (at, p) in (previous or {}).items() if p is not None}
+    return check_columns(
+        source, [key(q) for q in quotes], [q.observed_at for q in quotes],
+        [_num(q.price_usd) for q in quotes], thresholds,
+        mcaps=[_num(getattr(q, "market_cap_usd", None)) for q in quotes],
+        volumes=[_num(getattr(q, "volume_24h_usd", None)) for q in quotes],
+        supplies=[_num(getattr(q, "circulating_supply", None)) for q in quotes],
+        fetched_at=fetched_at, previous=prev)
 
 
 def outlier_flags(
