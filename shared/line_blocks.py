@@ -8,14 +8,20 @@ which says whether the identical line is stored already (quotes.raw_hash).
 from __future__ import annotations
 
 import io
-import struct
 from typing import Any, Sequence
 
+from shared.copy_format import (
+    COPY_CHUNK_BYTES,
+    INT8,
+    LINE_BLOCK_COLUMNS,
+    binary_copy,
+    binary_row,
+    int4_array,
+)
 from shared.records import LineBlock
 
-# Big reads: each read of the COPY data takes the GIL from the read-ahead thread, and every
-# hand-over can wait a whole switch interval (5 ms) while PostgreSQL sits idle.
-COPY_CHUNK_BYTES = 16 << 20
+_COPY_LINE_BLOCK = (f"COPY raw_line_blocks ({', '.join(LINE_BLOCK_COLUMNS)}) "
+                    "FROM STDIN WITH (FORMAT binary)")
 
 # Staged quotes whose key is stored already, and whether the stored one came from the same
 # raw line (then that line is stored too).
@@ -91,36 +97,9 @@ def copy_line_block(
         return 0
     # Binary COPY: the lines and hashes go in as they are, with nothing for the server to
     # parse or unescape (text COPY spent ~1 s per million lines on that alone).
-    row = _binary_row(
-        source.encode(), block.file_key.encode(), _int4_array(numbers), payload.encode(),
-        hashes, _INT8.pack(run_id),
+    row = binary_row(
+        source.encode(), block.file_key.encode(), int4_array(numbers), payload.encode(),
+        hashes, INT8.pack(run_id),
     )
-    cursor.copy_expert(
-        "COPY raw_line_blocks (source, file_key, line_numbers, payload, line_hashes, run_id) "
-        "FROM STDIN WITH (FORMAT binary)",
-        io.BytesIO(_PGCOPY_HEADER + row + _PGCOPY_TRAILER), COPY_CHUNK_BYTES)
+    cursor.copy_expert(_COPY_LINE_BLOCK, io.BytesIO(binary_copy(row)), COPY_CHUNK_BYTES)
     return len(numbers)
-
-
-# PostgreSQL's binary COPY format: signature, flags, header extension length; -1 field count.
-_PGCOPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
-_PGCOPY_TRAILER = struct.pack("!h", -1)
-_INT8 = struct.Struct("!q")
-_INT4_OID = 23
-
-
-def _binary_row(*fields: bytes) -> bytes:
-    """One row of binary COPY: field count, then each field's length and bytes."""
-    parts = [struct.pack("!h", len(fields))]
-    for value in fields:
-        parts.append(struct.pack("!i", len(value)))
-        parts.append(value)
-    return b"".join(parts)
-
-
-def _int4_array(values: Sequence[int]) -> bytes:
-    """A one-dimensional int4[] in binary COPY form (no NULLs, lower bound 1)."""
-    count = len(values)
-    flat = [4] * (2 * count)  # each element: its length (4), then its value
-    flat[1::2] = values
-    return struct.pack("!5i", 1, 0, _INT4_OID, count, 1) + struct.pack(f"!{2 * count}i", *flat)

@@ -12,30 +12,29 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field, replace
-from datetime import datetime
-from decimal import Decimal
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from psycopg2 import errors as pg_errors
 from psycopg2.extras import Json, execute_values
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
+from shared.copy_format import (
+    ASSET_SLOT,
+    COPY_CHUNK_BYTES,
+    QUOTE_COLUMNS_SQL,
+    RAW_COLUMNS_SQL,
+    STAGE_QUOTES,
+    STAGE_RAW,
+    STAGING_DDL,
+    quote_line,
+    raw_line,
+)
 from shared.db import unit_of_work
 from shared.identity import Alias, IdentityHint, resolve_assets
-from shared.line_blocks import COPY_CHUNK_BYTES, StoredLines, copy_line_block
+from shared.line_blocks import StoredLines, copy_line_block
 from shared.publish import PUBLISH_SQL
-from shared.records import (
-    ASSET_SLOT,
-    QUOTE_COPY_COLUMNS,
-    RAW_COPY_COLUMNS,
-    Batch,
-    ParsedQuote,
-    PreparedQuotes,
-    RawItem,
-    content_hash,
-    copy_escape,
-)
+from shared.records import Batch, PreparedQuotes, content_hash
 
 
 class CheckpointMoved(RuntimeError):
@@ -62,60 +61,15 @@ class LoadState:
     always_stage: set[str] = field(default_factory=set)
 
 
-# Session-local staging tables with the layout of the COPY text: rows vanish at commit, the
-# definitions stay for the connection's life. Only used when a batch repeats stored rows.
-_STAGING_DDL = """
-CREATE TEMP TABLE IF NOT EXISTS stage_raw (
-    content_hash bytea, source text, source_key text, payload text, run_id bigint
-) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS stage_quotes (
-    asset_id bigint, source text, run_id bigint, observed_at timestamptz, source_asset_id text,
-    price_usd numeric, market_cap_usd numeric, volume_24h_usd numeric,
-    circulating_supply numeric, total_supply numeric, max_supply numeric, rank integer,
-    open_usd numeric, high_usd numeric, low_usd numeric, close_usd numeric, raw_hash bytea
-) ON COMMIT DELETE ROWS;
-"""
-
-_RAW_COLUMNS = ", ".join(RAW_COPY_COLUMNS)
-_QUOTE_COLUMNS = ", ".join(QUOTE_COPY_COLUMNS)
 _RAW_FROM_STAGING = (
-    f"INSERT INTO raw_records ({_RAW_COLUMNS}) "
-    f"SELECT DISTINCT ON (content_hash) {_RAW_COLUMNS} FROM stage_raw "
+    f"INSERT INTO raw_records ({RAW_COLUMNS_SQL}) "
+    f"SELECT DISTINCT ON (content_hash) {RAW_COLUMNS_SQL} FROM {STAGE_RAW} "
     "ON CONFLICT (source, content_hash) WHERE source <> 'csv' DO NOTHING"
 )
 _QUOTES_FROM_STAGING = (
-    f"INSERT INTO quotes ({_QUOTE_COLUMNS}) SELECT {_QUOTE_COLUMNS} FROM stage_quotes "
+    f"INSERT INTO quotes ({QUOTE_COLUMNS_SQL}) SELECT {QUOTE_COLUMNS_SQL} FROM {STAGE_QUOTES} "
     "ON CONFLICT (asset_id, source, observed_at) DO NOTHING"
 )
-
-
-def _cell(value: Any) -> str:
-    """One value in COPY text format (Decimal via str keeps every digit)."""
-    if value is None:
-        return "\\N"
-    if isinstance(value, bytes):
-        return "\\\\x" + value.hex()
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, (Decimal, int)):
-        return str(value)
-    return copy_escape(str(value))
-
-
-def _line(values: Iterable[Any]) -> str:
-    return "\t".join(_cell(v) for v in values) + "\n"
-
-
-def _raw_lines(source: str, run_id: int, items: list[RawItem]) -> list[str]:
-    return [_line((r.hash, source, r.source_key, r.payload, run_id)) for r in items]
-
-
-def _quote_line(asset_id: int, source: str, run_id: int, q: ParsedQuote) -> str:
-    return _line((
-        asset_id, source, run_id, q.observed_at, q.source_asset_id, q.price_usd,
-        q.market_cap_usd, q.volume_24h_usd, q.circulating_supply, q.total_supply,
-        q.max_supply, q.rank, q.open_usd, q.high_usd, q.low_usd, q.close_usd, q.raw_hash,
-    ))
 
 
 def _reader(data: str | bytes) -> io.StringIO | io.BytesIO:
@@ -150,7 +104,7 @@ def _copy_new_rows(
             state.always_stage.add(table)
         else:
             return int(cursor.rowcount)
-    cursor.execute(_STAGING_DDL)
+    cursor.execute(STAGING_DDL)
     cursor.copy_expert(f"COPY {staging} ({columns}) FROM STDIN", _reader(data),
                        COPY_CHUNK_BYTES)
     if on_staged is not None:
@@ -159,53 +113,101 @@ def _copy_new_rows(
     return int(cursor.rowcount)
 
 
-def write_batch(
-    session: Session,
-    source: str,
-    run_id: int,
-    batch: Batch,
-    previous_checkpoint: dict[str, Any] | None,
-    aliases: dict[tuple[str, str], Alias],
-    asset_cache: dict[str, int],
-    state: LoadState | None = None,
-    wait_turn: Callable[[], None] | None = None,
-) -> BatchResult:
-    """Write a batch's raw rows, quotes, rejects and checkpoint in the caller's transaction.
+@dataclass
+class BatchWriter:
+    """Writes one run's batches: what every batch of the run shares, held once.
 
-    The rows only this batch can hold come first (quotes, rejects, raw lines); `wait_turn()`,
-    when given, is called after them and before anything another in-flight batch may also
-    touch (current_quotes, the checkpoint, the run's counters), so that two batches can be written
-    at once on two connections and still commit in order (shared.pipeline).
+    `aliases` and `asset_cache` resolve the source's coin ids to assets (shared.identity);
+    the cache fills as batches meet new coins.
     """
-    state = state if state is not None else LoadState()
-    result = BatchResult(fetched=batch.raw_count, rejected=len(batch.rejects))
-    cursor = session.connection().connection.cursor()
 
-    if batch.raw:
-        lines = _raw_lines(source, run_id, batch.raw)
+    source: str
+    run_id: int
+    aliases: dict[tuple[str, str], Alias]
+    asset_cache: dict[str, int] = field(default_factory=dict)
+
+    def write(
+        self,
+        session: Session,
+        batch: Batch,
+        previous_checkpoint: dict[str, Any] | None,
+        state: LoadState | None = None,
+        wait_turn: Callable[[], None] | None = None,
+    ) -> BatchResult:
+        """Write a batch's raw rows, quotes, rejects and checkpoint in the caller's transaction.
+
+        The rows only this batch can hold come first (quotes, rejects, raw lines);
+        `wait_turn()`, when given, is called after them and before anything another in-flight
+        batch may also touch (current_quotes, the checkpoint, the run's counters), so that two
+        batches can be written at once on two connections and still commit in order
+        (shared.pipeline).
+        """
+        state = state if state is not None else LoadState()
+        result = BatchResult(fetched=batch.raw_count, rejected=len(batch.rejects))
+        cursor = session.connection().connection.cursor()
+        if batch.raw:
+            result.raw_inserted = self._write_raw(cursor, state, batch)
+        # Which of this batch's lines are stored already (line sources only).
+        stored_lines = StoredLines(self.source, batch.checkpoint_key)
+        prepared = batch.prepared
+        if batch.quote_count:
+            if prepared is None:
+                prepared = self._render_quotes(session, batch)
+            result.inserted = self._write_quotes(cursor, state, batch, prepared, stored_lines)
+            result.unchanged = batch.quote_count - result.inserted
+        repeated_rejects = self._write_rejects(cursor, batch) if batch.rejects else set()
+        if batch.raw_lines is not None:
+            result.raw_inserted = copy_line_block(cursor, self.source, self.run_id,
+                                                  batch.raw_lines, stored_lines.hashes,
+                                                  repeated_rejects)
+        if wait_turn is not None:
+            wait_turn()
+        if batch.drift:
+            self._write_drift(cursor, batch)
+        _end_batch(cursor, self.source, self.run_id, batch, previous_checkpoint,
+                   prepared.asset_ids if prepared is not None else set(), result)
+        return result
+
+    def prepare(self, engine: Engine, batch: Batch) -> Batch:
+        """Resolve identities and render quotes ahead of `write` (the read-ahead thread).
+
+        Identity gets its own committed transaction here: new assets and mappings are valid
+        whether or not the batch's data commits later (a retry finds and reuses them), and
+        doing this beside the previous batch's COPY takes it off the critical path (~1 s and
+        ~0.3 s of rendering per million CSV lines).
+        """
+        if batch.quote_count:
+            with unit_of_work(engine) as session:
+                batch.prepared = self._render_quotes(session, batch)
+            # The rendered data replaces the blocks' text: drop it now, not when the batch is
+            # written (several batches wait in memory while two are written).
+            batch.quote_blocks = [replace(block, text="", stamps=[])
+                                  for block in batch.quote_blocks]
+        return batch
+
+    def _write_raw(self, cursor: Any, state: LoadState, batch: Batch) -> int:
+        """API records into raw_records; returns how many were new."""
+        lines = [raw_line(self.source, self.run_id, item) for item in batch.raw]
         lines.sort()  # by content hash, as the unique index wants them
         # API pages (a few hundred records) mostly repeat what an earlier run stored: always
         # staged, which costs about a millisecond and never fails a statement.
-        result.raw_inserted = _copy_new_rows(
-            cursor, state, "raw_records", _RAW_COLUMNS, "".join(lines), "stage_raw",
-            _RAW_FROM_STAGING, stage=True)
+        return _copy_new_rows(cursor, state, "raw_records", RAW_COLUMNS_SQL, "".join(lines),
+                              STAGE_RAW, _RAW_FROM_STAGING, stage=True)
 
-    # Which of this batch's lines are stored already (line sources only).
-    stored_lines = StoredLines(source, batch.checkpoint_key)
-    quote_count = batch.quote_count
-    prepared = batch.prepared
-    if quote_count:
-        if prepared is None:
-            prepared = _render_quotes(session, source, run_id, batch, aliases, asset_cache)
-        result.inserted = _copy_new_rows(
-            cursor, state, "quotes", _QUOTE_COLUMNS, prepared.data, "stage_quotes",
+    def _write_quotes(
+        self, cursor: Any, state: LoadState, batch: Batch, prepared: PreparedQuotes,
+        stored_lines: StoredLines,
+    ) -> int:
+        """The batch's quotes; returns how many were new (staged only if keys may repeat)."""
+        return _copy_new_rows(
+            cursor, state, "quotes", QUOTE_COLUMNS_SQL, prepared.data, STAGE_QUOTES,
             _QUOTES_FROM_STAGING,
             on_staged=stored_lines.find if batch.raw_lines is not None else None,
-            stage=_may_hold_keys(cursor, source, prepared))
-        result.unchanged = quote_count - result.inserted
+            stage=_may_hold_keys(cursor, self.source, prepared))
 
-    repeated_rejects: set[str] = set()
-    if batch.rejects:
+    def _write_rejects(self, cursor: Any, batch: Batch) -> set[str]:
+        """Store the rejects; returns the locations rejected before with the same text."""
+        source, run_id = self.source, self.run_id
         new_locations = execute_values(
             cursor,
             "INSERT INTO rejected_records (source, location, reason, payload, content_hash, "
@@ -216,27 +218,46 @@ def write_batch(
             fetch=True,
         )
         # A line rejected before at the same place with the same text: its raw line is kept.
-        repeated_rejects = {r.location for r in batch.rejects} - {loc for loc, in new_locations}
+        return {r.location for r in batch.rejects} - {loc for loc, in new_locations}
 
-    if batch.raw_lines is not None:
-        result.raw_inserted = copy_line_block(cursor, source, run_id, batch.raw_lines,
-                                              stored_lines.hashes, repeated_rejects)
-
-    if wait_turn is not None:
-        wait_turn()
-
-    if batch.drift:
+    def _write_drift(self, cursor: Any, batch: Batch) -> None:
+        """The schema-drift events seen while reading the batch."""
         execute_values(
             cursor,
             "INSERT INTO drift_events (source, run_id, location, kind, field, observed, "
             "confidence, mapped, detail) VALUES %s",
-            [(source, run_id, e.location, e.kind, e.field, e.observed,
+            [(self.source, self.run_id, e.location, e.kind, e.field, e.observed,
               round(e.confidence, 3), e.mapped, e.detail[:2000]) for e in batch.drift],
         )
 
-    _end_batch(cursor, source, run_id, batch, previous_checkpoint,
-               prepared.asset_ids if prepared is not None else set(), result)
-    return result
+    def _render_quotes(self, session: Session, batch: Batch) -> PreparedQuotes:
+        """Resolve the batch's coins and render its quotes as COPY data, with their keys."""
+        hints = {q.source_asset_id: IdentityHint(q.source_asset_id, q.symbol, q.name)
+                 for q in batch.quotes}
+        for block in batch.quote_blocks:
+            hints.setdefault(block.source_asset_id,
+                             IdentityHint(block.source_asset_id, block.symbol, block.name))
+        assets = resolve_assets(session, self.source, list(hints.values()), self.aliases,
+                                self.asset_cache)
+        parts = [block.text.replace(ASSET_SLOT, str(assets[block.source_asset_id]))
+                 for block in batch.quote_blocks]
+        parts.extend(quote_line(assets[q.source_asset_id], self.source, self.run_id, q)
+                     for q in batch.quotes)
+        spans: dict[int, tuple[str, str]] = {}
+
+        def cover(asset_id: int, first: str, last: str) -> None:
+            span = spans.get(asset_id)
+            if span is not None:
+                first, last = min(span[0], first), max(span[1], last)
+            spans[asset_id] = (first, last)
+
+        for block in batch.quote_blocks:
+            if block.stamps:
+                cover(assets[block.source_asset_id], min(block.stamps), max(block.stamps))
+        for q in batch.quotes:
+            stamp = q.observed_at.isoformat()
+            cover(assets[q.source_asset_id], stamp, stamp)
+        return PreparedQuotes("".join(parts).encode(), spans)
 
 
 # Whether a stored quote of this source falls in one of the batch's per-asset time spans: one
@@ -260,59 +281,6 @@ def _may_hold_keys(cursor: Any, source: str, prepared: PreparedQuotes) -> bool:
         "first": [prepared.spans[i][0] for i in ids], "last": [prepared.spans[i][1] for i in ids],
     })
     return bool(cursor.fetchone()[0])
-
-
-def _render_quotes(
-    session: Session, source: str, run_id: int, batch: Batch,
-    aliases: dict[tuple[str, str], Alias], asset_cache: dict[str, int],
-) -> PreparedQuotes:
-    """Resolve the batch's coins and render its quotes as COPY data, with their keys."""
-    hints = {q.source_asset_id: IdentityHint(q.source_asset_id, q.symbol, q.name)
-             for q in batch.quotes}
-    for block in batch.quote_blocks:
-        hints.setdefault(block.source_asset_id,
-                         IdentityHint(block.source_asset_id, block.symbol, block.name))
-    assets = resolve_assets(session, source, list(hints.values()), aliases, asset_cache)
-    parts = [block.text.replace(ASSET_SLOT, str(assets[block.source_asset_id]))
-             for block in batch.quote_blocks]
-    parts.extend(_quote_line(assets[q.source_asset_id], source, run_id, q)
-                 for q in batch.quotes)
-    spans: dict[int, tuple[str, str]] = {}
-
-    def cover(asset_id: int, first: str, last: str) -> None:
-        span = spans.get(asset_id)
-        if span is not None:
-            first, last = min(span[0], first), max(span[1], last)
-        spans[asset_id] = (first, last)
-
-    for block in batch.quote_blocks:
-        if block.stamps:
-            cover(assets[block.source_asset_id], min(block.stamps), max(block.stamps))
-    for q in batch.quotes:
-        stamp = q.observed_at.isoformat()
-        cover(assets[q.source_asset_id], stamp, stamp)
-    return PreparedQuotes("".join(parts).encode(), spans)
-
-
-def prepare_batch(
-    engine: Engine, source: str, run_id: int, batch: Batch,
-    aliases: dict[tuple[str, str], Alias], asset_cache: dict[str, int],
-) -> Batch:
-    """Resolve identities and render quotes ahead of write_batch (the read-ahead thread).
-
-    Identity gets its own committed transaction here: new assets and mappings are valid
-    whether or not the batch's data commits later (a retry finds and reuses them), and doing
-    this beside the previous batch's COPY takes it off the critical path (~1 s and ~0.3 s of
-    rendering per million CSV lines).
-    """
-    if batch.quote_count:
-        with unit_of_work(engine) as session:
-            batch.prepared = _render_quotes(session, source, run_id, batch, aliases,
-                                            asset_cache)
-        # The rendered data replaces the blocks' text: drop it now, not when the batch is
-        # written (several batches wait in memory while two are written).
-        batch.quote_blocks = [replace(block, text="", stamps=[]) for block in batch.quote_blocks]
-    return batch
 
 
 # What a batch writes after its turn, in one statement (one round trip): the newest quotes of

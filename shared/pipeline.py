@@ -1,4 +1,6 @@
-"""Two batches in flight: each written on its own connection, committed in the batches' order.
+"""Batches read ahead, and two in flight: each written on its own connection, committed in order.
+
+read_ahead() reads (and prepares) the next batch in a thread while the current one is written.
 
 One connection writes a batch with about one core of PostgreSQL time (the COPY of quotes and
 raw lines, their indexes, WAL), so with one connection the second core only parses. The
@@ -23,7 +25,7 @@ import itertools
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
@@ -194,3 +196,60 @@ def write_in_order(
     if first is not None:
         assert first.error is not None
         raise first.error
+
+
+def read_ahead(
+    batches: Iterator[Batch], depth: int = 1, prepare: Callable[[Batch], Batch] | None = None
+) -> Iterator[Batch]:
+    """Yield `batches` while a thread reads (and `prepare`s) the next `depth` ones.
+
+    Parsing a batch (Python) then overlaps with writing the previous one (PostgreSQL, which
+    releases the GIL). When the consumer stops early, the thread stops after the batch it is
+    preparing and closes the source's generator itself.
+    """
+    handoff: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(kind: str, value: object) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put((kind, value), timeout=_POLL_SECONDS)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if prepare is not None:
+                    batch = prepare(batch)
+                if not put("batch", batch):
+                    return
+            put("done", None)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put("error", exc)
+        finally:
+            if isinstance(batches, Iterator) and hasattr(batches, "close"):
+                batches.close()
+
+    thread = threading.Thread(target=produce, name="batch-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            try:
+                # A timeout keeps the wait interruptible (Celery's soft time limit is a signal).
+                kind, value = handoff.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                continue
+            if kind == "batch":
+                assert isinstance(value, Batch)
+                yield value
+            elif kind == "error":
+                assert isinstance(value, BaseException)
+                raise value
+            else:
+                return
+    finally:
+        stop.set()
+        thread.join(timeout=60)

@@ -58,35 +58,14 @@ class Rejected:
     payload: str
 
 
-# Columns of the COPY text of raw records and of quotes (see `QuoteBlock`). Raw rows start with
-# the hash so that sorting them orders the unique index's inserts.
-RAW_COPY_COLUMNS: tuple[str, ...] = ("content_hash", "source", "source_key", "payload", "run_id")
-QUOTE_COPY_COLUMNS: tuple[str, ...] = (
-    "asset_id", "source", "run_id", "observed_at", "source_asset_id", "price_usd",
-    "market_cap_usd", "volume_24h_usd", "circulating_supply", "total_supply", "max_supply",
-    "rank", "open_usd", "high_usd", "low_usd", "close_usd", "raw_hash",
-)
-# Starts every line of a QuoteBlock: the loader replaces it with the asset id it resolves.
-# NUL cannot occur in PostgreSQL text, so it can never be confused with data.
-ASSET_SLOT = "\x00"
-
-
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def copy_escape(value: str) -> str:
-    """`value` as a cell of PostgreSQL's COPY text format (backslash, tab, newlines escaped)."""
-    return value.translate(_COPY_ESCAPES)
-
-
 @dataclass(frozen=True, slots=True)
 class QuoteBlock:
     """Quotes of one source asset id as PostgreSQL COPY text, values already checked.
 
     A source that reads text (CSV) renders the lines itself and lets PostgreSQL parse the
     numbers and timestamps, instead of building a ParsedQuote per row. Each line holds
-    QUOTE_COPY_COLUMNS, tab-separated and escaped, and starts with ASSET_SLOT in place of
-    the asset id.
+    shared.copy_format.QUOTE_COPY_COLUMNS, tab-separated and escaped, and starts with
+    ASSET_SLOT in place of the asset id.
     """
 
     source_asset_id: str
@@ -155,7 +134,7 @@ class Batch:
     # A line source's raw lines (instead of `raw`) and its quotes as ready-made COPY text.
     raw_lines: LineBlock | None = None
     quote_blocks: list[QuoteBlock] = field(default_factory=list)
-    # Set by shared.load.prepare_batch when identities were resolved ahead of the write.
+    # Set by shared.load.BatchWriter.prepare when identities were resolved ahead of the write.
     prepared: PreparedQuotes | None = None
 
     @property

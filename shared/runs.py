@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import signal
-import threading
 import time
 import zlib
 from collections import defaultdict
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import psycopg2
 from sqlalchemy import Connection, Engine, text, update
@@ -20,10 +18,10 @@ from sqlalchemy.orm import Session
 from shared.config import Settings
 from shared.db import get_engine, session_factory, unit_of_work
 from shared.errors import InjectedFailure, public_error
-from shared.identity import Alias, load_aliases
-from shared.load import LoadState, load_checkpoints, prepare_batch, write_batch
+from shared.identity import load_aliases
+from shared.load import BatchWriter, LoadState, load_checkpoints
 from shared.models import TERMINAL_STATUSES, Job, Run
-from shared.pipeline import write_in_order
+from shared.pipeline import read_ahead, write_in_order
 from shared.records import Batch
 from shared.sources import get_source
 from shared.sources.base import RunContext, Source
@@ -195,38 +193,17 @@ def _process(
         on_event=on_event, max_records=settings.fail_after_for(source),
         records_done=records_done,
     )
-    aliases = load_aliases(settings.asset_aliases_file)
-    asset_cache: dict[str, int] = {}
-    load_state = LoadState()
+    writer = BatchWriter(source, run_id, load_aliases(settings.asset_aliases_file))
     session: Session = make_session()
-
-    def prepare(batch: Batch) -> Batch:
-        return prepare_batch(engine, source, run_id, batch, aliases, asset_cache)
-
     extractor = get_source(source, settings)
     try:
         if _can_read_ahead(extractor, ctx):
-            _write_pipelined(engine, run_id, source, settings, ctx, extractor, prepare,
-                             aliases, asset_cache, report)
+            _write_pipelined(engine, writer, settings, ctx, extractor, report)
         else:
-            for batch in extractor.batches(ctx):
-                for name, amount in batch.stats.items():
-                    on_event(name, amount)
-                write_batch(session, source, run_id, batch,
-                            checkpoints.get(batch.checkpoint_key), aliases, asset_cache,
-                            load_state)
-                _flush_events(session, run_id, events)
-                session.commit()
-                checkpoints[batch.checkpoint_key] = batch.checkpoint
-                ctx.records_done += batch.record_count
-                report(ctx.records_done)
-                if settings.batch_delay_seconds:
-                    time.sleep(settings.batch_delay_seconds)
-                if ctx.max_records is not None and ctx.records_done >= ctx.max_records:
-                    _inject_failure(settings, ctx)
+            _write_serially(session, writer, settings, ctx, extractor, events, report)
         # A source that could not read some of its input (CSV: unreadable files) says why;
         # what it did read is committed and is published like a succeeded run's.
-        partial = getattr(extractor, "partial_reason", None)
+        partial = extractor.partial_reason
         _end(session, run_id, "partial" if partial else "succeeded", partial, events)
     except BaseException as exc:
         session.rollback()
@@ -244,9 +221,6 @@ def _process(
             raise  # SystemExit / KeyboardInterrupt: let the worker stop
     finally:
         session.close()
-
-
-_QUEUE_POLL_SECONDS = 0.2
 
 
 class _Throttled:
@@ -312,22 +286,43 @@ def _inject_failure(settings: Settings, ctx: RunContext) -> None:
 def _can_read_ahead(extractor: Source, ctx: RunContext) -> bool:
     """Whether the source's batches may be read (and written) ahead of the commits."""
     # FAIL_AFTER_N_RECORDS cuts batches by what was committed, so it rules out reading ahead.
-    return bool(getattr(extractor, "read_ahead", False)) and ctx.max_records is None
+    return extractor.read_ahead and ctx.max_records is None
+
+
+def _write_serially(
+    session: Session, writer: BatchWriter, settings: Settings, ctx: RunContext,
+    extractor: Source, events: dict[str, float], report: Callable[[int], None],
+) -> None:
+    """Write and commit each batch before the source reads the next."""
+    state = LoadState()
+    for batch in extractor.batches(ctx):
+        for name, amount in batch.stats.items():
+            ctx.on_event(name, amount)
+        writer.write(session, batch, ctx.checkpoints.get(batch.checkpoint_key), state)
+        _flush_events(session, writer.run_id, events)
+        session.commit()
+        ctx.checkpoints[batch.checkpoint_key] = batch.checkpoint
+        ctx.records_done += batch.record_count
+        report(ctx.records_done)
+        if settings.batch_delay_seconds:
+            time.sleep(settings.batch_delay_seconds)
+        if ctx.max_records is not None and ctx.records_done >= ctx.max_records:
+            _inject_failure(settings, ctx)
 
 
 def _write_pipelined(
-    engine: Engine, run_id: int, source: str, settings: Settings, ctx: RunContext,
-    extractor: Source, prepare: Callable[[Batch], Batch],
-    aliases: dict[tuple[str, str], Alias], asset_cache: dict[str, int],
-    report: Callable[[int], None],
+    engine: Engine, writer: BatchWriter, settings: Settings, ctx: RunContext,
+    extractor: Source, report: Callable[[int], None],
 ) -> None:
     """Read ahead, and write two batches at once on two connections (shared.pipeline)."""
 
     def write(session: Session, batch: Batch, previous: dict[str, Any] | None,
               state: LoadState, wait_turn: Callable[[], None]) -> None:
-        write_batch(session, source, run_id, batch, previous, aliases, asset_cache, state,
-                    wait_turn=wait_turn)
-        _flush_events(session, run_id, dict(batch.stats))
+        writer.write(session, batch, previous, state, wait_turn=wait_turn)
+        _flush_events(session, writer.run_id, dict(batch.stats))
+
+    def prepare(batch: Batch) -> Batch:
+        return writer.prepare(engine, batch)
 
     def after_submit(batch: Batch) -> None:
         ctx.records_done += batch.record_count
@@ -337,63 +332,6 @@ def _write_pipelined(
 
     write_in_order(engine, read_ahead(extractor.batches(ctx), prepare=prepare),
                    write, ctx.checkpoints, after_submit)
-
-
-def read_ahead(
-    batches: Iterator[Batch], depth: int = 1, prepare: Callable[[Batch], Batch] | None = None
-) -> Iterator[Batch]:
-    """Yield `batches` while a thread reads (and `prepare`s) the next `depth` ones.
-
-    Parsing a batch (Python) then overlaps with writing the previous one (PostgreSQL, which
-    releases the GIL). When the consumer stops early, the thread stops after the batch it is
-    preparing and closes the source's generator itself.
-    """
-    handoff: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(kind: str, value: object) -> bool:
-        while not stop.is_set():
-            try:
-                handoff.put((kind, value), timeout=_QUEUE_POLL_SECONDS)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for batch in batches:
-                if prepare is not None:
-                    batch = prepare(batch)
-                if not put("batch", batch):
-                    return
-            put("done", None)
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            put("error", exc)
-        finally:
-            if isinstance(batches, Iterator) and hasattr(batches, "close"):
-                batches.close()
-
-    thread = threading.Thread(target=produce, name="batch-read-ahead", daemon=True)
-    thread.start()
-    try:
-        while True:
-            try:
-                # A timeout keeps the wait interruptible (Celery's soft time limit is a signal).
-                kind, value = handoff.get(timeout=_QUEUE_POLL_SECONDS)
-            except queue.Empty:
-                continue
-            if kind == "batch":
-                assert isinstance(value, Batch)
-                yield value
-            elif kind == "error":
-                assert isinstance(value, BaseException)
-                raise value
-            else:
-                return
-    finally:
-        stop.set()
-        thread.join(timeout=60)
 
 
 def _flush_events(session: Session, run_id: int, events: dict[str, float]) -> None:

@@ -29,6 +29,20 @@ class Source(Protocol):
 
     name: str
 
+    @property
+    def read_ahead(self) -> bool:
+        """Whether the next batches may be read (and written) before this one commits.
+
+        True only when a source's batches depend on nothing but its input, never on what
+        committed (shared.pipeline.read_ahead, shared.runs).
+        """
+        ...
+
+    @property
+    def partial_reason(self) -> str | None:
+        """After batches(): why some input could not be read (the run ends partial), or None."""
+        ...
+
     def batches(self, ctx: RunContext) -> Iterator[Batch]:
         """Yield batches from the committed checkpoint on; raise SourceError on failure."""
         ...

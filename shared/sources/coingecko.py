@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Iterator
+from typing import ClassVar, Iterator
 
 import requests
 
@@ -109,6 +109,9 @@ class CoinGeckoSource:
     session: requests.Session | None = None
     backoff_base: float = 0.5
     name: str = SOURCE
+    # One batch at a time: pages are small and the HTTP quota, not the database, sets the pace.
+    read_ahead: ClassVar[bool] = False
+    partial_reason: ClassVar[str | None] = None
 
     def first_page(self, ctx: RunContext) -> int | None:
         """Where this run starts: after the last committed page of the same run, else page 1."""

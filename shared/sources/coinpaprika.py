@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 import requests
 
@@ -109,6 +109,9 @@ class CoinPaprikaSource:
     session: requests.Session | None = None
     backoff_base: float = 0.5
     name: str = SOURCE
+    # One batch at a time: pages are small and the HTTP quota, not the database, sets the pace.
+    read_ahead: ClassVar[bool] = False
+    partial_reason: ClassVar[str | None] = None
 
     def resume_point(self, ctx: RunContext) -> dict[str, Any] | None:
         """The committed position of this run, {} to start fresh, None when already complete."""

@@ -13,14 +13,8 @@ from typing import Any, BinaryIO, Iterator
 from shared.bounds import CELL_MAX_CHARS, NUMERIC_INTEGER_DIGITS, NUMERIC_SCALE, asset_text_problem
 from shared.config import Settings
 from shared.parsing import ValueParseError
-from shared.records import (
-    ASSET_SLOT,
-    Batch,
-    LineBlock,
-    QuoteBlock,
-    Rejected,
-    content_hash,
-)
+from shared.copy_format import BYTEA_HEX, OHLC_ABSENT_CELLS, quote_line_head
+from shared.records import Batch, LineBlock, QuoteBlock, Rejected, content_hash
 from shared.sources.base import RunContext
 from shared.sources.csv_formats import CsvFormat, detect_format, req_timestamp
 from shared.sources.csv_files import (
@@ -56,7 +50,9 @@ _NUMBER = (rf"([0-9]{{1,{NUMERIC_INTEGER_DIGITS - 9}}}+(?:\.[0-9]{{1,{NUMERIC_SC
 _KAGGLE_FAST = re.compile(
     rf"{_PLAIN}*+,({_PLAIN}*+),({_PLAIN}*+),({_PLAIN}++)" + rf",{_NUMBER}" * 6 + r"\Z"
 )
-_NULL4 = "\\N\t" * 4  # circulating_supply, total_supply, max_supply, rank
+# The fast path's COPY text pieces (shared.copy_format owns the layout; see quote_line).
+_ABSENT = OHLC_ABSENT_CELLS  # circulating_supply, total_supply, max_supply, rank
+_HASH_CELL = "\t" + BYTEA_HEX  # before raw_hash, in hex
 # Lines in a file's first batch (when CSV_BATCH_ROWS is larger); each next batch doubles.
 FIRST_BATCH_ROWS = 2_000
 # Bounds the per-file caches of rendered dates and identities (a file has few of each).
@@ -239,7 +235,7 @@ class _LineReader:
     def __init__(self, key: str, fmt: CsvFormat, run_id: int) -> None:
         self.key, self.fmt = key, fmt
         self.fast = _KAGGLE_FAST.match if fmt.name == "kaggle" else None
-        self.quote_prefix = f"{ASSET_SLOT}\t{NAME}\t{run_id}\t"
+        self.quote_prefix = quote_line_head(NAME, run_id)
         # content_hash(NAME, key, text) without re-hashing the constant part for every line.
         self.hash_base = hashlib.sha256(f"{NAME}\x1f{key}\x1f".encode())
         self.dates: dict[str, str | None] = {}
@@ -285,9 +281,11 @@ class _LineReader:
                     entry = blocks.get(sid)
                     if entry is None:
                         entry = blocks[sid] = (identity, [], [])
+                    # QUOTE_COPY_COLUMNS from observed_at on; inline for speed (see
+                    # shared.copy_format): price_usd and close_usd are both Close.
                     entry[1].append(
-                        f"{quote_prefix}{stamp}\t{sid}\t{close}\t{mcap}\t{volume}\t{_NULL4}"
-                        f"{open_}\t{high}\t{low}\t{close}\t\\\\x{hex_hash}\n"
+                        f"{quote_prefix}{stamp}\t{sid}\t{close}\t{mcap}\t{volume}\t{_ABSENT}"
+                        f"{open_}\t{high}\t{low}\t{close}{_HASH_CELL}{hex_hash}\n"
                     )
                     entry[2].append(stamp)
                     continue

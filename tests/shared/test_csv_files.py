@@ -18,7 +18,7 @@ from shared.config import Settings
 from shared.db import unit_of_work
 from shared.identity import IdentityError, IdentityHint, resolve_assets
 from shared.jobs import create_job
-from shared.load import write_batch
+from shared.load import BatchWriter
 from shared.sources.base import RunContext
 from shared.sources.csv_files import (
     LINK,
@@ -142,8 +142,9 @@ def test_a_file_deleted_between_listing_and_opening_is_a_file_level_reject(
     assert sum(b.quote_count for b in kept) == 1
 
     with unit_of_work(clean_db) as session:
+        writer = BatchWriter("csv", run_id, {})
         for written in gone + kept:
-            write_batch(session, "csv", run_id, written, None, {}, {})
+            writer.write(session, written, None)
     with clean_db.connect() as conn:
         rejects = conn.execute(text(
             "SELECT location, reason, run_id FROM rejected_records")).all()
