@@ -1,0 +1,44 @@
+"""Migration 0011 (quality tables) goes down to 0010 and back up cleanly."""
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import create_engine, make_url, text
+
+from tests.conftest import _admin_engine, _server_url
+from tests.test_migrations import _flask_db
+
+_TABLES = ("SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables"
+           " WHERE table_name IN ('quote_flags', 'anomalies')")
+_COLUMN = ("SELECT count(*) FROM information_schema.columns "
+           "WHERE table_name = 'current_quotes' AND column_name = 'quality'")
+
+
+def test_0011_down_and_up() -> None:
+    admin = _admin_engine()
+    name = f"kasparro_mig_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(_server_url()).set(database=name).render_as_string(hide_password=False)
+    engine = create_engine(url)
+    try:
+        _flask_db(url, "upgrade", "0011")
+        with engine.begin() as conn:
+            assert conn.execute(text(_TABLES)).scalar() == "anomalies,quote_flags"
+            assert conn.execute(text(_COLUMN)).scalar() == 1
+            conn.execute(text("INSERT INTO anomalies (kind, source, key, evidence) "
+                              "VALUES ('drift', 'csv', 'drift:1', '{}')"))
+            conflict = conn.execute(text(
+                "INSERT INTO anomalies (kind, source, key, evidence) VALUES "
+                "('drift', 'csv', 'drift:1', '{}') ON CONFLICT DO NOTHING RETURNING id")).all()
+            assert conflict == []
+        _flask_db(url, "downgrade", "0010")
+        with engine.connect() as conn:
+            assert conn.execute(text(_TABLES)).scalar() is None
+            assert conn.execute(text(_COLUMN)).scalar() == 0
+        _flask_db(url, "upgrade", "0011")
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
