@@ -113,6 +113,14 @@ def _opt(env: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
+def _url_tail(url: str) -> str:
+    """The path and query of `url` (`/services/T/B/x?y=z`)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
 @dataclass(frozen=True)
 class RateLimit:
     """A request quota: `requests` per `period_seconds`, shared by the whole cluster."""
@@ -207,9 +215,12 @@ class Settings:
 
     def redacted_secrets(self) -> tuple[str, ...]:
         """Secret values that must never appear in logs or error bodies."""
+        webhooks = [u for u in (self.slack_webhook_url, self.alert_webhook_url) if u]
+        # A webhook's path and query are its secret too (request logs show them alone).
+        tails = [t for t in (_url_tail(u) for u in webhooks) if len(t) >= 8]
         return tuple(
             s for s in (self.api_token, self.coingecko_api_key, self.coinpaprika_api_key,
-                        self.slack_webhook_url, self.alert_webhook_url) if s
+                        *webhooks, *tails) if s
         )
 
 

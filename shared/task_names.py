@@ -5,6 +5,9 @@ EXTRACT_PREFIX = "etl.extract."
 NORMALIZE = "etl.normalize"
 SCHEDULE_TICK = "etl.schedule_tick"
 REAP_STALE_RUNS = "etl.reap_stale_runs"
+# Notifications (worker/notify_tasks.py): evaluate source states, send one message.
+NOTIFY_EVALUATE = "notify.evaluate"
+NOTIFY_SEND = "notify.send"
 
 
 def extract(source: str) -> str:

@@ -1,0 +1,6 @@
+"""Notifications: decide events from source states (policy), send them to targets (send)."""
+from shared.notify.policy import EVENTS, evaluate
+from shared.notify.send import SendResult, send_notification
+from shared.notify.targets import configured_targets
+
+__all__ = ["EVENTS", "SendResult", "configured_targets", "evaluate", "send_notification"]

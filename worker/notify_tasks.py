@@ -1,0 +1,42 @@
+"""Celery tasks for notifications: thin transport around shared.notify (retries, no ETL wait)."""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+
+from celery import Task, shared_task
+
+from shared import task_names
+from shared.config import get_settings
+from shared.db import get_engine, unit_of_work
+from shared.notify import evaluate, send_notification
+
+log = logging.getLogger(__name__)
+
+SEND_MAX_RETRIES = 4
+# Short limits: a hung receiver costs one worker slot this long at most.
+SEND_SOFT_TIME_LIMIT = 30
+SEND_TIME_LIMIT = 40
+
+
+@shared_task(name=task_names.NOTIFY_EVALUATE, acks_late=True, ignore_result=True)
+def notify_evaluate() -> list[int]:
+    """Decide which notifications source states call for; enqueue each after commit."""
+    settings = get_settings()
+    with unit_of_work(get_engine()) as session:
+        ids = evaluate(session, settings, datetime.now(timezone.utc))
+    for notification_id in ids:
+        notify_send.apply_async((notification_id,))
+    return ids
+
+
+@shared_task(bind=True, name=task_names.NOTIFY_SEND, acks_late=True, ignore_result=True,
+             max_retries=SEND_MAX_RETRIES, soft_time_limit=SEND_SOFT_TIME_LIMIT,
+             time_limit=SEND_TIME_LIMIT)
+def notify_send(self: Task, notification_id: int) -> str:
+    """Send one notification; retry with backoff while the target fails transiently."""
+    result = send_notification(get_engine(), int(notification_id), get_settings())
+    if result.retry and self.request.retries < SEND_MAX_RETRIES:
+        # 5 s, 10 s, 20 s, 40 s: the row says `failed` meanwhile, `sent` once through.
+        raise self.retry(countdown=5 * 2 ** self.request.retries)
+    return result.status
