@@ -2,11 +2,19 @@
 from __future__ import annotations
 
 from datetime import datetime
-from sqlalchemy import ColumnElement, func, select
+
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session, selectinload
 
 from shared.models import Job
-from shared.queries.paging import BIGINT_MAX, InvalidCursor, Page, decode_cursor, encode_cursor
+from shared.queries.paging import (
+    BIGINT_MAX,
+    InvalidCursor,
+    Page,
+    decode_cursor,
+    fetch_page,
+    time_bounds,
+)
 
 # What started a job: POST /jobs, beat's schedule, or `flask etl`.
 JOB_TRIGGERS: tuple[str, ...] = ("api", "beat", "cli")
@@ -36,17 +44,11 @@ def list_jobs(
         conditions.append(Job.status == status)
     if trigger:
         conditions.append(Job.trigger == trigger)
-    if since:
-        conditions.append(Job.created_at >= since)
-    if until:
-        conditions.append(Job.created_at <= until)
-    total = int(session.scalar(select(func.count()).select_from(Job).where(*conditions)) or 0)
-    query = select(Job).options(selectinload(Job.runs)).where(*conditions)
+    conditions += time_bounds(Job.created_at, since, until)
+    base = select(Job).options(selectinload(Job.runs)).where(*conditions)
+    query = base
     if cursor is not None:
         query = query.where(Job.id < _cursor_id(cursor))
         offset = 0
-    rows = list(session.scalars(query.order_by(Job.id.desc()).offset(offset).limit(limit + 1)))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    next_cursor = encode_cursor({"t": "jobs", "id": rows[-1].id}) if more and rows else None
-    return Page(rows=rows, total=total, next_cursor=next_cursor)
+    return fetch_page(session, query.order_by(Job.id.desc()), base, offset=offset, limit=limit,
+                      cursor_of=lambda row: {"t": "jobs", "id": row.id})
