@@ -95,6 +95,83 @@ def _limit_malloc_arenas() -> None:
         pass
 
 
+class _Writers:
+    """WRITERS threads, each writing the slots handed to it on its own connection."""
+
+    def __init__(self, engine: Engine, write: WriteBatch) -> None:
+        self.engine, self.write = engine, write
+        self.failed = threading.Event()
+        # A free writer is taken before the next batch is read: no batch waits in memory.
+        self.permits = threading.Semaphore(WRITERS)
+        self.queues: list[queue.Queue[_Slot | None]] = [queue.Queue() for _ in range(WRITERS)]
+        self.failures: list[_Slot] = []
+        self.threads = [threading.Thread(target=self._run, args=(inbox,),
+                                         name=f"batch-writer-{n}", daemon=True)
+                        for n, inbox in enumerate(self.queues)]
+        for thread in self.threads:
+            thread.start()
+
+    def _run(self, inbox: queue.Queue[_Slot | None]) -> None:
+        """A writer thread: one transaction per slot, on one connection for the whole run."""
+        state = LoadState()
+        connection: Connection | None = None
+        session: Session | None = None
+        try:
+            while (slot := inbox.get()) is not None:
+                try:
+                    if self.failed.is_set():
+                        raise EarlierBatchFailed("another batch failed")
+                    if session is None:
+                        # One connection per writer for the whole run: a session on the pool
+                        # would check one out, and pre-ping it, for every batch.
+                        connection = self.engine.connect()
+                        session = Session(bind=connection)
+                    if slot.overlaps:
+                        slot.wait_before()
+                    assert slot.batch is not None
+                    self.write(session, slot.batch, slot.previous_checkpoint, state,
+                               slot.wait_before)
+                    session.commit()
+                except BaseException as exc:  # noqa: B036 - handed to the caller's thread
+                    self._fail(slot, exc, session)
+                finally:
+                    # Free the batch and the chain of earlier slots as soon as possible.
+                    slot.batch = None
+                    slot.before = None
+                    slot.done.set()
+                    self.permits.release()
+        finally:
+            if session is not None:
+                session.close()
+            if connection is not None:
+                connection.close()
+
+    def _fail(self, slot: _Slot, exc: BaseException, session: Session | None) -> None:
+        """Record the slot's error, stop the batches after it and roll its transaction back."""
+        slot.error = exc
+        self.failures.append(slot)
+        self.failed.set()
+        try:
+            if session is not None:
+                session.rollback()
+        except Exception:  # noqa: BLE001 - the connection is gone; exc says why
+            pass
+
+    def stop(self) -> None:
+        """Let the writers finish what they hold, then end them."""
+        for inbox in self.queues:
+            inbox.put(None)
+        for thread in self.threads:
+            while thread.is_alive():
+                thread.join(timeout=_POLL_SECONDS)
+
+    def first_error(self) -> BaseException | None:
+        """The cause, not the batches rolled back because of it."""
+        causes = [s for s in self.failures if not isinstance(s.error, EarlierBatchFailed)]
+        first = min(causes or self.failures, key=lambda slot: slot.index, default=None)
+        return first.error if first is not None else None
+
+
 def write_in_order(
     engine: Engine,
     batches: Iterable[Batch],
@@ -108,94 +185,36 @@ def write_in_order(
     are handed out, since each batch's compare-and-set expects the value of the batch before.
     """
     _limit_malloc_arenas()
-    failed = threading.Event()
-    permits = threading.Semaphore(WRITERS)
-    queues: list[queue.Queue[_Slot | None]] = [queue.Queue() for _ in range(WRITERS)]
-    failures: list[_Slot] = []
-
-    def run_writer(inbox: queue.Queue[_Slot | None]) -> None:
-        state = LoadState()
-        connection: Connection | None = None
-        session: Session | None = None
-        try:
-            while True:
-                slot = inbox.get()
-                if slot is None:
-                    return
-                try:
-                    if failed.is_set():
-                        raise EarlierBatchFailed("another batch failed")
-                    if session is None:
-                        # One connection per writer for the whole run: a session on the pool
-                        # would check one out, and pre-ping it, for every batch.
-                        connection = engine.connect()
-                        session = Session(bind=connection)
-                    if slot.overlaps:
-                        slot.wait_before()
-                    assert slot.batch is not None
-                    write(session, slot.batch, slot.previous_checkpoint, state, slot.wait_before)
-                    session.commit()
-                except BaseException as exc:  # noqa: B036 - handed to the caller's thread
-                    slot.error = exc
-                    failures.append(slot)
-                    failed.set()
-                    try:
-                        if session is not None:
-                            session.rollback()
-                    except Exception:  # noqa: BLE001 - the connection is gone; exc says why
-                        pass
-                finally:
-                    # Free the batch and the chain of earlier slots as soon as possible.
-                    slot.batch = None
-                    slot.before = None
-                    slot.done.set()
-                    permits.release()
-        finally:
-            if session is not None:
-                session.close()
-            if connection is not None:
-                connection.close()
-
-    threads = [threading.Thread(target=run_writer, args=(inbox,), name=f"batch-writer-{n}",
-                                daemon=True) for n, inbox in enumerate(queues)]
-    for thread in threads:
-        thread.start()
+    writers = _Writers(engine, write)
     before: _Slot | None = None
     pending = iter(batches)
     try:
         for index in itertools.count():
             # A free writer first, then the next batch: no batch waits here in memory.
-            while not permits.acquire(timeout=_POLL_SECONDS):
+            while not writers.permits.acquire(timeout=_POLL_SECONDS):
                 pass
-            batch = next(pending, None) if not failed.is_set() else None
+            batch = next(pending, None) if not writers.failed.is_set() else None
             if batch is None:
-                permits.release()
+                writers.permits.release()
                 break
             key = batch.checkpoint_key
             slot = _Slot(index, batch, checkpoints.get(key), before, _shares_key(before, batch))
             checkpoints[key] = batch.checkpoint
-            queues[index % WRITERS].put(slot)
+            writers.queues[index % WRITERS].put(slot)
             before = slot
             if after_submit is not None:
                 after_submit(batch)
     except BaseException:
-        failed.set()  # e.g. a time limit: batches not yet started roll back at once
+        writers.failed.set()  # e.g. a time limit: batches not yet started roll back at once
         raise
     finally:
         close = getattr(batches, "close", None)
         if close is not None:
             close()
-        for inbox in queues:
-            inbox.put(None)
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(timeout=_POLL_SECONDS)
-    # The cause, not the batches rolled back because of it.
-    causes = [slot for slot in failures if not isinstance(slot.error, EarlierBatchFailed)]
-    first = min(causes or failures, key=lambda slot: slot.index, default=None)
-    if first is not None:
-        assert first.error is not None
-        raise first.error
+        writers.stop()
+    error = writers.first_error()
+    if error is not None:
+        raise error
 
 
 def read_ahead(

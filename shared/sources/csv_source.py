@@ -290,10 +290,20 @@ class _LineReader:
                     entry[2].append(stamp)
                     continue
             slow.append((line_no, text, hex_hash))
-        if len(dates) > _CACHE_LIMIT:
-            dates.clear()
-        if len(identities) > _CACHE_LIMIT:
-            identities.clear()
+        self._fill(batch, lines, hashes, blocks)
+        if slow:
+            self._parse_slow(batch, slow)
+        return batch
+
+    def _fill(
+        self, batch: Batch, lines: list[tuple[int, str]], hashes: list[str],
+        blocks: dict[str, tuple[tuple[str, str, str | None], list[str], list[str]]],
+    ) -> None:
+        """Set the batch's raw lines and quote blocks; keep the per-file caches bounded."""
+        if len(self.dates) > _CACHE_LIMIT:
+            self.dates.clear()
+        if len(self.identities) > _CACHE_LIMIT:
+            self.identities.clear()
         batch.raw_lines = LineBlock(self.key, array("i", [number for number, _ in lines]),
                                     "\n".join([text for _, text in lines]),
                                     bytes.fromhex("".join(hashes)))
@@ -301,9 +311,6 @@ class _LineReader:
             QuoteBlock(sid, symbol, name, "".join(rows), len(rows), stamps)
             for (sid, symbol, name), rows, stamps in blocks.values()
         ]
-        if slow:
-            self._parse_slow(batch, slow)
-        return batch
 
     def _parse_slow(self, batch: Batch, lines: list[tuple[int, str, str]]) -> None:
         """The general path: csv module, exact Decimal parsing, a reason for every reject."""

@@ -161,19 +161,7 @@ def detect_drift(
             if spec.kind == "number":
                 _check_retype(report, source, location, spec, flats)
             continue
-        candidates: list[tuple[float, str]] = []
-        for path in unknown:
-            if path in claimed:
-                continue
-            name = name_similarity(spec.path, path)
-            carrying = [f[path] for f in flats if path in f]
-            typed = [v for v in carrying if _compatible(spec.kind, v)]
-            non_null = [v for v in typed if v is not None]
-            # All-null evidence says little about type; count it half.
-            type_score = (len(typed) / len(carrying)) * (1.0 if non_null else 0.5)
-            presence = len(carrying) / len(flats)
-            candidates.append((round(0.6 * name + 0.4 * type_score * presence, 2), path))
-        candidates.sort(reverse=True)
+        candidates = _rename_candidates(spec, [p for p in unknown if p not in claimed], flats)
         best = candidates[0] if candidates else (0.0, None)
         runner_up = candidates[1][0] if len(candidates) > 1 else 0.0
         confidence, observed = best
@@ -203,6 +191,24 @@ def detect_drift(
             source, location, event.kind, event.detail, event.confidence,
         )
     return report
+
+
+def _rename_candidates(
+    spec: FieldSpec, paths: Sequence[str], flats: Sequence[dict[str, Any]]
+) -> list[tuple[float, str]]:
+    """(confidence, path) of each unclaimed new field as a rename of `spec`, best first."""
+    candidates: list[tuple[float, str]] = []
+    for path in paths:
+        name = name_similarity(spec.path, path)
+        carrying = [f[path] for f in flats if path in f]
+        typed = [v for v in carrying if _compatible(spec.kind, v)]
+        non_null = [v for v in typed if v is not None]
+        # All-null evidence says little about type; count it half.
+        type_score = (len(typed) / len(carrying)) * (1.0 if non_null else 0.5)
+        presence = len(carrying) / len(flats)
+        candidates.append((round(0.6 * name + 0.4 * type_score * presence, 2), path))
+    candidates.sort(reverse=True)
+    return candidates
 
 
 def _check_retype(

@@ -58,16 +58,9 @@ def parse_market_item(
     if observed_at is None:
         # Without an observation time the quote cannot be placed in the time series.
         return None, "last_updated is null", key
-    numbers: dict[str, Decimal | None] = {}
-    for attr, path in number_fields:
-        try:
-            numbers[attr] = to_decimal(report.value(flat, path))
-        except ValueError as exc:
-            return None, f"{path}: {exc}", key
-    try:
-        rank = to_int(report.value(flat, rank_path))
-    except ValueError as exc:
-        return None, f"{rank_path}: {exc}", key
+    numbers, rank, problem = _read_numbers(flat, report, number_fields, rank_path)
+    if problem is not None:
+        return None, problem, key
     quote = ParsedQuote(
         source_asset_id=coin_id,
         symbol=symbol.upper(),
@@ -78,6 +71,24 @@ def parse_market_item(
         **numbers,
     )
     return quote, None, key
+
+
+def _read_numbers(
+    flat: dict[str, Any], report: DriftReport, number_fields: Sequence[tuple[str, str]],
+    rank_path: str,
+) -> tuple[dict[str, Decimal | None], int | None, str | None]:
+    """The item's numbers (by ParsedQuote attribute) and rank, or why one is unusable."""
+    numbers: dict[str, Decimal | None] = {}
+    for attr, path in number_fields:
+        try:
+            numbers[attr] = to_decimal(report.value(flat, path))
+        except ValueError as exc:
+            return {}, None, f"{path}: {exc}"
+    try:
+        rank = to_int(report.value(flat, rank_path))
+    except ValueError as exc:
+        return {}, None, f"{rank_path}: {exc}"
+    return numbers, rank, None
 
 
 def to_entry(
