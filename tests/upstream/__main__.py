@@ -34,6 +34,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
              "'{\"endpoint\":\"coingecko\",\"mode\":\"429\",\"count\":1,"
              "\"params\":{\"retry_after\":2}}'; modes: " + ", ".join(sorted(FAULT_MODES)),
     )
+    parser.add_argument(
+        "--coinpaprika-coherent", action="store_true",
+        default=os.environ.get("UPSTREAM_COINPAPRIKA_COHERENT", "") not in ("", "0"),
+        help="serve CoinPaprika tickers as of the recorded CoinGecko page, with its prices "
+             "for the coins both have (also UPSTREAM_COINPAPRIKA_COHERENT=1)")
     parser.add_argument("--require-key", action="append", default=[], metavar="SOURCE=VALUE",
                         help="answer 401 unless the source's auth header equals VALUE")
     return parser.parse_args(argv)
@@ -55,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         coinpaprika_total=args.coinpaprika_total,
         faults=faults,
         require_keys=require_keys,
+        coinpaprika_coherent=args.coinpaprika_coherent,
     ).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

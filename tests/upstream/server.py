@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 from urllib.parse import parse_qs, urlsplit
 
+from tests.upstream.coherent import coherent_ticker, coingecko_matches
+
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 COINGECKO_PAGE = FIXTURES / "coingecko" / "coins_markets_usd_page1_per250_2025-02-09.json"
 COINPAPRIKA_COINS = FIXTURES / "coinpaprika" / "v1_coins_2022-01-07.json"
@@ -198,17 +200,28 @@ def _ticker(coin: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=4)
-def build_coinpaprika_tickers(total: int = DEFAULT_COINPAPRIKA_TOTAL) -> tuple[str, ...]:
-    """`total` tickers of the first active coins by rank; btc-bitcoin is the recorded ticker."""
+def build_coinpaprika_tickers(total: int = DEFAULT_COINPAPRIKA_TOTAL,
+                              coherent: bool = False) -> tuple[str, ...]:
+    """`total` tickers of the first active coins by rank.
+
+    By default btc-bitcoin is the recorded 2022 ticker and the rest synthetic 2022 tickers.
+    `coherent` serves every ticker as of the recorded 2025 CoinGecko page instead, with
+    CoinGecko's numbers for the coins both have (a demo then shows BTC agreeing).
+    """
     coins = json.loads(recorded_coinpaprika_coins())
     active = sorted(
         (c for c in coins if c.get("is_active") and int(c.get("rank") or 0) > 0),
         key=lambda c: (int(c["rank"]), c["id"]),
     )[:total]
     recorded_btc = COINPAPRIKA_BTC_TICKER.read_text(encoding="utf-8").strip()
+    gecko = [json.loads(text) for text in recorded_coingecko_items()] if coherent else []
+    matches = coingecko_matches(active, gecko)
     items = []
     for coin in active:
-        if coin["id"] == "btc-bitcoin":
+        if coherent:
+            ticker = coherent_ticker(_ticker(coin), matches.get(coin["id"]))
+            items.append(json.dumps(ticker, ensure_ascii=False, separators=(",", ":")))
+        elif coin["id"] == "btc-bitcoin":
             items.append(recorded_btc)
         else:
             items.append(json.dumps(_ticker(coin), ensure_ascii=False, separators=(",", ":")))
@@ -346,6 +359,7 @@ class UpstreamState:
         coinpaprika_total: int = DEFAULT_COINPAPRIKA_TOTAL,
         faults: Iterable[Mapping[str, Any]] = (),
         require_keys: Mapping[str, str] | None = None,
+        coinpaprika_coherent: bool = False,
     ) -> None:
         self.lock = threading.Lock()
         self.stopping = threading.Event()
@@ -353,6 +367,8 @@ class UpstreamState:
         self._seq = itertools.count(1)
         self.coingecko_total = coingecko_total
         self.coinpaprika_total = coinpaprika_total
+        # Tickers as of the recorded CoinGecko page, with its numbers (build_coinpaprika_tickers).
+        self.coinpaprika_coherent = coinpaprika_coherent
         # Rank shift while paging: page N>1 starts this many items early, so the last items
         # of a page show up again at the top of the next (CoinGecko's cache does this).
         self.coingecko_page_overlap = 0
@@ -367,7 +383,8 @@ class UpstreamState:
 
     def _load_data(self) -> None:
         self.coingecko_items = build_coingecko_items(self.coingecko_total)
-        self.coinpaprika_items = list(build_coinpaprika_tickers(self.coinpaprika_total))
+        self.coinpaprika_items = list(
+            build_coinpaprika_tickers(self.coinpaprika_total, self.coinpaprika_coherent))
 
     def add_fault(self, spec: Mapping[str, Any]) -> Fault:
         """Queue a fault; faults apply first-added first."""
@@ -407,6 +424,8 @@ class UpstreamState:
             self.coingecko_total = int(config["coingecko_total"])
         if "coinpaprika_total" in config:
             self.coinpaprika_total = int(config["coinpaprika_total"])
+        if "coinpaprika_coherent" in config:
+            self.coinpaprika_coherent = bool(config["coinpaprika_coherent"])
         if "coingecko_page_overlap" in config:
             self.coingecko_page_overlap = int(config["coingecko_page_overlap"])
         if "require_keys" in config:
@@ -881,9 +900,12 @@ class ReplayUpstream:
         coinpaprika_total: int = DEFAULT_COINPAPRIKA_TOTAL,
         faults: Iterable[Mapping[str, Any]] = (),
         require_keys: Mapping[str, str] | None = None,
+        coinpaprika_coherent: bool = False,
     ) -> None:
-        self.state = UpstreamState(coingecko_total, coinpaprika_total, faults, require_keys)
+        self.state = UpstreamState(coingecko_total, coinpaprika_total, faults, require_keys,
+                                   coinpaprika_coherent)
         self._initial = {
+            "coinpaprika_coherent": coinpaprika_coherent,
             "coingecko_page_overlap": 0,
             "coingecko_total": coingecko_total,
             "coinpaprika_total": coinpaprika_total,
