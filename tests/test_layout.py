@@ -38,8 +38,11 @@ def _environment(service: dict[str, Any]) -> Iterator[tuple[str, str]]:
 
 
 def test_compose_has_the_seven_services(compose: dict[str, Any]) -> None:
-    """The stack is postgres, redis, migrate, api, worker, beat and flower."""
-    assert set(compose["services"]) == SERVICES
+    """The stack is postgres, redis, migrate, api, worker, beat and flower; prometheus and
+    grafana are opt-in (profile `observability`)."""
+    default = {name for name, s in compose["services"].items() if not s.get("profiles")}
+    assert default == SERVICES
+    assert set(compose["services"]) - default == {"prometheus", "grafana"}
 
 
 @pytest.mark.parametrize("name", ["postgres", "redis", "api"])
