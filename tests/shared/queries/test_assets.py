@@ -1,4 +1,4 @@
-"""shared.queries.assets: the cross-source price consensus."""
+"""shared.queries.assets: asset references and the cross-source price consensus."""
 from __future__ import annotations
 
 from decimal import Decimal
@@ -6,10 +6,11 @@ from decimal import Decimal
 import pytest
 
 from shared.models import CurrentQuote
-from shared.queries.assets import price_consensus
+from shared.queries.assets import price_consensus, split_asset_refs
 
 
 def test_price_consensus_median_spread_and_edge_cases() -> None:
+    """Median and relative spread; one priced source, none priced, and a zero median."""
     def quote(source: str, price: str | None) -> CurrentQuote:
         return CurrentQuote(source=source, price_usd=Decimal(price) if price else None)
 
@@ -24,3 +25,10 @@ def test_price_consensus_median_spread_and_edge_cases() -> None:
     assert none.price_usd is None and none.spread is None and none.disagree is False
     zero = price_consensus([quote("a", "0"), quote("b", "0")], 0.02)
     assert zero.spread is None and zero.disagree is False
+
+
+def test_asset_refs_split_into_bigint_ids_and_lowercase_slugs() -> None:
+    """Digits are ids (beyond BIGINT they match nothing); blanks and NULs are dropped."""
+    ids, slugs = split_asset_refs([" 1 ", "Bitcoin", "9" * 30, "", "   ", "a\x00b", "٣"])
+    assert ids == [1]
+    assert slugs == ["bitcoin", "٣"]
