@@ -3,20 +3,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import ClassVar, Iterator
-
-import requests
+from typing import Iterator
 
 from shared.config import Settings
 from shared.errors import SourceError
 from shared.records import Batch, ParsedQuote
+from shared.sources.api_source import ApiSource
 from shared.sources.base import RunContext
 from shared.sources.batching import Entry, build_batch, cut_index, records_budget
 from shared.sources.drift import DriftEvent, DriftReport, FieldSpec, detect_drift
 from shared.sources.exact_json import JsonItem
-from shared.sources.http import HttpClient
 from shared.sources.items import parse_market_item, to_entry
-from shared.sources.rate_limit import RateLimiter
 
 logger = logging.getLogger("shared.sources.coingecko")
 
@@ -98,20 +95,12 @@ def parse_entries(
 
 
 @dataclass
-class CoinGeckoSource:
+class CoinGeckoSource(ApiSource):
     """Pages through /coins/markets until an empty or short page; resumes within a run."""
 
-    # Settings given by the registry win; without them the run's (ctx.settings) are used.
-    settings: Settings | None = None
     per_page: int = PER_PAGE
     max_pages: int = 1000
-    limiter: RateLimiter | None = None
-    session: requests.Session | None = None
-    backoff_base: float = 0.5
     name: str = SOURCE
-    # One batch at a time: pages are small and the HTTP quota, not the database, sets the pace.
-    read_ahead: ClassVar[bool] = False
-    partial_reason: ClassVar[str | None] = None
 
     def first_page(self, ctx: RunContext) -> int | None:
         """Where this run starts: after the last committed page of the same run, else page 1."""
@@ -128,17 +117,9 @@ class CoinGeckoSource:
         if start is None:
             logger.info("coingecko: run %s already complete; nothing to fetch", ctx.run_id)
             return
-        settings = self.settings or ctx.settings
-        client = HttpClient(
-            SOURCE,
-            settings,
-            rate=settings.coingecko_rate,
-            headers=auth_headers(settings),
-            on_event=ctx.on_event,
-            limiter=self.limiter,
-            session=self.session,
-            backoff_base=self.backoff_base,
-        )
+        settings = self.run_settings(ctx)
+        client = self.client(SOURCE, settings, ctx, settings.coingecko_rate,
+                             auth_headers(settings))
         url = f"{settings.coingecko_base_url}/coins/markets"
         seen: set[str] = set()
         with client:

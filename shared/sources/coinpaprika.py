@@ -3,19 +3,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Iterator
-
-import requests
+from typing import Any, Iterator
 
 from shared.config import Settings
 from shared.records import Batch, ParsedQuote
+from shared.sources.api_source import ApiSource
 from shared.sources.base import RunContext
 from shared.sources.batching import Entry, build_batch, cut_index, records_budget
 from shared.sources.drift import DriftReport, FieldSpec, detect_drift
 from shared.sources.exact_json import JsonItem
-from shared.sources.http import HttpClient
 from shared.sources.items import parse_market_item, to_entry
-from shared.sources.rate_limit import RateLimiter
 
 logger = logging.getLogger("shared.sources.coinpaprika")
 
@@ -99,19 +96,11 @@ def _sort_key(item: JsonItem, index: int) -> tuple[int, str, int]:
 
 
 @dataclass
-class CoinPaprikaSource:
+class CoinPaprikaSource(ApiSource):
     """Fetches the ticker array once and commits it in id-ordered batches of 500."""
 
-    # Settings given by the registry win; without them the run's (ctx.settings) are used.
-    settings: Settings | None = None
     batch_size: int = BATCH_SIZE
-    limiter: RateLimiter | None = None
-    session: requests.Session | None = None
-    backoff_base: float = 0.5
     name: str = SOURCE
-    # One batch at a time: pages are small and the HTTP quota, not the database, sets the pace.
-    read_ahead: ClassVar[bool] = False
-    partial_reason: ClassVar[str | None] = None
 
     def resume_point(self, ctx: RunContext) -> dict[str, Any] | None:
         """The committed position of this run, {} to start fresh, None when already complete."""
@@ -128,17 +117,9 @@ class CoinPaprikaSource:
         if resume is None:
             logger.info("coinpaprika: run %s already complete; nothing to fetch", ctx.run_id)
             return
-        settings = self.settings or ctx.settings
-        with HttpClient(
-            SOURCE,
-            settings,
-            rate=settings.coinpaprika_rate,
-            headers=auth_headers(settings),
-            on_event=ctx.on_event,
-            limiter=self.limiter,
-            session=self.session,
-            backoff_base=self.backoff_base,
-        ) as client:
+        settings = self.run_settings(ctx)
+        with self.client(SOURCE, settings, ctx, settings.coinpaprika_rate,
+                         auth_headers(settings)) as client:
             items = client.get_json_array(
                 f"{settings.coinpaprika_base_url}/tickers", {"quotes": "USD"}
             )
