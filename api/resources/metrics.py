@@ -12,7 +12,7 @@ upstream requests summed over runs, which are never deleted).
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 import redis
 from flask import Blueprint, Response, current_app
@@ -133,9 +133,10 @@ def _queue_depths() -> dict[str, int]:
     settings = current_app.config["SETTINGS"]
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
     prefix = settings.broker_key_prefix
+    # redis-py types its sync and asyncio clients alike (int | Awaitable[int]); this is sync.
     try:
-        return {QUEUE: int(client.llen(prefix + QUEUE)),
-                "unacked": int(client.hlen(prefix + "unacked"))}
+        return {QUEUE: cast(int, client.llen(prefix + QUEUE)),
+                "unacked": cast(int, client.hlen(prefix + "unacked"))}
     finally:
         client.close()
 
@@ -162,6 +163,8 @@ def metrics() -> Response:
     registry.register(_EtlCollector(collect_stats(session), http_totals(session)))
     settings = current_app.config["SETTINGS"]
     states = source_states(session, settings, datetime.now(timezone.utc))
-    registry.register(_OpsCollector(states, _guarded(_queue_depths, {}),
-                                    _guarded(_workers_online, None)))
+    queues = _guarded(_queue_depths, None)
+    # No ping when Redis did not answer: Celery would retry its connection for seconds.
+    workers = _guarded(_workers_online, None) if queues is not None else None
+    registry.register(_OpsCollector(states, queues or {}, workers))
     return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4")
