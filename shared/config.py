@@ -200,6 +200,8 @@ class Settings:
     # Notifications (shared.notify): webhook URLs are secrets; reminder and escalation policy.
     slack_webhook_url: str | None = field(default=None, repr=False)
     alert_webhook_url: str | None = field(default=None, repr=False)
+    # Further targets through apprise (space- or comma-separated apprise URLs).
+    apprise_urls: str | None = field(default=None, repr=False)
     notify_reminder_seconds: int = 3600
     notify_escalate_after: int = 3
     notify_timeout_seconds: float = 5.0
@@ -216,6 +218,7 @@ class Settings:
     def redacted_secrets(self) -> tuple[str, ...]:
         """Secret values that must never appear in logs or error bodies."""
         webhooks = [u for u in (self.slack_webhook_url, self.alert_webhook_url) if u]
+        webhooks += (self.apprise_urls or "").replace(",", " ").split()
         # A webhook's path and query are its secret too (request logs show them alone).
         tails = [t for t in (_url_tail(u) for u in webhooks) if len(t) >= 8]
         return tuple(
@@ -330,6 +333,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         freshness_seconds_by_source={k: v for k, v in freshness.items() if v > 0},
         slack_webhook_url=_opt(env, "SLACK_WEBHOOK_URL"),
         alert_webhook_url=_opt(env, "ALERT_WEBHOOK_URL"),
+        apprise_urls=_opt(env, "APPRISE_URLS"),
         notify_reminder_seconds=_int(env, "NOTIFY_REMINDER_SECONDS", 3600, 1),
         notify_escalate_after=_int(env, "NOTIFY_ESCALATE_AFTER", 3, 1),
         notify_timeout_seconds=_float(env, "NOTIFY_TIMEOUT_SECONDS", 5.0),

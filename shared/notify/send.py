@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 import requests
 from sqlalchemy import Engine
@@ -11,11 +12,13 @@ from sqlalchemy import Engine
 from shared.config import Settings
 from shared.db import unit_of_work
 from shared.models import Notification
-from shared.notify.targets import BODIES, configured_targets
+from shared.notify.targets import APPRISE, BODIES, configured_targets
 
 log = logging.getLogger(__name__)
 # urllib3 logs each request's path and query at DEBUG: for a webhook those are the secret.
 logging.getLogger("urllib3.connectionpool").setLevel(logging.INFO)
+# apprise names its URLs (secrets) in debug lines.
+logging.getLogger("apprise").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,16 @@ def _post(url: str, body: dict[str, object], timeout: float) -> str | None:
     return f"HTTP {response.status_code}"
 
 
+def _apprise(urls: str, body: dict[str, Any]) -> str | None:
+    """Notify every apprise URL (each plugin keeps its own short socket timeouts)."""
+    import apprise  # only senders need it
+
+    client = apprise.Apprise()
+    if not client.add(urls.replace(",", " ").split()):
+        return "apprise: no valid URL"
+    return None if client.notify(**body) else "apprise: not delivered"
+
+
 def send_notification(engine: Engine, notification_id: int, settings: Settings) -> SendResult:
     """Deliver notification `notification_id` once (no transaction held while sending)."""
     with unit_of_work(engine) as session:
@@ -49,8 +62,12 @@ def send_notification(engine: Engine, notification_id: int, settings: Settings) 
             return SendResult("sent", False)
         session.expunge(n)
     url = configured_targets(settings).get(n.target)
-    error = "target not configured" if url is None else \
-        _post(url, BODIES[n.target](n), settings.notify_timeout_seconds)
+    if url is None:
+        error: str | None = "target not configured"
+    elif n.target == APPRISE:
+        error = _apprise(url, BODIES[n.target](n))
+    else:
+        error = _post(url, BODIES[n.target](n), settings.notify_timeout_seconds)
     now = datetime.now(timezone.utc)
     with unit_of_work(engine) as session:
         row = session.get(Notification, notification_id)

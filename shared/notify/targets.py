@@ -6,7 +6,7 @@ from typing import Any
 from shared.config import Settings
 from shared.models import Notification
 
-SLACK, WEBHOOK = "slack", "webhook"
+SLACK, WEBHOOK, APPRISE = "slack", "webhook", "apprise"
 _HEADLINES = {
     "failed": "{source} failed", "partial": "{source} ended partial",
     "stale": "{source} is stale", "recovered": "{source} recovered",
@@ -18,7 +18,8 @@ _EMOJI = {"critical": ":rotating_light:", "warning": ":warning:", "info": ":whit
 
 def configured_targets(settings: Settings) -> dict[str, str]:
     """Target name -> URL for every target the environment configures (never log the URL)."""
-    targets = {SLACK: settings.slack_webhook_url, WEBHOOK: settings.alert_webhook_url}
+    targets = {SLACK: settings.slack_webhook_url, WEBHOOK: settings.alert_webhook_url,
+               APPRISE: settings.apprise_urls}
     return {name: url for name, url in targets.items() if url}
 
 
@@ -57,4 +58,13 @@ def slack_body(n: Notification) -> dict[str, Any]:
     return {"text": text, "blocks": blocks}
 
 
-BODIES = {SLACK: slack_body, WEBHOOK: webhook_body}
+def apprise_body(n: Notification) -> dict[str, Any]:
+    """Title and body for apprise, which formats them for each service it knows."""
+    body = [n.detail] if n.detail else []
+    body.append(f"{n.severity}, {n.state}, run {n.run_id}, job {n.job_id}, "
+                f"{n.consecutive_failures} consecutive failures")
+    return {"title": f"Kasparro: {headline(n)}", "body": "\n".join(body),
+            "notify_type": {"info": "success", "warning": "warning"}.get(n.severity, "failure")}
+
+
+BODIES = {SLACK: slack_body, WEBHOOK: webhook_body, APPRISE: apprise_body}

@@ -260,3 +260,28 @@ def test_webhook_urls_and_their_paths_are_redacted(base_env: dict[str, str]) -> 
     line = 'POST /services/T0/B0/abcdefgh 200; to https://hooks.slack.com/services/T0/B0/abcdefgh'
     scrubbed = redact(line, settings)
     assert "abcdefgh" not in scrubbed and "POST" in scrubbed
+
+
+def test_apprise_target(notify_db: Engine, base_env: dict[str, str], receiver: Receiver,
+                        caplog: pytest.LogCaptureFixture) -> None:
+    """APPRISE_URLS reaches further services; here apprise's JSON plugin, to the receiver."""
+    caplog.set_level(logging.DEBUG)
+    port = receiver.url.rsplit(":", 1)[1]
+    settings = _settings(base_env, receiver, SLACK_WEBHOOK_URL="", ALERT_WEBHOOK_URL="",
+                         APPRISE_URLS=f"json://127.0.0.1:{port}/apprise/SECRET")
+    add_run(notify_db, "csv", "failed", T0, "csv: HTTP 500 from upstream")
+    got = tick(notify_db, settings, T0, receiver)
+    assert [path for path, _ in got] == ["/apprise/SECRET"]
+    body = got[0][1]
+    assert body["title"] == "Kasparro: csv failed"
+    assert body["message"].startswith("csv: HTTP 500 from upstream")
+    assert "SECRET" not in caplog.text
+    with notify_db.connect() as conn:
+        assert conn.execute(text("SELECT target, status FROM notifications")).all() == \
+            [("apprise", "sent")]
+    receiver.mode = "500"
+    add_run(notify_db, "csv", "succeeded", T0 + MIN)
+    with unit_of_work(notify_db) as session:
+        [notification_id] = evaluate(session, settings, T0 + MIN)
+    result = send_notification(notify_db, notification_id, settings)
+    assert (result.status, result.error) == ("failed", "apprise: not delivered")
