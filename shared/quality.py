@@ -5,6 +5,8 @@ import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from itertools import islice
+from operator import le, mul, truediv
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 # Flag kinds, in the order a reader should care about them.
@@ -166,7 +168,7 @@ def check_columns(
     dicts are built only for flagged rows.
     """
     result: dict[int, list[Flag]] = {}
-    if mcaps is not None:
+    if mcaps is not None and not _columns_clean(prices, mcaps, volumes, supplies, thresholds):
         n = len(prices)
         vols = volumes if volumes is not None else [None] * n
         sups = supplies if supplies is not None else [None] * n
@@ -187,7 +189,7 @@ def check_columns(
                 flags = implausible_flags(p, m, v, s, thresholds)
                 if flags:
                     result[i] = flags
-    else:
+    elif mcaps is None and not _all_at_least(prices, 0.0):
         for i, p in enumerate(prices):
             if p is not None and p < 0:
                 result[i] = implausible_flags(p, None, None, None, thresholds)
@@ -202,13 +204,66 @@ def check_columns(
     return result
 
 
+def _all_at_least(values: Sequence[float | None], floor: float) -> bool:
+    # min() runs in C; a None (unknown value) makes the caller take the row-by-row path.
+    column: Any = values
+    try:
+        return not column or bool(min(column) >= floor)
+    except TypeError:
+        return False
+
+
+def _columns_clean(prices: Sequence[float | None], mcaps: Sequence[float | None],
+                   volumes: Sequence[float | None] | None,
+                   supplies: Sequence[float | None] | None, t: QualityThresholds) -> bool:
+    """True when no row can be implausible, proven with C-level min/max over the columns.
+
+    Any None or zero (unknown values, which the row-by-row screen handles) answers False.
+    """
+    p: Any = prices
+    m: Any = mcaps
+    v: Any = volumes
+    s: Any = supplies
+    if not m:
+        return True
+    try:
+        if min(p) <= 0 or min(m) <= 0 or max(m) > t.max_market_cap_usd:
+            return False
+        if v is not None and (min(v) <= 0 or max(map(truediv, m, v)) > t.mcap_volume_ratio):
+            return False
+        if s is not None:
+            shares = list(map(truediv, m, map(mul, p, s)))
+            if max(shares) > t.mcap_supply_factor or min(shares) * t.mcap_supply_factor < 1:
+                return False
+    except (TypeError, ZeroDivisionError):
+        return False
+    return True
+
+
+def _one_key_clean(keys: Sequence[Any], times: Sequence[Any], prices: Sequence[float | None],
+                   factor: float) -> bool:
+    """True when all rows are one key in time order and no step moves by `factor` (C-level)."""
+    column: Any = prices
+    try:
+        if keys.count(keys[0]) != len(keys) or not all(map(le, times, islice(times, 1, None))):
+            return False
+        moves = list(map(truediv, islice(column, 1, None), column))
+        return not moves or bool(max(moves) < factor and min(moves) * factor > 1)
+    except (TypeError, ZeroDivisionError, AttributeError):
+        return False
+
+
 def _jumps(keys: Sequence[Any], times: Sequence[Any], prices: Sequence[float | None],
            t: QualityThresholds, previous: Mapping[Any, tuple[Any, float]] | None,
            result: dict[int, list[Flag]]) -> None:
     factor = t.jump_factor
     last: dict[Any, tuple[Any, float]] = dict(previous or {})
     order: Iterable[int] = range(len(prices))
-    if any(a > b for a, b in zip(times, times[1:])):
+    if prices and not result and _one_key_clean(keys, times, prices, factor):
+        # The common CSV case (one coin's block, in time order, no wild step): only the
+        # first row needs comparing, with the stored previous quote.
+        order = range(1)
+    elif not all(map(le, times, islice(times, 1, None))):
         # Not in time order (several keys interleaved, or newest first): sort once.
         order = sorted(order, key=times.__getitem__)
     for i in order:
