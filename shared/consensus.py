@@ -28,8 +28,8 @@ class WindowConsensus:
     """Median price over in-window clean quotes, who took part, who did not and why."""
 
     price_usd: Decimal | None
-    low_usd: Decimal | None
-    high_usd: Decimal | None
+    min_price_usd: Decimal | None
+    max_price_usd: Decimal | None
     spread: float | None
     disagree: bool
     threshold: float
@@ -40,6 +40,26 @@ class WindowConsensus:
     excluded: list[Excluded] = field(default_factory=list)
     single_source: bool = False
     note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: the fields of today's consensus (shared.queries) plus window and why."""
+        def text(value: Decimal | None) -> str | None:
+            return None if value is None else str(value)
+
+        def stamp(value: datetime | None) -> str | None:
+            return None if value is None else value.isoformat()
+
+        return {
+            "price_usd": text(self.price_usd), "min_price_usd": text(self.min_price_usd),
+            "max_price_usd": text(self.max_price_usd), "spread": self.spread,
+            "disagree": self.disagree, "threshold": self.threshold, "sources": self.sources,
+            "window": {"seconds": self.window_seconds, "start": stamp(self.window_start),
+                       "end": stamp(self.window_end)},
+            "excluded": [{"source": e.source, "reason": e.reason,
+                          "observed_at": stamp(e.observed_at), "detail": e.detail}
+                         for e in self.excluded],
+            "single_source": self.single_source, "note": self.note,
+        }
 
 
 def _flag_kinds(quote: Any, flags: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:

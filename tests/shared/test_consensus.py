@@ -1,6 +1,7 @@
 """Windowed consensus: only clean quotes observed near the freshest take part, and it says why."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -98,3 +99,17 @@ def test_an_outlier_flag_takes_the_doctored_quote_out_of_the_consensus() -> None
     c = window_consensus(quotes, HOUR, 0.02, {s: [f] for s, f in outliers.items()})
     assert c.sources == ["coingecko", "coinpaprika"] and c.disagree is False
     assert c.excluded[0].detail == "flagged: outlier"
+
+
+def test_as_dict_keeps_todays_fields_and_adds_the_window_and_exclusions() -> None:
+    quotes = [Cur("coingecko", NOW, Decimal("96114.08")),
+              Cur("csv", NOW - timedelta(days=365), Decimal("45000"))]
+    body = window_consensus(quotes, HOUR, 0.02).as_dict()
+    assert body["price_usd"] == body["min_price_usd"] == "96114.08"
+    assert body["sources"] == ["coingecko"] and body["single_source"] is True
+    assert body["window"] == {"seconds": HOUR, "start": (NOW - timedelta(hours=1)).isoformat(),
+                              "end": NOW.isoformat()}
+    assert body["excluded"] == [{"source": "csv", "reason": OUT_OF_WINDOW,
+                                 "observed_at": (NOW - timedelta(days=365)).isoformat(),
+                                 "detail": body["excluded"][0]["detail"]}]
+    assert json.loads(json.dumps(body)) == body
