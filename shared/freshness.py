@@ -107,7 +107,8 @@ def source_states(session: Session, settings: Settings, now: datetime,
     if not names:
         return {}
     rows = session.execute(_RUNS_SQL, {"sources": names}).mappings().all()
-    newest = dict(session.execute(_DATA_SQL, {"sources": names}).all())
+    newest: dict[str, datetime] = {
+        source: at for source, at in session.execute(_DATA_SQL, {"sources": names}).all()}
     by_source = {row["source"]: row for row in rows}
     result: dict[str, SourceState] = {}
     for name in names:

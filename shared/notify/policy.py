@@ -1,7 +1,7 @@
 """When to tell: one message per change of state, a reminder after an interval, escalation."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, text
@@ -63,6 +63,20 @@ def _detail(state: SourceState) -> str | None:
     return None
 
 
+def _with_grace(current: SourceState, previous: AlertState | None, now: datetime
+                ) -> SourceState:
+    """A source that never succeeded counts as fresh for one objective after it is first seen:
+    a new stack is not `stale` before its first runs could finish (a failure still tells)."""
+    if current.state != STALE or current.last_success_at is not None:
+        return current
+    if previous is not None and previous.state != FRESH:
+        return current
+    first_seen = previous.since if previous is not None else now
+    if (now - first_seen).total_seconds() <= current.objective_seconds:
+        return replace(current, state=FRESH)
+    return current
+
+
 def evaluate(session: Session, settings: Settings, now: datetime) -> list[int]:
     """Compare every enabled source's state with the one last notified; record a pending
     notification per configured target for each event; return their ids (send after commit).
@@ -75,6 +89,7 @@ def evaluate(session: Session, settings: Settings, now: datetime) -> list[int]:
     created: list[Notification] = []
     for name, current in states.items():
         previous = kept.get(name)
+        current = _with_grace(current, previous, now)
         decision = decide(previous, current, now, settings.notify_reminder_seconds,
                           settings.notify_escalate_after)
         if previous is None:

@@ -285,3 +285,15 @@ def test_apprise_target(notify_db: Engine, base_env: dict[str, str], receiver: R
         [notification_id] = evaluate(session, settings, T0 + MIN)
     result = send_notification(notify_db, notification_id, settings)
     assert (result.status, result.error) == ("failed", "apprise: not delivered")
+
+
+def test_a_new_source_gets_one_objective_of_grace(notify_db: Engine, base_env: dict[str, str],
+                                                  receiver: Receiver) -> None:
+    """Never succeeded: quiet for one objective after first seen (a new stack), then stale."""
+    settings = _settings(base_env, receiver, FRESHNESS_CSV_SECONDS="600", SLACK_WEBHOOK_URL="")
+    assert tick(notify_db, settings, T0, receiver) == []
+    assert tick(notify_db, settings, T0 + 10 * MIN, receiver) == []
+    got = tick(notify_db, settings, T0 + 11 * MIN, receiver)
+    assert _events(got) == ["stale"] and got[0][1]["error"] == \
+        "no success yet (objective 600 s)"
+    assert tick(notify_db, settings, T0 + 12 * MIN, receiver) == []
