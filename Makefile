@@ -24,7 +24,7 @@ help:
 	@echo "make test     run the whole test suite (embedded PostgreSQL/Redis if none found)"
 	@echo "make demo     like run, against a local replay of recorded upstream payloads"
 	@echo "make bench    benchmarks: ingest vs COPY, re-runs, /data under load, sources"
-	@echo "make lint     flake8"
+	@echo "make lint     flake8, then mypy --strict over api, shared and worker"
 	@echo "make migrate  flask --app api db upgrade (needs DATABASE_URL)"
 	@echo "make clean    remove var/ (embedded data, logs, API token)"
 	@echo "With a stack running (make run in another terminal; they read $(STACK_ENV)):"
@@ -67,8 +67,10 @@ demo:
 bench: $(DEV_STAMP)
 	$(PY) -m bench $(BENCH_ARGS)
 
+# mypy reads its scope (api, shared, worker) and strictness from setup.cfg [mypy].
 lint: $(DEV_STAMP)
-	$(PY) -m flake8 api worker shared scripts tests migrations
+	$(PY) -m flake8 api worker shared scripts tests migrations bench
+	$(PY) -m mypy
 
 migrate: $(RUN_STAMP)
 	$(VENV)/bin/flask --app api db upgrade

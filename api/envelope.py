@@ -5,7 +5,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 from flask import Flask, Response, current_app, g, request
 
@@ -98,7 +98,8 @@ def body_template(data: Sequence[Any], page: int | None, page_size: int, total: 
     body = _list_body(_REQUEST_ID_MARK, _LATENCY_MARK, data, page, page_size, total,
                       next_cursor)
     provider = current_app.json
-    text = provider.response(body).get_data()
+    # Typed as werkzeug's sans-IO response; the app's response_class is flask.Response.
+    text = cast(Response, provider.response(body)).get_data()
     latency = provider.dumps(_LATENCY_MARK).encode()
     request_id = provider.dumps(_REQUEST_ID_MARK).encode()
     if text.count(latency) != 1 or text.count(request_id) != 1:

@@ -31,9 +31,16 @@ Hostile clients (issue 14):
 """
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import MutableMapping
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 from gunicorn.glogging import Logger
+from gunicorn.http import Request
+from gunicorn.http.wsgi import Response
+
+if TYPE_CHECKING:  # a stub-only TypedDict: what gunicorn's format string may name
+    from gunicorn.glogging import _AtomsDict
 
 from shared.logging_setup import add_redacting_filter, redact_patterns, redact_values
 
@@ -54,8 +61,8 @@ class AccessLogger(Logger):
     def _scrub(self, text: str) -> str:
         return redact_patterns(redact_values(text, getattr(self, "_secrets", ())))
 
-    def atoms(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any
-              ) -> dict[str, Any]:
+    def atoms(self, resp: Response, req: Request, environ: MutableMapping[str, Any],
+              request_time: timedelta) -> _AtomsDict:
         """h l u t r s b f a, as gunicorn computes them; secrets redacted, no user name."""
         status = resp.status
         if isinstance(status, str):
@@ -69,7 +76,7 @@ class AccessLogger(Logger):
             "t": self.now(),
             "r": self._scrub(
                 f"{environ['REQUEST_METHOD']} {environ['RAW_URI']} {environ['SERVER_PROTOCOL']}"),
-            "s": status,
+            "s": status if status is not None else "-",
             "b": str(sent) if sent is not None else "-",
             "f": self._scrub(environ.get("HTTP_REFERER", "-")),
             "a": self._scrub(environ.get("HTTP_USER_AGENT", "-")),

@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import redis
 from flask import Flask, Response, g, request
@@ -105,7 +105,7 @@ class _HitScript(threading.local):
 
     def __init__(self, url: str, options: dict[str, Any]) -> None:
         pool = redis.ConnectionPool.from_url(url, **options)
-        self.make = lambda: pool.connection_class(**pool.connection_kwargs)
+        self.make: Callable[[], Any] = lambda: pool.connection_class(**pool.connection_kwargs)
         self.sha = hashlib.sha1(_HIT_SCRIPT.encode()).hexdigest()
         self.connection: Any = None
         self.pid = 0

@@ -26,7 +26,7 @@ ASSET_LIST_MAX = 100
 
 # --- fields ------------------------------------------------------------------------------------
 
-class DecimalString(ma.fields.Field):
+class DecimalString(ma.fields.Field[Decimal]):
     """An exact decimal as a plain string (no exponent, no float rounding)."""
 
     def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
@@ -200,7 +200,7 @@ class CompareArgsSchema(ArgsSchema):
     b = _id_field(required=True)
 
 
-class SourceNames(ma.fields.List):
+class SourceNames(ma.fields.List[str]):
     """Distinct source names; each bad item is one message naming its position."""
 
     def __init__(self, **kwargs: Any) -> None:

@@ -1,4 +1,4 @@
-"""shared.jobs.submit_job: commit, then send the chord; a replay sends nothing; broker down fails."""
+"""shared.jobs.submit_job: commit, then send the chord; a replay sends nothing; broker down fails"""
 from __future__ import annotations
 
 from typing import Iterator
