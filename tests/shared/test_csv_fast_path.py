@@ -10,7 +10,7 @@ from sqlalchemy import Engine, text
 
 from shared.config import Settings
 from shared.sources import csv_source
-from tests.conftest import count
+from tests.conftest import count, truncate_tables
 from tests.shared.test_csv_pipeline import HEADER, only_file, run_csv
 
 LINES = [
@@ -54,9 +54,7 @@ def test_fast_path_stores_what_the_general_path_stores(
     fast_run = run_csv(clean_db, settings)
     fast = _stored(clean_db)
 
-    with clean_db.begin() as conn:
-        conn.execute(text("TRUNCATE quotes, current_quotes, raw_line_blocks, rejected_records, "
-                          "checkpoints, asset_source_ids, assets, run_assets CASCADE"))
+    truncate_tables(clean_db)
     monkeypatch.setattr(csv_source, "_KAGGLE_FAST", csv_source.re.compile(r"(?!)"))
     slow_run = run_csv(clean_db, settings)
     slow = _stored(clean_db)
