@@ -48,11 +48,13 @@ def _dashboard_exprs() -> Iterator[str]:
 
 
 def _exposed(app: Any) -> tuple[set[str], dict[str, str]]:
-    """Sample names /metrics serves now, and each family's type."""
+    """Sample and family names /metrics serves now, and each family's type."""
     response = app.test_client().get("/metrics")
     assert response.status_code == 200
     families = list(text_string_to_metric_families(response.get_data(as_text=True)))
-    names = {s.name for family in families for s in family.samples}
+    # A family without samples yet (no notification today) is still declared by /metrics.
+    names = {s.name for family in families for s in family.samples} | \
+        {family.name for family in families}
     return names, {family.name: family.type for family in families}
 
 

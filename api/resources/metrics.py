@@ -11,7 +11,7 @@ upstream requests summed over runs, which are never deleted).
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator, cast
 
 import redis
@@ -22,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from api.db import get_session
 from api.resources.health import check_workers
 from shared.freshness import STATES, SourceState, source_states
+from shared.notify.history import notification_counts
 from shared.models import TERMINAL_STATUSES
 from shared.stats import collect_stats, http_totals
 
@@ -87,8 +88,9 @@ class _OpsCollector:
     """Per-source freshness (shared.freshness), queue depth and workers online."""
 
     def __init__(self, states: dict[str, SourceState], queues: dict[str, int],
-                 workers: int | None) -> None:
+                 workers: int | None, notifications: dict[tuple[str, str], int]) -> None:
         self.states, self.queues, self.workers = states, queues, workers
+        self.notifications = notifications
 
     def collect(self) -> Iterator[Metric]:
         """Yield the operations families (a source never seen succeeding has no timestamp)."""
@@ -121,6 +123,12 @@ class _OpsCollector:
         for queue, n in sorted(self.queues.items()):
             depth.add_metric([queue], n)
         yield depth
+        sent = gauge("kasparro_notifications_24h",
+                     "Notifications created in the last 24 h, per target and status now",
+                     ["target", "status"])
+        for (target, status), n in sorted(self.notifications.items()):
+            sent.add_metric([target, status], n)
+        yield sent
         if self.workers is not None:
             workers = GaugeMetricFamily("kasparro_workers_online",
                                         "Celery workers that answered a ping (cached briefly)")
@@ -162,9 +170,11 @@ def metrics() -> Response:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_EtlCollector(collect_stats(session), http_totals(session)))
     settings = current_app.config["SETTINGS"]
-    states = source_states(session, settings, datetime.now(timezone.utc))
+    now = datetime.now(timezone.utc)
+    states = source_states(session, settings, now)
+    notifications = notification_counts(session, now - timedelta(hours=24))
     queues = _guarded(_queue_depths, None)
     # No ping when Redis did not answer: Celery would retry its connection for seconds.
     workers = _guarded(_workers_online, None) if queues is not None else None
-    registry.register(_OpsCollector(states, queues or {}, workers))
+    registry.register(_OpsCollector(states, queues or {}, workers, notifications))
     return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4")

@@ -1,6 +1,8 @@
 """Notifications: decide events from source states (policy), send them to targets (send)."""
+from shared.notify.history import notification_counts, recent_notifications
 from shared.notify.policy import EVENTS, evaluate
 from shared.notify.send import SendResult, send_notification
 from shared.notify.targets import configured_targets
 
-__all__ = ["EVENTS", "SendResult", "configured_targets", "evaluate", "send_notification"]
+__all__ = ["EVENTS", "SendResult", "configured_targets", "evaluate", "notification_counts",
+           "recent_notifications", "send_notification"]

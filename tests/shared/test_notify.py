@@ -297,3 +297,33 @@ def test_a_new_source_gets_one_objective_of_grace(notify_db: Engine, base_env: d
     assert _events(got) == ["stale"] and got[0][1]["error"] == \
         "no success yet (objective 600 s)"
     assert tick(notify_db, settings, T0 + 12 * MIN, receiver) == []
+
+
+def test_history_and_metrics_show_sent_and_failed(notify_db: Engine, base_env: dict[str, str],
+                                                  receiver: Receiver) -> None:
+    from sqlalchemy.orm import Session
+
+    from api import create_app
+    from shared.notify import notification_counts, recent_notifications
+
+    settings = _settings(base_env, receiver)
+    add_run(notify_db, "csv", "failed", T0, "csv: HTTP 500 from upstream")
+    with unit_of_work(notify_db) as session:
+        slack_id, hook_id = evaluate(session, settings, T0)
+    send_notification(notify_db, slack_id, settings)
+    receiver.mode = "500"
+    send_notification(notify_db, hook_id, settings)
+    with Session(notify_db) as session:
+        recent = recent_notifications(session, limit=10)
+        counts = notification_counts(session, T0 - MIN)
+    assert [(n["target"], n["status"], n["error"]) for n in recent] == [
+        ("webhook", "failed", "HTTP 500"), ("slack", "sent", None)]
+    assert recent[0]["detail"] == "csv: HTTP 500 from upstream" and recent[0]["run_id"]
+    assert counts == {("slack", "sent"): 1, ("webhook", "failed"): 1}
+    with notify_db.begin() as conn:  # the metric counts the last 24 h of real time
+        conn.execute(text("UPDATE notifications SET created_at = now()"))
+    client = create_app({"TESTING": True, "HEALTH_WORKER_PING_TIMEOUT": 0.1},
+                        settings=settings).test_client()
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'kasparro_notifications_24h{status="failed",target="webhook"} 1.0' in metrics
+    assert 'kasparro_notifications_24h{status="sent",target="slack"} 1.0' in metrics
