@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Any, Iterator
 
+import promql_parser
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
@@ -13,27 +13,27 @@ from tests.conftest import ROOT
 
 ALERTS = ROOT / "ops" / "prometheus" / "alerts.yml"
 DASHBOARD = ROOT / "ops" / "grafana" / "kasparro.json"
-# PromQL words that are not metric names: functions, aggregations, keywords, and `up`
-# (Prometheus writes it for every scrape target itself).
-PROMQL_WORDS = {
-    "abs", "absent", "and", "avg", "bool", "by", "count", "delta", "group_left",
-    "group_right", "humanizeDuration", "ignoring", "increase", "max", "min", "offset", "on",
-    "or", "rate", "sum", "time", "unless", "without", "up", "avg_over_time", "max_over_time",
-    "min_over_time", "irate", "deriv", "changes", "resets", "clamp_min", "clamp_max",
-}
-_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
-_BRACES = re.compile(r"\{[^}]*\}")
-_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
-_RANGE = re.compile(r"\[[^\]]*\]")
-_IDENT = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+# Prometheus writes `up` for every scrape target itself; /metrics does not.
+BUILTIN = {"up"}
+
+
+def _walk(node: Any, found: set[str]) -> None:
+    if type(node).__name__ == "VectorSelector":
+        found.add(node.name)
+        return
+    for attr in ("lhs", "rhs", "expr", "args", "param", "vector_selector"):
+        child = getattr(node, attr, None)
+        for item in child if isinstance(child, (list, tuple)) else [child]:
+            if item is not None:
+                _walk(item, found)
 
 
 def promql_metrics(expr: str) -> set[str]:
-    """Metric names an expression reads: identifiers left after labels, strings, ranges,
-    grouping clauses, numbers and PromQL's own words are taken out."""
-    for pattern in (_STRINGS, _BRACES, _GROUPING, _RANGE):
-        expr = pattern.sub(" ", expr)
-    return {name for name in _IDENT.findall(expr) if name not in PROMQL_WORDS}
+    """Metric names an expression selects, from PromQL's own grammar (promql-parser);
+    a syntax error raises."""
+    found: set[str] = set()
+    _walk(promql_parser.parse(expr), found)
+    return found - BUILTIN
 
 
 def _alert_rules() -> list[dict[str, Any]]:
@@ -58,7 +58,7 @@ def _exposed(app: Any) -> tuple[set[str], dict[str, str]]:
     return names, {family.name: family.type for family in families}
 
 
-def test_identifier_scan() -> None:
+def test_metric_names_from_promql() -> None:
     expr = ('(time() - a_seconds{source="x"}) > on(source) b_seconds '
             'unless sum by (queue) (rate(c_total[5m])) or absent(up{job="y"})')
     assert promql_metrics(expr) == {"a_seconds", "b_seconds", "c_total"}
