@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from shared.config import Settings
 from tests.api.helpers import Loaded, replay_settings, run_sources
-from tests.conftest import ROOT, TABLES
+from tests.conftest import ROOT, truncate_tables
 from tests.upstream import ReplayUpstream
 
 
@@ -30,8 +30,7 @@ def all_sources(clean_db: Engine, api_settings: Settings) -> dict[str, Any]:
 def loaded(engine: Engine, base_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[Loaded]:
     """Every source loaded through the real pipeline, shared read-only by a module's tests."""
-    with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    truncate_tables(engine)
     data_dir = tmp_path_factory.mktemp("loaded") / "data"
     shutil.copytree(ROOT / "data", data_dir)
     server = ReplayUpstream().start()
