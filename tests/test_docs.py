@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -47,6 +48,25 @@ def test_readme_is_short_and_links_to_docs_that_exist() -> None:
     assert {"docs/operations.md", "docs/design.md", "docs/faults.md",
             "docs/benchmarks.md"} <= set(links)
     assert all((ROOT / link).is_file() for link in links), links
+
+
+def _documented_rule(rule: str) -> str:
+    """A Flask rule as the docs write it: `<id:job_id>` -> `<id>`, `<string:asset>` -> `<asset>`."""
+    def name(match: re.Match[str]) -> str:
+        arg = match.group(1)
+        return "<id>" if arg == "id" or arg.endswith("_id") else f"<{arg}>"
+    return re.sub(r"<(?:\w+:)?(\w+)>", name, rule)
+
+
+def test_every_route_is_in_the_readme_api_table(app: Any) -> None:
+    """Each route the app serves (Swagger UI's asset files aside) is named in the README."""
+    readme = README.read_text()
+    rules = {_documented_rule(rule.rule) for rule in app.url_map.iter_rules()
+             if not rule.rule.startswith(("/static/", "/docs/assets/"))}
+    assert {"/data", "/jobs/<id>", "/raw/<source>/<id>", "/runs/compare"} <= rules, rules
+    missing = sorted(rule for rule in rules if not re.search(
+        r"`(?:GET |POST )?" + re.escape(rule) + r"(?:\?[^`]*)?`", readme))
+    assert not missing, f"README.md does not list: {missing}"
 
 
 def _cited_tests(text: str) -> list[tuple[str, str]]:
