@@ -170,6 +170,15 @@ def count(engine: Engine, table: str, where: str = "TRUE", **params: Any) -> int
                    .scalar_one())
 
 
+def queued_messages(redis_url: str) -> int:
+    """Task messages waiting in this session's default queue (none taken by a worker yet)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return int(client.llen(QUEUE_KEY))
+    finally:
+        client.close()
+
+
 class WorkerProcess:
     """A real `celery -A worker worker` subprocess with its own log file."""
 

@@ -10,21 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import requests
 from werkzeug.serving import make_server
 
 from shared.config import Settings
-from tests.conftest import QUEUE_KEY, count
+from tests.conftest import count, queued_messages
 from tests.shared.test_csv_pipeline import HEADER, only_file
-
-
-def _queued_messages(redis_url: str) -> int:
-    client = redis.Redis.from_url(redis_url)
-    try:
-        return int(client.llen(QUEUE_KEY))
-    finally:
-        client.close()
 
 
 @pytest.mark.parametrize(
@@ -45,7 +36,7 @@ def test_refused_without_the_right_token(
     body = response.get_json()
     assert body["code"] == status and phrase in body["message"]
     assert count(clean_db, "jobs") == 0
-    assert _queued_messages(redis_url) == 0
+    assert queued_messages(redis_url) == 0
 
 
 def test_query_string_token_refused_even_when_correct(
@@ -78,7 +69,7 @@ def test_bad_body_is_422_naming_the_field(
     # Every message is a plain string: no index-keyed dicts (their mixed keys broke encoding).
     assert all(isinstance(m, str) for m in errors[field])
     assert count(clean_db, "jobs") == 0
-    assert _queued_messages(redis_url) == 0
+    assert queued_messages(redis_url) == 0
 
 
 def test_repeated_and_unknown_sources_are_each_named(
@@ -106,7 +97,7 @@ def test_a_body_that_is_not_json_is_415(
     assert "Content-Type" in body["errors"]["headers"]
     # Nothing was queued, let alone a job for every source.
     assert count(clean_db, "jobs") == 0
-    assert _queued_messages(redis_url) == 0
+    assert queued_messages(redis_url) == 0
 
 
 def test_json_variants_and_an_empty_body_are_accepted(
@@ -159,7 +150,7 @@ def test_accepted_job_is_committed_then_queued(
     assert count(clean_db, "jobs", "id = :id AND status = 'queued'", id=body["id"]) == 1
     assert count(clean_db, "runs", "job_id = :id AND source = 'csv'", id=body["id"]) == 1
     # No worker runs in this test: the chord's extract message waits in the queue.
-    assert _queued_messages(redis_url) == 1
+    assert queued_messages(redis_url) == 1
     job = client.get(body["status_url"]).get_json()
     assert job["runs"][0]["status"] == "queued"
 

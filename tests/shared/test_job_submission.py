@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Iterator
 
 import pytest
-import redis
 from celery import Celery
 from sqlalchemy import Engine
 
@@ -12,7 +11,7 @@ from shared.celery_config import celery_config
 from shared.config import Settings, load_settings
 from shared.db import unit_of_work
 from shared.jobs import NOT_QUEUED, JobNotQueued, submit_job
-from tests.conftest import QUEUE_KEY, count
+from tests.conftest import count, queued_messages
 
 
 def _sender(settings: Settings) -> Iterator[Celery]:
@@ -34,14 +33,6 @@ def dead_sender(base_env: dict[str, str]) -> Iterator[Celery]:
     yield from _sender(load_settings({**base_env, "REDIS_URL": "redis://127.0.0.1:1/0"}))
 
 
-def _queued(redis_url: str) -> int:
-    client = redis.Redis.from_url(redis_url)
-    try:
-        return int(client.llen(QUEUE_KEY))
-    finally:
-        client.close()
-
-
 def test_submit_commits_then_sends_one_message_per_source(
     clean_db: Engine, sender: Celery, redis_url: str
 ) -> None:
@@ -51,12 +42,12 @@ def test_submit_commits_then_sends_one_message_per_source(
         assert created.created
         # Committed before the send: another connection sees the job already.
         assert count(clean_db, "jobs", "id = :id AND status = 'queued'", id=created.job.id) == 1
-    assert _queued(redis_url) == 2
+    assert queued_messages(redis_url) == 2
     with unit_of_work(clean_db) as session:
         again = submit_job(session, sender, ["csv", "coingecko"], "cli",
                            idempotency_key="k-submit")
     assert not again.created and again.job.id == created.job.id
-    assert _queued(redis_url) == 2 and count(clean_db, "jobs") == 1
+    assert queued_messages(redis_url) == 2 and count(clean_db, "jobs") == 1
 
 
 def test_submit_with_the_broker_down_fails_the_job_and_raises(
