@@ -205,6 +205,8 @@ class Settings:
     notify_reminder_seconds: int = 3600
     notify_escalate_after: int = 3
     notify_timeout_seconds: float = 5.0
+    # How often beat asks for an evaluation (staleness has no run to trigger it).
+    notify_evaluate_seconds: int = 60
 
     def freshness_objective(self, source: str) -> int:
         """Seconds after its last success at which `source` is stale (default 3 schedules)."""
@@ -337,6 +339,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         notify_reminder_seconds=_int(env, "NOTIFY_REMINDER_SECONDS", 3600, 1),
         notify_escalate_after=_int(env, "NOTIFY_ESCALATE_AFTER", 3, 1),
         notify_timeout_seconds=_float(env, "NOTIFY_TIMEOUT_SECONDS", 5.0),
+        notify_evaluate_seconds=_int(env, "NOTIFY_EVALUATE_SECONDS", 60, 1),
     )
 
 

@@ -327,3 +327,20 @@ def test_history_and_metrics_show_sent_and_failed(notify_db: Engine, base_env: d
     metrics = client.get("/metrics").get_data(as_text=True)
     assert 'kasparro_notifications_24h{status="failed",target="webhook"} 1.0' in metrics
     assert 'kasparro_notifications_24h{status="sent",target="slack"} 1.0' in metrics
+
+
+def test_request_evaluation_is_cheap_and_never_raises(
+        notify_db: Engine, base_env: dict[str, str], redis_url: str) -> None:
+    from shared.notify.enqueue import request_evaluation
+
+    settings = load_settings(base_env)
+    started = time.perf_counter()
+    assert request_evaluation(_broker(settings), run_id=7) is True
+    ok_ms = (time.perf_counter() - started) * 1000
+    assert redis.Redis.from_url(redis_url).llen(QUEUE_KEY) == 1
+    dead = load_settings({**base_env, "REDIS_URL": "redis://127.0.0.1:1/0"})
+    started = time.perf_counter()
+    assert request_evaluation(_broker(dead), run_id=7) is False
+    dead_ms = (time.perf_counter() - started) * 1000
+    print(f"request_evaluation: {ok_ms:.1f} ms, broker down {dead_ms:.1f} ms")
+    assert ok_ms < 500 and dead_ms < 1000
