@@ -77,3 +77,24 @@ def test_broker_down_leaves_broker_families_out(clean_db: Engine,
     assert time.perf_counter() - started < 2.5
     assert "kasparro_source_freshness_objective_seconds" in names
     assert "kasparro_queue_depth" not in names and "kasparro_workers_online" not in names
+
+
+def test_scrape_cost_on_loaded_sources(loaded: Any) -> None:
+    """All three sources loaded through the pipeline: fresh, and a scrape stays cheap."""
+    from sqlalchemy.orm import Session
+
+    from shared.freshness import source_states
+
+    with Session(loaded.engine) as session:
+        started = time.perf_counter()
+        states = source_states(session, loaded.settings, datetime.now(timezone.utc))
+        states_ms = (time.perf_counter() - started) * 1000
+    assert {name: s.state for name, s in states.items()} == \
+        {"coingecko": "fresh", "coinpaprika": "fresh", "csv": "fresh"}
+    assert all(s.data_age_seconds is not None for s in states.values())
+    loaded.client.get("/metrics")  # warm: the first worker ping
+    started = time.perf_counter()
+    assert loaded.client.get("/metrics").status_code == 200
+    scrape_ms = (time.perf_counter() - started) * 1000
+    print(f"source_states {states_ms:.1f} ms, /metrics {scrape_ms:.1f} ms")
+    assert states_ms < 500
