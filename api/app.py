@@ -78,15 +78,19 @@ def create_app(
     api.register_converter(IdConverter, _id_param_schema)
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
 
-    from api.resources import data, health, jobs, raw, runs, stats
+    from api.resources import anomalies, data, health, jobs, raw, runs, stats
 
-    for module in (data, raw, jobs, runs, stats, health):
+    for module in (data, raw, jobs, runs, stats, health, anomalies):
         api.register_blueprint(module.blp)
-    init_limits(app, [data.blp, raw.blp, jobs.blp, runs.blp, stats.blp], jobs.blp)
+    init_limits(app, [data.blp, raw.blp, jobs.blp, runs.blp, stats.blp, anomalies.blp],
+                jobs.blp)
     from api.resources import metrics
 
     app.register_blueprint(metrics.blp)  # text, not JSON: outside the OpenAPI spec
     app.register_blueprint(index.blp)  # for people (HTML) first: outside the spec too
+    from api.resources import status
+
+    app.register_blueprint(status.blp)  # HTML pages: outside the spec, limited as reads
     app.register_blueprint(docs_assets.blp)
     init_error_handlers(app, api)
     init_cli(app)

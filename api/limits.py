@@ -36,7 +36,7 @@ from werkzeug.exceptions import TooManyRequests
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
 # Blueprints of operations endpoints, counted as reads: app.py registers metrics after the
 # limiter is attached, so they are named here rather than passed in.
-OPERATIONS_BLUEPRINTS = ("health", "metrics")
+OPERATIONS_BLUEPRINTS = ("health", "metrics", "status")
 # Endpoints never counted: the liveness probe must answer whatever a client does.
 EXEMPT_ENDPOINTS = frozenset({"health.Live"})
 

@@ -1,0 +1,142 @@
+"""What the /status page reads: the last day's runs, per-source trends, quality counts."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Sequence
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from shared.errors import safe_error_text
+
+# A 24 h grid at the default 5-minute schedule is 288 runs per source; more is a backlog.
+TIMELINE_MAX_RUNS = 2000
+TREND_RUNS = 30
+
+_TIMELINE_SQL = text("""
+SELECT id, job_id, source, status, created_at, started_at, finished_at, inserted, error
+FROM runs WHERE created_at >= :since ORDER BY id DESC LIMIT :limit
+""")
+
+# The newest finished runs per source (succeeded or not: a failing source's trend shows it).
+_TREND_SQL = text("""
+SELECT source, id, status, inserted,
+       extract(epoch FROM finished_at - started_at) AS seconds
+FROM (
+    SELECT r.*, row_number() OVER (PARTITION BY source ORDER BY finished_at DESC, id DESC) AS pos
+    FROM runs r
+    WHERE source = ANY(:sources) AND finished_at IS NOT NULL AND started_at IS NOT NULL
+) ranked WHERE pos <= :limit ORDER BY source, finished_at, id
+""")
+
+# Each count is an index-only or small scan: anomalies and flags are sparse by design.
+_QUALITY_SQL = text("""
+SELECT (SELECT count(*) FROM quote_flags) AS flagged_quotes,
+       (SELECT count(*) FROM current_quotes WHERE quality IS NOT NULL) AS flagged_current,
+       (SELECT count(*) FROM drift_events) AS drift_events,
+       (SELECT count(*) FROM rejected_records) AS rejects,
+       (SELECT count(*) FROM anomalies) AS anomalies,
+       (SELECT count(*) FROM anomalies WHERE created_at >= :since) AS anomalies_recent
+""")
+
+
+@dataclass(frozen=True)
+class RunCell:
+    """One run of the timeline: its id, status, timings, rows and short error."""
+
+    id: int
+    job_id: int
+    source: str
+    status: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    inserted: int
+    error: str | None
+
+    @property
+    def seconds(self) -> float | None:
+        """How long it ran (None until it has started and finished)."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+@dataclass(frozen=True)
+class Trend:
+    """A source's newest finished runs, oldest first: durations (s) and rows inserted."""
+
+    source: str
+    run_ids: list[int]
+    seconds: list[float]
+    inserted: list[int]
+
+
+@dataclass(frozen=True)
+class QualityCounts:
+    """Counts behind the page's quality panel (all time, anomalies also since `since`)."""
+
+    flagged_quotes: int
+    flagged_current: int
+    drift_events: int
+    rejects: int
+    anomalies: int
+    anomalies_recent: int
+
+
+def runs_since(session: Session, since: datetime, limit: int = TIMELINE_MAX_RUNS
+               ) -> dict[str, list[RunCell]]:
+    """Runs created since `since` per source, oldest first (at most `limit` newest in all)."""
+    rows = session.execute(_TIMELINE_SQL, {"since": since, "limit": limit}).mappings().all()
+    result: dict[str, list[RunCell]] = {}
+    for row in reversed(rows):
+        cell = RunCell(id=int(row["id"]), job_id=int(row["job_id"]), source=row["source"],
+                       status=row["status"], created_at=row["created_at"],
+                       started_at=row["started_at"], finished_at=row["finished_at"],
+                       inserted=int(row["inserted"]), error=safe_error_text(row["error"]))
+        result.setdefault(cell.source, []).append(cell)
+    return result
+
+
+def run_trends(session: Session, sources: Sequence[str], limit: int = TREND_RUNS
+               ) -> dict[str, Trend]:
+    """Per source, the duration and rows inserted of its newest `limit` finished runs."""
+    trends = {name: Trend(name, [], [], []) for name in sources}
+    rows = session.execute(_TREND_SQL, {"sources": list(sources), "limit": limit}).all()
+    for source, run_id, _status, inserted, seconds in rows:
+        trend = trends[source]
+        trend.run_ids.append(int(run_id))
+        trend.seconds.append(float(seconds or 0))
+        trend.inserted.append(int(inserted))
+    return trends
+
+
+def quality_counts(session: Session, since: datetime) -> QualityCounts:
+    """Flagged quotes (all and current), drift events, rejects, anomalies (and recent ones)."""
+    row = session.execute(_QUALITY_SQL, {"since": since}).mappings().one()
+    return QualityCounts(**{key: int(value) for key, value in row.items()})
+
+
+_TOP_ASSETS_SQL = text("""
+SELECT a.id, a.slug, a.symbol, a.name FROM assets a
+JOIN (SELECT asset_id, min(rank) AS rank FROM current_quotes WHERE rank IS NOT NULL
+      GROUP BY asset_id) r ON r.asset_id = a.id
+ORDER BY r.rank, a.id LIMIT :limit
+""")
+
+
+@dataclass(frozen=True)
+class AssetLink:
+    """An asset the page links to (its chart page)."""
+
+    id: int
+    slug: str
+    symbol: str
+    name: str
+
+
+def top_assets(session: Session, limit: int = 10) -> list[AssetLink]:
+    """The best-ranked assets any source ranks now (the page's chart links)."""
+    return [AssetLink(int(i), slug, symbol, name) for i, slug, symbol, name in
+            session.execute(_TOP_ASSETS_SQL, {"limit": limit}).all()]

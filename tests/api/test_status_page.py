@@ -1,0 +1,144 @@
+"""/status and /status/assets/<id>: server-rendered from real runs, cached briefly, limited."""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+
+from shared.config import Settings
+from tests.api.helpers import run_sources
+from tests.upstream import ReplayUpstream
+
+
+@pytest.fixture
+def failing_paprika(clean_db: Engine, api_settings: Settings, upstream: ReplayUpstream
+                    ) -> dict[str, Any]:
+    """Three sources loaded, CoinPaprika refused (401); one flagged bitcoin quote; one
+    notification of each outcome."""
+    upstream.add_fault("401", endpoint="coinpaprika")
+    job = run_sources(clean_db, api_settings, ["coingecko", "coinpaprika", "csv"])
+    now = datetime.now(timezone.utc)
+    with clean_db.begin() as conn:
+        btc = conn.execute(text("SELECT id FROM assets WHERE slug = 'bitcoin'")).scalar_one()
+        conn.execute(text(
+            "INSERT INTO quote_flags (asset_id, source, observed_at, flags) "
+            "SELECT asset_id, source, observed_at, '[{\"flag\": \"outlier\"}]' FROM quotes "
+            "WHERE asset_id = :a AND source = 'csv' ORDER BY observed_at DESC LIMIT 1"),
+            {"a": btc})
+        for status in ("sent", "failed"):
+            conn.execute(text(
+                "INSERT INTO notifications (source, event, state, severity, target, status, "
+                "run_id, job_id, consecutive_failures, detail, attempts, error, created_at) "
+                "VALUES ('coinpaprika', 'failed', 'failing', 'warning', 'webhook', :s, NULL, "
+                ":j, 1, 'coinpaprika: HTTP 401 from upstream', 1, :e, :now)"),
+                {"s": status, "j": job["id"], "now": now,
+                 "e": "HTTP 500" if status == "failed" else None})
+    return {"job": job, "btc": btc}
+
+
+def _client(api_settings: Settings, **config: Any) -> Any:
+    from api import create_app
+
+    return create_app({"TESTING": True, "RATELIMIT_ENABLED": False, **config},
+                      settings=api_settings).test_client()
+
+
+def test_status_shows_states_runs_quality_workers_and_notifications(
+        failing_paprika: dict[str, Any], api_settings: Settings) -> None:
+    client = _client(api_settings)
+    response = client.get("/status")
+    assert response.status_code == 200
+    assert response.mimetype == "text/html"
+    assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+    assert response.headers["Cache-Control"] == "no-store"
+    html = response.get_data(as_text=True)
+    states = dict(re.findall(r'data-source="(\w+)" data-state="(\w+)"', html))
+    assert states == {"coingecko": "fresh", "coinpaprika": "failing", "csv": "fresh"}
+    assert "coinpaprika: HTTP 401 from upstream" in html
+    run_ids = [r["id"] for r in failing_paprika["job"]["runs"]]
+    for run_id in run_ids:  # every run is a grid cell linking to its JSON
+        assert f'href="/runs/{run_id}"' in html
+    assert html.count('class="cell"') == len(run_ids)
+    assert html.count("<polyline") >= 6  # two sparklines per source
+    assert 'href="/anomalies"' in html and "flagged quotes" in html
+    assert "workers online" in html and "tasks waiting" in html
+    assert '<span class="badge sent">1 sent</span>' in html
+    assert '<span class="badge failed">1 failed</span>' in html
+    assert f'href="/status/assets/{failing_paprika["btc"]}"' in html
+    assert '<meta http-equiv="refresh"' in html
+    assert html.count("<h1>") == 1
+    # Nothing from outside this app.
+    assert not re.search(r'(src|href)="(https?:)?//', html)
+
+
+def test_asset_page_charts_sources_consensus_and_flags(
+        failing_paprika: dict[str, Any], api_settings: Settings, clean_db: Engine) -> None:
+    client = _client(api_settings)
+    btc = failing_paprika["btc"]
+    html = client.get(f"/status/assets/{btc}?range=all").get_data(as_text=True)
+    assert "<h1>Bitcoin (BTC)</h1>" in html
+    series = set(re.findall(r'data-series="([^"]+)"', html))
+    assert {"coingecko", "csv"} <= series
+    with clean_db.connect() as conn:  # the pipeline may flag some too: every one is ringed
+        flagged = conn.execute(text(
+            "SELECT count(*) FROM quote_flags f JOIN quotes q USING (asset_id, source, "
+            "observed_at) WHERE f.asset_id = :a AND q.price_usd IS NOT NULL"), {"a": btc}
+        ).scalar_one()
+    assert flagged >= 1 and html.count('class="marked"') == flagged
+    points = re.search(r'data-series="csv"><polyline[^>]* points="([^"]+)"', html)
+    assert points and len(points.group(1).split()) > 50
+    slug = client.get("/status/assets/bitcoin")
+    assert slug.status_code == 200 and "Bitcoin (BTC)" in slug.get_data(as_text=True)
+    custom = client.get(f"/status/assets/{btc}?since=2020-01-01&until=2020-03-01")
+    assert custom.status_code == 200 and "(custom range)" in custom.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(("query", "field"), [
+    ("range=5y", "range"), ("since=yesterday", "since"), ("until=2020-13-01", "until"),
+    ("since=2021-01-02&until=2021-01-01", "since"), ("colour=red", "colour"),
+])
+def test_asset_page_bad_parameters_are_a_422_naming_them(
+        clean_db: Engine, api_settings: Settings, query: str, field: str) -> None:
+    response = _client(api_settings).get(f"/status/assets/1?{query}")
+    assert response.status_code == 422
+    assert field in response.get_json()["errors"]["query"]
+
+
+def test_unknown_asset_is_a_404(clean_db: Engine, api_settings: Settings) -> None:
+    assert _client(api_settings).get("/status/assets/no-such-coin").status_code == 404
+
+
+def test_page_is_cached_briefly_per_data_version(
+        failing_paprika: dict[str, Any], api_settings: Settings, clean_db: Engine) -> None:
+    client = _client(api_settings, STATUS_CACHE_SECONDS=3600)
+    first = client.get("/status").get_data()
+    with clean_db.begin() as conn:  # a new run that does not publish: the cache still holds
+        job = conn.execute(text("INSERT INTO jobs (status, sources, trigger) VALUES "
+                                "('queued', ARRAY['csv'], 'cli') RETURNING id")).scalar_one()
+        conn.execute(text("INSERT INTO runs (job_id, source, status) VALUES (:j, 'csv', "
+                          "'queued')"), {"j": job})
+    assert client.get("/status").get_data() == first
+    uncached = _client(api_settings, STATUS_CACHE_SECONDS=0).get("/status").get_data()
+    assert uncached.count(b'class="cell"') == first.count(b'class="cell"') + 1
+
+
+def test_status_and_metrics_count_against_the_read_quota(
+        clean_db: Engine, api_settings: Settings) -> None:
+    from api import create_app
+
+    client = create_app({"TESTING": True, "RATELIMIT_READS": "3/minute"},
+                        settings=api_settings).test_client()
+    answers = [client.get(path).status_code for path in
+               ("/status", "/metrics", "/status/assets/no-such-coin", "/status", "/metrics")]
+    assert answers == [200, 200, 404, 429, 429]
+    limited = client.get("/status")
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) > 0
+
+
+def test_index_links_the_status_page(clean_db: Engine, api_settings: Settings) -> None:
+    body = _client(api_settings).get("/", headers={"Accept": "application/json"}).get_json()
+    assert {"href": "/status", "title": "Status page: sources, last runs, freshness",
+            "available": True} in body["links"]
