@@ -28,6 +28,11 @@ def create_celery_app() -> Celery:
             "task": task_names.REAP_STALE_RUNS,
             "schedule": float(settings.reaper_interval_seconds),
         },
+        # Staleness comes with time, not with a run's end: beat looks for it.
+        "notify-evaluate": {
+            "task": task_names.NOTIFY_EVALUATE,
+            "schedule": float(settings.notify_evaluate_seconds),
+        },
     }
     return app
 

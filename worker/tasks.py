@@ -11,6 +11,7 @@ from shared import task_names
 from shared.config import SOURCES, get_settings
 from shared.db import get_engine, unit_of_work
 from shared.jobs import finalize_job, reap_stale_runs, submit_job
+from shared.notify import request_evaluation
 from shared.runs import ExtractFailed, TransientDatabaseError, execute_run, run_outcome
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,9 @@ def _extract(self: Task, run_id: int) -> dict[str, Any]:
     except TransientDatabaseError as exc:
         # The run stays 'running'; the retry resumes it from the committed checkpoint.
         raise self.retry(exc=exc, countdown=min(60, 2 ** self.request.retries), max_retries=8)
+    if outcome["status"] not in ("queued", "running"):
+        # After the run's commit; a quick enqueue that never raises: no receiver holds a run.
+        request_evaluation(self.app, int(run_id))
     if outcome["status"] == "failed":
         raise ExtractFailed(f"run {run_id} ({outcome['source']}) failed: {outcome['error']}")
     if outcome["status"] in ("queued", "running"):
@@ -70,6 +74,7 @@ def normalize(self: Task, _results: Any, job_id: int) -> str | None:
             log.warning("job %s still has active runs; leaving it to the reaper", job_id)
             return None
         raise self.retry(countdown=NORMALIZE_RETRY_SECONDS, max_retries=NORMALIZE_MAX_RETRIES)
+    request_evaluation(self.app)  # the job is closed (committed): its sources' states settle
     return status
 
 
@@ -88,4 +93,7 @@ def reap() -> dict[str, int]:
     """Fail runs whose worker is gone; close jobs whose normalize never came."""
     engine = get_engine()
     with unit_of_work(engine) as session:
-        return reap_stale_runs(session, engine, get_settings())
+        reaped = reap_stale_runs(session, engine, get_settings())
+    if any(reaped.values()):  # runs failed as lost: their sources may be failing now
+        request_evaluation(reap.app)
+    return reaped
