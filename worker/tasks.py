@@ -11,7 +11,7 @@ from shared import task_names
 from shared.config import SOURCES, get_settings
 from shared.db import get_engine, unit_of_work
 from shared.jobs import finalize_job, reap_stale_runs, submit_job
-from shared.notify import request_evaluation
+from shared.notify import configured_targets, request_evaluation
 from shared.runs import ExtractFailed, TransientDatabaseError, execute_run, run_outcome
 
 log = logging.getLogger(__name__)
@@ -20,6 +20,12 @@ log = logging.getLogger(__name__)
 # job to the reaper.
 NORMALIZE_RETRY_SECONDS = 2
 NORMALIZE_MAX_RETRIES = 300
+
+
+def _evaluate_notifications(app: Any, run_id: int | None = None) -> None:
+    """Ask for notify.evaluate when a target is configured (beat's tick covers the rest)."""
+    if configured_targets(get_settings()):
+        request_evaluation(app, run_id)
 
 
 def _extract(self: Task, run_id: int) -> dict[str, Any]:
@@ -45,7 +51,7 @@ def _extract(self: Task, run_id: int) -> dict[str, Any]:
         raise self.retry(exc=exc, countdown=min(60, 2 ** self.request.retries), max_retries=8)
     if outcome["status"] not in ("queued", "running"):
         # After the run's commit; a quick enqueue that never raises: no receiver holds a run.
-        request_evaluation(self.app, int(run_id))
+        _evaluate_notifications(self.app, int(run_id))
     if outcome["status"] == "failed":
         raise ExtractFailed(f"run {run_id} ({outcome['source']}) failed: {outcome['error']}")
     if outcome["status"] in ("queued", "running"):
@@ -74,7 +80,7 @@ def normalize(self: Task, _results: Any, job_id: int) -> str | None:
             log.warning("job %s still has active runs; leaving it to the reaper", job_id)
             return None
         raise self.retry(countdown=NORMALIZE_RETRY_SECONDS, max_retries=NORMALIZE_MAX_RETRIES)
-    request_evaluation(self.app)  # the job is closed (committed): its sources' states settle
+    _evaluate_notifications(self.app)  # the job is closed (committed): its sources' states settle
     return status
 
 
@@ -95,5 +101,5 @@ def reap() -> dict[str, int]:
     with unit_of_work(engine) as session:
         reaped = reap_stale_runs(session, engine, get_settings())
     if any(reaped.values()):  # runs failed as lost: their sources may be failing now
-        request_evaluation(reap.app)
+        _evaluate_notifications(reap.app)
     return reaped
