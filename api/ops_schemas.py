@@ -173,6 +173,37 @@ class CheckpointSchema(ma.Schema):
     updated_at = ma.fields.DateTime(format="iso", required=True)
 
 
+class NotificationSchema(ma.Schema):
+    """One notification as recorded (the target's name, never its URL)."""
+
+    id = ma.fields.Integer(required=True)
+    source = ma.fields.String(required=True)
+    event = ma.fields.String(required=True)
+    state = ma.fields.String(required=True)
+    severity = ma.fields.String(required=True)
+    target = ma.fields.String(required=True)
+    status = ma.fields.String(required=True, metadata={"description": "pending, sent or failed"})
+    run_id = ma.fields.Integer(allow_none=True)
+    job_id = ma.fields.Integer(allow_none=True)
+    detail = SafeErrorText(allow_none=True)
+    attempts = ma.fields.Integer(required=True)
+    error = SafeErrorText(allow_none=True, metadata={"description": "why the last send failed"})
+    created_at = ma.fields.DateTime(required=True)
+    sent_at = ma.fields.DateTime(allow_none=True)
+
+
+class NotificationStatsSchema(ma.Schema):
+    """Notifications of the last 24 hours and the newest ones."""
+
+    last_24h = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Integer(), required=True,
+                              metadata={"description": "status -> notifications created"})
+    by_target_24h = ma.fields.Dict(
+        keys=ma.fields.String(),
+        values=ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Integer()),
+        required=True, metadata={"description": "target -> status -> count"})
+    recent = ma.fields.List(ma.fields.Nested(NotificationSchema), required=True)
+
+
 class StatsSchema(ma.Schema):
     """GET /stats."""
 
@@ -188,6 +219,7 @@ class StatsSchema(ma.Schema):
     sources = ma.fields.List(ma.fields.Nested(SourceStatsSchema), required=True)
     checkpoints = ma.fields.List(ma.fields.Nested(CheckpointSchema), required=True)
     recent_drift = ma.fields.List(ma.fields.Nested(DriftEventSchema), required=True)
+    notifications = ma.fields.Nested(NotificationStatsSchema, required=True)
 
 
 class CheckSchema(ma.Schema):

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Sequence
 
 from sqlalchemy import Row, func, select, text
 from sqlalchemy.orm import Session
 
 from shared.config import SOURCES
+from shared.notify.history import notification_counts, recent_notifications
 from shared.models import (
     RUN_STATUSES,
     Asset,
@@ -38,6 +39,7 @@ LAYER_MEANINGS: dict[str, str] = {
 CHECKPOINT_LIMIT = 500
 TOP_REJECT_REASONS = 10
 RECENT_DRIFT_EVENTS = 20
+RECENT_NOTIFICATIONS = 10
 
 _LAST_RUN_SQL = text(
     """
@@ -172,7 +174,20 @@ def collect_stats(session: Session) -> dict[str, Any]:
         "sources": per_source,
         "checkpoints": checkpoints,
         "recent_drift": recent_drift,
+        "notifications": notification_stats(
+            session, datetime.now(timezone.utc) - timedelta(hours=24)),
     }
+
+
+def notification_stats(session: Session, since: datetime) -> dict[str, Any]:
+    """Notifications created since `since` per status and per target, and the newest ones."""
+    per_status: dict[str, int] = {}
+    per_target: dict[str, dict[str, int]] = defaultdict(dict)
+    for (target, status), n in notification_counts(session, since).items():
+        per_status[status] = per_status.get(status, 0) + n
+        per_target[target][status] = n
+    return {"last_24h": per_status, "by_target_24h": dict(per_target),
+            "recent": recent_notifications(session, RECENT_NOTIFICATIONS)}
 
 
 def source_freshness(

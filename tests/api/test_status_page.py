@@ -142,3 +142,13 @@ def test_index_links_the_status_page(clean_db: Engine, api_settings: Settings) -
     body = _client(api_settings).get("/", headers={"Accept": "application/json"}).get_json()
     assert {"href": "/status", "title": "Status page: sources, last runs, freshness",
             "available": True} in body["links"]
+
+
+def test_stats_show_sent_and_failed_notifications(
+        failing_paprika: dict[str, Any], api_settings: Settings) -> None:
+    body = _client(api_settings).get("/stats").get_json()["notifications"]
+    assert body["last_24h"] == {"sent": 1, "failed": 1}
+    assert body["by_target_24h"] == {"webhook": {"sent": 1, "failed": 1}}
+    assert [(n["status"], n["error"]) for n in body["recent"]] == [
+        ("failed", "HTTP 500"), ("sent", None)]
+    assert body["recent"][0]["detail"] == "coinpaprika: HTTP 401 from upstream"
