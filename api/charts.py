@@ -63,6 +63,10 @@ def _time_label(x: float) -> str:
     return datetime.fromtimestamp(x, timezone.utc).strftime("%m-%d %H:%M")
 
 
+def _date_label(x: float) -> str:
+    return datetime.fromtimestamp(x, timezone.utc).strftime("%Y-%m-%d")
+
+
 def _value_label(y: float) -> str:
     if abs(y) >= 1000:
         return f"{y:,.0f}"
@@ -95,7 +99,8 @@ def line_chart(series: Sequence[Series], title: str, *, width: int = 640, height
     # Axes and their labels.
     parts.append(f'<g class="axes" stroke="#57606a" fill="none"><path d="M{left} {top}V'
                  f'{top + plot_h}H{left + plot_w}"/></g>')
-    fmt = _time_label if x_is_time else _value_label
+    # Past a few weeks the hour says nothing and the year is what a reader needs.
+    fmt = (_date_label if x1 - x0 > 30 * 86400 else _time_label) if x_is_time else _value_label
     parts.append(f'<g class="labels" {_FONT} fill="#24292f">'
                  f'<text x="{left - 4}" y="{top + 4}" text-anchor="end">{escape(_value_label(y1))}'
                  f'</text><text x="{left - 4}" y="{top + plot_h}" text-anchor="end">'
@@ -116,6 +121,11 @@ def line_chart(series: Sequence[Series], title: str, *, width: int = 640, height
             dash = ' stroke-dasharray="5 3"' if s.dashed else ""
             parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2"{dash} '
                          f'points="{coords}"><title>{name}</title></polyline>')
+            if len(s.points) == 1:  # a line of one point draws nothing: show it as a dot
+                x, y = s.points[0]
+                parts.append(f'<circle class="point" cx="{_num(px(x))}" cy="{_num(py(y))}" '
+                             f'r="3.5" fill="{colour}"><title>{name}: {escape(_value_label(y))}'
+                             f' at {escape(fmt(x))}</title></circle>')
         for x, y in s.marked:
             parts.append(f'<circle class="marked" cx="{_num(px(x))}" cy="{_num(py(y))}" r="5" '
                          f'fill="white" stroke="{colour}" stroke-width="2"><title>{name}: '

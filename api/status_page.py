@@ -60,7 +60,8 @@ def _sources(session: Session, settings: Settings, now: datetime) -> list[dict[s
             "last_success_ago": ago(state.last_success_at, now),
             "last_success_stamp": stamp(state.last_success_at),
             "last_error_ago": ago(state.last_error_at, now),
-            "next_run_in": ago(state.next_run_at, now) if state.next_run_at else "unknown",
+            "next_run_in": ago(state.next_run_at, now) if state.next_run_at
+            else "no beat tick yet",
             "next_run_stamp": stamp(state.next_run_at),
             "duration_chart": Markup(sparkline(
                 trend.seconds, f"{name}: duration of the last {runs} runs in seconds, "

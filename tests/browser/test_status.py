@@ -1,0 +1,176 @@
+"""/status and /status/assets/<bitcoin> in headless Chromium against a real stack (gunicorn, a
+worker, the replay upstream with CoinPaprika refusing its key): offline, right, accessible."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import urllib.request
+from typing import Any, Iterator
+
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+from sqlalchemy import Engine, text
+
+from tests.browser.conftest import network_events, off_machine, requests_seen, save_screenshot
+from tests.conftest import ROOT, TEST_TOKEN, WorkerProcess, truncate_tables
+from tests.upstream import ReplayUpstream
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+SOURCES = ["coingecko", "coinpaprika", "csv"]
+
+
+def _http(url: str, body: dict[str, Any] | None = None) -> Any:
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {TEST_TOKEN}"}
+    data = json.dumps(body).encode() if body is not None else None
+    with urllib.request.urlopen(urllib.request.Request(url, data, headers), timeout=10) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture(scope="module")
+def stack(live_server: str, engine: Engine, base_env: dict[str, str],
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """One job through a real worker: CoinGecko and CSV succeed, CoinPaprika gets a 401."""
+    truncate_tables(engine)
+    data_dir = tmp_path_factory.mktemp("status-data") / "data"
+    shutil.copytree(ROOT / "data", data_dir)
+    upstream = ReplayUpstream().start()
+    upstream.add_fault("401", endpoint="coinpaprika")
+    env = {**os.environ, **base_env, "PYTHONPATH": str(ROOT), "CSV_DIR": str(data_dir),
+           "COINGECKO_BASE_URL": upstream.coingecko_base_url,
+           "COINPAPRIKA_BASE_URL": upstream.coinpaprika_base_url,
+           "COINGECKO_RATE_LIMIT": "1000", "COINPAPRIKA_RATE_LIMIT": "1000",
+           "HTTP_TIMEOUT_SECONDS": "3", "HTTP_MAX_RETRIES": "0"}
+    worker = WorkerProcess(env, tmp_path_factory.mktemp("status-worker") / "worker.log",
+                           concurrency=4).start()
+    try:
+        jobs = []
+        for _ in range(2):  # two jobs: the trends and the grid have more than one point
+            job = _http(f"{live_server}/jobs", {"sources": SOURCES})
+            deadline = time.monotonic() + 120
+            while (job := _http(f"{live_server}/jobs/{job['id']}"))["status"] not in (
+                    "succeeded", "partial", "failed"):
+                assert time.monotonic() < deadline, job
+                time.sleep(0.3)
+            assert job["status"] == "partial", job
+            jobs.append(job)
+        with engine.connect() as conn:
+            btc = conn.execute(text("SELECT id FROM assets WHERE slug = 'bitcoin'")).scalar_one()
+        time.sleep(1)  # past the page cache's time slot of the empty stack (if any)
+        yield {"jobs": jobs, "btc": btc, "base": live_server}
+    finally:
+        worker.stop()
+        upstream.stop()
+
+
+def _luminance(rgb: tuple[float, ...]) -> float:
+    def channel(c: float) -> float:
+        c /= 255
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+    r, g, b = (channel(c) for c in rgb[:3])
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def contrast(a: str, b: str) -> float:
+    """WCAG contrast ratio of two CSS colours (`rgb(...)`/`rgba(...)` or `#rrggbb`)."""
+    def parse(colour: str) -> tuple[float, ...]:
+        if colour.startswith("#"):
+            return tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
+        return tuple(float(x) for x in re.findall(r"[\d.]+", colour)[:3])
+    la, lb = sorted((_luminance(parse(a)), _luminance(parse(b))), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+def accessibility_problems(driver: Any) -> list[str]:
+    """One h1, heading levels never skipping, names on every img/svg, labelled controls."""
+    problems = []
+    levels = [int(h.tag_name[1]) for h in driver.find_elements(
+        By.CSS_SELECTOR, "h1, h2, h3, h4, h5, h6")]
+    if levels.count(1) != 1 or levels[0] != 1:
+        problems.append(f"headings {levels}: one h1 first")
+    problems += [f"heading skips {a} -> {b}" for a, b in zip(levels, levels[1:]) if b > a + 1]
+    for img in driver.find_elements(By.TAG_NAME, "img"):
+        if not img.get_attribute("alt"):
+            problems.append(f"img without alt: {img.get_attribute('src')}")
+    for svg in driver.find_elements(By.TAG_NAME, "svg"):
+        if not (svg.get_attribute("aria-label")
+                or svg.find_elements(By.XPATH, "./*[local-name()='title']")):
+            problems.append("svg without a title or aria-label")
+    for control in driver.find_elements(By.CSS_SELECTOR, "input, select, textarea"):
+        ident = control.get_attribute("id")
+        labelled = (control.get_attribute("aria-label")
+                    or (ident and driver.find_elements(By.CSS_SELECTOR, f'label[for="{ident}"]'))
+                    or control.find_elements(By.XPATH, "ancestor::label"))
+        if not labelled:
+            problems.append(f"unlabelled control {control.get_attribute('name')}")
+    return problems
+
+
+def _assert_offline(events: list[dict[str, Any]], base: str) -> None:
+    urls = requests_seen(events)
+    assert any(u.startswith(base) for u in urls), urls
+    assert off_machine(urls) == [], urls  # the browser's own chrome:// pages aside
+
+
+def test_status_page_shows_the_failing_source_and_charts(stack: dict[str, Any],
+                                                         browser: Any) -> None:
+    base = stack["base"]
+    network_events(browser)
+    browser.get(f"{base}/status")
+    rows = {row.get_attribute("data-source"): row for row in
+            browser.find_elements(By.CSS_SELECTOR, "tr[data-source]")}
+    states = {name: row.find_element(By.CSS_SELECTOR, ".badge").text
+              for name, row in rows.items()}
+    assert states == {"coingecko": "fresh", "coinpaprika": "failing", "csv": "fresh"}
+    assert "HTTP 401" in rows["coinpaprika"].text
+    # Sparklines with points for every source; the run grid with one linked cell per run.
+    for row in rows.values():
+        lines = row.find_elements(By.CSS_SELECTOR, "svg polyline")
+        assert len(lines) == 2 and all(line.get_attribute("points") for line in lines)
+    cells = browser.find_elements(By.CSS_SELECTOR, "svg a rect.cell")
+    assert len(cells) == 6
+    links = {a.get_dom_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "svg a")}
+    assert {f"{base}/runs/{r['id']}" for job in stack["jobs"] for r in job["runs"]} == {
+        urllib.request.urljoin(base, h) for h in links}
+    assert accessibility_problems(browser) == []
+    for badge in browser.find_elements(By.CSS_SELECTOR, ".badge"):
+        ratio = contrast(badge.value_of_css_property("color"),
+                         badge.value_of_css_property("background-color"))
+        assert ratio >= 4.5, (badge.text, ratio)
+    for cell in cells:  # boxes without text: 3:1 against the page (WCAG non-text contrast)
+        assert contrast(cell.get_attribute("fill"), "#ffffff") >= 3.0
+    shot = save_screenshot(browser, "status.png")
+    assert shot.stat().st_size > 20_000
+    _assert_offline(network_events(browser), base)
+
+
+def test_asset_page_charts_bitcoin_per_source(stack: dict[str, Any], browser: Any) -> None:
+    base = stack["base"]
+    network_events(browser)
+    browser.get(f"{base}/status/assets/{stack['btc']}")
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Bitcoin (BTC)"
+    series = {g.get_attribute("data-series"): g for g in
+              browser.find_elements(By.CSS_SELECTOR, "svg g.series")}
+    assert {"coingecko", "csv"} <= set(series), list(series)
+    csv_points = series["csv"].find_element(By.TAG_NAME, "polyline").get_attribute("points")
+    assert len(csv_points.split()) > 50
+    assert accessibility_problems(browser) == []
+    select = browser.find_element(By.ID, "range")
+    assert select.get_attribute("value") == "all"
+    shot = save_screenshot(browser, "status_asset.png")
+    assert shot.stat().st_size > 20_000
+    _assert_offline(network_events(browser), base)
+    # The range form works in the browser: a custom range comes back as the chosen one.
+    browser.find_element(By.CSS_SELECTOR, 'option[value="1y"]').click()
+    browser.find_element(By.CSS_SELECTOR, "form.range button").click()
+    WebDriverWait(browser, 20).until(lambda d: d.current_url.endswith("range=1y"))
+    assert browser.find_element(By.ID, "range").get_attribute("value") == "1y"
+
+
+def test_index_links_to_the_status_page(stack: dict[str, Any], browser: Any) -> None:
+    browser.get(f"{stack['base']}/")
+    browser.find_element(By.CSS_SELECTOR, 'a[href="/status"]').click()
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Pipeline status"
