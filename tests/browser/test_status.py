@@ -6,7 +6,9 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import urllib.request
 from typing import Any, Iterator
 
@@ -21,6 +23,30 @@ from tests.upstream import ReplayUpstream
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 SOURCES = ["coingecko", "coinpaprika", "csv"]
+
+
+class Receiver:
+    """Local webhooks: /hook accepts (200), /slack answers 500."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                self.rfile.read(int(self.headers["Content-Length"]))
+                self.send_response(200 if self.path.startswith("/hook") else 500)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        """Stop serving."""
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def _http(url: str, body: dict[str, Any] | None = None) -> Any:
@@ -39,11 +65,14 @@ def stack(live_server: str, engine: Engine, base_env: dict[str, str],
     shutil.copytree(ROOT / "data", data_dir)
     upstream = ReplayUpstream().start()
     upstream.add_fault("401", endpoint="coinpaprika")
+    receiver = Receiver()
     env = {**os.environ, **base_env, "PYTHONPATH": str(ROOT), "CSV_DIR": str(data_dir),
            "COINGECKO_BASE_URL": upstream.coingecko_base_url,
            "COINPAPRIKA_BASE_URL": upstream.coinpaprika_base_url,
            "COINGECKO_RATE_LIMIT": "1000", "COINPAPRIKA_RATE_LIMIT": "1000",
-           "HTTP_TIMEOUT_SECONDS": "3", "HTTP_MAX_RETRIES": "0"}
+           "HTTP_TIMEOUT_SECONDS": "3", "HTTP_MAX_RETRIES": "0",
+           "ALERT_WEBHOOK_URL": receiver.url + "/hook",
+           "SLACK_WEBHOOK_URL": receiver.url + "/slack"}
     worker = WorkerProcess(env, tmp_path_factory.mktemp("status-worker") / "worker.log",
                            concurrency=4).start()
     try:
@@ -59,11 +88,19 @@ def stack(live_server: str, engine: Engine, base_env: dict[str, str],
             jobs.append(job)
         with engine.connect() as conn:
             btc = conn.execute(text("SELECT id FROM assets WHERE slug = 'bitcoin'")).scalar_one()
-        time.sleep(1)  # past the page cache's time slot of the empty stack (if any)
+        deadline = time.monotonic() + 30  # the failure's messages: one sent, one failed
+        while True:
+            with engine.connect() as conn:
+                sent = sorted(conn.execute(text("SELECT target, status FROM notifications")).all())
+            if sent == [("slack", "failed"), ("webhook", "sent")]:
+                break
+            assert time.monotonic() < deadline, sent
+            time.sleep(0.2)
         yield {"jobs": jobs, "btc": btc, "base": live_server}
     finally:
         worker.stop()
         upstream.stop()
+        receiver.close()
 
 
 def _luminance(rgb: tuple[float, ...]) -> float:
@@ -126,6 +163,8 @@ def test_status_page_shows_the_failing_source_and_charts(stack: dict[str, Any],
               for name, row in rows.items()}
     assert states == {"coingecko": "fresh", "coinpaprika": "failing", "csv": "fresh"}
     assert "HTTP 401" in rows["coinpaprika"].text
+    told = browser.find_element(By.CSS_SELECTOR, "section[aria-labelledby=notify-h]").text
+    assert "1 sent" in told and "1 failed" in told and "HTTP 500" in told, told
     # Sparklines with points for every source; the run grid with one linked cell per run.
     for row in rows.values():
         lines = row.find_elements(By.CSS_SELECTOR, "svg polyline")
