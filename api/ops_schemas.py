@@ -145,6 +145,10 @@ class SourceStatsSchema(ma.Schema):
     top_reject_reasons = ma.fields.List(ma.fields.Nested(RejectReasonSchema), required=True)
     drift = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Integer(), required=True,
                            metadata={"description": "Schema-drift events, mapped and unmapped"})
+    anomalies = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Integer(),
+                               required=True,
+                               metadata={"description": "Anomalies recorded, per kind "
+                                                        "(GET /anomalies lists them)"})
 
 
 class DriftEventSchema(ma.Schema):

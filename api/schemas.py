@@ -12,6 +12,7 @@ import marshmallow as ma
 from marshmallow import validate
 from webargs.fields import DelimitedList
 
+from api.quality_schemas import ExcludedSchema, QualityField, WindowSchema, quality_out
 from shared.config import SOURCES
 from shared.queries.jobs import JOB_TRIGGERS
 from shared.models import RUN_STATUSES
@@ -148,8 +149,13 @@ class DataArgsSchema(PageArgsSchema, TimeRangeMixin):
              metadata={"description": "Substring of the name or symbol, case-insensitive"})
     sort = ma.fields.String(
         load_default="asset_id", validate=validate.OneOf(_sort_choices(DATA_SORT_FIELDS)),
-        metadata={"description": "Sort field; prefix `-` for descending. Ties: asset_id, source"},
+        metadata={"description": "Sort field; prefix `-` for descending. Ties: asset_id, source. "
+                                 "By price, market cap or volume, clean quotes come first, "
+                                 "then flagged ones (each part in the sort order)"},
     )
+    quality = ma.fields.String(
+        validate=validate.OneOf(("ok", "flagged")),
+        metadata={"description": "Only clean (`ok`) or only flagged quotes"})
 
 
 class HistoryArgsSchema(PageArgsSchema, TimeRangeMixin):
@@ -271,6 +277,7 @@ class QuoteRecordSchema(ma.Schema):
     volume_24h_usd = DecimalString(metadata=DECIMAL_DOC)
     rank = ma.fields.Integer(allow_none=True)
     observed_at = ma.fields.DateTime(format="iso", required=True)
+    quality = QualityField()
 
 
 def quote_record(row: Sequence[Any]) -> dict[str, Any]:
@@ -281,12 +288,12 @@ def quote_record(row: Sequence[Any]) -> dict[str, Any]:
     compares both paths on every loaded record.
     """
     (asset_id, symbol, name, source, source_asset_id, price_usd, market_cap_usd,
-     volume_24h_usd, rank, observed_at) = row
+     volume_24h_usd, rank, observed_at, quality) = row
     return {
         "asset_id": asset_id, "symbol": symbol, "name": name, "source": source,
         "source_asset_id": source_asset_id, "price_usd": price_usd,
         "market_cap_usd": market_cap_usd, "volume_24h_usd": volume_24h_usd, "rank": rank,
-        "observed_at": observed_at.isoformat(),
+        "observed_at": observed_at.isoformat(), "quality": quality_out(quality),
     }
 
 
@@ -336,6 +343,7 @@ class HistoryRecordSchema(ma.Schema):
     low_usd = DecimalString(metadata=DECIMAL_DOC)
     close_usd = DecimalString(metadata=DECIMAL_DOC)
     run_id = ma.fields.Integer(allow_none=True)
+    quality = QualityField()
 
 
 class HistoryEnvelopeSchema(EnvelopeSchema):
@@ -364,17 +372,23 @@ class AssetSourceIdSchema(ma.Schema):
 
 
 class ConsensusSchema(ma.Schema):
-    """Cross-source price agreement: median, spread = (max - min) / median, disagree flag."""
+    """Price agreement of the clean quotes observed within one window (shared.consensus)."""
 
-    price_usd = DecimalString(required=True, metadata={**DECIMAL_DOC,
-                                                       "description": "Median across sources"})
+    price_usd = DecimalString(required=True, metadata={
+        **DECIMAL_DOC, "description": "Median of the in-window clean prices"})
     min_price_usd = DecimalString(required=True, metadata=DECIMAL_DOC)
     max_price_usd = DecimalString(required=True, metadata=DECIMAL_DOC)
     spread = ma.fields.Float(required=True, allow_none=True)
-    disagree = ma.fields.Boolean(required=True)
+    disagree = ma.fields.Boolean(required=True, metadata={
+        "description": "Two or more in-window clean prices spread more than `threshold`"})
     threshold = ma.fields.Float(required=True,
                                 metadata={"description": "Spread above which sources disagree"})
-    sources = ma.fields.List(ma.fields.String(), required=True)
+    sources = ma.fields.List(ma.fields.String(), required=True,
+                             metadata={"description": "Sources that took part"})
+    window = ma.fields.Nested(WindowSchema, required=True)
+    excluded = ma.fields.List(ma.fields.Nested(ExcludedSchema), required=True)
+    single_source = ma.fields.Boolean(required=True)
+    note = ma.fields.String(required=True)
 
 
 class AssetDetailSchema(ma.Schema):

@@ -208,6 +208,13 @@ def source_anomalies(session: Session, source: str, t: AnomalyThresholds,
     return found
 
 
+def record_run_anomalies(session: Session, sources: Iterable[str],
+                         t: AnomalyThresholds) -> int:
+    """Judge each source's recent runs and drift and store what is new; returns new anomalies."""
+    return sum(record_anomalies(session, source_anomalies(session, source, t))
+               for source in sorted(set(sources)))
+
+
 def record_anomalies(session: Session, anomalies: Sequence[Anomaly]) -> int:
     """Store anomalies not stored yet (unique kind, source, key); returns how many were new."""
     if not anomalies:

@@ -12,7 +12,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from shared import task_names
-from shared.config import Settings
+from shared.anomalies import AnomalyThresholds, record_run_anomalies
+from shared.config import Settings, get_settings
 from shared.errors import EtlError
 from shared.models import TERMINAL_STATUSES, Job, Run
 from shared.runs import now_utc, release_source_lock, try_source_lock
@@ -151,12 +152,15 @@ def job_status_from_runs(statuses: Sequence[str]) -> str:
     return "succeeded"
 
 
-def finalize_job(session: Session, job_id: int) -> str | None:
+def finalize_job(session: Session, job_id: int,
+                 anomalies: AnomalyThresholds | None = None) -> str | None:
     """Close a job once every run is terminal; None while runs are still active.
 
     The cross-source step: the job's status needs every source's outcome. Quotes are not
     published here: each batch published its own when it committed (shared.publish). Runs at
     most once per job (the row lock and the terminal check make a second call a no-op).
+    The job's sources' run anomalies are recorded here, with the runs' final counters
+    (`anomalies`: the rules' limits, by default from Settings).
     """
     job = session.get(Job, job_id, with_for_update=True)
     if job is None:
@@ -176,6 +180,8 @@ def finalize_job(session: Session, job_id: int) -> str | None:
     )
     job.finished_at = now_utc()
     session.flush()
+    record_run_anomalies(session, [r.source for r in runs],
+                         anomalies or AnomalyThresholds.from_settings(get_settings()))
     log.info("job %s %s", job.id, job.status)
     return job.status
 

@@ -34,6 +34,8 @@ from shared.db import unit_of_work
 from shared.identity import Alias, IdentityHint, resolve_assets
 from shared.line_blocks import StoredLines, copy_line_block
 from shared.publish import PUBLISH_SQL
+from shared.quality import QualityThresholds
+from shared.quality_batch import apply_outliers, batch_flags, store_batch_flags
 from shared.records import Batch, PreparedQuotes, content_hash
 
 
@@ -118,13 +120,15 @@ class BatchWriter:
     """Writes one run's batches: what every batch of the run shares, held once.
 
     `aliases` and `asset_cache` resolve the source's coin ids to assets (shared.identity);
-    the cache fills as batches meet new coins.
+    the cache fills as batches meet new coins. `thresholds` are the quality checks' limits
+    (shared.quality_batch: flags stored with the quotes, outliers judged after publishing).
     """
 
     source: str
     run_id: int
     aliases: dict[tuple[str, str], Alias]
     asset_cache: dict[str, int] = field(default_factory=dict)
+    thresholds: QualityThresholds = field(default_factory=QualityThresholds)
 
     def write(
         self,
@@ -155,6 +159,8 @@ class BatchWriter:
                 prepared = self._render_quotes(session, batch)
             result.inserted = self._write_quotes(cursor, state, batch, prepared, stored_lines)
             result.unchanged = batch.quote_count - result.inserted
+            # Before the publish below, which joins them into current_quotes.quality.
+            store_batch_flags(cursor, self.source, self.run_id, prepared.flags)
         repeated_rejects = self._write_rejects(cursor, batch) if batch.rejects else set()
         if batch.raw_lines is not None:
             result.raw_inserted = copy_line_block(cursor, self.source, self.run_id,
@@ -166,6 +172,8 @@ class BatchWriter:
             self._write_drift(cursor, batch)
         _end_batch(cursor, self.source, self.run_id, batch, previous_checkpoint,
                    prepared.asset_ids if prepared is not None else set(), result)
+        if result.inserted and prepared is not None:
+            apply_outliers(session, cursor, sorted(prepared.asset_ids), self.thresholds)
         return result
 
     def prepare(self, engine: Engine, batch: Batch) -> Batch:
@@ -181,7 +189,7 @@ class BatchWriter:
                 batch.prepared = self._render_quotes(session, batch)
             # The rendered data replaces the blocks' text: drop it now, not when the batch is
             # written (several batches wait in memory while two are written).
-            batch.quote_blocks = [replace(block, text="", stamps=[])
+            batch.quote_blocks = [replace(block, text="", stamps=[], prices=[])
                                   for block in batch.quote_blocks]
         return batch
 
@@ -257,7 +265,9 @@ class BatchWriter:
         for q in batch.quotes:
             stamp = q.observed_at.isoformat()
             cover(assets[q.source_asset_id], stamp, stamp)
-        return PreparedQuotes("".join(parts).encode(), spans)
+        flags = batch_flags(session.connection().connection.cursor(), self.source, batch,
+                            assets, self.thresholds)
+        return PreparedQuotes("".join(parts).encode(), spans, flags)
 
 
 # Whether a stored quote of this source falls in one of the batch's per-asset time spans: one

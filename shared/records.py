@@ -75,6 +75,9 @@ class QuoteBlock:
     rows: int
     # observed_at of each row as ISO 8601 UTC text (datetime.isoformat()), for the quotes' keys.
     stamps: list[str] = field(default_factory=list)
+    # Each row's price as the line's text, for the jump check (shared.quality_batch parses
+    # them with one map(float)); empty: not checked.
+    prices: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +106,8 @@ class PreparedQuotes:
 
     data: bytes
     spans: dict[int, tuple[str, str]]
+    # (asset_id, observed_at, flags) of the batch's flagged quotes (shared.quality_batch).
+    flags: list[tuple[int, Any, list[dict[str, Any]]]] = field(default_factory=list)
 
     @property
     def asset_ids(self) -> set[int]:

@@ -20,6 +20,7 @@ from shared.db import get_engine, session_factory, unit_of_work
 from shared.errors import InjectedFailure, public_error
 from shared.identity import load_aliases
 from shared.load import BatchWriter, LoadState, load_checkpoints
+from shared.quality import QualityThresholds
 from shared.models import TERMINAL_STATUSES, Job, Run
 from shared.pipeline import read_ahead, write_in_order
 from shared.records import Batch
@@ -193,7 +194,8 @@ def _process(
         on_event=on_event, max_records=settings.fail_after_for(source),
         records_done=records_done,
     )
-    writer = BatchWriter(source, run_id, load_aliases(settings.asset_aliases_file))
+    writer = BatchWriter(source, run_id, load_aliases(settings.asset_aliases_file),
+                         thresholds=QualityThresholds.from_settings(settings))
     session: Session = make_session()
     extractor = get_source(source, settings)
     try:

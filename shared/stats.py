@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from shared.config import SOURCES
 from shared.notify.history import notification_counts, recent_notifications
+from shared.queries.anomalies import anomaly_counts
 from shared.models import (
     RUN_STATUSES,
     Asset,
@@ -143,6 +144,7 @@ def collect_stats(session: Session) -> dict[str, Any]:
     recent_drift = session.scalars(
         select(DriftEvent).order_by(DriftEvent.id.desc()).limit(RECENT_DRIFT_EVENTS)
     ).all()
+    anomalies = anomaly_counts(session)
 
     sources = sorted(set(SOURCES) | {s for layer in layers.values() for s in layer}
                      | set(per_source_status))
@@ -158,6 +160,8 @@ def collect_stats(session: Session) -> dict[str, Any]:
             "average_duration_ms": round(avg_ms, 1) if avg_ms is not None else None,
             "top_reject_reasons": reasons.get(source, []),
             "drift": dict(drift_counts.get(source, {"mapped": 0, "unmapped": 0})),
+            "anomalies": {kind: n for (kind, src), n in sorted(anomalies.items())
+                          if src == source},
         })
     checkpoints = session.scalars(
         select(Checkpoint).order_by(Checkpoint.source, Checkpoint.key).limit(CHECKPOINT_LIMIT)
@@ -167,6 +171,7 @@ def collect_stats(session: Session) -> dict[str, Any]:
             "assets": int(session.scalar(select(func.count()).select_from(Asset)) or 0),
             **{layer: sum(layers[layer].values()) for layer in LAYERS if layer != "assets"},
             "runs": sum(runs_by_status.values()),
+            "anomalies": sum(anomalies.values()),
         },
         "records": layers,
         "layers": LAYER_MEANINGS,

@@ -94,7 +94,7 @@ class DataList(MethodView):
         filters = DataFilters(
             source=args.get("source"), symbols=tuple(args.get("symbol") or ()),
             assets=tuple(args.get("asset") or ()), q=args.get("q"),
-            since=args.get("since"), until=args.get("until"),
+            since=args.get("since"), until=args.get("until"), quality=args.get("quality"),
         )
         snapshot = read_current_quotes(get_engine(), filters, current_app.extensions["data_totals"],
                                        sort=args["sort"], **page_window(args))
@@ -123,11 +123,14 @@ class DataDetail(MethodView):
     def get(self, asset: str) -> Any:
         """Show an asset, its id at each source, its latest quote per source and a consensus
 
-        The consensus is the median price across sources; `spread` = (max - min) / median and
-        `disagree` is true when the spread exceeds the configured share.
+        The consensus is the median price of the clean quotes observed within
+        `window.seconds` of the freshest one; `spread` = (max - min) / median and `disagree`
+        is true when two or more of them spread more than the configured share. `excluded`
+        says which sources were left out and why (out of the window, flagged, no price).
         """
-        share = current_app.config["SETTINGS"].consensus_disagreement_share
-        return asset_detail(get_session(), asset, share)
+        settings = current_app.config["SETTINGS"]
+        return asset_detail(get_session(), asset, settings.consensus_disagreement_share,
+                            settings.consensus_window_seconds)
 
 
 @blp.route("/<string:asset>/history", parameters=[ASSET_PARAM])

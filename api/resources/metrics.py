@@ -52,6 +52,9 @@ class _EtlCollector:
                                      "Average duration of succeeded runs", labels=["source"])
         drift = CounterMetricFamily("kasparro_drift_events", "Schema-drift events",
                                     labels=["source", "mapped"])
+        # Anomalies are only ever added (GET /anomalies): a counter per kind and source.
+        anomalies = CounterMetricFamily("kasparro_anomalies", "Run and data anomalies recorded",
+                                        labels=["kind", "source"])
         for entry in self.stats["sources"]:
             source = entry["source"]
             for layer, n in entry["records"].items():
@@ -66,7 +69,9 @@ class _EtlCollector:
                 duration.add_metric([source], entry["average_duration_ms"] / 1000)
             drift.add_metric([source, "true"], entry["drift"]["mapped"])
             drift.add_metric([source, "false"], entry["drift"]["unmapped"])
-        yield from (records, runs, finished, last_ok, duration, drift)
+            for kind, n in entry["anomalies"].items():
+                anomalies.add_metric([kind, source], n)
+        yield from (records, runs, finished, last_ok, duration, drift, anomalies)
         families = {
             "requests": CounterMetricFamily("kasparro_http_requests", "Upstream requests sent",
                                             labels=["source"]),

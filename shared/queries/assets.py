@@ -12,7 +12,9 @@ from sqlalchemy.orm import Session
 
 from shared.config import SOURCES
 from shared.errors import NotFound
-from shared.models import Asset, AssetSourceId, CurrentQuote, Quote
+from shared.consensus import window_consensus
+from shared.models import Asset, AssetSourceId, CurrentQuote, Quote, QuoteFlag
+from shared.quality import quality_of
 from shared.queries.paging import (
     BIGINT_MAX,
     InvalidCursor,
@@ -46,7 +48,8 @@ class AssetDetail:
     asset: Asset
     source_ids: Sequence[AssetSourceId]
     quotes: Sequence[CurrentQuote]
-    consensus: Consensus
+    # shared.consensus.WindowConsensus.as_dict(): in-window clean quotes only.
+    consensus: dict[str, Any]
 
 
 def split_asset_refs(refs: Sequence[str]) -> tuple[list[int], list[str]]:
@@ -95,8 +98,9 @@ def price_consensus(quotes: Sequence[CurrentQuote], threshold: float) -> Consens
                      sorted({s for s, _ in priced}))
 
 
-def asset_detail(session: Session, ref: str, disagreement_share: float) -> AssetDetail:
-    """Everything known now about one asset, across sources."""
+def asset_detail(session: Session, ref: str, disagreement_share: float,
+                 window_seconds: int = 3600) -> AssetDetail:
+    """Everything known now about one asset, across sources, with the windowed consensus."""
     asset = resolve_asset(session, ref)
     source_ids = session.scalars(
         select(AssetSourceId).where(AssetSourceId.asset_id == asset.id)
@@ -106,7 +110,8 @@ def asset_detail(session: Session, ref: str, disagreement_share: float) -> Asset
         select(CurrentQuote).where(CurrentQuote.asset_id == asset.id)
         .order_by(CurrentQuote.source)
     ).all()
-    return AssetDetail(asset, source_ids, quotes, price_consensus(quotes, disagreement_share))
+    consensus = window_consensus(quotes, window_seconds, disagreement_share)
+    return AssetDetail(asset, source_ids, quotes, consensus.as_dict())
 
 
 def asset_history(
@@ -140,7 +145,25 @@ def asset_history(
     def cursor_of(row: Quote) -> dict[str, Any]:
         return {"t": "history", "a": asset.id, "o": row.observed_at.isoformat(), "r": row.source}
 
-    return fetch_page(session, query, base, offset=offset, limit=limit, cursor_of=cursor_of)
+    page = fetch_page(session, query, base, offset=offset, limit=limit, cursor_of=cursor_of)
+    _attach_quality(session, asset.id, page.rows)
+    return page
+
+
+def _attach_quality(session: Session, asset_id: int, quotes: Sequence[Quote]) -> None:
+    """Set each quote's `quality` (stored flags, or None when clean): one query per page."""
+    if not quotes:
+        return
+    keys = [(q.source, q.observed_at) for q in quotes]
+    rows = session.execute(
+        select(QuoteFlag.source, QuoteFlag.observed_at, QuoteFlag.flags)
+        .where(QuoteFlag.asset_id == asset_id,
+               tuple_(QuoteFlag.source, QuoteFlag.observed_at).in_(keys)))
+    found = {(source, at): flags for source, at, flags in rows}
+    for quote in quotes:
+        flags = found.get((quote.source, quote.observed_at))
+        # A plain attribute beside the mapped columns, read by the history schema.
+        setattr(quote, "quality", quality_of(flags))
 
 
 def first_observed(session: Session, asset_id: int, source: str | None = None

@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Hashable, Protocol, Sequence
 
-from sqlalchemy import ColumnElement, Connection, Engine, Text, func, or_, select
+from sqlalchemy import ColumnElement, Connection, Engine, Text, and_, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from shared.models import Asset, CurrentQuote
@@ -43,7 +43,7 @@ _INT_SORT_FIELDS = frozenset({"asset_id", "rank"})
 # format(Decimal(value), "f") gave, without building a Decimal per value.
 DATA_RECORD_FIELDS: tuple[str, ...] = (
     "asset_id", "symbol", "name", "source", "source_asset_id", "price_usd", "market_cap_usd",
-    "volume_24h_usd", "rank", "observed_at",
+    "volume_24h_usd", "rank", "observed_at", "quality",
 )
 _DATA_RECORD_COLUMNS: tuple[Any, ...] = tuple(
     getattr(CurrentQuote, name).cast(Text).label(name) if name in _DECIMAL_SORT_FIELDS
@@ -65,6 +65,14 @@ class DataFilters:
     q: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    # "ok" (clean quotes only) or "flagged" (flagged only); None: both.
+    quality: str | None = None
+
+
+# Sorting by a money field puts clean quotes first, then flagged ones, each part in the sort
+# order (docs/quality.md): a flagged quote never tops a price or market-cap ranking unmarked.
+_CLEAN_FIRST_FIELDS = _DECIMAL_SORT_FIELDS
+_FLAGGED = CurrentQuote.quality.is_not(None)
 
 
 def _sort_key_to_json(name: str, value: Any) -> Any:
@@ -124,6 +132,10 @@ def _data_conditions(filters: DataFilters) -> list[ColumnElement[bool]]:
         pattern = f"%{escape_like(filters.q.strip())}%"
         conditions.append(or_(CurrentQuote.name.ilike(pattern, escape="\\"),
                               CurrentQuote.symbol.ilike(pattern, escape="\\")))
+    if filters.quality == "ok":
+        conditions.append(CurrentQuote.quality.is_(None))
+    elif filters.quality == "flagged":
+        conditions.append(_FLAGGED)
     return conditions + time_bounds(CurrentQuote.observed_at, filters.since, filters.until)
 
 
@@ -168,6 +180,7 @@ def list_current_quotes(
     filters = filters or DataFilters()
     name, descending = parse_sort(sort, DATA_SORT_FIELDS)
     column = _DATA_SORT_COLUMNS[name]
+    clean_first = name in _CLEAN_FIRST_FIELDS
     nullable = name in _NULLABLE_SORT_FIELDS
     query = select(*_DATA_RECORD_COLUMNS).where(*_data_conditions(filters))
     if cursor is not None:
@@ -178,20 +191,27 @@ def list_current_quotes(
             raise InvalidCursor("cursor has no sort key")
         key = _sort_key_from_json(name, payload["k"])
         asset_id, source = cursor_int(payload, "a"), cursor_str(payload, "r", 32)
-        query = query.where(keyset_after(
-            column, key, descending, nullable,
-            (CurrentQuote.asset_id, CurrentQuote.source), (asset_id, source)))
+        after = keyset_after(column, key, descending, nullable,
+                             (CurrentQuote.asset_id, CurrentQuote.source), (asset_id, source))
+        if clean_first:
+            after = _after_in_part(after, payload)
+        query = query.where(after)
         offset = 0
     ordered = column.desc() if descending else column.asc()
-    query = query.order_by(ordered.nulls_last(), CurrentQuote.asset_id, CurrentQuote.source)
+    order = [ordered.nulls_last(), CurrentQuote.asset_id, CurrentQuote.source]
+    query = query.order_by(*([_FLAGGED] if clean_first else []), *order)
     position = _DATA_SORT_POSITION[name]
+    quality_at = DATA_RECORD_FIELDS.index("quality")
 
     def cursor_of(row: tuple[Any, ...]) -> dict[str, Any]:
         # Decimal keys are already plain-notation strings (see _DATA_RECORD_COLUMNS).
         key_json = (decimal_key(row[position], descending) if name in _DECIMAL_SORT_FIELDS
                     and row[position] is not None
                     else _sort_key_to_json(name, row[position]))
-        return {"t": "data", "s": sort, "k": key_json, "a": row[0], "r": row[3]}
+        payload = {"t": "data", "s": sort, "k": key_json, "a": row[0], "r": row[3]}
+        if clean_first:
+            payload["f"] = 1 if row[quality_at] is not None else 0
+        return payload
 
     rows, next_cursor = trim_page(
         [tuple(row) for row in conn.execute(query.offset(offset).limit(limit + 1))],
@@ -199,6 +219,16 @@ def list_current_quotes(
     if total is None:
         total = count_current_quotes(conn, filters)
     return Page(rows=rows, total=total, next_cursor=next_cursor)
+
+
+def _after_in_part(after: ColumnElement[bool], payload: dict[str, Any]) -> ColumnElement[bool]:
+    """Rows after the cursor's row when clean quotes come before flagged ones."""
+    flagged = payload.get("f")
+    if flagged not in (0, 1) or isinstance(flagged, bool):
+        raise InvalidCursor("cursor has no valid quality part")
+    if flagged:
+        return and_(_FLAGGED, after)
+    return or_(_FLAGGED, and_(CurrentQuote.quality.is_(None), after))
 
 
 class TotalsCache(Protocol):

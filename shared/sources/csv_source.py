@@ -250,7 +250,8 @@ class _LineReader:
         """
         batch = Batch(self.key, checkpoint)
         hashes: list[str] = []
-        blocks: dict[str, tuple[tuple[str, str, str | None], list[str], list[str]]] = {}
+        blocks: dict[str, tuple[tuple[str, str, str | None], list[str], list[str],
+                                list[str]]] = {}
         slow: list[tuple[int, str, str]] = []
         fast, dates, identities = self.fast, self.dates, self.identities
         hash_base, quote_prefix = self.hash_base, self.quote_prefix
@@ -280,7 +281,7 @@ class _LineReader:
                     sid = identity[0]
                     entry = blocks.get(sid)
                     if entry is None:
-                        entry = blocks[sid] = (identity, [], [])
+                        entry = blocks[sid] = (identity, [], [], [])
                     # QUOTE_COPY_COLUMNS from observed_at on; inline for speed (see
                     # shared.copy_format): price_usd and close_usd are both Close.
                     entry[1].append(
@@ -288,6 +289,8 @@ class _LineReader:
                         f"{open_}\t{high}\t{low}\t{close}{_HASH_CELL}{hex_hash}\n"
                     )
                     entry[2].append(stamp)
+                    # The price's text, for the jump check (shared.quality_batch).
+                    entry[3].append(close)
                     continue
             slow.append((line_no, text, hex_hash))
         self._fill(batch, lines, hashes, blocks)
@@ -297,7 +300,8 @@ class _LineReader:
 
     def _fill(
         self, batch: Batch, lines: list[tuple[int, str]], hashes: list[str],
-        blocks: dict[str, tuple[tuple[str, str, str | None], list[str], list[str]]],
+        blocks: dict[str, tuple[tuple[str, str, str | None], list[str], list[str],
+                                list[str]]],
     ) -> None:
         """Set the batch's raw lines and quote blocks; keep the per-file caches bounded."""
         if len(self.dates) > _CACHE_LIMIT:
@@ -308,8 +312,8 @@ class _LineReader:
                                     "\n".join([text for _, text in lines]),
                                     bytes.fromhex("".join(hashes)))
         batch.quote_blocks = [
-            QuoteBlock(sid, symbol, name, "".join(rows), len(rows), stamps)
-            for (sid, symbol, name), rows, stamps in blocks.values()
+            QuoteBlock(sid, symbol, name, "".join(rows), len(rows), stamps, prices)
+            for (sid, symbol, name), rows, stamps, prices in blocks.values()
         ]
 
     def _parse_slow(self, batch: Batch, lines: list[tuple[int, str, str]]) -> None:

@@ -54,13 +54,19 @@ def _key(row: dict[str, Any], field: str) -> Any:
 
 def _expected_order(rows: list[dict[str, Any]], field: str, descending: bool
                     ) -> list[tuple[int, str]]:
-    """(asset_id, source) in `field` order, NULLs last, ties by (asset_id, source) ascending."""
+    """(asset_id, source) in `field` order, NULLs last, ties by (asset_id, source) ascending.
+
+    By a money field, clean quotes come first, then flagged ones (docs/quality.md).
+    """
     present = [r for r in rows if r[field] is not None]
     absent = [r for r in rows if r[field] is None]
     present.sort(key=lambda r: (r["asset_id"], r["source"]))
     present.sort(key=lambda r: _key(r, field), reverse=descending)  # stable: keeps tiebreak
     absent.sort(key=lambda r: (r["asset_id"], r["source"]))
-    return [(r["asset_id"], r["source"]) for r in present + absent]
+    ordered = present + absent
+    if field in ("price_usd", "market_cap_usd", "volume_24h_usd"):
+        ordered.sort(key=lambda r: r["quality"]["status"] != "ok")  # stable as well
+    return [(r["asset_id"], r["source"]) for r in ordered]
 
 
 def test_records_keep_their_fields_and_exact_upstream_decimals(loaded: Loaded) -> None:
@@ -70,7 +76,7 @@ def test_records_keep_their_fields_and_exact_upstream_decimals(loaded: Loaded) -
     for record in body["data"]:
         assert set(record) == {
             "asset_id", "symbol", "name", "source", "source_asset_id", "price_usd",
-            "market_cap_usd", "volume_24h_usd", "rank", "observed_at"}
+            "market_cap_usd", "volume_24h_usd", "rank", "observed_at", "quality"}
         assert record["observed_at"].endswith("+00:00")
     with loaded.engine.connect() as conn:
         payloads = conn.execute(text(
@@ -176,14 +182,26 @@ def test_asset_detail_with_source_ids_quotes_and_consensus(loaded: Loaded) -> No
     prices = [Decimal(q["price_usd"]) for q in body["quotes"]]
     assert [q["source"] for q in body["quotes"]] == ["coingecko", "coinpaprika", "csv"]
     consensus = body["consensus"]
+    # The recorded CoinPaprika page is from 2022, CoinGecko's from 2025, the CSV's last close
+    # from 2026: years apart is not a disagreement. Only the freshest is in the window.
+    assert consensus["sources"] == ["csv"] and consensus["single_source"] is True
+    assert consensus["disagree"] is False
+    assert consensus["price_usd"] == body["quotes"][2]["price_usd"]
+    assert [(e["source"], e["reason"]) for e in consensus["excluded"]] == [
+        ("coingecko", "out_of_window"), ("coinpaprika", "out_of_window")]
+    assert consensus["threshold"] == loaded.settings.consensus_disagreement_share
+    # A window of decades takes all three: then they disagree.
+    from api import create_app
+
+    wide = replace(loaded.settings, consensus_window_seconds=10**10)
+    consensus = create_app({"TESTING": True}, settings=wide).test_client().get(
+        "/data/bitcoin").get_json()["consensus"]
     median = statistics.median(prices)
     assert Decimal(consensus["price_usd"]) == median
     assert Decimal(consensus["min_price_usd"]) == min(prices)
     assert Decimal(consensus["max_price_usd"]) == max(prices)
     assert consensus["spread"] == pytest.approx(float((max(prices) - min(prices)) / median))
-    # The recorded CoinPaprika page is from 2022, CoinGecko's from 2025: they disagree.
     assert consensus["disagree"] is True
-    assert consensus["threshold"] == loaded.settings.consensus_disagreement_share
     assert consensus["sources"] == ["coingecko", "coinpaprika", "csv"]
 
     # The same asset by id and by slug in any case.
@@ -194,7 +212,8 @@ def test_asset_detail_with_source_ids_quotes_and_consensus(loaded: Loaded) -> No
 def test_consensus_threshold_comes_from_settings(loaded: Loaded) -> None:
     from api import create_app
 
-    tolerant = replace(loaded.settings, consensus_disagreement_share=1000.0)
+    tolerant = replace(loaded.settings, consensus_disagreement_share=1000.0,
+                       consensus_window_seconds=10**10)
     client = create_app({"TESTING": True}, settings=tolerant).test_client()
     consensus = client.get("/data/bitcoin").get_json()["consensus"]
     assert consensus["disagree"] is False and consensus["threshold"] == 1000.0

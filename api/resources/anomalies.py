@@ -1,0 +1,32 @@
+"""GET /anomalies: run anomalies (counts, durations, failure streaks, drift) and flagged quotes."""
+from __future__ import annotations
+
+from typing import Any
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from api.anomaly_schemas import AnomaliesArgsSchema, AnomaliesEnvelopeSchema
+from api.db import get_session
+from api.envelope import page_window, paged
+from shared.queries.anomalies import list_anomalies
+
+blp = Blueprint("anomalies", __name__, url_prefix="/anomalies",
+                description="Run and data anomalies, each with its evidence")
+
+
+@blp.route("")
+class AnomalyList(MethodView):
+    """Anomalies."""
+
+    @blp.arguments(AnomaliesArgsSchema, location="query")
+    @blp.response(200, AnomaliesEnvelopeSchema)
+    def get(self, args: dict[str, Any]) -> dict[str, Any]:
+        """List anomalies, newest first
+
+        Filter by `source`, `kind` and `since` (when recorded); page with `page`/`page_size`
+        or `cursor`. Each carries its evidence: the value, the baseline and the rule.
+        """
+        page = list_anomalies(get_session(), source=args.get("source"), kind=args.get("kind"),
+                              since=args.get("since"), **page_window(args))
+        return paged(page, args)

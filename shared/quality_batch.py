@@ -1,0 +1,190 @@
+"""Quality flags on the write path: batch flags stored with the quotes, outliers later.
+
+A batch's flags are computed where its quotes are rendered (shared.load.BatchWriter, in the
+read-ahead thread for CSV), stored sparsely in quote_flags in the batch's transaction, and
+published with the quote (shared.publish joins them into current_quotes.quality). Outliers
+need the other sources' quotes, so they are judged after the batch published, for the assets
+it touched. docs/quality.md gives the rules and costs.
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from datetime import datetime, timezone
+from typing import Any, NamedTuple, Sequence
+
+from sqlalchemy.orm import Session
+
+from shared.anomalies import Anomaly, quote_anomalies, record_anomalies
+from shared.quality import (
+    OUTLIER,
+    Flag,
+    QualityThresholds,
+    check_batch,
+    check_columns,
+    outlier_flags,
+    quality_of,
+)
+from shared.quality_store import previous_prices, store_flags
+from shared.records import Batch
+
+# (asset_id, observed_at, flags) of one flagged quote; observed_at as a datetime or ISO text.
+Flagged = tuple[int, Any, list[Flag]]
+
+
+def _iso(value: datetime) -> str:
+    # The CSV blocks' stamps are UTC isoformat() text; the previous quote's time must compare.
+    return value.astimezone(timezone.utc).isoformat()
+
+
+def _floats(texts: Sequence[str]) -> list[float | None]:
+    return list(map(float, texts))
+
+
+def batch_flags(cursor: Any, source: str, batch: Batch, assets: dict[str, int],
+                thresholds: QualityThresholds) -> list[Flagged]:
+    """The flagged quotes of a batch whose coins resolved to `assets` (one query for jumps).
+
+    CSV blocks (the fast path's lines) are checked for jumps, one call per coin over the
+    price column (times as ISO text): parsing the market cap and volume of every line too
+    would cost about 15% of ingest on this machine (docs/quality.md); lines of the general
+    path and API quotes get every check, as objects. An API page's quotes are judged stale
+    against the newest quote of the page (the upstream's own clock: a page recorded in 2022
+    is not stale as a whole, its coins hours behind the rest are), so a replayed page judges
+    as it did live.
+    """
+    ids = {assets[b.source_asset_id] for b in batch.quote_blocks if b.prices}
+    ids.update(assets[q.source_asset_id] for q in batch.quotes)
+    if not ids:
+        return []
+    previous = previous_prices(cursor, source, ids)
+    found: list[Flagged] = []
+    for block in batch.quote_blocks:
+        if not block.prices:
+            continue
+        asset_id = assets[block.source_asset_id]
+        prev = previous.get(asset_id)
+        flags = check_columns(
+            source, [asset_id] * block.rows, block.stamps, _floats(block.prices), thresholds,
+            previous={asset_id: (_iso(prev[0]), prev[1])} if prev else None)
+        found.extend((asset_id, block.stamps[i], f) for i, f in flags.items())
+    if batch.quotes:
+        quotes = batch.quotes
+        fetched_at = max(q.observed_at for q in quotes)
+        flags = check_batch(source, quotes, fetched_at, thresholds, previous=previous,
+                            key=lambda q: assets[q.source_asset_id])
+        found.extend((assets[quotes[i].source_asset_id], quotes[i].observed_at, f)
+                     for i, f in flags.items())
+    return found
+
+
+# A batch's flagged quotes in one statement: their flags into quote_flags (a re-check replaces
+# them) and one data anomaly per flag (shared.anomalies.quote_anomalies' shape and key), sent
+# as arrays and one JSON document so that a file with many flagged rows costs one round trip
+# and no per-row Python beyond building the flags.
+_STORE_BATCH_FLAGS = """
+WITH v AS (
+    SELECT u.a, u.t, u.k, j.fl
+    FROM unnest(%(assets)s::bigint[], %(times)s::timestamptz[], %(keys)s::text[])
+        WITH ORDINALITY AS u(a, t, k, n)
+    JOIN jsonb_array_elements(%(flags)s::jsonb) WITH ORDINALITY AS j(fl, m) ON j.m = u.n
+), stored AS (
+    INSERT INTO quote_flags AS f (asset_id, source, observed_at, flags)
+    SELECT a, %(source)s, t, fl FROM v
+    ON CONFLICT (asset_id, source, observed_at) DO UPDATE SET flags = excluded.flags
+    WHERE f.flags IS DISTINCT FROM excluded.flags
+)
+INSERT INTO anomalies (kind, source, key, run_id, observed_at, evidence)
+SELECT e->>'flag', %(source)s, v.k, %(run)s, v.t,
+    jsonb_build_object('asset_id', v.a, 'reason', e->>'reason') || (e->'evidence')
+FROM v CROSS JOIN LATERAL jsonb_array_elements(v.fl) AS e
+ON CONFLICT (kind, source, key) DO NOTHING
+"""
+
+
+def _stamp(value: Any) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def store_batch_flags(cursor: Any, source: str, run_id: int | None,
+                      flagged: Sequence[Flagged]) -> int:
+    """Store a batch's flags and report each flag as a data anomaly; returns new anomalies."""
+    if not flagged:
+        return 0
+    # One entry per quote key (a repeated line must not upsert its quote twice in one statement).
+    unique = {(a, _stamp(t)): (a, t, f) for a, t, f in flagged}
+    cursor.execute(_STORE_BATCH_FLAGS, {
+        "source": source, "run": run_id,
+        "assets": [a for a, _ in unique],
+        "times": [t for _, t in unique],
+        "keys": [f"quote:{a}:{t}" for a, t in unique],
+        "flags": json.dumps([f for _, _, f in unique.values()], separators=(",", ":")),
+    })
+    return int(cursor.rowcount)
+
+
+class _Current(NamedTuple):
+    asset_id: int
+    source: str
+    observed_at: datetime
+    price_usd: Any
+    quality: dict[str, Any] | None
+
+
+# The current quotes of the touched assets that have at least three sources (an outlier needs
+# two others to be judged against).
+_CURRENT_OF_SHARED = """
+SELECT asset_id, source, observed_at, price_usd, quality FROM current_quotes
+WHERE asset_id IN (
+    SELECT asset_id FROM current_quotes WHERE asset_id = ANY(%(assets)s::bigint[])
+    GROUP BY asset_id HAVING count(*) >= 3)
+ORDER BY asset_id, source
+"""
+_SET_QUALITY = """
+UPDATE current_quotes SET quality = %(quality)s::jsonb, updated_at = now()
+WHERE asset_id = %(asset)s AND source = %(source)s AND observed_at = %(at)s
+"""
+_DROP_FLAGS = """
+DELETE FROM quote_flags WHERE asset_id = %(asset)s AND source = %(source)s
+    AND observed_at = %(at)s
+"""
+
+
+def apply_outliers(session: Session, cursor: Any, asset_ids: Sequence[int],
+                   thresholds: QualityThresholds) -> int:
+    """Judge outliers among the current quotes of these assets; returns quotes changed.
+
+    A quote's outlier flag is recomputed from scratch (its other flags kept): a quote that was
+    an outlier is cleared once the others agree with it again. Runs after the batch published,
+    in its transaction, so current_quotes and quote_flags change together.
+    """
+    if not asset_ids:
+        return 0
+    cursor.execute(_CURRENT_OF_SHARED, {"assets": sorted(set(asset_ids))})
+    by_asset: dict[int, list[_Current]] = defaultdict(list)
+    for row in cursor.fetchall():
+        by_asset[int(row[0])].append(_Current(*row))
+    changed = 0
+    found: list[Anomaly] = []
+    for quotes in by_asset.values():
+        kept = {q.source: [f for f in (q.quality or {}).get("flags", [])
+                           if f["flag"] != OUTLIER] for q in quotes}
+        outliers = outlier_flags(quotes, thresholds, kept)
+        for q in quotes:
+            flags = kept[q.source] + ([outliers[q.source]] if q.source in outliers else [])
+            new = quality_of(flags)
+            if new == q.quality:
+                continue
+            changed += 1
+            key = {"asset": q.asset_id, "source": q.source, "at": q.observed_at}
+            cursor.execute(_SET_QUALITY, {**key, "quality": None if new is None
+                                          else json.dumps(new, separators=(",", ":"))})
+            if flags:
+                store_flags(cursor, q.source, [(q.asset_id, q.observed_at, flags)])
+            else:
+                cursor.execute(_DROP_FLAGS, key)
+            if q.source in outliers:
+                found.extend(quote_anomalies(q.source, q.asset_id, q.observed_at,
+                                             [outliers[q.source]]))
+    record_anomalies(session, found)
+    return changed
