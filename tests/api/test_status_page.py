@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -152,3 +153,20 @@ def test_stats_show_sent_and_failed_notifications(
     assert [(n["status"], n["error"]) for n in body["recent"]] == [
         ("failed", "HTTP 500"), ("sent", None)]
     assert body["recent"][0]["detail"] == "coinpaprika: HTTP 401 from upstream"
+
+
+def test_status_with_the_broker_down_still_renders(
+        clean_db: Engine, base_env: dict[str, str]) -> None:
+    from api import create_app
+    from shared.config import load_settings
+
+    settings = load_settings({**base_env, "REDIS_URL": "redis://127.0.0.1:1/0"})
+    client = create_app({"TESTING": True, "HEALTH_WORKER_PING_TIMEOUT": 0.2},
+                        settings=settings).test_client()
+    started = time.perf_counter()
+    response = client.get("/status")  # rate limits swallow the dead Redis too
+    assert time.perf_counter() - started < 2.5
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    assert "workers online (broker not answering)" in html
+    assert "No run in the last 24 hours." in html
