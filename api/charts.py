@@ -159,17 +159,23 @@ def sparkline(values: Sequence[float], title: str, *, width: int = 120, height: 
 
 
 def status_grid(rows: Sequence[tuple[str, Sequence[Cell]]], title: str, *, cell: int = 14,
-                gap: int = 2, label_width: int = 100) -> str:
-    """A grid (one row per name, oldest cell first) of status-coloured boxes, linked if asked."""
+                gap: int = 2, label_width: int = 100, align_end: bool = False) -> str:
+    """A grid (one row per name, oldest cell first) of status-coloured boxes, linked if asked.
+
+    `label_width=0` leaves the names out (the page prints them beside a scrolling grid);
+    `align_end` ends every row at the right edge, so each row's newest boxes line up.
+    """
     columns = max((len(cells) for _, cells in rows), default=0)
     width = label_width + columns * (cell + gap) + gap
     height = len(rows) * (cell + gap) + gap + 4
     parts = _svg_open(width, height, title)
     for r, (name, cells) in enumerate(rows):
         y = gap + r * (cell + gap)
-        parts.append(f'<text x="0" y="{y + cell - 3}" {_FONT}>{escape(name)}</text>')
+        if label_width:
+            parts.append(f'<text x="0" y="{y + cell - 3}" {_FONT}>{escape(name)}</text>')
+        shift = columns - len(cells) if align_end else 0
         for c, box in enumerate(cells):
-            x = label_width + gap + c * (cell + gap)
+            x = label_width + gap + (shift + c) * (cell + gap)
             colour = STATUS_COLOURS.get(box.status, "#8c959f")
             rect = (f'<rect class="cell" data-status={quoteattr(box.status)} x="{x}" y="{y}" '
                     f'width="{cell}" height="{cell}" rx="2" fill="{colour}">'

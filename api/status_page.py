@@ -16,6 +16,8 @@ from shared.queries.status import quality_counts, run_trends, runs_since, top_as
 
 REFRESH_SECONDS = 30
 RECENT_NOTIFICATIONS = 10
+# The run grid's box and gap (px); the template's row labels use the same pitch.
+GRID_CELL, GRID_GAP = 12, 2
 
 
 def ago(at: datetime | None, now: datetime) -> str:
@@ -92,8 +94,11 @@ def status_context(session: Session, settings: Settings, now: datetime,
     return {
         "now": now, "now_stamp": stamp(now), "refresh_seconds": REFRESH_SECONDS,
         "overall": overall, "sources": sources,
+        # Names printed beside the grid, which scrolls; rows end together, newest on the right.
         "grid": Markup(status_grid(grid_rows, f"Runs of the last 24 hours: {runs_total}",
-                                   cell=12, gap=2)) if runs_total else None,
+                                   cell=GRID_CELL, gap=GRID_GAP, label_width=0,
+                                   align_end=True)) if runs_total else None,
+        "grid_names": names,
         "runs_total": runs_total,
         "grid_statuses": sorted({c.status for _, cells in grid_rows for c in cells}),
         "quality": quality_counts(session, day_ago),

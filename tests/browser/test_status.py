@@ -213,3 +213,39 @@ def test_index_links_to_the_status_page(stack: dict[str, Any], browser: Any) -> 
     browser.get(f"{stack['base']}/")
     browser.find_element(By.CSS_SELECTOR, 'a[href="/status"]').click()
     assert browser.find_element(By.TAG_NAME, "h1").text == "Pipeline status"
+
+
+def test_a_busy_day_opens_on_its_newest_runs(stack: dict[str, Any], browser: Any,
+                                             engine: Engine) -> None:
+    """A day at the 5-minute schedule (288 runs per source) overflows the grid: it opens
+    scrolled to the newest end, and the page itself does not scroll sideways."""
+    with engine.begin() as conn:
+        jobs = conn.execute(text(
+            "WITH j AS (INSERT INTO jobs (status, sources, trigger, created_at) "
+            "SELECT 'succeeded', ARRAY['coingecko', 'csv'], 'cli', "
+            "now() - i * interval '5 minutes' FROM generate_series(1, 287) AS i "
+            "RETURNING id, created_at) "
+            "INSERT INTO runs (job_id, source, status, created_at, started_at, finished_at) "
+            "SELECT j.id, s.source, CASE WHEN j.id % 17 = 0 THEN 'failed' ELSE 'succeeded' "
+            "END, j.created_at, j.created_at, j.created_at + interval '2 seconds' "
+            "FROM j CROSS JOIN unnest(ARRAY['coingecko', 'csv']) AS s(source) "
+            "RETURNING job_id")).scalars().all()
+    try:
+        browser.get(f"{stack['base']}/status?busy")  # its own cache entry
+        cells = browser.find_elements(By.CSS_SELECTOR, "svg a rect.cell")
+        assert len(cells) == 6 + 2 * 287
+        box = browser.find_element(By.CSS_SELECTOR, ".scroll")
+        visible = set(browser.execute_script(
+            "const b = arguments[0].getBoundingClientRect();"
+            "return Array.from(document.querySelectorAll('svg a rect.cell')).filter(c => {"
+            " const r = c.getBoundingClientRect(); return r.left >= b.left && r.right <= b.right;"
+            "}).map(c => c.parentNode.getAttribute('href'));", box))
+        # Rows end together: every source's newest run is in view, CoinPaprika's two too.
+        newest = {f"/runs/{r['id']}" for r in stack["jobs"][-1]["runs"]}
+        assert newest <= visible, sorted(visible)[-5:]
+        assert browser.execute_script(
+            "return document.documentElement.scrollWidth <= window.innerWidth")
+        save_screenshot(browser, "status_busy.png")
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM jobs WHERE id = ANY(:j)"), {"j": list(set(jobs))})
