@@ -89,3 +89,22 @@ def test_status_grid_cells_colours_and_links() -> None:
     assert all(a.get("aria-label") for a in links)
     # Row labels are readable text.
     assert [t.text for t in root.findall("svg:text", NS)] == ["coingecko", "csv"]
+
+
+def test_status_grid_rows_end_together_without_names() -> None:
+    svg = status_grid([("long", [Cell("succeeded", "a")] * 4), ("short", [Cell("failed", "b")])],
+                      "runs", cell=10, gap=2, label_width=0, align_end=True)
+    root = ET.fromstring(svg)
+    xs = {rect.get("data-status"): [float(r.get("x") or 0) for r in root.iter(
+        "{http://www.w3.org/2000/svg}rect") if r.get("data-status") == rect.get("data-status")]
+        for rect in root.iter("{http://www.w3.org/2000/svg}rect")}
+    assert max(xs["succeeded"]) == xs["failed"][0] == 2 + 3 * 12  # both rows end in column 4
+    assert not list(root.iter("{http://www.w3.org/2000/svg}text"))  # names left to the page
+
+
+def test_one_point_series_is_drawn_as_a_dot() -> None:
+    svg = line_chart([Series("one", [(1.0, 5.0)]), Series("two", [(0.0, 1.0), (2.0, 9.0)])],
+                     "t", x_is_time=False)
+    dots = [c for c in ET.fromstring(svg).iter("{http://www.w3.org/2000/svg}circle")
+            if c.get("class") == "point"]
+    assert len(dots) == 1
