@@ -143,6 +143,13 @@ def test_a_doctored_csv_quote_20_percent_off_is_an_outlier(
     assert consensus["sources"] == ["coingecko", "coinpaprika"]
     assert consensus["disagree"] is False
     assert consensus["excluded"][0]["reason"] == "flagged"
+    # Identity: the flagged CSV quote stays on the one bitcoin asset, beside the clean ones.
+    with clean_db.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT a.slug, c.source FROM current_quotes c JOIN assets a ON a.id = c.asset_id "
+            "WHERE a.symbol = 'BTC' ORDER BY c.source")).all()
+    assert [tuple(r) for r in rows] == [("bitcoin", "coingecko"), ("bitcoin", "coinpaprika"),
+                                        ("bitcoin", "csv")]
 
 
 def test_a_csv_price_jumping_100x_overnight_is_a_jump_in_data_and_history(
