@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import Engine, text
@@ -95,6 +96,13 @@ def test_asset_page_charts_sources_consensus_and_flags(
     assert slug.status_code == 200 and "Bitcoin (BTC)" in slug.get_data(as_text=True)
     custom = client.get(f"/status/assets/{btc}?since=2020-01-01&until=2020-03-01")
     assert custom.status_code == 200 and "(custom range)" in custom.get_data(as_text=True)
+    with clean_db.connect() as conn:
+        newest = conn.execute(text("SELECT max(observed_at) FROM quotes WHERE asset_id = :a"),
+                              {"a": btc}).scalar_one()
+    since = quote((newest + timedelta(days=1)).isoformat())
+    empty = client.get(f"/status/assets/{btc}?since={since}")
+    page = empty.get_data(as_text=True)
+    assert empty.status_code == 200 and "No price in this range" in page and ">no data<" in page
 
 
 @pytest.mark.parametrize(("query", "field"), [
