@@ -10,6 +10,7 @@ from shared import task_names
 from shared.config import get_settings
 from shared.db import get_engine, unit_of_work
 from shared.notify import evaluate, send_notification
+from shared.notify.slot import SendSlot
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +18,8 @@ SEND_MAX_RETRIES = 4
 # Short limits: a hung receiver costs one worker slot this long at most.
 SEND_SOFT_TIME_LIMIT = 30
 SEND_TIME_LIMIT = 40
+# A send that finds the slot taken comes back this much later (a delayed message, no child).
+DEFER_SECONDS = 2
 
 
 @shared_task(name=task_names.NOTIFY_EVALUATE, acks_late=True, ignore_result=True)
@@ -33,10 +36,21 @@ def notify_evaluate() -> list[int]:
 @shared_task(bind=True, name=task_names.NOTIFY_SEND, acks_late=True, ignore_result=True,
              max_retries=SEND_MAX_RETRIES, soft_time_limit=SEND_SOFT_TIME_LIMIT,
              time_limit=SEND_TIME_LIMIT)
-def notify_send(self: Task, notification_id: int) -> str:
-    """Send one notification; retry with backoff while the target fails transiently."""
-    result = send_notification(get_engine(), int(notification_id), get_settings())
-    if result.retry and self.request.retries < SEND_MAX_RETRIES:
+def notify_send(self: Task, notification_id: int, failures: int = 0) -> str:
+    """Send one notification in the cluster's one send slot (shared.notify.slot); retry with
+    backoff while the target fails transiently (`failures`: attempts that failed so far)."""
+    settings = get_settings()
+    slot = SendSlot(settings, expire_seconds=SEND_TIME_LIMIT)
+    if not slot.acquire():
+        slot.release()
+        self.apply_async((notification_id,), {"failures": failures}, countdown=DEFER_SECONDS)
+        return "deferred"
+    try:
+        result = send_notification(get_engine(), int(notification_id), settings)
+    finally:
+        slot.release()
+    if result.retry and failures < SEND_MAX_RETRIES:
         # 5 s, 10 s, 20 s, 40 s: the row says `failed` meanwhile, `sent` once through.
-        raise self.retry(countdown=5 * 2 ** self.request.retries)
+        self.apply_async((notification_id,), {"failures": failures + 1},
+                         countdown=5 * 2 ** failures)
     return result.status
