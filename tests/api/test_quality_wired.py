@@ -217,3 +217,25 @@ def test_run_anomalies_are_recorded_when_a_job_closes_once_each(
     assert gecko["anomalies"] == {"duration_high": 1, "failure_streak": 1, "inserted_low": 1}
     metrics = client.get("/metrics").get_data(as_text=True)
     assert 'kasparro_anomalies_total{kind="inserted_low",source="coingecko"} 1.0' in metrics
+
+
+def test_2025_page_coins_hours_behind_their_page_are_stale_the_rest_clean(
+        clean_db: Engine, base_env: dict[str, str], tmp_path: Path) -> None:
+    server = ReplayUpstream().start()
+    try:
+        settings = replay_settings(base_env, _csv_dir(tmp_path, ""), server)
+        run_sources(clean_db, settings, ["coingecko"])
+    finally:
+        server.stop()
+    client = _app(settings)
+    flagged = client.get("/data?quality=flagged&source=coingecko&page_size=500").get_json()
+    stale = {r["source_asset_id"]: r["quality"]["flags"] for r in flagged["data"]
+             if "stale" in {f["flag"] for f in r["quality"]["flags"]}}
+    assert set(stale) == {"hashnote-usyc", "resolv-wstusr"}
+    evidence = next(f for f in stale["resolv-wstusr"] if f["flag"] == "stale")["evidence"]
+    assert evidence["age_seconds"] > 86400 and evidence["threshold_seconds"] == 3600
+    detail = client.get("/data/bitcoin").get_json()
+    assert [q["quality"] for q in detail["quotes"]] == [{"status": "ok", "flags": []}]
+    assert detail["consensus"]["single_source"] is True
+    found = client.get("/anomalies?kind=stale").get_json()
+    assert found["pagination"]["total"] == 2
