@@ -9,6 +9,7 @@ it touched. docs/quality.md gives the rules and costs.
 from __future__ import annotations
 
 import json
+import statistics
 from collections import defaultdict
 from datetime import datetime, timezone
 from typing import Any, NamedTuple, Sequence
@@ -49,9 +50,10 @@ def batch_flags(cursor: Any, source: str, batch: Batch, assets: dict[str, int],
     price column (times as ISO text): parsing the market cap and volume of every line too
     would cost about 15% of ingest on this machine (docs/quality.md); lines of the general
     path and API quotes get every check, as objects. An API page's quotes are judged stale
-    against the newest quote of the page (the upstream's own clock: a page recorded in 2022
-    is not stale as a whole, its coins hours behind the rest are), so a replayed page judges
-    as it did live.
+    against the page's own clock, the median of its quotes' times (at most now): a page
+    recorded in 2022 is not stale as a whole, its coins hours behind the rest are, so a
+    replayed page judges as it did live; one coin dated in the future cannot make the rest
+    of its page stale.
     """
     ids = {assets[b.source_asset_id] for b in batch.quote_blocks if b.prices}
     ids.update(assets[q.source_asset_id] for q in batch.quotes)
@@ -70,7 +72,8 @@ def batch_flags(cursor: Any, source: str, batch: Batch, assets: dict[str, int],
         found.extend((asset_id, block.stamps[i], f) for i, f in flags.items())
     if batch.quotes:
         quotes = batch.quotes
-        fetched_at = max(q.observed_at for q in quotes)
+        fetched_at = min(statistics.median_high(q.observed_at for q in quotes),
+                         datetime.now(timezone.utc))
         flags = check_batch(source, quotes, fetched_at, thresholds, previous=previous,
                             key=lambda q: assets[q.source_asset_id])
         found.extend((assets[quotes[i].source_asset_id], quotes[i].observed_at, f)
