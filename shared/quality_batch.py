@@ -82,9 +82,12 @@ def batch_flags(cursor: Any, source: str, batch: Batch, assets: dict[str, int],
 
 
 # A batch's flagged quotes in one statement: their flags into quote_flags (a re-check replaces
-# them) and one data anomaly per flag (shared.anomalies.quote_anomalies' shape and key), sent
-# as arrays and one JSON document so that a file with many flagged rows costs one round trip
-# and no per-row Python beyond building the flags.
+# them) and the data anomalies, sent as arrays and one JSON document so that a file with many
+# flagged rows costs one round trip and no per-row Python beyond building the flags. One
+# anomaly per flag kind and asset of the batch, keyed and shaped like its first flagged quote's
+# (shared.anomalies.quote_anomalies) plus how many of the batch's quotes of that asset carry
+# the flag and the last one's time: a coin with a thousand bad rows is one line of
+# /anomalies, not a thousand.
 _STORE_BATCH_FLAGS = """
 WITH v AS (
     SELECT u.a, u.t, u.k, j.fl
@@ -98,9 +101,16 @@ WITH v AS (
     WHERE f.flags IS DISTINCT FROM excluded.flags
 )
 INSERT INTO anomalies (kind, source, key, run_id, observed_at, evidence)
-SELECT e->>'flag', %(source)s, v.k, %(run)s, v.t,
-    jsonb_build_object('asset_id', v.a, 'reason', e->>'reason') || (e->'evidence')
-FROM v CROSS JOIN LATERAL jsonb_array_elements(v.fl) AS e
+SELECT DISTINCT ON (kind, a) kind, %(source)s, k, %(run)s, t,
+    jsonb_build_object('asset_id', a, 'reason', e->>'reason', 'quotes', n, 'last_observed_at', last)
+        || (e->'evidence')
+FROM (
+    SELECT e->>'flag' AS kind, v.a, v.k, v.t, e,
+        count(*) OVER (PARTITION BY e->>'flag', v.a) AS n,
+        max(v.t) OVER (PARTITION BY e->>'flag', v.a) AS last
+    FROM v CROSS JOIN LATERAL jsonb_array_elements(v.fl) AS e
+) per_flag
+ORDER BY kind, a, t
 ON CONFLICT (kind, source, key) DO NOTHING
 """
 

@@ -156,19 +156,23 @@ def test_a_csv_price_jumping_100x_overnight_is_a_jump_in_data_and_history(
         clean_db: Engine, base_env: dict[str, str], tmp_path: Path) -> None:
     rows = "".join(
         f"{n},Jumpcoin,JMP,2021-01-0{n} 23:59:59,2,1,1,{price},10,{price}00\n"
-        for n, price in ((1, "1.0"), (2, "1.05"), (3, "105.0")))
+        for n, price in ((1, "1.0"), (2, "1.05"), (3, "105.0"), (4, "1.1")))
     settings = load_settings({**base_env, "CSV_DIR": str(_csv_dir(tmp_path, rows))})
     run_sources(clean_db, settings, ["csv"])
     client = _app(settings)
     record = client.get("/data?symbol=JMP").get_json()["data"][0]
     assert record["quality"]["status"] == "flagged"
     assert record["quality"]["flags"][0]["flag"] == "jump"
-    assert record["quality"]["flags"][0]["evidence"]["factor"] >= 100
+    assert record["quality"]["flags"][0]["evidence"]["factor"] > 95  # back down: 105 -> 1.1
     history = client.get(f"/data/{record['asset_id']}/history?since=2021-01-01T00:00:00Z"
                          "&until=2021-01-31T00:00:00Z").get_json()["data"]
-    assert [h["quality"]["status"] for h in history] == ["flagged", "ok", "ok"]
-    kinds = client.get("/anomalies?source=csv").get_json()["data"]
-    assert [a["kind"] for a in kinds] == ["jump"]
+    assert [h["quality"]["status"] for h in history] == ["flagged", "flagged", "ok", "ok"]
+    up = history[1]["quality"]["flags"][0]["evidence"]
+    assert abs(up["factor"] - 100) < 1e-9 and up["previous_price_usd"] == 1.05
+    # One anomaly for the coin's jumps in this batch: the first, and how many there were.
+    found = client.get("/anomalies?source=csv").get_json()["data"]
+    assert [(a["kind"], a["evidence"]["quotes"]) for a in found] == [("jump", 2)]
+    assert found[0]["observed_at"].startswith("2021-01-03")
 
 
 def test_run_anomalies_are_recorded_when_a_job_closes_once_each(
