@@ -35,17 +35,25 @@ def _init_cache(state: BlueprintSetupState) -> None:
         STATUS_CACHE_MAX_BYTES, STATUS_CACHE_MAX_ENTRIES, count_keys=True) if seconds else None
 
 
-def _cached(view: Callable[..., Response]) -> Callable[..., Response]:
-    """Serve the page from the cache of the current time slot, keyed by path, query and the
-    data version (a publish shows on the next request)."""
+View = Callable[..., Response]
 
+
+def _cached(by_query: bool) -> Callable[[View], View]:
+    """Serve the page from the cache of the current time slot, keyed by path, the data version
+    (a publish shows on the next request) and, `by_query`, the query string: a page that takes
+    no parameter ignores it, so junk query strings do not each cost a build."""
+    return functools.partial(_cache_view, by_query=by_query)
+
+
+def _cache_view(view: View, by_query: bool) -> View:
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Response:
         cache: VersionedCache | None = current_app.extensions.get("status_cache")
         if cache is None:
             return view(*args, **kwargs)
         slot = int(time.time() // current_app.config["STATUS_CACHE_SECONDS"])
-        key = (request.path, request.query_string, current_data_version())
+        query = request.query_string if by_query else b""
+        key = (request.path, query, current_data_version())
         html = cache.get(slot, key)
         if html is None:
             response = view(*args, **kwargs)
@@ -73,7 +81,7 @@ def _broker() -> dict[str, Any]:
 
 
 @blp.get("")
-@_cached
+@_cached(by_query=False)
 def status() -> Response:
     """Sources against their objectives, the last day's runs, quality, workers, notifications."""
     now = datetime.now(timezone.utc)
@@ -112,7 +120,7 @@ def _window(now: datetime) -> tuple[str, datetime | None, datetime]:
 
 
 @blp.get("/assets/<string:asset>")
-@_cached
+@_cached(by_query=True)
 def asset_status(asset: str) -> Response:
     """An asset's price per source over a range, consensus dashed, flagged points ringed."""
     now = datetime.now(timezone.utc)

@@ -130,6 +130,7 @@ def test_page_is_cached_briefly_per_data_version(
         conn.execute(text("INSERT INTO runs (job_id, source, status) VALUES (:j, 'csv', "
                           "'queued')"), {"j": job})
     assert client.get("/status").get_data() == first
+    assert client.get("/status?junk=1").get_data() == first  # no parameter: one entry
     uncached = _client(api_settings, STATUS_CACHE_SECONDS=0).get("/status").get_data()
     assert uncached.count(b'class="cell"') == first.count(b'class="cell"') + 1
 
