@@ -172,8 +172,8 @@ class BatchWriter:
             self._write_drift(cursor, batch)
         _end_batch(cursor, self.source, self.run_id, batch, previous_checkpoint,
                    prepared.asset_ids if prepared is not None else set(), result)
-        if result.inserted and prepared is not None:
-            apply_outliers(session, cursor, sorted(prepared.asset_ids), self.thresholds)
+        if result.inserted and prepared is not None and prepared.outlier_assets:
+            apply_outliers(session, cursor, prepared.outlier_assets, self.thresholds)
         return result
 
     def prepare(self, engine: Engine, batch: Batch) -> Batch:
@@ -265,9 +265,10 @@ class BatchWriter:
         for q in batch.quotes:
             stamp = q.observed_at.isoformat()
             cover(assets[q.source_asset_id], stamp, stamp)
-        flags = batch_flags(session.connection().connection.cursor(), self.source, batch,
-                            assets, self.thresholds)
-        return PreparedQuotes("".join(parts).encode(), spans, flags)
+        quality = batch_flags(session.connection().connection.cursor(), self.source, batch,
+                              assets, self.thresholds)
+        return PreparedQuotes("".join(parts).encode(), spans, quality.flags,
+                              quality.outlier_assets)
 
 
 # Whether a stored quote of this source falls in one of the batch's per-asset time spans: one

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import defaultdict
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, NamedTuple, Sequence
 
@@ -26,7 +27,7 @@ from shared.quality import (
     outlier_flags,
     quality_of,
 )
-from shared.quality_store import previous_prices, store_flags
+from shared.quality_store import store_flags
 from shared.records import Batch
 
 # (asset_id, observed_at, flags) of one flagged quote; observed_at as a datetime or ISO text.
@@ -42,9 +43,32 @@ def _floats(texts: Sequence[str]) -> list[float | None]:
     return list(map(float, texts))
 
 
+# Per asset of a batch, one query: the source's published quote (the previous quote a jump is
+# judged against) and how many other sources have a priced quote (an outlier needs two).
+_PREVIOUS_AND_OTHERS = """
+SELECT asset_id,
+    max(observed_at) FILTER (WHERE source = %(source)s AND price_usd IS NOT NULL),
+    max(price_usd) FILTER (WHERE source = %(source)s),
+    count(*) FILTER (WHERE source <> %(source)s AND price_usd IS NOT NULL)
+FROM current_quotes WHERE asset_id = ANY(%(assets)s::bigint[])
+GROUP BY asset_id
+"""
+
+
+@dataclass(frozen=True)
+class BatchQuality:
+    """A batch's flagged quotes, and the assets whose outliers to judge after it publishes."""
+
+    flags: list[Flagged] = field(default_factory=list)
+    # Assets that two other sources quote: only there can an outlier be told. Found before
+    # the batch's turn (the read-ahead thread), so a batch of assets no other source has
+    # spends nothing on outliers while batches wait for its commit.
+    outlier_assets: list[int] = field(default_factory=list)
+
+
 def batch_flags(cursor: Any, source: str, batch: Batch, assets: dict[str, int],
-                thresholds: QualityThresholds) -> list[Flagged]:
-    """The flagged quotes of a batch whose coins resolved to `assets` (one query for jumps).
+                thresholds: QualityThresholds) -> BatchQuality:
+    """The flagged quotes of a batch whose coins resolved to `assets` (one query).
 
     CSV blocks (the fast path's lines) are checked for jumps, one call per coin over the
     price column (times as ISO text): parsing the market cap and volume of every line too
@@ -55,11 +79,19 @@ def batch_flags(cursor: Any, source: str, batch: Batch, assets: dict[str, int],
     replayed page judges as it did live; one coin dated in the future cannot make the rest
     of its page stale.
     """
-    ids = {assets[b.source_asset_id] for b in batch.quote_blocks if b.prices}
+    # `assets` is the run's whole identity cache: only this batch's coins are looked up.
+    ids = {assets[b.source_asset_id] for b in batch.quote_blocks}
     ids.update(assets[q.source_asset_id] for q in batch.quotes)
     if not ids:
-        return []
-    previous = previous_prices(cursor, source, ids)
+        return BatchQuality()
+    cursor.execute(_PREVIOUS_AND_OTHERS, {"source": source, "assets": sorted(ids)})
+    previous: dict[int, tuple[datetime, float]] = {}
+    shared: list[int] = []
+    for asset_id, at, price, others in cursor.fetchall():
+        if at is not None and price is not None:
+            previous[int(asset_id)] = (at, float(price))
+        if others >= 2:
+            shared.append(int(asset_id))
     found: list[Flagged] = []
     for block in batch.quote_blocks:
         if not block.prices:
@@ -78,7 +110,7 @@ def batch_flags(cursor: Any, source: str, batch: Batch, assets: dict[str, int],
                             key=lambda q: assets[q.source_asset_id])
         found.extend((assets[quotes[i].source_asset_id], quotes[i].observed_at, f)
                      for i, f in flags.items())
-    return found
+    return BatchQuality(found, sorted(shared))
 
 
 # A batch's flagged quotes in one statement: their flags into quote_flags (a re-check replaces
@@ -169,7 +201,9 @@ def apply_outliers(session: Session, cursor: Any, asset_ids: Sequence[int],
 
     A quote's outlier flag is recomputed from scratch (its other flags kept): a quote that was
     an outlier is cleared once the others agree with it again. Runs after the batch published,
-    in its transaction, so current_quotes and quote_flags change together.
+    in its transaction, so current_quotes and quote_flags change together. The caller passes
+    BatchQuality.outlier_assets; an asset whose third source commits in between is judged by
+    that source's own batch, or at the next publish touching it.
     """
     if not asset_ids:
         return 0

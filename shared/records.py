@@ -108,6 +108,8 @@ class PreparedQuotes:
     spans: dict[int, tuple[str, str]]
     # (asset_id, observed_at, flags) of the batch's flagged quotes (shared.quality_batch).
     flags: list[tuple[int, Any, list[dict[str, Any]]]] = field(default_factory=list)
+    # Assets two other sources quote: their outliers are judged after the batch publishes.
+    outlier_assets: list[int] = field(default_factory=list)
 
     @property
     def asset_ids(self) -> set[int]:

@@ -27,7 +27,7 @@ def test_a_future_dated_coin_does_not_make_its_page_stale(clean_db: Engine) -> N
     assets = {q.source_asset_id: n for n, q in enumerate(quotes, 1)}
     with Session(clean_db) as session:
         cursor = session.connection().connection.cursor()
-        found = batch_flags(cursor, "coingecko", batch, assets, QualityThresholds())
+        found = batch_flags(cursor, "coingecko", batch, assets, QualityThresholds()).flags
     assert [(a, [f["flag"] for f in flags]) for a, _, flags in found] == [
         (assets["behind"], ["stale"])]
 
