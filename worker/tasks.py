@@ -60,9 +60,11 @@ def _extract(self: Task, run_id: int) -> dict[str, Any]:
 
 
 def _register_extract(source: str) -> None:
+    # `throws`: a failed run is an expected outcome, already logged by shared.runs with its
+    # detail; Celery records FAILURE and logs one INFO line instead of an ERROR traceback.
     shared_task(
         name=task_names.extract(source), bind=True, acks_late=True,
-        reject_on_worker_lost=True,
+        reject_on_worker_lost=True, throws=(ExtractFailed,),
     )(_extract)
 
 
