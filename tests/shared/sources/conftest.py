@@ -40,7 +40,7 @@ def make_settings(upstream: ReplayUpstream, **env: str) -> Settings:
         "REDIS_URL": REDIS_URL,
         "COINGECKO_BASE_URL": upstream.coingecko_base_url,
         "COINPAPRIKA_BASE_URL": upstream.coinpaprika_base_url,
-        "HTTP_TIMEOUT_SECONDS": "0.5",
+        "HTTP_TIMEOUT_SECONDS": "1.5",  # short, but not shorter than a loaded 2-core box needs
         "HTTP_MAX_RETRIES": "3",
         "HTTP_BACKOFF_MAX_SECONDS": "3",
         "COINGECKO_RATE_LIMIT": "1000",

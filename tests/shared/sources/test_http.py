@@ -125,7 +125,7 @@ def test_parse_retry_after_and_redact() -> None:
         ("500", {}),
         ("502", {}),
         ("503", {"retry_after": 0}),
-        ("slow", {"seconds": 2}),
+        ("slow", {"seconds": 4}),
         ("reset", {}),
         ("reset", {"after_bytes": 100}),
         ("truncated", {"fraction": 0.5}),
@@ -157,7 +157,7 @@ def test_transient_faults_are_retried_to_success(
     [
         ("503", {}, "HTTP 503"),
         ("502", {}, "HTTP 502 (HTML error page)"),
-        ("slow", {"seconds": 2}, "no answer within 0.5s"),
+        ("slow", {"seconds": 4}, "no answer within 1.5s"),
         ("reset", {}, "connection broken"),
         ("truncated", {}, "connection broken"),
         ("malformed", {}, "invalid JSON"),
