@@ -19,10 +19,11 @@ from api.schemas import (
     DataArgsSchema,
     DataEnvelopeSchema,
     ErrorSchema,
-    HistoryArgsSchema,
     HistoryEnvelopeSchema,
     quote_record,
 )
+from api.history_schemas import HistoryExportArgsSchema
+from api.resources.history import EXPORT_CONTENT, export_format, export_history
 from shared.queries.assets import asset_detail, asset_history, open_start_span
 from shared.queries.data import DataFilters, read_current_quotes
 
@@ -137,16 +138,20 @@ class DataDetail(MethodView):
 class DataHistory(MethodView):
     """An asset's time series."""
 
-    @blp.arguments(HistoryArgsSchema, location="query")
+    @blp.arguments(HistoryExportArgsSchema, location="query")
     @blp.response(200, HistoryEnvelopeSchema)
+    @blp.doc(responses={"200": {"content": EXPORT_CONTENT}})
     @blp.alt_response(404, schema=ErrorSchema, description="No such asset")
-    def get(self, args: dict[str, Any], asset: str) -> dict[str, Any]:
+    def get(self, args: dict[str, Any], asset: str) -> Any:
         """List an asset's quotes, newest first
 
         Filter by `source` and `since`/`until` (at most 366 days apart; an open `until`
         counts as now, an open `since` as the asset's first quote); page with
-        `page`/`page_size` or `cursor`.
+        `page`/`page_size` or `cursor`. `format=csv|ndjson` (or that Accept) streams every
+        quote of the range instead (the range cap then holds with an open since too).
         """
+        if export_format(args) is not None:
+            return export_history(asset, args)
         if args.get("until") and not args.get("since"):
             span = open_start_span(get_session(), asset, args.get("source"), args["until"])
             if span is not None and span > HISTORY_MAX_RANGE:

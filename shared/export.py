@@ -1,0 +1,127 @@
+"""Bulk export: rows streamed from a server-side cursor as CSV or NDJSON, exact and in UTC.
+
+Money is the stored NUMERIC's text (cast in SQL, never through a float); times are ISO 8601
+in UTC. Rows are read in chunks from a named (server-side) cursor and written a chunk at a
+time, so memory stays flat in the number of rows.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import datetime, timezone
+from typing import Any, Iterable, Iterator, Sequence
+
+from sqlalchemy import Connection, Engine, text
+
+from shared.queries.candles import CANDLE_FIELDS, CandleRange, candle_rows
+
+EXPORT_FORMATS = ("csv", "ndjson")
+MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson"}
+# Rows per fetch from the server-side cursor and per chunk written to the client.
+CHUNK_ROWS = 2000
+
+HISTORY_FIELDS = (
+    "asset_id", "source", "source_asset_id", "observed_at", "price_usd", "market_cap_usd",
+    "volume_24h_usd", "circulating_supply", "total_supply", "max_supply", "rank", "open_usd",
+    "high_usd", "low_usd", "close_usd", "run_id", "quality", "flags")
+_MONEY = ("price_usd", "market_cap_usd", "volume_24h_usd", "circulating_supply",
+          "total_supply", "max_supply")
+_OHLC = ("open_usd", "high_usd", "low_usd", "close_usd")
+
+# Same rows and order as GET /data/<asset>/history pages (newest first, ties by source desc),
+# read along the quotes primary key; flags from the sparse quote_flags table.
+_HISTORY_SQL = text(f"""
+SELECT q.asset_id, q.source, q.source_asset_id, q.observed_at,
+       {", ".join(f"CAST(q.{c} AS text)" for c in _MONEY)}, q.rank,
+       {", ".join(f"CAST(q.{c} AS text)" for c in _OHLC)}, q.run_id, f.flags
+FROM quotes q
+LEFT JOIN quote_flags f
+  ON f.asset_id = q.asset_id AND f.source = q.source AND f.observed_at = q.observed_at
+WHERE q.asset_id = :asset_id
+  AND (CAST(:source AS text) IS NULL OR q.source = :source)
+  AND q.observed_at >= :since AND q.observed_at <= :until
+ORDER BY q.observed_at DESC, q.source DESC
+""")
+
+
+def iso_utc(moment: datetime) -> str:
+    """ISO 8601 in UTC, as the JSON pages print times."""
+    return moment.astimezone(timezone.utc).isoformat()
+
+
+def _history_record(row: Sequence[Any]) -> dict[str, Any]:
+    values = list(row)
+    flags = values.pop()
+    record = dict(zip(HISTORY_FIELDS[:-2], values))
+    record["observed_at"] = iso_utc(record["observed_at"])
+    kinds = sorted({f.get("flag", "") for f in flags}) if flags else []
+    record["quality"] = "flagged" if kinds else "ok"
+    record["flags"] = ";".join(kinds)
+    return record
+
+
+def history_records(conn: Connection, asset_id: int, source: str | None,
+                    since: datetime, until: datetime) -> Iterator[dict[str, Any]]:
+    """Every quote of the range, newest first, read through a server-side cursor."""
+    result = conn.execution_options(stream_results=True, yield_per=CHUNK_ROWS).execute(
+        _HISTORY_SQL, {"asset_id": asset_id, "source": source, "since": since,
+                       "until": until})
+    for partition in result.partitions():
+        for row in partition:
+            yield _history_record(row)
+
+
+def candle_records(conn: Connection, span: CandleRange) -> Iterator[dict[str, Any]]:
+    """Every bucket of the range, oldest first; an empty bucket is a row with quotes = 0."""
+    streamed = conn.execution_options(stream_results=True, yield_per=CHUNK_ROWS)
+    expected, end = span.first, span.first + span.count * span.step
+    for candle in candle_rows(streamed, span, span.first, end):
+        start = datetime.fromisoformat(candle["bucket_start"])
+        while expected < start:
+            yield _empty_candle(expected, span)
+            expected += span.step
+        yield candle
+        expected = start + span.step
+    while expected < end:
+        yield _empty_candle(expected, span)
+        expected += span.step
+
+
+def _empty_candle(start: datetime, span: CandleRange) -> dict[str, Any]:
+    record: dict[str, Any] = dict.fromkeys(CANDLE_FIELDS)
+    record.update(bucket_start=start.isoformat(), bucket_end=(start + span.step).isoformat(),
+                  quotes=0)
+    return record
+
+
+def encode(fmt: str, fields: Sequence[str], records: Iterable[dict[str, Any]]
+           ) -> Iterator[bytes]:
+    """The records as CSV (header line first; null = empty field) or NDJSON, in chunks."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n") if fmt == "csv" else None
+    if writer is not None:
+        writer.writerow(fields)
+    count = 0
+    for record in records:
+        if writer is not None:
+            writer.writerow(["" if record.get(f) is None else record[f] for f in fields])
+        else:
+            buffer.write(json.dumps({f: record.get(f) for f in fields},
+                                    separators=(",", ":")))
+            buffer.write("\n")
+        count += 1
+        if count % CHUNK_ROWS == 0:
+            yield buffer.getvalue().encode()
+            buffer.seek(0)
+            buffer.truncate()
+    if buffer.tell():
+        yield buffer.getvalue().encode()
+
+
+def stream(engine: Engine, fmt: str, fields: Sequence[str], produce: Any) -> Iterator[bytes]:
+    """Encoded chunks of `produce(connection)`'s records; the connection lives as long."""
+    with engine.connect() as conn:
+        # REPEATABLE READ: one snapshot for the whole export, however long it streams.
+        conn.execution_options(isolation_level="REPEATABLE READ")
+        yield from encode(fmt, fields, produce(conn))

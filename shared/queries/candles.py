@@ -1,0 +1,172 @@
+"""OHLCV candles of one asset at one source, bucketed from its quotes, gaps reported.
+
+Convention: buckets start on multiples of the interval since 1970-01-01T00:00Z (so 1d is a UTC
+day, 4h starts at 00, 04, ... UTC); a bucket holds quotes with start <= observed_at < end.
+open = the first quote's price (its own open when the row carries OHLC), close = the last
+quote's price (its own close), high/low = max/min of the prices (of the rows' own high/low
+where they carry them), volume = the 24h volume of the bucket's last quote: sources give a
+rolling 24h volume, so summing a bucket's quotes would count the same trades many times.
+Money is the stored NUMERIC's text, never a float. Empty buckets are not filled: they are
+listed as gaps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterator
+
+from sqlalchemy import Connection, text
+from sqlalchemy.orm import Session
+
+from shared.queries.assets import first_observed, resolve_asset
+from shared.queries.paging import InvalidCursor, cursor_datetime, cursor_int, cursor_str
+from shared.queries.paging import decode_cursor, encode_cursor
+
+INTERVALS: dict[str, timedelta] = {
+    "1h": timedelta(hours=1), "4h": timedelta(hours=4), "1d": timedelta(days=1)}
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+CANDLE_FIELDS = ("bucket_start", "bucket_end", "open", "high", "low", "close", "volume",
+                 "quotes", "first_observed_at", "last_observed_at")
+
+# One statement per page: the WHERE is a range of the quotes primary key
+# (asset_id, source, observed_at), so the rows read are the page's, whatever the table's size.
+_CANDLES_SQL = text("""
+SELECT date_bin(CAST(:step AS interval), observed_at, TIMESTAMPTZ '1970-01-01 00:00:00+00')
+         AS bucket,
+       CAST((array_agg(coalesce(open_usd, price_usd) ORDER BY observed_at)
+             FILTER (WHERE coalesce(open_usd, price_usd) IS NOT NULL))[1] AS text) AS open,
+       CAST(max(coalesce(high_usd, price_usd)) AS text) AS high,
+       CAST(min(coalesce(low_usd, price_usd)) AS text) AS low,
+       CAST((array_agg(coalesce(close_usd, price_usd) ORDER BY observed_at DESC)
+             FILTER (WHERE coalesce(close_usd, price_usd) IS NOT NULL))[1] AS text) AS close,
+       CAST((array_agg(volume_24h_usd ORDER BY observed_at DESC))[1] AS text) AS volume,
+       count(*) AS quotes,
+       min(observed_at) AS first_observed_at,
+       max(observed_at) AS last_observed_at
+FROM quotes
+WHERE asset_id = :asset_id AND source = :source
+  AND observed_at >= :low AND observed_at < :high
+  AND observed_at >= :since AND observed_at <= :until
+GROUP BY bucket
+ORDER BY bucket
+""")
+
+
+def floor_bucket(moment: datetime, step: timedelta) -> datetime:
+    """The start of the bucket holding `moment`."""
+    return EPOCH + ((moment - EPOCH) // step) * step
+
+
+@dataclass(frozen=True)
+class CandleRange:
+    """The buckets a request covers: [first, first + count * step), within since..until."""
+
+    asset_id: int
+    source: str
+    step: timedelta
+    since: datetime
+    until: datetime
+    first: datetime
+    count: int
+
+    def window(self, start_index: int, size: int) -> tuple[datetime, datetime, int]:
+        """Start, end and bucket count of buckets start_index .. start_index + size."""
+        size = max(0, min(size, self.count - start_index))
+        low = self.first + start_index * self.step
+        return low, low + size * self.step, size
+
+
+@dataclass(frozen=True)
+class CandlePage:
+    """A page of candles (non-empty buckets), the empty buckets between them, paging."""
+
+    candles: list[dict[str, Any]]
+    gaps: list[dict[str, str]]
+    total: int
+    next_cursor: str | None
+    interval: str
+
+
+def candle_range(session: Session, ref: str, source: str, interval: str,
+                 since: datetime | None, until: datetime | None) -> CandleRange | None:
+    """The bucket range of a request; an open since is the first quote; None if no quote."""
+    asset = resolve_asset(session, ref)
+    step = INTERVALS[interval]
+    until = until or datetime.now(timezone.utc)
+    if since is None:
+        since = first_observed(session, asset.id, source)
+        if since is None:
+            return None
+    first = floor_bucket(since, step)
+    count = (floor_bucket(until, step) - first) // step + 1 if until >= since else 0
+    return CandleRange(asset.id, source, step, since, until, first, count)
+
+
+def candle_rows(conn: Connection, span: CandleRange, low: datetime, high: datetime
+                ) -> Iterator[dict[str, Any]]:
+    """The candles of buckets in [low, high), oldest first, as dicts of CANDLE_FIELDS."""
+    rows = conn.execute(_CANDLES_SQL, {
+        "step": f"{int(span.step.total_seconds())} seconds", "asset_id": span.asset_id,
+        "source": span.source, "low": low, "high": high, "since": span.since,
+        "until": span.until})
+    for row in rows:
+        bucket = row.bucket.astimezone(timezone.utc)
+        yield {
+            "bucket_start": bucket.isoformat(), "bucket_end": (bucket + span.step).isoformat(),
+            "open": row.open, "high": row.high, "low": row.low, "close": row.close,
+            "volume": row.volume, "quotes": row.quotes,
+            "first_observed_at": row.first_observed_at.astimezone(timezone.utc).isoformat(),
+            "last_observed_at": row.last_observed_at.astimezone(timezone.utc).isoformat(),
+        }
+
+
+def gaps_of(candles: list[dict[str, Any]], low: datetime, high: datetime, step: timedelta
+            ) -> list[dict[str, str]]:
+    """Runs of empty buckets in [low, high) as {start, end} (end exclusive)."""
+    gaps: list[dict[str, str]] = []
+    cursor = low
+    for candle in candles:
+        start = datetime.fromisoformat(candle["bucket_start"])
+        if start > cursor:
+            gaps.append({"start": cursor.isoformat(), "end": start.isoformat()})
+        cursor = start + step
+    if cursor < high:
+        gaps.append({"start": cursor.isoformat(), "end": high.isoformat()})
+    return gaps
+
+
+def _start_index(span: CandleRange, offset: int, cursor: str | None) -> int:
+    """The first bucket's index in the range: from the cursor, or the page offset."""
+    if cursor is None:
+        return offset
+    payload = decode_cursor(cursor, "candles")
+    if cursor_int(payload, "a") != span.asset_id or cursor_str(payload, "r", 32) != span.source:
+        raise InvalidCursor("cursor was issued for another asset or source")
+    start = cursor_datetime(payload, "b")
+    index = (start - span.first) / span.step
+    if index != int(index) or index < 0:
+        raise InvalidCursor("cursor was issued for another range or interval")
+    return int(index)
+
+
+def candles_page(session: Session, ref: str, *, source: str, interval: str,
+                 since: datetime | None = None, until: datetime | None = None,
+                 offset: int = 0, limit: int = 50, cursor: str | None = None) -> CandlePage:
+    """One page of `limit` buckets (oldest first): their candles and the gaps among them.
+
+    Pages count buckets, empty ones included, so a page's time range is known before the
+    query and `total` is the number of buckets in the range.
+    """
+    span = candle_range(session, ref, source, interval, since, until)
+    if span is None:
+        return CandlePage([], [], 0, None, interval)
+    start_index = _start_index(span, offset, cursor)
+    low, high, size = span.window(start_index, limit)
+    if size <= 0:
+        return CandlePage([], [], span.count, None, interval)
+    candles = list(candle_rows(session.connection(), span, low, high))
+    more = start_index + size < span.count
+    next_cursor = encode_cursor({"t": "candles", "a": span.asset_id, "r": source,
+                                 "b": high.isoformat()}) if more else None
+    return CandlePage(candles, gaps_of(candles, low, high, span.step), span.count,
+                      next_cursor, interval)
