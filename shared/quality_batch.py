@@ -114,35 +114,24 @@ def batch_flags(cursor: Any, source: str, batch: Batch, assets: dict[str, int],
 
 
 # A batch's flagged quotes in one statement: their flags into quote_flags (a re-check replaces
-# them) and the data anomalies, sent as arrays and one JSON document so that a file with many
-# flagged rows costs one round trip and no per-row Python beyond building the flags. One
-# anomaly per flag kind and asset of the batch, keyed and shaped like its first flagged quote's
-# (shared.anomalies.quote_anomalies) plus how many of the batch's quotes of that asset carry
-# the flag and the last one's time: a coin with a thousand bad rows is one line of
-# /anomalies, not a thousand.
+# them) and the data anomalies, each as parallel arrays (one unnest apiece, whose row count
+# PostgreSQL knows: a set-returning function over one JSON document made it guess 100 rows a
+# quote, sort on disk and compile the plan). One anomaly per flag kind and asset of the batch,
+# keyed and shaped like its first flagged quote's (shared.anomalies.quote_anomalies), plus how
+# many of the batch's quotes of that asset carry the flag and the last one's time: a coin with
+# a thousand bad rows is one line of /anomalies, not a thousand.
 _STORE_BATCH_FLAGS = """
-WITH v AS (
-    SELECT u.a, u.t, u.k, j.fl
-    FROM unnest(%(assets)s::bigint[], %(times)s::timestamptz[], %(keys)s::text[])
-        WITH ORDINALITY AS u(a, t, k, n)
-    JOIN jsonb_array_elements(%(flags)s::jsonb) WITH ORDINALITY AS j(fl, m) ON j.m = u.n
-), stored AS (
+WITH stored AS (
     INSERT INTO quote_flags AS f (asset_id, source, observed_at, flags)
-    SELECT a, %(source)s, t, fl FROM v
+    SELECT a, %(source)s, t, fl
+    FROM unnest(%(assets)s::bigint[], %(times)s::timestamptz[], %(flags)s::jsonb[]) AS v(a, t, fl)
     ON CONFLICT (asset_id, source, observed_at) DO UPDATE SET flags = excluded.flags
     WHERE f.flags IS DISTINCT FROM excluded.flags
 )
 INSERT INTO anomalies (kind, source, key, run_id, observed_at, evidence)
-SELECT DISTINCT ON (kind, a) kind, %(source)s, k, %(run)s, t,
-    jsonb_build_object('asset_id', a, 'reason', e->>'reason', 'quotes', n, 'last_observed_at', last)
-        || (e->'evidence')
-FROM (
-    SELECT e->>'flag' AS kind, v.a, v.k, v.t, e,
-        count(*) OVER (PARTITION BY e->>'flag', v.a) AS n,
-        max(v.t) OVER (PARTITION BY e->>'flag', v.a) AS last
-    FROM v CROSS JOIN LATERAL jsonb_array_elements(v.fl) AS e
-) per_flag
-ORDER BY kind, a, t
+SELECT kind, %(source)s, k, %(run)s, t, ev
+FROM unnest(%(kinds)s::text[], %(keys)s::text[], %(first)s::timestamptz[],
+            %(evidence)s::jsonb[]) AS x(kind, k, t, ev)
 ON CONFLICT (kind, source, key) DO NOTHING
 """
 
@@ -151,19 +140,39 @@ def _stamp(value: Any) -> str:
     return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
 def store_batch_flags(cursor: Any, source: str, run_id: int | None,
                       flagged: Sequence[Flagged]) -> int:
-    """Store a batch's flags and report each flag as a data anomaly; returns new anomalies."""
+    """Store a batch's flags and its data anomalies; returns how many anomalies were new."""
     if not flagged:
         return 0
-    # One entry per quote key (a repeated line must not upsert its quote twice in one statement).
+    # One entry per quote key (a repeated line must not upsert its quote twice in one statement),
+    # in time order per asset (ISO 8601 UTC text of one source sorts as time does).
     unique = {(a, _stamp(t)): (a, t, f) for a, t, f in flagged}
+    first: dict[tuple[str, int], tuple[str, Any, Flag]] = {}
+    counts: dict[tuple[str, int], list[Any]] = {}
+    for (asset_id, stamp), (_, observed_at, flags) in sorted(unique.items()):
+        for flag in flags:
+            group = (flag["flag"], asset_id)
+            if group not in first:
+                first[group] = (stamp, observed_at, flag)
+                counts[group] = [0, stamp]
+            counts[group][0] += 1
+            counts[group][1] = stamp
     cursor.execute(_STORE_BATCH_FLAGS, {
         "source": source, "run": run_id,
         "assets": [a for a, _ in unique],
-        "times": [t for _, t in unique],
-        "keys": [f"quote:{a}:{t}" for a, t in unique],
-        "flags": json.dumps([f for _, _, f in unique.values()], separators=(",", ":")),
+        "times": [t for _, t, _ in unique.values()],
+        "flags": [_dumps(f) for _, _, f in unique.values()],
+        "kinds": [kind for kind, _ in first],
+        "keys": [f"quote:{a}:{first[(k, a)][0]}" for k, a in first],
+        "first": [observed_at for _, observed_at, _ in first.values()],
+        "evidence": [_dumps({"asset_id": a, "reason": flag["reason"], **flag["evidence"],
+                             "quotes": counts[(k, a)][0], "last_observed_at": counts[(k, a)][1]})
+                     for (k, a), (_, _, flag) in first.items()],
     })
     return int(cursor.rowcount)
 
