@@ -78,12 +78,12 @@ def create_app(
     api.register_converter(IdConverter, _id_param_schema)
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
 
-    from api.resources import anomalies, data, health, history, jobs, raw, runs, stats
+    from api.resources import anomalies, backfills, data, health, history, jobs, raw, runs, stats
 
-    for module in (data, history, raw, jobs, runs, stats, health, anomalies):
+    for module in (data, history, raw, jobs, runs, stats, health, anomalies, backfills):
         api.register_blueprint(module.blp)
     init_limits(app, [data.blp, history.blp, raw.blp, jobs.blp, runs.blp, stats.blp,
-                      anomalies.blp], jobs.blp)
+                      anomalies.blp, backfills.blp], jobs.blp)
     from api.resources import metrics
 
     app.register_blueprint(metrics.blp)  # text, not JSON: outside the OpenAPI spec

@@ -89,6 +89,13 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
 
 
+def _share(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default)
+    if not 0 < value <= 1:
+        raise ConfigError(f"{name} must be above 0 and at most 1, got {value!r}")
+    return value
+
+
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
     value = env.get(name, "").strip().lower() or default
     if value not in choices:
@@ -207,6 +214,11 @@ class Settings:
     notify_timeout_seconds: float = 5.0
     # How often beat asks for an evaluation (staleness has no run to trigger it).
     notify_evaluate_seconds: int = 60
+    # Backfills (shared.backfill*): the furthest back a request may reach, the days per
+    # chunk (one upstream request), and the share of the source's quota a backfill may take.
+    backfill_max_days: int = 365
+    backfill_chunk_days: int = 90
+    backfill_quota_share: float = 0.5
 
     def freshness_objective(self, source: str) -> int:
         """Seconds after its last success at which `source` is stale (default 3 schedules)."""
@@ -312,6 +324,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         run_stale_seconds=_int(env, "ETL_RUN_STALE_SECONDS", visibility + 120, 1),
         reaper_interval_seconds=_int(env, "ETL_REAPER_INTERVAL_SECONDS", 60, 1),
         consensus_disagreement_share=_float(env, "CONSENSUS_DISAGREEMENT_SHARE", 0.02),
+        backfill_max_days=_int(env, "BACKFILL_MAX_DAYS", 365, 1),
+        backfill_chunk_days=_int(env, "BACKFILL_CHUNK_DAYS", 90, 1, 3650),
+        backfill_quota_share=_share(env, "BACKFILL_QUOTA_SHARE", 0.5),
         quality_stale_seconds_by_source={
             source: _int(env, f"QUALITY_STALE_SECONDS_{source.upper()}",
                          QUALITY_STALE_SECONDS_DEFAULT.get(source, 0), 0)

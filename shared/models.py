@@ -410,3 +410,8 @@ class Notification(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+# Backfill tables live in their own module (this one is near its size budget); importing it
+# here registers them on Base wherever the models are loaded (migrations, autogenerate, tests).
+from shared import backfill_models  # noqa: E402,F401

@@ -8,6 +8,8 @@ REAP_STALE_RUNS = "etl.reap_stale_runs"
 # Notifications (worker/notify_tasks.py): evaluate source states, send one message.
 NOTIFY_EVALUATE = "notify.evaluate"
 NOTIFY_SEND = "notify.send"
+# Backfills (worker/backfill_tasks.py): run one backfill's chunks.
+BACKFILL_RUN = "backfill.run"
 
 
 def extract(source: str) -> str:

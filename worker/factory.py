@@ -17,7 +17,8 @@ def create_celery_app() -> Celery:
     """The worker-side Celery app with its tasks and beat schedule registered."""
     settings = get_settings()
     configure_logging(settings)
-    app = Celery("kasparro", include=["worker.tasks", "worker.notify_tasks"])
+    app = Celery("kasparro",
+                 include=["worker.tasks", "worker.notify_tasks", "worker.backfill_tasks"])
     app.conf.update(celery_config(settings))
     app.conf.beat_schedule = {
         "incremental-etl": {

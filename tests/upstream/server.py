@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping
 from urllib.parse import parse_qs, urlsplit
 
 from tests.upstream.coherent import coherent_ticker, coingecko_matches
+from tests.upstream.market_chart import coin_scales, market_chart_range
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 COINGECKO_PAGE = FIXTURES / "coingecko" / "coins_markets_usd_page1_per250_2025-02-09.json"
@@ -117,6 +118,12 @@ def split_array(text: str) -> list[str]:
 def recorded_coingecko_items() -> tuple[str, ...]:
     """The 250 items of the recorded 2025-02-09 markets page, byte for byte."""
     return tuple(split_array(COINGECKO_PAGE.read_text(encoding="utf-8")))
+
+
+@lru_cache(maxsize=1)
+def recorded_chart_scales() -> dict[str, float]:
+    """Coin id -> price ratio to Bitcoin on the recorded page (market_chart/range values)."""
+    return coin_scales(recorded_coingecko_items())
 
 
 @lru_cache(maxsize=1)
@@ -811,6 +818,9 @@ class _Handler(BaseHTTPRequestHandler):
                     start = max(0, (page - 1) * per_page - shift)
                     items = self.state.coingecko_items[start: start + per_page]
                 return 200, array(items)
+            if sub.startswith("/coins/") and sub.endswith("/market_chart/range"):
+                coin = sub[len("/coins/"):-len("/market_chart/range")]
+                return market_chart_range(coin, query, recorded_chart_scales())
             return 404, '{"error":"Incorrect path. Please check https://www.coingecko.com/api/"}'
         if endpoint == "coinpaprika":
             sub = path[len(COINPAPRIKA_PREFIX):]
