@@ -10,6 +10,7 @@ from marshmallow import validate
 from api.schemas import (
     DECIMAL_DOC,
     ArgsSchema,
+    DataArgsSchema,
     EnvelopeSchema,
     HistoryArgsSchema,
     Text,
@@ -35,6 +36,12 @@ class CandleArgsSchema(HistoryArgsSchema):
     source = ma.fields.String(required=True, validate=validate.OneOf(SOURCES))
     interval = ma.fields.String(load_default="1d", validate=validate.OneOf(tuple(INTERVALS)),
                                 metadata={"description": "Bucket length, aligned to UTC"})
+    format = format_field()
+
+
+class DataExportArgsSchema(DataArgsSchema):
+    """GET /data with the export `format`."""
+
     format = format_field()
 
 

@@ -16,14 +16,18 @@ from api.envelope import body_template, envelope, page_window, paged, template_r
 from api.schemas import (
     HISTORY_MAX_RANGE,
     AssetDetailSchema,
-    DataArgsSchema,
     DataEnvelopeSchema,
     ErrorSchema,
     HistoryEnvelopeSchema,
     quote_record,
 )
-from api.history_schemas import HistoryExportArgsSchema
-from api.resources.history import EXPORT_CONTENT, export_format, export_history
+from api.history_schemas import DataExportArgsSchema, HistoryExportArgsSchema
+from api.resources.history import (
+    export_data,
+    export_format,
+    export_history,
+    export_responses,
+)
 from shared.queries.assets import asset_detail, asset_history, open_start_span
 from shared.queries.data import DataFilters, read_current_quotes
 
@@ -62,7 +66,8 @@ def _cached(view: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         cache: VersionedCache | None = current_app.extensions.get("data_cache")
-        if cache is not None:
+        # An export asked for by Accept has the query string of a JSON page: not from the cache.
+        if cache is not None and export_format({}) is None:
             template = cache.get(current_data_version(), request.query_string)
             if template is not None:
                 return template_response(template)
@@ -83,15 +88,19 @@ class DataList(MethodView):
     @_cached
     # Unknown parameters are refused (422 naming them): the cache key is the raw query string,
     # so accepted junk (?x=1, ?x=2, ...) would make a new entry per request.
-    @blp.arguments(DataArgsSchema, location="query", unknown=ma.RAISE)
+    @blp.arguments(DataExportArgsSchema, location="query", unknown=ma.RAISE)
     @blp.response(200, DataEnvelopeSchema)
+    @export_responses
     def get(self, args: dict[str, Any]) -> Any:
         """List the current record per asset and source
 
         Filter by `source`, `symbol` and `asset` (comma lists; assets by id or slug), `q`
         (name/symbol substring) and `since`/`until` (observed_at); sort with `sort`; page with
         `page`/`page_size`, or pass `pagination.next_cursor` as `cursor` for stable deep paging.
+        `format=csv|ndjson` (or that Accept) streams every matching record instead.
         """
+        if export_format(args) is not None:
+            return export_data(args)
         filters = DataFilters(
             source=args.get("source"), symbols=tuple(args.get("symbol") or ()),
             assets=tuple(args.get("asset") or ()), q=args.get("q"),
@@ -140,7 +149,7 @@ class DataHistory(MethodView):
 
     @blp.arguments(HistoryExportArgsSchema, location="query")
     @blp.response(200, HistoryEnvelopeSchema)
-    @blp.doc(responses={"200": {"content": EXPORT_CONTENT}})
+    @export_responses
     @blp.alt_response(404, schema=ErrorSchema, description="No such asset")
     def get(self, args: dict[str, Any], asset: str) -> Any:
         """List an asset's quotes, newest first

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from flask import Response, request, stream_with_context
 from flask.views import MethodView
@@ -29,6 +29,8 @@ from shared.export import (
 )
 from shared.queries.as_of import asset_as_of, batch_as_of
 from shared.queries.assets import first_observed, open_start_span, resolve_asset
+from shared.queries.data import DataFilters
+from shared.queries.data_export import DATA_EXPORT_FIELDS, data_records
 from shared.queries.candles import CANDLE_FIELDS, candle_range, candles_page
 
 blp = Blueprint("history", __name__, url_prefix="/data",
@@ -38,9 +40,16 @@ ASSET_PARAM = {"in": "path", "name": "asset", "description": "Asset id or slug",
                "schema": {"type": "string", "minLength": 1, "maxLength": 200},
                "example": "bitcoin"}
 _ACCEPT = {"text/csv": "csv", "application/x-ndjson": "ndjson"}
-# The streamed bodies, documented beside JSON so the contract test accepts them.
-EXPORT_CONTENT = {"text/csv": {"schema": {"type": "string"}},
-                  "application/x-ndjson": {"schema": {"type": "string"}}}
+
+
+def export_responses(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Document the streamed CSV and NDJSON bodies beside the JSON one (same status, 200)."""
+    for media_type in ("application/x-ndjson", "text/csv"):
+        view = blp.alt_response(
+            200, schema={"type": "string"}, content_type=media_type,
+            description="A JSON page; with `format=csv|ndjson` (or that Accept) every row, "
+                        "streamed")(view)
+    return view
 
 
 def export_format(args: dict[str, Any]) -> str | None:
@@ -48,6 +57,9 @@ def export_format(args: dict[str, Any]) -> str | None:
     fmt = args.get("format")
     if fmt:
         return fmt if fmt in EXPORT_FORMATS else None
+    accept = request.headers.get("Accept", "")
+    if "csv" not in accept and "ndjson" not in accept:
+        return None  # the usual case, on GET /data's hot path: no header parsing
     best = request.accept_mimetypes.best_match(["application/json", *_ACCEPT])
     return _ACCEPT.get(best or "")
 
@@ -88,13 +100,26 @@ def export_history(asset: str, args: dict[str, Any]) -> Response:
                     f"history-{asset_id}")
 
 
+def export_data(args: dict[str, Any]) -> Response:
+    """Every current record of GET /data's filters as CSV or NDJSON, in the pages' order."""
+    fmt = export_format(args)
+    assert fmt is not None
+    filters = DataFilters(
+        source=args.get("source"), symbols=tuple(args.get("symbol") or ()),
+        assets=tuple(args.get("asset") or ()), q=args.get("q"), since=args.get("since"),
+        until=args.get("until"), quality=args.get("quality"))
+    sort = args["sort"]
+    return streamed(fmt, DATA_EXPORT_FIELDS,
+                    lambda conn: data_records(conn, filters, sort), "data")
+
+
 @blp.route("/<string:asset>/candles", parameters=[ASSET_PARAM])
 class Candles(MethodView):
     """OHLCV candles."""
 
     @blp.arguments(CandleArgsSchema, location="query")
     @blp.response(200, CandleEnvelopeSchema)
-    @blp.doc(responses={"200": {"content": EXPORT_CONTENT}})
+    @export_responses
     @blp.alt_response(404, schema=ErrorSchema, description="No such asset")
     def get(self, args: dict[str, Any], asset: str) -> Any:
         """List an asset's candles at one source, oldest first, with the empty buckets
