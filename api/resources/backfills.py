@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app, url_for
+from flask import current_app, jsonify, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
@@ -66,7 +66,8 @@ class Backfills(MethodView):
                 windows = planned.pop("windows")
                 planned["assets"] = planned.pop("coins")
                 planned["granularity_seconds"] = sorted({w.granularity for w in windows})
-                return DryRunSchema().dump({"dry_run": True, **planned}), 200
+                # A Response passes flask-smorest's 202 schema by: the dry run has its own.
+                return jsonify(DryRunSchema().dump({"dry_run": True, **planned}))
             backfill, created = create_backfill(session, req, settings)
         except BackfillRequestError as exc:
             session.rollback()
