@@ -204,3 +204,15 @@ def test_export_keeps_the_range_cap(coin: Engine, client: Any) -> None:
                           "price_usd) VALUES (1, 'csv', '2020-01-01T00:00:00Z', 'tst', 1)"))
     body = _get(client, "/data/testcoin/history?format=csv&source=csv", 422)
     assert "since" in body["errors"]["query"]
+
+
+def test_candles_as_of_and_exports_count_as_reads(coin: Engine, settings: Any) -> None:
+    from api import create_app
+
+    client = create_app({"TESTING": True, "RATELIMIT_READS": "3/minute"},
+                        settings=settings).test_client()
+    urls = [f"/data/testcoin/candles?source=csv&{HISTORY_RANGE}",
+            f"/data/testcoin/as_of?at={_q(T0)}",
+            f"/data/testcoin/history?{HISTORY_RANGE}&format=csv",
+            f"/data/as_of?pair={_q('testcoin@' + T0)}"]
+    assert [client.get(url).status_code for url in urls] == [200, 200, 200, 429]
