@@ -63,16 +63,33 @@ def kaggle_file(path: Path, coins: int, days: int, seed: int = 6, prefix: str = 
     return path
 
 
+def last_closes(path: Path) -> dict[str, float]:
+    """Each coin's last Close in a Kaggle-format file (read once, outside any timed section)."""
+    closes: dict[str, float] = {}
+    with path.open() as rows:
+        next(rows)
+        for line in rows:
+            cells = line.split(",", 8)
+            closes[cells[1]] = float(cells[7])
+    return closes
+
+
 def append_days(path: Path, coins: int, first_day: int, days: int, seed: int = 7) -> int:
-    """Append `days` new days for every coin (day-major at the end of the file); returns lines."""
+    """Append `days` new days for every coin (day-major at the end of the file); returns lines.
+
+    Each coin's walk goes on from its last close with the same daily moves as write_rows, so an
+    append looks like a real day of prices (not a jump the quality checks would flag).
+    """
     rng = random.Random(seed)
     stamps = _days(first_day, days)
+    closes = last_closes(path)
     lines = []
     sno = 10_000_000
     for stamp in stamps:
         for index in range(1, coins + 1):
             name, symbol = coin(index)
-            price = math.exp(rng.uniform(-9.0, 9.0))
+            previous = closes.get(name) or math.exp(rng.uniform(-9.0, 9.0))
+            price = closes[name] = max(previous * math.exp(rng.gauss(0.0, 0.04)), 1e-9)
             lines.append(f"{sno},{name},{symbol},{stamp},{price * 1.01!r},{price * 0.99!r},"
                          f"{price!r},{price!r},{price * 1e6!r},{price * 1e8!r}\n")
             sno += 1
