@@ -97,4 +97,3 @@ def test_scrape_cost_on_loaded_sources(loaded: Any) -> None:
     assert loaded.client.get("/metrics").status_code == 200
     scrape_ms = (time.perf_counter() - started) * 1000
     print(f"source_states {states_ms:.1f} ms, /metrics {scrape_ms:.1f} ms")
-    assert states_ms < 500

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import json
-import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -175,18 +174,15 @@ def test_columns_with_text_stamps_as_the_csv_path_has_them() -> None:
                                 [43000.0, 4200050.0, 42000.5], T)) == [0, 1]
 
 
-def test_a_25000_row_batch_costs_well_under_a_microsecond_a_row() -> None:
-    # The CSV batch size (CSV_BATCH_ROWS); the budget is a small share of the ingest's cost per
-    # line (docs/benchmarks.md, with this check's own figure); the bound leaves room for a busy box.
+def test_a_clean_25000_row_batch_gives_no_flags() -> None:
+    # The CSV batch size (CSV_BATCH_ROWS) of clean, coherent rows; what it costs is measured by
+    # `make bench` (docs/benchmarks.md), not asserted here.
     n = 25_000
     stamps = [f"2020-01-01T00:00:00.{i:06d}" for i in range(n)]
     prices = [30000.0 + i for i in range(n)]
-    start = time.perf_counter()
     result = check_columns("csv", ["BTC"] * n, stamps, prices, T, mcaps=[6e11] * n,
                            volumes=[2e10] * n, supplies=[2e7] * n)
-    elapsed = time.perf_counter() - start
     assert result == {}
-    assert elapsed / n < 2e-6
 
 
 def test_column_fast_paths_agree_with_the_row_by_row_checks() -> None:
