@@ -33,7 +33,7 @@ def data_records(conn: Connection, filters: DataFilters, sort: str
              .order_by(*clean_first, ordered, _DATA_SORT_COLUMNS["asset_id"],
                        _DATA_SORT_COLUMNS["source"]))
     result = conn.execution_options(stream_results=True, yield_per=CHUNK_ROWS).execute(query)
-    for partition in result.partitions():
+    for partition in iter(lambda: result.fetchmany(CHUNK_ROWS), []):
         for row in partition:
             record = dict(zip(DATA_RECORD_FIELDS, row))
             record["observed_at"] = iso_utc(record["observed_at"])
