@@ -46,7 +46,7 @@ _ABSOLUTE_PATH = re.compile(r"(?<![\w.:/-])(?:/[^\s/'\",;:()\[\]]+)+/([^\s/'\",;
 # key=value / key: value pairs whose name says secret (query strings, DSNs, headers).
 _SECRET_PAIR = re.compile(
     r"(?i)\b((?:access_|api_|x-cg-(?:demo|pro)-api-)?(?:token|key|secret|password|passwd|"
-    r"authorization)[\w-]*)(\s*[=:]\s*)(?:(?:bearer|basic)\s+)?[^\s&;,'\"]+")
+    r"authorization)[\w-]*)(\s*[=:]\s*)['\"]?(?:(?:bearer|basic)\s+)?[^\s&;,'\"]+['\"]?")
 # user:password@ in a URL.
 _URL_CREDENTIALS = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://)[^/\s@]+@")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")

@@ -142,7 +142,7 @@ class Quote(Base):
     # asset_id and run_id are not foreign keys, for the reason given at RawRecord.run_id; the
     # loader takes asset ids from asset_source_ids (which has the foreign key) in the same
     # transaction, and assets are never deleted. run_id has no index: no query selects by it
-    # (normalize finds a run's quotes through run_assets and the primary key).
+    # (each batch publishes its own assets through the primary key).
     asset_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     source: Mapped[str] = mapped_column(String(32), primary_key=True)
     observed_at: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
@@ -164,10 +164,10 @@ class Quote(Base):
 
 
 class RunAsset(Base):
-    """An asset a run wrote quotes for, kept until its job is normalized.
+    """Retired: an asset a run wrote quotes for, once read by normalize to publish them.
 
-    Normalize publishes the newest quote of each of these instead of sorting every quote of
-    the job's runs (a million for a large CSV file).
+    Nothing writes it since each batch publishes its own assets (migration 0010 drained it);
+    the table goes in a later migration.
     """
 
     __tablename__ = "run_assets"
@@ -179,7 +179,7 @@ class RunAsset(Base):
 
 
 class CurrentQuote(Base):
-    """The newest quote per (asset, source): what `GET /data` serves, refreshed by normalize.
+    """The newest quote per (asset, source): what `GET /data` serves, refreshed per batch.
 
     Its pages are kept half empty (fillfactor 50, migration 0008) so that a publish updates
     rows in place, without new index entries.

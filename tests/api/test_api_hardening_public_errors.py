@@ -41,6 +41,8 @@ def test_public_error_of_a_real_database_error(clean_db: Engine) -> None:
      "csv: coin_X.csv line 12: name longer than 300 characters"),
     (SourceError("bad file /home/someone/secret/dir/coin_X.csv token=abc"),
      "csv: bad file coin_X.csv token=[REDACTED]"),
+    (SourceError("could not connect: password='hunter2' api_key: \"k-1\" host=db"),
+     "csv: could not connect: password=[REDACTED] api_key: [REDACTED] host=db"),
     (IsADirectoryError(21, "Is a directory", "/data/csv/x.csv"), "csv: IsADirectoryError: x.csv"),
     (FileNotFoundError(2, "gone", b"/data/csv/\xff.csv"), "csv: FileNotFoundError: \\xff.csv"),
     (ValueError("A string literal cannot contain NUL (0x00) characters: 'row data'"),
