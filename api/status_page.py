@@ -11,6 +11,7 @@ from api.charts import STATUS_COLOURS, Cell, Series, line_chart, sparkline, stat
 from shared.config import Settings
 from shared.freshness import FAILING, FRESH, STALE, source_states
 from shared.notify.history import notification_counts, recent_notifications
+from shared.queries.backfills import recent_backfills
 from shared.queries.price_chart import PriceChart
 from shared.queries.status import quality_counts, run_trends, runs_since, top_assets
 
@@ -106,6 +107,7 @@ def status_context(session: Session, settings: Settings, now: datetime,
         "notifications": recent_notifications(session, RECENT_NOTIFICATIONS),
         "notification_counts": counts,
         "assets": top_assets(session),
+        "backfills": recent_backfills(session),
         "colours": STATUS_COLOURS, "ago": ago, "stamp": stamp,
     }
 

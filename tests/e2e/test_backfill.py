@@ -1,0 +1,104 @@
+"""E2E: a 5-coin x 400-day backfill on real workers against the replay upstream, with kill -9."""
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import psutil
+from sqlalchemy import Engine, text
+
+from api import create_app
+from shared.sources.rate_limit import RedisRateLimiter
+from tests.api.helpers import replay_settings, run_sources
+from tests.upstream import ReplayUpstream, max_requests_in_window
+
+# A quota small enough that the backfill takes several windows (kill it mid-way) and big
+# enough to stay fast: 10 requests per 3 s, the backfill's half of it 5.
+QUOTA, PERIOD, SHARE = 10, 3, 0.5
+
+
+def _wait(client: Any, url: str, ready: Any, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        body = client.get(url).get_json()
+        if ready(body):
+            return body
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready after {timeout}s: {body.get('chunk_counts')}")
+
+
+def test_backfill_chunks_by_rules_survives_kill_9_respects_quota_and_serves_history(
+    clean_db: Engine, base_env: dict[str, str], csv_dir: Path, upstream: ReplayUpstream,
+    worker_factory: Any, auth_headers: dict[str, str],
+) -> None:
+    env = {"COINGECKO_BASE_URL": upstream.coingecko_base_url,
+           "COINGECKO_RATE_LIMIT": str(QUOTA), "COINGECKO_RATE_PERIOD_SECONDS": str(PERIOD),
+           "BACKFILL_QUOTA_SHARE": str(SHARE), "BACKFILL_MAX_DAYS": "401",
+           "HTTP_TIMEOUT_SECONDS": "3", "HTTP_MAX_RETRIES": "2",
+           "HTTP_BACKOFF_MAX_SECONDS": "1", "CSV_DIR": str(csv_dir)}
+    settings = replay_settings(base_env, csv_dir, upstream, **env)
+    for name in ("coingecko", "coingecko-backfill"):
+        RedisRateLimiter(settings.redis_url, name, settings.coingecko_rate).clear()
+    run_sources(clean_db, settings, ["coingecko"])  # the coins and their ranks
+    client = create_app({"TESTING": True, "RATELIMIT_ENABLED": False},
+                        settings=settings).test_client()
+    worker = worker_factory(env)
+    first_request = len(upstream.requests())
+    since = datetime.now(timezone.utc) - timedelta(days=400)
+    response = client.post("/backfills", headers=auth_headers, json={
+        "source": "coingecko", "top": 5, "since": since.isoformat()})
+    assert response.status_code == 202, response.get_json()
+    url = response.get_json()["status_url"]
+    chunks = response.get_json()["chunks"]
+    # 400 days in 90-day chunks (the longest range CoinGecko answers hourly): 5 per coin.
+    assert len(chunks) == 25 and {c["granularity_seconds"] for c in chunks} == {3600}
+
+    # Kill while a chunk is claimed (it is then waiting for its quota slot or being fetched).
+    _wait(client, url, lambda b: b["chunk_counts"]["done"] >= 8
+          and b["chunk_counts"]["running"] == 1, 60)
+    children = psutil.Process(worker.proc.pid).children(recursive=True)
+    for child in children:
+        child.kill()  # SIGKILL mid-chunk: the task message comes back, the chunk re-runs
+    body = _wait(client, url, lambda b: b["status"] not in ("queued", "running"), 120)
+    assert body["status"] == "succeeded", body["chunk_counts"]
+    assert body["chunk_counts"]["done"] == 25
+    assert children and any(c["attempts"] > 1 for c in body["chunks"])
+
+    with clean_db.connect() as conn:
+        per_coin = conn.execute(text(
+            "SELECT source_asset_id, count(*), count(DISTINCT observed_at), "
+            "min(observed_at), max(observed_at), max(step), min(step) FROM ("
+            " SELECT source_asset_id, observed_at, observed_at - lag(observed_at) OVER "
+            " (PARTITION BY asset_id ORDER BY observed_at) AS step FROM quotes "
+            " WHERE run_id = :run) s GROUP BY source_asset_id"),
+            {"run": body["run_id"]}).all()
+        raw = conn.execute(text("SELECT count(*) FROM raw_records WHERE run_id = :run"),
+                           {"run": body["run_id"]}).scalar()
+    first = datetime.fromisoformat(body["since"])
+    last = datetime.fromisoformat(body["until"])
+    hours = int(last.timestamp()) // 3600 - -(-int(first.timestamp()) // 3600) + 1
+    assert len(per_coin) == 5
+    for coin, n, distinct, _, _, biggest, smallest in per_coin:
+        # Every hour of the range exactly once: no gap, no duplicate, across the kill.
+        assert n == distinct == hours, coin
+        assert biggest == smallest == timedelta(hours=1), coin
+    assert raw == 25  # one raw payload per chunk, a re-fetched chunk stored once
+
+    # The quota: never more than the backfill's share in any window of the period (less a
+    # quarter second: the server stamps arrivals, the limiter grants slots a little earlier;
+    # the same allowance as tests/shared/sources/test_http.py).
+    calls = [r for r in upstream.requests()[first_request:]
+             if r["path"].endswith("/market_chart/range")]
+    assert len(calls) >= 25
+    assert max_requests_in_window([r["mono"] for r in calls], PERIOD - 0.25) <= int(QUOTA * SHARE)
+
+    history = client.get("/data/bitcoin/history", query_string={
+        "source": "coingecko", "since": (last - timedelta(days=30)).isoformat(),
+        "until": last.isoformat()}).get_json()
+    assert history["pagination"]["total"] >= 30 * 24
+    status = client.get("/status")
+    assert status.status_code == 200
+    assert f"backfill {body['id']}" in status.get_data(as_text=True).lower()
