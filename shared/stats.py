@@ -105,18 +105,21 @@ def _run_ref(row: Row[Any] | None) -> dict[str, Any] | None:
             "error": row.error}
 
 
-def collect_stats(session: Session) -> dict[str, Any]:
-    """Everything `GET /stats` shows: layers, runs, outcomes, durations, rejects, drift."""
-    layers = records_by_layer(session)
-    status_rows = session.execute(
-        select(Run.source, Run.status, func.count()).group_by(Run.source, Run.status)
-    ).all()
+def _runs_by_status(session: Session) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """Runs per status overall and per source."""
     runs_by_status = {status: 0 for status in RUN_STATUSES}
     per_source_status: dict[str, dict[str, int]] = defaultdict(dict)
-    for source, status, n in status_rows:
+    for source, status, n in session.execute(
+        select(Run.source, Run.status, func.count()).group_by(Run.source, Run.status)
+    ).all():
         runs_by_status[status] = runs_by_status.get(status, 0) + int(n)
         per_source_status[source][status] = int(n)
-    durations = {
+    return runs_by_status, per_source_status
+
+
+def _durations(session: Session) -> dict[str, tuple[float | None, int]]:
+    """Per source: the average duration (ms) of succeeded runs and how many there are."""
+    return {
         source: (float(avg) if avg is not None else None, int(n))
         for source, avg, n in session.execute(
             select(
@@ -128,29 +131,44 @@ def collect_stats(session: Session) -> dict[str, Any]:
             .group_by(Run.source)
         ).all()
     }
-    successes = _last_runs(session, ["succeeded"])
-    failures = _last_runs(session, ["failed", "partial"])
-    reasons: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    reason_rows = session.execute(_TOP_REASONS_SQL, {"top": TOP_REJECT_REASONS}).all()
-    for source, reason, n in reason_rows:
-        reasons[source].append({"reason": reason, "count": int(n)})
 
-    drift_counts: dict[str, dict[str, int]] = defaultdict(lambda: {"mapped": 0, "unmapped": 0})
+
+def _reject_reasons(session: Session) -> dict[str, list[dict[str, Any]]]:
+    """Per source: the most frequent reject reasons with their counts."""
+    reasons: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for source, reason, n in session.execute(
+        _TOP_REASONS_SQL, {"top": TOP_REJECT_REASONS}
+    ).all():
+        reasons[source].append({"reason": reason, "count": int(n)})
+    return reasons
+
+
+def _drift_counts(session: Session) -> dict[str, dict[str, int]]:
+    """Per source: drift events mapped automatically and not."""
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: {"mapped": 0, "unmapped": 0})
     for source, mapped, n in session.execute(
         select(DriftEvent.source, DriftEvent.mapped, func.count())
         .group_by(DriftEvent.source, DriftEvent.mapped)
     ).all():
-        drift_counts[source]["mapped" if mapped else "unmapped"] += int(n)
-    recent_drift = session.scalars(
-        select(DriftEvent).order_by(DriftEvent.id.desc()).limit(RECENT_DRIFT_EVENTS)
-    ).all()
-    anomalies = anomaly_counts(session)
+        counts[source]["mapped" if mapped else "unmapped"] += int(n)
+    return counts
 
+
+def collect_stats(session: Session) -> dict[str, Any]:
+    """Everything `GET /stats` shows: layers, runs, outcomes, durations, rejects, drift."""
+    layers = records_by_layer(session)
+    runs_by_status, per_source_status = _runs_by_status(session)
+    durations = _durations(session)
+    successes = _last_runs(session, ["succeeded"])
+    failures = _last_runs(session, ["failed", "partial"])
+    reasons = _reject_reasons(session)
+    drift_counts = _drift_counts(session)
+    anomalies = anomaly_counts(session)
     sources = sorted(set(SOURCES) | {s for layer in layers.values() for s in layer}
                      | set(per_source_status))
     per_source = []
     for source in sources:
-        avg_ms, succeeded = durations.get(source, (None, 0))
+        avg_ms, _succeeded = durations.get(source, (None, 0))
         per_source.append({
             "source": source,
             "records": {layer: layers[layer].get(source, 0) for layer in LAYERS},
@@ -163,9 +181,6 @@ def collect_stats(session: Session) -> dict[str, Any]:
             "anomalies": {kind: n for (kind, src), n in sorted(anomalies.items())
                           if src == source},
         })
-    checkpoints = session.scalars(
-        select(Checkpoint).order_by(Checkpoint.source, Checkpoint.key).limit(CHECKPOINT_LIMIT)
-    ).all()
     return {
         "totals": {
             "assets": int(session.scalar(select(func.count()).select_from(Asset)) or 0),
@@ -177,8 +192,12 @@ def collect_stats(session: Session) -> dict[str, Any]:
         "layers": LAYER_MEANINGS,
         "runs_by_status": runs_by_status,
         "sources": per_source,
-        "checkpoints": checkpoints,
-        "recent_drift": recent_drift,
+        "checkpoints": session.scalars(
+            select(Checkpoint).order_by(Checkpoint.source, Checkpoint.key).limit(CHECKPOINT_LIMIT)
+        ).all(),
+        "recent_drift": session.scalars(
+            select(DriftEvent).order_by(DriftEvent.id.desc()).limit(RECENT_DRIFT_EVENTS)
+        ).all(),
         "notifications": notification_stats(
             session, datetime.now(timezone.utc) - timedelta(hours=24)),
     }
