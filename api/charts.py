@@ -76,7 +76,10 @@ def _value_label(y: float) -> str:
 def line_chart(series: Sequence[Series], title: str, *, width: int = 640, height: int = 260,
                x_label: str = "time (UTC)", y_label: str = "price (USD)",
                x_is_time: bool = True) -> str:
-    """An SVG line chart: several series, marked points, axes with min/max labels, a legend."""
+    """An SVG line chart: several series, marked points, axes with min/max labels, a legend.
+
+    One function (64 lines) because the scales it computes are used by every part it draws.
+    """
     left, right, top, bottom = 70, 150, 28, 40
     plot_w, plot_h = width - left - right, height - top - bottom
     xs = [x for s in series for x, _ in list(s.points) + list(s.marked)]

@@ -242,7 +242,11 @@ class Settings:
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Build Settings from `env` (default: the process environment)."""
+    """Build Settings from `env` (default: the process environment).
+
+    Long on purpose: one read per setting, in the order of the Settings fields, is easier to
+    check against the README's configuration table than reads scattered over helpers.
+    """
     env = os.environ if env is None else env
     time_limit = _int(env, "ETL_TASK_TIME_LIMIT", 900, 1)
     soft_limit = _int(env, "ETL_TASK_SOFT_TIME_LIMIT", max(1, time_limit - 30), 1)
