@@ -23,6 +23,7 @@ from sqlalchemy import text
 from bench.common import BENCH_DIR, RESULTS, BenchDatabase, Row, only, say, stop_process
 from bench.cpu import backend_cpu_seconds
 from bench.gen import append_days, kaggle_file
+from bench.history import history_cases, history_notes
 from bench.sources import sources_cases
 from scripts.stack import ROOT, VAR_DIR, ensure_services, free_port
 
@@ -356,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                              "as make run)")
     parser.add_argument("--gecko-coins", type=int, default=10_000,
                         help="coins the replay CoinGecko serves (41 pages: past the free quota)")
-    parser.add_argument("--cases", default="ingest,data,sources")
+    parser.add_argument("--cases", default="ingest,data,sources,history")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--keep-db", action="store_true",
                         help="leave the database in place (for EXPLAIN ANALYZE afterwards)")
@@ -382,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             ("ingest", ingest_cases), ("data", data_cases)]
         if "sources" in cases:
             steps.append(("sources", sources_cases))
+        steps.append(("history", history_cases))
         for name, step in steps:
             if name in cases:
                 new_rows, new_facts = step(db, env, args)
@@ -414,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"CPU (case 1): bare COPY {copy_cpu:.2f} s in its server backend; pipeline "
                 f"{first_cpu:.2f} s in server backends + {i['first']['worker_cpu_seconds']:.2f}"
                 f" s in the worker process (2 cores: the two overlap, batch by batch)")
+    notes += history_notes(facts.get("history"))
     if "data" in facts:
         d = facts["data"]
         notes.append("/data rounds (/health/live vs /data req/s, /data p99): " + "; ".join(
