@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Sequence
 
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared import task_names
@@ -18,6 +19,8 @@ from shared.models import Job, Run
 
 SOURCES = ("coingecko",)
 TOP_MAX = 250
+# A backfill's run is `<source>-backfill` (see create_backfill).
+RUN_SUFFIX = "-backfill"
 CHUNK_STATES = ("pending", "running", "done", "failed")
 
 
@@ -109,19 +112,31 @@ def create_backfill(session: Session, req: BackfillRequest, settings: Settings,
     existing = session.scalar(select(Backfill).where(Backfill.request_key == key))
     if existing is not None:
         return existing, False
-    job = Job(status="running", sources=[req.source], trigger="backfill",
+    # The run is named apart from the source's scheduled runs (its quotes are the source's):
+    # a scheduled run taking over its source, the reaper and the run anomaly rules judge the
+    # source's own runs only, and a long backfill is no anomaly of theirs.
+    run_source = f"{req.source}{RUN_SUFFIX}"
+    job = Job(status="running", sources=[run_source], trigger="backfill",
               celery_task_id=str(uuid.uuid4()), started_at=func.now())
-    run = Run(source=req.source, status="running", started_at=func.now(),
+    run = Run(source=run_source, status="running", started_at=func.now(),
               heartbeat_at=func.now())
     job.runs = [run]
-    session.add(job)
-    session.flush()
-    backfill = Backfill(request_key=key, source=req.source, job_id=job.id, run_id=run.id,
-                        assets=planned["coins"], since=planned["since"],
-                        until=planned["until"], chunk_days=planned["chunk_days"],
-                        status="queued")
-    session.add(backfill)
-    session.flush()
+    try:
+        # In a savepoint: a concurrent identical request that commits first wins the key.
+        with session.begin_nested():
+            session.add(job)
+            session.flush()
+            backfill = Backfill(request_key=key, source=req.source, job_id=job.id,
+                                run_id=run.id, assets=planned["coins"],
+                                since=planned["since"], until=planned["until"],
+                                chunk_days=planned["chunk_days"], status="queued")
+            session.add(backfill)
+            session.flush()
+    except IntegrityError:
+        winner = session.scalar(select(Backfill).where(Backfill.request_key == key))
+        if winner is None:
+            raise
+        return winner, False
     session.add_all(
         BackfillChunk(backfill_id=backfill.id, coin_id=coin["id"], window_start=w.start,
                       window_end=w.end, granularity_seconds=w.granularity)
