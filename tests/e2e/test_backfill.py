@@ -12,6 +12,7 @@ from sqlalchemy import Engine, text
 from api import create_app
 from shared.sources.rate_limit import RedisRateLimiter
 from tests.api.helpers import replay_settings, run_sources
+from tests.conftest import wait_for_job
 from tests.upstream import ReplayUpstream, max_requests_in_window
 
 # A quota small enough that the backfill takes several windows (kill it mid-way) and big
@@ -56,6 +57,17 @@ def test_backfill_chunks_by_rules_survives_kill_9_respects_quota_and_serves_hist
     # 400 days in 90-day chunks (the longest range CoinGecko answers hourly): 5 per coin.
     assert len(chunks) == 25 and {c["granularity_seconds"] for c in chunks} == {3600}
 
+    # A scheduled-style job meanwhile: the backfill's share leaves it the rest of the quota.
+    _wait(client, url, lambda b: b["chunk_counts"]["done"] >= 3, 60)
+    job = client.post("/jobs", headers=auth_headers, json={"sources": ["coingecko"]})
+    assert job.status_code == 202, job.get_json()
+    finished = wait_for_job(client, job.get_json()["id"], timeout=30)
+    assert finished["status"] == "succeeded", finished
+    with clean_db.connect() as conn:
+        waited = conn.execute(text("SELECT rate_limit_wait_seconds FROM runs WHERE id = :id"),
+                              {"id": finished["runs"][0]["id"]}).scalar()
+    assert waited < PERIOD  # never a whole window: the backfill cannot take every slot
+    assert client.get(url).get_json()["status"] == "running"
     # Kill while a chunk is claimed (it is then waiting for its quota slot or being fetched).
     _wait(client, url, lambda b: b["chunk_counts"]["done"] >= 8
           and b["chunk_counts"]["running"] == 1, 60)
