@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Sequence
 
-from sqlalchemy import func, select, text
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -114,12 +114,12 @@ def create_backfill(session: Session, req: BackfillRequest, settings: Settings,
         return existing, False
     # The run is named apart from the source's scheduled runs (its quotes are the source's):
     # a scheduled run taking over its source, the reaper and the run anomaly rules judge the
-    # source's own runs only, and a long backfill is no anomaly of theirs.
+    # source's own runs only, and a long backfill is no anomaly of theirs. It starts queued:
+    # one backfill of a source runs at a time (shared.backfill_run), as one run per source.
     run_source = f"{req.source}{RUN_SUFFIX}"
-    job = Job(status="running", sources=[run_source], trigger="backfill",
-              celery_task_id=str(uuid.uuid4()), started_at=func.now())
-    run = Run(source=run_source, status="running", started_at=func.now(),
-              heartbeat_at=func.now())
+    job = Job(status="queued", sources=[run_source], trigger="backfill",
+              celery_task_id=str(uuid.uuid4()))
+    run = Run(source=run_source, status="queued")
     job.runs = [run]
     try:
         # In a savepoint: a concurrent identical request that commits first wins the key.

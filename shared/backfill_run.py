@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
+from shared.backfill import RUN_SUFFIX
 from shared.backfill_fetch import ShareLimiter, chunk_batch, fetch_window, make_client
 from shared.backfill_models import Backfill, BackfillChunk
 from shared.config import Settings
@@ -46,6 +47,22 @@ def _thresholds(settings: Settings) -> QualityThresholds:
     return replace(thresholds, stale_seconds={**thresholds.stale_seconds, "coingecko": 0})
 
 
+def _start(session: Session, backfill: Backfill) -> None:
+    """Mark the backfill, its run and job running (we hold the source's backfill lock).
+
+    Another running run of the same name has no live execution (we hold its lock): that
+    backfill was interrupted and will resume, so its run goes back to queued.
+    """
+    params = {"id": backfill.id, "run": backfill.run_id, "job": backfill.job_id,
+              "source": f"{backfill.source}{RUN_SUFFIX}"}
+    session.execute(text("UPDATE runs SET status = 'queued' WHERE source = :source "
+                         "AND status = 'running' AND id <> :run"), params)
+    for table, key in (("backfills", "id"), ("runs", "run"), ("jobs", "job")):
+        session.execute(text(
+            f"UPDATE {table} SET status = 'running', finished_at = NULL, error = NULL, "
+            f"started_at = coalesce(started_at, now()) WHERE id = :{key}"), params)
+
+
 def _next_chunk(session: Session, backfill_id: int, max_attempts: int) -> BackfillChunk | None:
     """The first chunk still to do: pending, or running/failed with attempts left."""
     return session.query(BackfillChunk).filter(
@@ -57,12 +74,13 @@ def _next_chunk(session: Session, backfill_id: int, max_attempts: int) -> Backfi
 
 def execute_backfill(backfill_id: int, settings: Settings, engine: Engine | None = None,
                      budget_seconds: float | None = None) -> str:
-    """Run the chunks left of a backfill; returns its status, 'busy' or 'more'.
+    """Run the chunks left of a backfill; returns its status, 'busy', 'wait' or 'more'.
 
     One execution per backfill at a time (a session advisory lock, gone with a killed
     worker's connection), so a redelivered task resumes where the dead one stopped. 'busy':
-    another execution holds it; 'more': the time budget (kept under the task time limit) ran
-    out with chunks left, and the caller sends the task again.
+    another execution holds it; 'wait': another backfill of the source runs (try later);
+    'more': the time budget (kept under the task time limit) ran out with chunks left. The
+    caller sends the task again for 'wait' and 'more'.
     """
     engine = engine or get_engine()
     with unit_of_work(engine) as session:
@@ -70,13 +88,20 @@ def execute_backfill(backfill_id: int, settings: Settings, engine: Engine | None
         if backfill is None:
             log.warning("backfill %s does not exist", backfill_id)
             return "missing"
+        run_source = f"{backfill.source}{RUN_SUFFIX}"
     lock = engine.connect()
     try:
         if not try_source_lock(lock, f"backfill.{backfill_id}"):
             return "busy"
         try:
-            deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
-            return _execute(engine, backfill_id, settings, deadline)
+            # One backfill of a source at a time (the lock the reaper checks for its runs).
+            if not try_source_lock(lock, run_source):
+                return "wait"
+            try:
+                deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
+                return _execute(engine, backfill_id, settings, deadline)
+            finally:
+                release_source_lock(lock, run_source)
         finally:
             release_source_lock(lock, f"backfill.{backfill_id}")
     finally:
@@ -88,9 +113,7 @@ def _execute(engine: Engine, backfill_id: int, settings: Settings,
     with unit_of_work(engine) as session:
         backfill = session.get(Backfill, backfill_id)
         assert backfill is not None
-        session.execute(text("UPDATE backfills SET status = 'running', finished_at = NULL, "
-                             "started_at = coalesce(started_at, now()) WHERE id = :id"),
-                        {"id": backfill_id})
+        _start(session, backfill)
         coins = {c["id"]: c for c in backfill.assets}
         run_id = backfill.run_id
     writer = BatchWriter("coingecko", run_id, load_aliases(settings.asset_aliases_file),

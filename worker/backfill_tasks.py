@@ -12,6 +12,9 @@ from shared.db import get_engine
 
 log = logging.getLogger(__name__)
 
+# How long a backfill waits for another backfill of its source before asking again.
+WAIT_SECONDS = 10
+
 
 @shared_task(bind=True, name=task_names.BACKFILL_RUN, acks_late=True,
              reject_on_worker_lost=True, ignore_result=True)
@@ -23,4 +26,8 @@ def backfill_run(self: Task, backfill_id: int) -> str:
     if status == "more":
         # A new message, not a retry: a long backfill is many short tasks, each resumable.
         self.app.send_task(task_names.BACKFILL_RUN, args=(backfill_id,))
+    elif status == "wait":
+        # Another backfill of the source runs: come back later as a delayed message.
+        self.app.send_task(task_names.BACKFILL_RUN, args=(backfill_id,),
+                           countdown=WAIT_SECONDS)
     return status
