@@ -82,6 +82,13 @@ class CandleEnvelopeSchema(EnvelopeSchema):
     gaps = ma.fields.List(ma.fields.Nested(GapSchema), required=True)
 
 
+class DetailArgsSchema(ArgsSchema):
+    """GET /data/<asset>: `as_of` sends the client to GET /data/<asset>/as_of."""
+
+    as_of = UtcDateTime(metadata={"description": "Point in time: answered by a 307 to "
+                                                 "`/data/<asset>/as_of?at=`"})
+
+
 class AsOfArgsSchema(ArgsSchema):
     """GET /data/<asset>/as_of."""
 

@@ -21,8 +21,9 @@ from api.schemas import (
     HistoryEnvelopeSchema,
     quote_record,
 )
-from api.history_schemas import DataExportArgsSchema, HistoryExportArgsSchema
+from api.history_schemas import DataExportArgsSchema, DetailArgsSchema, HistoryExportArgsSchema
 from api.resources.history import (
+    as_of_redirect,
     export_data,
     export_format,
     export_history,
@@ -128,16 +129,21 @@ class DataList(MethodView):
 class DataDetail(MethodView):
     """One asset across sources."""
 
+    @blp.arguments(DetailArgsSchema, location="query")
     @blp.response(200, AssetDetailSchema)
+    @blp.alt_response(307, description="With `as_of`: to /data/<asset>/as_of?at=")
     @blp.alt_response(404, schema=ErrorSchema, description="No such asset")
-    def get(self, asset: str) -> Any:
+    def get(self, args: dict[str, Any], asset: str) -> Any:
         """Show an asset, its id at each source, its latest quote per source and a consensus
 
         The consensus is the median price of the clean quotes observed within
         `window.seconds` of the freshest one; `spread` = (max - min) / median and `disagree`
         is true when two or more of them spread more than the configured share. `excluded`
         says which sources were left out and why (out of the window, flagged, no price).
+        With `as_of`, a 307 to the point-in-time lookup (GET /data/<asset>/as_of).
         """
+        if args.get("as_of"):
+            return as_of_redirect(asset, args["as_of"])
         settings = current_app.config["SETTINGS"]
         return asset_detail(get_session(), asset, settings.consensus_disagreement_share,
                             settings.consensus_window_seconds)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from flask import Response, request, stream_with_context
+from flask import Response, redirect, request, stream_with_context, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
@@ -111,6 +111,12 @@ def export_data(args: dict[str, Any]) -> Response:
     sort = args["sort"]
     return streamed(fmt, DATA_EXPORT_FIELDS,
                     lambda conn: data_records(conn, filters, sort), "data")
+
+
+def as_of_redirect(asset: str, at: datetime) -> Any:
+    """307 from GET /data/<asset>?as_of= to the point-in-time lookup; 404 for no such asset."""
+    resolve_asset(get_session(), asset)
+    return redirect(url_for("history.AsOf", asset=asset, at=at.isoformat()), code=307)
 
 
 @blp.route("/<string:asset>/candles", parameters=[ASSET_PARAM])

@@ -216,3 +216,14 @@ def test_candles_as_of_and_exports_count_as_reads(coin: Engine, settings: Any) -
             f"/data/testcoin/history?{HISTORY_RANGE}&format=csv",
             f"/data/as_of?pair={_q('testcoin@' + T0)}"]
     assert [client.get(url).status_code for url in urls] == [200, 200, 200, 429]
+
+
+def test_data_asset_as_of_redirects_to_the_lookup(coin: Engine, client: Any) -> None:
+    response = client.get(f"/data/testcoin?as_of={_q('2025-01-01T00:45:00+01:00')}")
+    assert response.status_code == 307
+    followed = client.get(f"/data/testcoin?as_of={_q('2025-01-01T00:45:00+01:00')}",
+                          follow_redirects=True)
+    assert followed.get_json()["as_of"] == "2024-12-31T23:45:00+00:00"
+    assert followed.get_json()["quotes"] == []  # before the first quote, at every source
+    assert "as_of" in _get(client, "/data/testcoin?as_of=yesterday", 422)["errors"]["query"]
+    assert _get(client, "/data/testcoin")["asset"]["slug"] == "testcoin"
