@@ -120,9 +120,12 @@ def _execute(engine: Engine, backfill_id: int, settings: Settings,
                          thresholds=_thresholds(settings))
     limiter = ShareLimiter(settings)
     try:
+        first = True
         while True:
-            if deadline is not None and time.monotonic() > deadline:
+            # At least one chunk per execution, so a tiny budget still moves forward.
+            if not first and deadline is not None and time.monotonic() > deadline:
                 return "more"
+            first = False
             with unit_of_work(engine) as session:
                 chunk = _next_chunk(session, backfill_id, settings.max_task_attempts)
                 if chunk is None:

@@ -9,6 +9,7 @@ from sqlalchemy import Engine, text
 from shared.backfill import BackfillRequest, backfill_progress, create_backfill
 from shared.backfill_run import execute_backfill
 from shared.db import unit_of_work
+from shared.runs import source_lock_key
 from shared.sources.rate_limit import RedisRateLimiter
 from tests.api.helpers import replay_settings, run_sources
 from tests.conftest import count
@@ -64,3 +65,47 @@ def test_backfill_writes_chunks_once_and_resubmission_makes_no_duplicate(
     assert execute_backfill(backfill_id, settings, clean_db) == "succeeded"
     assert len(upstream.requests()) == before + len(calls)
     assert count(clean_db, "quotes", where, run=progress["run_id"]) == stored
+
+
+def test_budget_wait_and_an_interrupted_chunk(
+    clean_db: Engine, base_env: dict[str, str], csv_dir: Path, upstream: ReplayUpstream,
+) -> None:
+    settings = replay_settings(base_env, csv_dir, upstream, BACKFILL_CHUNK_DAYS="10")
+    for source in ("coingecko", "coingecko-backfill"):
+        RedisRateLimiter(settings.redis_url, source, settings.coingecko_rate).clear()
+    run_sources(clean_db, settings, ["coingecko"])
+    req = BackfillRequest(source="coingecko", assets=["bitcoin"],
+                          since=NOW - timedelta(days=30), until=NOW)
+    with unit_of_work(clean_db) as session:
+        backfill, _ = create_backfill(session, req, settings, now=NOW)
+        backfill_id = backfill.id
+
+    def states() -> list[tuple[str, int]]:
+        with clean_db.connect() as conn:
+            return [(s, a) for s, a in conn.execute(text(
+                "SELECT status, attempts FROM backfill_chunks WHERE backfill_id = :id "
+                "ORDER BY id"), {"id": backfill_id})]
+
+    # Another backfill of the source holds its lock: this one waits, touching nothing.
+    with clean_db.connect() as other:
+        other.execute(text("SELECT pg_advisory_lock(:k)"),
+                      {"k": source_lock_key("coingecko-backfill")})
+        assert execute_backfill(backfill_id, settings, clean_db) == "wait"
+        other.execute(text("SELECT pg_advisory_unlock_all()"))
+    assert states() == [("pending", 0)] * 3
+    # A spent budget still does one chunk, then asks to be sent again.
+    assert execute_backfill(backfill_id, settings, clean_db, budget_seconds=0) == "more"
+    assert states() == [("done", 1), ("pending", 0), ("pending", 0)]
+    # A worker killed mid-chunk leaves it running with nothing written: it runs again.
+    with clean_db.begin() as conn:
+        conn.execute(text("UPDATE backfill_chunks SET status = 'running', attempts = 1 "
+                          "WHERE backfill_id = :id AND status = 'pending' AND id = "
+                          "(SELECT min(id) FROM backfill_chunks WHERE backfill_id = :id "
+                          "AND status = 'pending')"), {"id": backfill_id})
+    assert execute_backfill(backfill_id, settings, clean_db) == "succeeded"
+    assert states() == [("done", 1), ("done", 2), ("done", 1)]
+    with clean_db.connect() as conn:
+        run = conn.execute(text("SELECT r.status, r.source FROM runs r JOIN backfills b "
+                                "ON b.run_id = r.id WHERE b.id = :id"),
+                           {"id": backfill_id}).one()
+    assert tuple(run) == ("succeeded", "coingecko-backfill")
