@@ -82,8 +82,10 @@ def create_app(
 
     for module in (data, history, raw, jobs, runs, stats, health, anomalies, backfills):
         api.register_blueprint(module.blp)
-    init_limits(app, [data.blp, history.blp, raw.blp, jobs.blp, runs.blp, stats.blp,
-                      anomalies.blp, backfills.blp], jobs.blp)
+    limiter = init_limits(app, [data.blp, history.blp, raw.blp, jobs.blp, runs.blp, stats.blp,
+                                anomalies.blp, backfills.blp], jobs.blp)
+    # A backfill is a job's worth of upstream work: POST /backfills counts in the jobs quota.
+    limiter.writes[(backfills.blp.name, "POST")] = limiter.writes[(jobs.blp.name, "POST")]
     from api.resources import metrics
 
     app.register_blueprint(metrics.blp)  # text, not JSON: outside the OpenAPI spec

@@ -88,3 +88,19 @@ def test_post_needs_the_token(bf_client: Any) -> None:
     response = bf_client.post("/backfills", json={"source": "coingecko", "top": 1,
                                                   "since": _since(10)})
     assert response.status_code == 401
+
+
+def test_post_counts_in_the_jobs_quota(
+    clean_db: Engine, base_env: dict[str, str], csv_dir: Path, upstream: ReplayUpstream,
+    auth_headers: dict[str, str], redis_url: str,
+) -> None:
+    settings = replay_settings(base_env, csv_dir, upstream)
+    client = create_app({"TESTING": True, "RATELIMIT_JOBS": "2/minute",
+                         "RATELIMIT_KEY_PREFIX": f"bf-{datetime.now().timestamp()}"},
+                        settings=settings).test_client()
+    body = {"source": "coingecko", "top": 1, "since": _since(10), "dry_run": True}
+    # No coin is stored, so each is a 422: still an authenticated write, counted.
+    codes = [client.post("/backfills", headers=auth_headers, json=body).status_code
+             for _ in range(3)]
+    assert codes == [422, 422, 429]
+    assert client.post("/jobs", headers=auth_headers, json={}).status_code == 429
