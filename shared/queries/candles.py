@@ -72,6 +72,8 @@ class CandleRange:
     def window(self, start_index: int, size: int) -> tuple[datetime, datetime, int]:
         """Start, end and bucket count of buckets start_index .. start_index + size."""
         size = max(0, min(size, self.count - start_index))
+        if size == 0:  # past the end: no time arithmetic (a deep page could overflow it)
+            return self.first, self.first, 0
         low = self.first + start_index * self.step
         return low, low + size * self.step, size
 

@@ -90,6 +90,9 @@ def test_candle_pages_count_buckets_and_the_cursor_follows(coin: Engine, client:
     assert gaps == [{"start": "2025-01-01T02:00:00+00:00", "end": "2025-01-01T04:00:00+00:00"}]
     page2 = _get(client, url + "&page=2")
     assert page2["data"] == [] and len(page2["gaps"]) == 1
+    # A page past the end is empty (page 1,000,000 of 500 hours would be past year 9999).
+    deep = _get(client, url.replace("page_size=2", "page_size=500") + "&page=1000000")
+    assert deep["data"] == [] and deep["gaps"] == [] and deep["pagination"]["total"] == 5
     # A cursor of another source is refused, naming the cursor.
     other = url.replace("source=coingecko", "source=csv")
     assert "cursor" in _get(client, f"{other}&cursor={body_cursor(client, url)}", 422)[
