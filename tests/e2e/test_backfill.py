@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 from sqlalchemy import Engine, text
 
 from api import create_app
@@ -14,6 +15,8 @@ from shared.sources.rate_limit import RedisRateLimiter
 from tests.api.helpers import replay_settings, run_sources
 from tests.conftest import wait_for_job
 from tests.upstream import ReplayUpstream, max_requests_in_window
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 # A quota small enough that the backfill takes several windows (kill it mid-way) and big
 # enough to stay fast: 10 requests per 3 s, the backfill's half of it 5.
