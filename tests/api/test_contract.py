@@ -59,7 +59,8 @@ CORE_OPERATIONS = {
     "GET /data", "GET /data/{asset}", "GET /data/{asset}/history", "GET /raw/{source}",
     "GET /raw/{source}/{record_id}", "GET /jobs", "POST /jobs", "GET /jobs/{job_id}",
     "GET /runs", "GET /runs/{run_id}", "GET /runs/compare", "GET /stats", "GET /health",
-    "GET /health/live", "GET /health/ready",
+    "GET /health/live", "GET /health/ready", "GET /data/{asset}/candles",
+    "GET /data/{asset}/as_of", "GET /data/as_of",
 }
 
 
