@@ -1,4 +1,4 @@
-"""The status pages are built once per cache slot: a cache hit runs no SQL and serves the same page."""
+"""Status pages are built once per cache slot: a cache hit runs no SQL, serves the same page."""
 from __future__ import annotations
 
 from typing import Any
