@@ -163,21 +163,6 @@ class Quote(Base):
     inserted_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
 
 
-class RunAsset(Base):
-    """Retired: an asset a run wrote quotes for, once read by normalize to publish them.
-
-    Nothing writes it since each batch publishes its own assets (migration 0010 drained it);
-    the table goes in a later migration.
-    """
-
-    __tablename__ = "run_assets"
-
-    # Not a foreign key (migration 0009): only the run's own loader writes these rows, in the
-    # transactions that update the run, and the check cost ~10 us per row on every batch.
-    run_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    asset_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-
-
 class CurrentQuote(Base):
     """The newest quote per (asset, source): what `GET /data` serves, refreshed per batch.
 

@@ -30,7 +30,7 @@ UNACKED_KEY = BROKER_PREFIX + "unacked"
 # API's cache key and its version must never go back (the trigger only updates it).
 KEPT_TABLES = frozenset({"data_version"})
 # Every other mapped table, children first. Built from the models, not written by hand: a
-# table without a foreign key (run_assets since migration 0009) is not reached by CASCADE,
+# table without a foreign key (quote_flags, anomalies, ...) is not reached by CASCADE,
 # and RESTART IDENTITY would hand its leftover rows to the next test's runs.
 TABLES = tuple(table.name for table in reversed(Base.metadata.sorted_tables)
                if table.name not in KEPT_TABLES)
