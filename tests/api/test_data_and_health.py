@@ -31,7 +31,8 @@ def test_data_envelope_paging_and_filters(
     assert [r["symbol"] for r in body["data"]] == ["C3", "C4", "C5"]
     assert set(body["data"][0]) == {
         "asset_id", "symbol", "name", "source", "source_asset_id", "price_usd",
-        "market_cap_usd", "volume_24h_usd", "rank", "observed_at"}
+        "market_cap_usd", "volume_24h_usd", "rank", "observed_at", "quality"}
+    assert body["data"][0]["quality"] == {"status": "ok", "flags": []}
     assert body["data"][0]["price_usd"] == "1.3"
     assert body["data"][0]["observed_at"] == "2021-01-01T23:59:59+00:00"
 
