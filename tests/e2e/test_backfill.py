@@ -71,9 +71,11 @@ def test_backfill_chunks_by_rules_survives_kill_9_respects_quota_and_serves_hist
                               {"id": finished["runs"][0]["id"]}).scalar()
     assert waited < PERIOD  # never a whole window: the backfill cannot take every slot
     assert client.get(url).get_json()["status"] == "running"
-    # Kill while a chunk is claimed (it is then waiting for its quota slot or being fetched).
-    _wait(client, url, lambda b: b["chunk_counts"]["done"] >= 8
-          and b["chunk_counts"]["running"] == 1, 60)
+    # Kill while a chunk is claimed: the next fetches answer after 2 s (under the 3 s timeout),
+    # so the chunk seen running is still in flight when its worker child dies.
+    _wait(client, url, lambda b: b["chunk_counts"]["done"] >= 8, 60)
+    upstream.add_fault("slow", count=3, seconds=2)
+    _wait(client, url, lambda b: b["chunk_counts"]["running"] == 1, 60)
     children = psutil.Process(worker.proc.pid).children(recursive=True)
     for child in children:
         child.kill()  # SIGKILL mid-chunk: the task message comes back, the chunk re-runs
