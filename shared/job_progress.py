@@ -10,6 +10,13 @@ from sqlalchemy.orm import Session
 from shared.models import TERMINAL_STATUSES, Job, Run
 
 
+def elapsed_seconds(started_at: datetime | None, finished_at: datetime | None) -> float | None:
+    """Seconds between a run's start and end (None until it has both)."""
+    if started_at is None or finished_at is None:
+        return None
+    return (finished_at - started_at).total_seconds()
+
+
 @dataclass(frozen=True)
 class RunState:
     """One run's status and counters at one moment."""
@@ -33,9 +40,7 @@ class RunState:
     @property
     def seconds(self) -> float | None:
         """How long the run took (None until it has both started and finished)."""
-        if self.started_at is None or self.finished_at is None:
-            return None
-        return (self.finished_at - self.started_at).total_seconds()
+        return elapsed_seconds(self.started_at, self.finished_at)
 
 
 @dataclass(frozen=True)

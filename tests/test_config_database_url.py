@@ -57,7 +57,7 @@ def test_libpq_params_carry_query_and_decoded_password() -> None:
 
 
 @pytest.mark.parametrize("raw", ["mysql://u:hunter2@h/d", "postgresql+asyncpg://u:hunter2@h/d",
-                                 "host=h password=hunter2 dbname=d", "sqlite:///x.db"])
+                                 "host=h password=hunter2 dbname=d", "mssql://u:hunter2@h/d"])
 def test_other_urls_are_refused_without_echoing_secrets(raw: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings({"DATABASE_URL": raw})

@@ -9,6 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from shared.errors import safe_error_text
+from shared.job_progress import elapsed_seconds
 
 # A 24 h grid at the default 5-minute schedule is 288 runs per source; more is a backlog.
 # runs has no created_at index: at ~900 runs a day a scan stays in the milliseconds for
@@ -60,9 +61,7 @@ class RunCell:
     @property
     def seconds(self) -> float | None:
         """How long it ran (None until it has started and finished)."""
-        if self.started_at is None or self.finished_at is None:
-            return None
-        return (self.finished_at - self.started_at).total_seconds()
+        return elapsed_seconds(self.started_at, self.finished_at)
 
 
 @dataclass(frozen=True)
