@@ -16,7 +16,7 @@ from decimal import Decimal
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import parse_qs, urlsplit
 
 from tests.upstream.coherent import coherent_ticker, coingecko_matches
@@ -40,7 +40,7 @@ COINGECKO_PER_PAGE_MAX = 250
 FAULT_MODES = frozenset(
     {
         "429", "402", "5xx", "500", "502", "503", "504", "slow", "reset", "truncated",
-        "malformed", "drift", "redirect", "400", "401", "403", "404", "status",
+        "malformed", "drift", "redirect", "400", "401", "403", "404", "status", "hold",
     }
 )
 
@@ -318,12 +318,21 @@ class Fault:
     page: int | None = None
     path: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    # Query parameters a request must carry (all of them, equal values) for the fault to hit:
+    # one backfill chunk is one coin's path plus its own `from`.
+    query: dict[str, str] | None = None
+    # A hold fault: set once released (or when the server stops); the held requests wait on it.
+    released: threading.Event = field(default_factory=threading.Event, repr=False,
+                                      compare=False)
 
-    def matches(self, endpoint: str, path: str, page: int | None) -> bool:
+    def matches(self, endpoint: str, path: str, page: int | None,
+                query: Mapping[str, str] | None = None) -> bool:
         """Whether this fault applies to a request to `endpoint`/`path` (markets `page`)."""
         if self.endpoint not in ("*", endpoint):
             return False
         if self.page is not None and page != self.page:
+            return False
+        if self.query and any((query or {}).get(k) != v for k, v in self.query.items()):
             return False
         return self.path is None or path.startswith(self.path)
 
@@ -332,6 +341,7 @@ class Fault:
         return {
             "id": self.id, "mode": self.mode, "endpoint": self.endpoint,
             "count": self.remaining, "page": self.page, "path": self.path, "params": self.params,
+            "query": self.query,
         }
 
 
@@ -346,6 +356,9 @@ def fault_from_spec(fault_id: int, spec: Mapping[str, Any]) -> Fault:
     count = spec.get("count")
     params = dict(spec.get("params") or {})
     page = spec.get("page", params.pop("page", None))
+    query = spec.get("query")
+    if query is not None and not isinstance(query, Mapping):
+        raise ValueError("query must be an object of parameter names to values")
     return Fault(
         id=fault_id,
         mode=mode,
@@ -354,6 +367,7 @@ def fault_from_spec(fault_id: int, spec: Mapping[str, Any]) -> Fault:
         page=None if page is None else int(page),
         path=spec.get("path"),
         params=params,
+        query={str(k): str(v) for k, v in query.items()} if query else None,
     )
 
 
@@ -381,6 +395,8 @@ class UpstreamState:
         self.coingecko_page_overlap = 0
         self.require_keys: dict[str, str] = dict(require_keys or {})
         self.faults: list[Fault] = []
+        # Every hold fault by id, used up or not: its held requests wait until it is released.
+        self.holds: dict[int, Fault] = {}
         self.log: list[dict[str, Any]] = []
         self.coingecko_items: list[str] = []
         self.coinpaprika_items: list[str] = []
@@ -398,13 +414,16 @@ class UpstreamState:
         with self.lock:
             fault = fault_from_spec(next(self._ids), spec)
             self.faults.append(fault)
+            if fault.mode == "hold":
+                self.holds[fault.id] = fault
             return fault
 
-    def take_fault(self, endpoint: str, path: str, page: int | None) -> Fault | None:
+    def take_fault(self, endpoint: str, path: str, page: int | None,
+                   query: Mapping[str, str] | None = None) -> Fault | None:
         """The fault hitting this request, if any, spending one of its uses."""
         with self.lock:
             for fault in self.faults:
-                if fault.matches(endpoint, path, page):
+                if fault.matches(endpoint, path, page, query):
                     if fault.remaining is not None:
                         fault.remaining -= 1
                         if fault.remaining <= 0:
@@ -414,11 +433,40 @@ class UpstreamState:
 
     def reset(self, config: Mapping[str, Any] | None = None) -> None:
         """Back to freshly started: original data, no faults, empty log (config may change)."""
+        self.release()  # no handler thread is left waiting on a hold that no longer exists
         with self.lock:
             self._configure(config or {})
             self.faults.clear()
+            self.holds.clear()
             self.log.clear()
             self._load_data()
+
+    def clear_faults(self) -> None:
+        """Drop every pending fault; requests held now are released, not left hanging."""
+        self.release()
+        with self.lock:
+            self.faults.clear()
+
+    def release(self, hold_id: int | None = None) -> int:
+        """Let the requests held by one hold fault (all of them: None) go on, answered as
+        usual, and hold no more; returns how many were waiting."""
+        with self.lock:
+            holds = [self.holds[hold_id]] if hold_id is not None else list(self.holds.values())
+            for fault in holds:
+                if fault in self.faults:
+                    self.faults.remove(fault)
+                fault.released.set()
+            ids = {f.id for f in holds}
+            return sum(1 for e in self.log if e.get("hold_id") in ids
+                       and e.get("hold") == "waiting")
+
+    def held(self, hold_id: int) -> list[dict[str, Any]]:
+        """Copies of the log entries of the requests this hold fault stopped, arrival order;
+        `hold` says whether each is still "waiting" or was "released"."""
+        if hold_id not in self.holds:
+            raise KeyError(f"no hold fault {hold_id}")
+        with self.lock:
+            return [dict(e) for e in self.log if e.get("hold_id") == hold_id]
 
     def configure(self, config: Mapping[str, Any]) -> None:
         """Change totals / required keys; rebuilds the data served."""
@@ -603,7 +651,7 @@ class _Handler(BaseHTTPRequestHandler):
                     ),
                 }
             )
-            fault = self.state.take_fault(endpoint, path, page)
+            fault = self.state.take_fault(endpoint, path, page, query)
             if fault is not None:
                 entry["fault"] = fault.mode
             self._serve(endpoint, path, query, fault, entry)
@@ -643,6 +691,14 @@ class _Handler(BaseHTTPRequestHandler):
             if fault.mode == "slow":
                 # Sleep past the client's timeout, waking early if the server is stopping.
                 self.state.stopping.wait(float(params.get("seconds", 5.0)))
+            elif fault.mode == "hold":
+                # Wait for the test's release (stop() and reset() release too): the request is
+                # in flight for as long as the test needs, not for a guessed number of seconds.
+                with self.state.lock:
+                    entry["hold_id"], entry["hold"] = fault.id, "waiting"
+                fault.released.wait()
+                with self.state.lock:
+                    entry["hold"] = "released"
             elif fault.mode == "drift":
                 drift = params or DEFAULT_DRIFT.get(endpoint, {})
             elif fault.mode == "reset" and not params.get("after_bytes"):
@@ -861,10 +917,16 @@ class _Handler(BaseHTTPRequestHandler):
                 specs = spec if isinstance(spec, list) else [spec]
                 ids = [state.add_fault(s).id for s in specs]
                 self._send_json(200, {"ids": ids})
+            elif self.command == "GET" and sub == "/held":
+                self._send_json(200, {"held": state.held(int(query["id"]))})
+            elif self.command == "POST" and sub == "/release":
+                body = self._read_body()
+                hold_id = body.get("id")
+                released = state.release(None if hold_id is None else int(hold_id))
+                self._send_json(200, {"released": released})
             elif self.command == "POST" and sub == "/clear_faults":
                 self._read_body()
-                with state.lock:
-                    state.faults.clear()
+                state.clear_faults()
                 self._send_json(200, {"ok": True})
             elif self.command == "POST" and sub == "/reset":
                 state.reset(self._read_body())
@@ -937,8 +999,9 @@ class ReplayUpstream:
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the listening socket (slow faults wake up)."""
+        """Stop serving and close the listening socket (slow and held requests wake up)."""
         self.state.stopping.set()
+        self.state.release()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -991,18 +1054,38 @@ class ReplayUpstream:
         count: int | None = None,
         page: int | None = None,
         path: str | None = None,
+        query: Mapping[str, Any] | None = None,
         **params: Any,
     ) -> int:
         """Inject a fault (see FAULT_MODES); returns its id."""
         return self.state.add_fault(
             {"mode": mode, "endpoint": endpoint, "count": count, "page": page, "path": path,
-             "params": params}
+             "query": query, "params": params}
         ).id
 
+    def hold(self, endpoint: str = "*", path: str | None = None,
+             query: Mapping[str, Any] | None = None, count: int | None = None) -> int:
+        """Hold the matching requests (the first `count` of them; None: all) unanswered until
+        release(); returns the hold's id for wait_held() and release()."""
+        return self.add_fault("hold", endpoint=endpoint, count=count, path=path, query=query)
+
+    def wait_held(self, hold_id: int, count: int = 1, timeout: float = 60
+                  ) -> list[dict[str, Any]]:
+        """Wait until `count` requests are waiting on the hold; their log entries."""
+        return _wait_held(lambda: self.state.held(hold_id), hold_id, count, timeout)
+
+    def held(self, hold_id: int) -> list[dict[str, Any]]:
+        """Log entries of the requests the hold stopped (`hold`: "waiting" or "released")."""
+        return self.state.held(hold_id)
+
+    def release(self, hold_id: int | None = None) -> int:
+        """Answer the held requests as usual and hold no more (every hold: None); returns how
+        many were waiting."""
+        return self.state.release(hold_id)
+
     def clear_faults(self) -> None:
-        """Drop every pending fault."""
-        with self.state.lock:
-            self.state.faults.clear()
+        """Drop every pending fault (held requests are released)."""
+        self.state.clear_faults()
 
     def reset(self, **config: Any) -> None:
         """Back to the startup data with no faults and an empty log."""
@@ -1047,12 +1130,32 @@ class UpstreamControl:
         count: int | None = None,
         page: int | None = None,
         path: str | None = None,
+        query: Mapping[str, Any] | None = None,
         **params: Any,
     ) -> int:
         """Inject a fault; returns its id."""
         spec = {"mode": mode, "endpoint": endpoint, "count": count, "page": page, "path": path,
-                "params": params}
+                "query": dict(query) if query else None, "params": params}
         return int(self._call("POST", "/fault", spec)["ids"][0])
+
+    def hold(self, endpoint: str = "*", path: str | None = None,
+             query: Mapping[str, Any] | None = None, count: int | None = None) -> int:
+        """Hold the matching requests until release(); returns the hold's id."""
+        return self.add_fault("hold", endpoint=endpoint, count=count, path=path, query=query)
+
+    def held(self, hold_id: int) -> list[dict[str, Any]]:
+        """Log entries of the requests the hold stopped."""
+        return list(self._call("GET", f"/held?id={int(hold_id)}")["held"])
+
+    def wait_held(self, hold_id: int, count: int = 1, timeout: float = 60
+                  ) -> list[dict[str, Any]]:
+        """Wait until `count` requests are waiting on the hold; their log entries."""
+        return _wait_held(lambda: self.held(hold_id), hold_id, count, timeout)
+
+    def release(self, hold_id: int | None = None) -> int:
+        """Answer the held requests as usual and hold no more; returns how many were waiting."""
+        body = {} if hold_id is None else {"id": int(hold_id)}
+        return int(self._call("POST", "/release", body)["released"])
 
     def clear_faults(self) -> None:
         """Drop every pending fault."""
@@ -1071,6 +1174,20 @@ class UpstreamControl:
         """Move `last_updated` of some/all coins forward; returns how many changed."""
         body = {"seconds": seconds, "endpoint": endpoint, **kwargs}
         return int(self._call("POST", "/advance", body)["advanced"])
+
+
+def _wait_held(fetch: Callable[[], list[dict[str, Any]]], hold_id: int, count: int,
+               timeout: float) -> list[dict[str, Any]]:
+    """Poll a hold's entries until `count` of them are waiting (TimeoutError past `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        waiting = [e for e in fetch() if e.get("hold") == "waiting"]
+        if len(waiting) >= count:
+            return waiting
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(waiting)} of {count} requests held by hold {hold_id} "
+                               f"after {timeout}s")
+        time.sleep(0.02)
 
 
 def max_requests_in_window(times: Iterable[float], window: float) -> int:

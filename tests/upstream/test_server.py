@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -198,6 +199,77 @@ def test_slow_mode_delays_the_answer(upstream: ReplayUpstream) -> None:
     started = time.monotonic()
     assert get(upstream, "/api/v3/ping").status_code == 200
     assert time.monotonic() - started >= 0.4
+
+
+def _get_in_thread(server: ReplayUpstream, path: str) -> tuple[threading.Thread, list[Any]]:
+    """GET `path` in a background thread; the list receives the response (or the error)."""
+    out: list[Any] = []
+
+    def fetch() -> None:
+        try:
+            out.append(get(server, path))
+        except requests.RequestException as exc:
+            out.append(exc)
+
+    thread = threading.Thread(target=fetch, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def test_hold_keeps_matching_requests_in_flight_until_released(upstream: ReplayUpstream) -> None:
+    """A hold answers nothing until released (however long that is), then answers as usual;
+    only requests with its path and query are held, and after release none is."""
+    chart = "/api/v3/coins/bitcoin/market_chart/range"
+    hold = upstream.hold(endpoint="coingecko", path=chart, query={"from": 100})
+    thread, out = _get_in_thread(upstream, chart + "?vs_currency=usd&from=100&to=200000")
+    (entry,) = upstream.wait_held(hold, timeout=5)
+    assert entry["path"] == chart and entry["hold"] == "waiting" and entry["status"] is None
+    # Other windows of the same coin, and other paths, are not held.
+    other = get(upstream, chart + "?vs_currency=usd&from=200001&to=400000")
+    assert other.status_code == 200
+    assert get(upstream, "/api/v3/ping").status_code == 200
+    thread.join(1.0)
+    assert thread.is_alive() and out == []  # still waiting: nothing but release() ends it
+    assert upstream.release(hold) == 1
+    thread.join(5)
+    (answer,) = out
+    assert answer.status_code == 200
+    assert set(answer.json()) == {"prices", "market_caps", "total_volumes"}
+    assert [e["hold"] for e in upstream.held(hold)] == ["released"]
+    # Released: the same request goes straight through.
+    assert get(upstream, chart + "?vs_currency=usd&from=100&to=200000").status_code == 200
+    assert len(upstream.held(hold)) == 1
+
+
+def test_a_hold_with_a_count_holds_that_many_and_stop_releases_them() -> None:
+    """count=2 holds the first two matching requests; stop() lets held requests go."""
+    server = ReplayUpstream().start()
+    try:
+        hold = server.hold(endpoint="coinpaprika", count=2)
+        first = _get_in_thread(server, "/v1/tickers/btc-bitcoin")
+        second = _get_in_thread(server, "/v1/tickers/btc-bitcoin")
+        assert len(server.wait_held(hold, count=2, timeout=5)) == 2
+        assert get(server, "/v1/tickers/btc-bitcoin").status_code == 200  # the third passes
+    finally:
+        server.stop()
+    for thread, _ in (first, second):
+        thread.join(5)
+        assert not thread.is_alive()
+
+
+def test_hold_over_the_control_api(upstream: ReplayUpstream) -> None:
+    """hold, held and release work over HTTP for a server in another process."""
+    control = UpstreamControl(upstream.url)
+    hold = control.hold(endpoint="coingecko", path="/api/v3/ping")
+    thread, out = _get_in_thread(upstream, "/api/v3/ping")
+    (entry,) = control.wait_held(hold, timeout=5)
+    assert entry["hold"] == "waiting"
+    assert control.release(hold) == 1
+    thread.join(5)
+    assert out[0].status_code == 200
+    assert [e["hold"] for e in control.held(hold)] == ["released"]
+    with pytest.raises(TimeoutError):
+        control.wait_held(hold, timeout=0.2)  # released: nothing is held any more
 
 
 def test_malformed_and_drift_bodies(upstream: ReplayUpstream) -> None:
