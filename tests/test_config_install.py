@@ -49,8 +49,12 @@ def test_make_run_installs_the_runtime_only() -> None:
     recipes = dict(re.findall(r"^(\$\(\w+\)|[\w-]+):[^\n]*\n((?:\t[^\n]*\n)*)", text,
                               re.MULTILINE))
     assert re.search(r"^run: \$\(RUN_STAMP\)\s*$", text, re.MULTILINE)
-    assert "pip install -e .\n" in recipes["$(RUN_STAMP)"]
-    assert "[dev]" not in recipes["$(RUN_STAMP)"]
-    assert "'.[dev]'" in recipes["$(DEV_STAMP)"]
+    # Each set from its lock, hash-checked, then the project alone.
+    for stamp, lock in (("$(RUN_STAMP)", "run"), ("$(DEV_STAMP)", "dev"),
+                        ("$(FLOWER_STAMP)", "flower")):
+        assert f"pip install --require-hashes -r $(LOCK)/{lock}.txt\n" in recipes[stamp], stamp
+    for stamp in ("$(RUN_STAMP)", "$(DEV_STAMP)"):
+        assert "pip install --no-deps -e .\n" in recipes[stamp], stamp
+    assert "dev" not in recipes["$(RUN_STAMP)"]
     for target in ("test", "bench", "lint"):
         assert re.search(rf"^{target}: \$\(DEV_STAMP\)\s*$", text, re.MULTILINE), target
