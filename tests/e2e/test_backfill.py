@@ -5,6 +5,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import psutil
 import pytest
@@ -41,7 +42,9 @@ def test_backfill_chunks_by_rules_survives_kill_9_respects_quota_and_serves_hist
     env = {"COINGECKO_BASE_URL": upstream.coingecko_base_url,
            "COINGECKO_RATE_LIMIT": str(QUOTA), "COINGECKO_RATE_PERIOD_SECONDS": str(PERIOD),
            "BACKFILL_QUOTA_SHARE": str(SHARE), "BACKFILL_MAX_DAYS": "401",
-           "HTTP_TIMEOUT_SECONDS": "3", "HTTP_MAX_RETRIES": "2",
+           # Longer than the held request waits for the kill: it stays one request in flight
+           # (a client timeout would retry it, and three would fail the chunk).
+           "HTTP_TIMEOUT_SECONDS": "30", "HTTP_MAX_RETRIES": "2",
            "HTTP_BACKOFF_MAX_SECONDS": "1", "CSV_DIR": str(csv_dir)}
     settings = replay_settings(base_env, csv_dir, upstream, **env)
     for name in ("coingecko", "coingecko-backfill"):
@@ -59,6 +62,15 @@ def test_backfill_chunks_by_rules_survives_kill_9_respects_quota_and_serves_hist
     chunks = response.get_json()["chunks"]
     # 400 days in 90-day chunks (the longest range CoinGecko answers hourly): 5 per coin.
     assert len(chunks) == 25 and {c["granularity_seconds"] for c in chunks} == {3600}
+    # Chunks run one at a time in id order, and the share lets 5 requests through per 3 s
+    # window, so the 11th chunk's request comes 6 s from now at the earliest. Hold it (and any
+    # retry of it) until released: the backfill is running at every step below, and a chunk is
+    # in flight when its worker child is killed, by arrangement rather than timing.
+    target = sorted(chunks, key=lambda c: c["id"])[10]
+    target_from = str(int(datetime.fromisoformat(target["window_start"]).timestamp()))
+    hold = upstream.hold(endpoint="coingecko",
+                         path=f"/api/v3/coins/{target['coin_id']}/market_chart/range",
+                         query={"from": target_from})
 
     # A scheduled-style job meanwhile: the backfill's share leaves it the rest of the quota.
     _wait(client, url, lambda b: b["chunk_counts"]["done"] >= 3, 60)
@@ -71,18 +83,34 @@ def test_backfill_chunks_by_rules_survives_kill_9_respects_quota_and_serves_hist
                               {"id": finished["runs"][0]["id"]}).scalar()
     assert waited < PERIOD  # never a whole window: the backfill cannot take every slot
     assert client.get(url).get_json()["status"] == "running"
-    # Kill while a chunk is claimed: the next fetches answer after 2 s (under the 3 s timeout),
-    # so the chunk seen running is still in flight when its worker child dies.
-    _wait(client, url, lambda b: b["chunk_counts"]["done"] >= 8, 60)
-    upstream.add_fault("slow", count=3, seconds=2)
-    _wait(client, url, lambda b: b["chunk_counts"]["running"] == 1, 60)
+
+    # The target chunk's request has reached the upstream and waits there: its execution is
+    # mid-chunk (claimed, nothing of it committed) when every worker child is killed.
+    (held,) = upstream.wait_held(hold, timeout=90)
+    assert parse_qs(held["query"])["from"] == [target_from]
+    before = client.get(url).get_json()
+    in_flight = {c["id"]: c for c in before["chunks"]}[target["id"]]
+    assert (in_flight["status"], in_flight["attempts"]) == ("running", 1), in_flight
+    assert before["chunk_counts"]["done"] == 10, before["chunk_counts"]
     children = psutil.Process(worker.proc.pid).children(recursive=True)
+    assert children
     for child in children:
         child.kill()  # SIGKILL mid-chunk: the task message comes back, the chunk re-runs
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, alive
+    # Only now may the held request be answered: the execution that sent it is dead.
+    upstream.release(hold)
     body = _wait(client, url, lambda b: b["status"] not in ("queued", "running"), 120)
     assert body["status"] == "succeeded", body["chunk_counts"]
-    assert body["chunk_counts"]["done"] == 25
-    assert children and any(c["attempts"] > 1 for c in body["chunks"])
+    assert body["chunk_counts"]["done"] == 25, body["chunk_counts"]
+    assert [c["status"] for c in body["chunks"]] == ["done"] * 25
+    # The killed execution's chunk was finished by a later attempt (the killed one counted).
+    rerun = {c["id"]: c for c in body["chunks"]}[target["id"]]
+    assert rerun["status"] == "done" and rerun["attempts"] >= 2, rerun
+    # Nothing of the target window reached the upstream before the hold was in place.
+    window = [r for r in upstream.requests() if r["path"] == held["path"]
+              and parse_qs(r["query"]).get("from") == [target_from]]
+    assert window[0]["seq"] == held["seq"], window
 
     with clean_db.connect() as conn:
         per_coin = conn.execute(text(
