@@ -1,6 +1,7 @@
 """A source's rows are served from the commit that stored them, whatever its job's other
-sources do: a slow CoinPaprika (hanging requests, its worker child killed) holds back neither
-the CSV run nor `/data?source=csv`; every committed quote ends up published."""
+sources do: a hanging CoinPaprika (its requests held by the replay upstream until the test
+releases them, its worker child killed) holds back neither the CSV run nor `/data?source=csv`;
+every committed quote ends up published."""
 from __future__ import annotations
 
 import signal
@@ -20,17 +21,17 @@ pytestmark = pytest.mark.e2e
 
 # A child per source plus one, as shared.celery_config sets it when `-c` is not given.
 CONCURRENCY = 4
-SLOW_SECONDS = 15
 
 
 @pytest.fixture
 def slow_env(upstream: ReplayUpstream, csv_dir: Path) -> dict[str, str]:
-    """Every source on the replay upstream / the CSV copy; requests may hang SLOW_SECONDS."""
+    """Every source on the replay upstream / the CSV copy. The client's timeout is longer
+    than any hold here, so a held request stays one request until the test releases it."""
     return {
         "COINGECKO_BASE_URL": upstream.coingecko_base_url,
         "COINPAPRIKA_BASE_URL": upstream.coinpaprika_base_url,
         "COINGECKO_RATE_LIMIT": "1000", "COINPAPRIKA_RATE_LIMIT": "1000",
-        "HTTP_TIMEOUT_SECONDS": str(SLOW_SECONDS * 2), "HTTP_MAX_RETRIES": "2",
+        "HTTP_TIMEOUT_SECONDS": "100", "HTTP_MAX_RETRIES": "2",
         "HTTP_BACKOFF_MAX_SECONDS": "1", "CSV_DIR": str(csv_dir),
     }
 
@@ -78,14 +79,15 @@ def test_csv_is_served_while_coinpaprika_hangs(
     upstream: ReplayUpstream, slow_env: dict[str, str],
 ) -> None:
     worker_factory(slow_env, concurrency=CONCURRENCY)
-    upstream.add_fault("slow", endpoint="coinpaprika", count=1, seconds=SLOW_SECONDS)
-    started = time.monotonic()
+    # CoinPaprika's request gets no answer until released: it hangs for as long as the test
+    # needs, so "served while CoinPaprika runs" is a fact, not a race with a sleep.
+    hold = upstream.hold(endpoint="coinpaprika")
     job_id = _post(client, auth_headers)
+    upstream.wait_held(hold)
 
     seen = _watch_csv_publish(clean_db, client, job_id)
-    assert seen["paprika"] == "running"  # served before the slow source ended
+    assert seen["paprika"] == "running"  # served before the hanging source ended
     assert seen["delay"] < 3.0, seen
-    assert time.monotonic() - started < SLOW_SECONDS - 5
     csv_run = _run(clean_db, job_id, "csv")
     # The CSV run did not wait for a worker slot behind the hanging source.
     assert (csv_run["started_at"] - csv_run["job_created_at"]).total_seconds() < 3.0
@@ -108,7 +110,9 @@ def test_csv_is_served_while_coinpaprika_hangs(
     with clean_db.connect() as conn:
         assert conn.execute(text("SELECT version FROM data_version")).scalar_one() == version
 
-    job = wait_for_job(client, job_id, timeout=SLOW_SECONDS * 3)
+    assert [e["hold"] for e in upstream.held(hold)] == ["waiting"]  # one request, never retried
+    upstream.release(hold)
+    job = wait_for_job(client, job_id, timeout=60)
     assert job["status"] == "succeeded", job
     assert count(clean_db, "current_quotes", "source = 'coinpaprika'") == 2000
     _assert_all_published(clean_db)
@@ -134,10 +138,14 @@ def test_csv_is_served_while_the_slow_sources_child_is_killed(
 ) -> None:
     worker = worker_factory({**slow_env, "ETL_SOURCES": "coinpaprika,csv"},
                             concurrency=CONCURRENCY)
-    # Both attempts of the CoinPaprika run hang: the one killed and the redelivered one.
-    upstream.add_fault("slow", endpoint="coinpaprika", count=2, seconds=SLOW_SECONDS)
+    # Both attempts of the CoinPaprika run hang until released: the one killed while its
+    # request waits at the upstream, and the redelivered one.
+    hold = upstream.hold(endpoint="coinpaprika")
     job_id = _post(client, auth_headers, ["coinpaprika", "csv"])
-    _child_talking_to(worker, upstream.port).send_signal(signal.SIGKILL)
+    upstream.wait_held(hold)
+    child = _child_talking_to(worker, upstream.port)
+    child.send_signal(signal.SIGKILL)
+    child.wait(30)
 
     seen = _watch_csv_publish(clean_db, client, job_id)
     assert seen["paprika"] == "running", seen
@@ -145,7 +153,8 @@ def test_csv_is_served_while_the_slow_sources_child_is_killed(
     print(f"\n[publish] first CSV commit -> /data (CoinPaprika's child killed): "
           f"{seen['delay'] * 1000:.0f} ms")
 
-    job = wait_for_job(client, job_id, timeout=SLOW_SECONDS * 4)
+    upstream.release(hold)
+    job = wait_for_job(client, job_id, timeout=90)
     assert job["status"] == "succeeded", job
     paprika = next(r for r in job["runs"] if r["source"] == "coinpaprika")
     assert paprika["attempts"] == 2
