@@ -6,9 +6,11 @@ from typing import Any
 
 from flask import Flask
 from flask_smorest import Api
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.http import HTTP_STATUS_CODES
 
+from api.read_timeout import RETRY_AFTER_SECONDS, count_timeout, is_statement_timeout
 from api.schemas import ErrorSchema
 from shared.errors import Conflict, NotFound
 from shared.queries.paging import InvalidCursor
@@ -67,3 +69,15 @@ def init_error_handlers(app: Flask, api: JsonErrorsApi) -> None:
             return api.handle_http_exception(exc)
         log.exception("unhandled error")
         return api.handle_http_exception(InternalServerError())
+
+    @app.errorhandler(OperationalError)
+    def _database_error(exc: OperationalError) -> Any:
+        # A read past its statement_timeout is the database being slow, not a bug: 503, and
+        # the client may come back (api/read_timeout.py). Any other database error is a 500.
+        if not is_statement_timeout(exc):
+            return _unexpected(exc)
+        count_timeout()
+        payload, code = _answer(
+            503, "the database did not answer this read within its time limit; retry after "
+                 "the Retry-After seconds")
+        return payload, code, {"Retry-After": str(RETRY_AFTER_SECONDS)}

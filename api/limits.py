@@ -203,8 +203,9 @@ class RateLimiter:
             raise TooManyRequests(description=quota.text, retry_after=ttl)
 
     def add_headers(self, response: Response) -> Response:
-        """X-RateLimit-Limit/-Remaining/-Reset on counted requests; Retry-After only on 429."""
-        if response.status_code != 429:
+        """X-RateLimit-Limit/-Remaining/-Reset on counted requests; Retry-After on 429, 503."""
+        # A 503 sets its own (a read past its statement timeout, api/read_timeout.py).
+        if response.status_code not in (429, 503):
             response.headers.pop("Retry-After", None)
         state = g.get("rate_limit")
         if state is not None and self.headers:

@@ -219,6 +219,12 @@ class Settings:
     backfill_max_days: int = 365
     backfill_chunk_days: int = 90
     backfill_quota_share: float = 0.5
+    # statement_timeout of the API's reads (api/read_timeout.py), in milliseconds, 0 = none:
+    # every transaction of a GET, and the longer one of a CSV/NDJSON export's streamed read.
+    # Both under gunicorn's 30 s worker timeout, which kills the worker of a longer request:
+    # the client gets a 503 rather than a dropped connection.
+    api_statement_timeout_ms: int = 5000
+    api_export_statement_timeout_ms: int = 25000
 
     def freshness_objective(self, source: str) -> int:
         """Seconds after its last success at which `source` is stale (default 3 schedules)."""
@@ -359,6 +365,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         notify_escalate_after=_int(env, "NOTIFY_ESCALATE_AFTER", 3, 1),
         notify_timeout_seconds=_float(env, "NOTIFY_TIMEOUT_SECONDS", 5.0),
         notify_evaluate_seconds=_int(env, "NOTIFY_EVALUATE_SECONDS", 60, 1),
+        # PostgreSQL takes statement_timeout up to INT_MAX milliseconds.
+        api_statement_timeout_ms=_int(env, "API_STATEMENT_TIMEOUT_MS", 5000, 0, 2**31 - 1),
+        api_export_statement_timeout_ms=_int(env, "API_EXPORT_STATEMENT_TIMEOUT_MS", 25000, 0,
+                                             2**31 - 1),
     )
 
 

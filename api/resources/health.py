@@ -10,13 +10,18 @@ from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from api.broker import get_celery
 from api.db import get_session
 from api.ops_schemas import HealthSchema, LiveSchema
+from api.read_timeout import count_timeout, is_statement_timeout, use_probe_timeout
 from shared.freshness import FAILING, STALE, source_states
 
 blp = Blueprint("health", __name__, url_prefix="/health", description="Health checks")
+# A probe's reads have their own bound: a tight API_STATEMENT_TIMEOUT_MS never reads as a
+# database outage, and a blocked table still cannot hold the probe (api/read_timeout.py).
+blp.before_request(use_probe_timeout)
 
 
 def _timed(check: Callable[[], dict[str, Any] | None]) -> dict[str, Any]:
@@ -26,8 +31,21 @@ def _timed(check: Callable[[], dict[str, Any] | None]) -> dict[str, Any]:
         result: dict[str, Any] = {"ok": True, **(check() or {})}
     except Exception as exc:  # a health check reports failures, it does not raise them
         result = {"ok": False, "error": type(exc).__name__}
+        if isinstance(exc, SQLAlchemyError):
+            _end_failed_transaction()
+        if is_statement_timeout(exc):
+            count_timeout()
+            result["error"] = "statement timeout"
     result["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
     return result
+
+
+def _end_failed_transaction() -> None:
+    # The next check starts a transaction of its own instead of failing in the aborted one.
+    try:
+        get_session().rollback()
+    except SQLAlchemyError:
+        pass  # a dead connection: the next check reports it
 
 
 def _check_database() -> None:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from flask import Response, redirect, request, stream_with_context, url_for
 from flask.views import MethodView
@@ -18,6 +18,7 @@ from api.history_schemas import (
     CandleArgsSchema,
     CandleEnvelopeSchema,
 )
+from api.read_timeout import export_engine
 from api.schemas import HISTORY_MAX_RANGE, ErrorSchema
 from shared.export import (
     EXPORT_FORMATS,
@@ -78,11 +79,30 @@ def check_open_start(asset: str, source: str | None, args: dict[str, Any]) -> No
 
 
 def streamed(fmt: str, fields: tuple[str, ...], produce: Any, name: str) -> Response:
-    """A streaming response of `produce(connection)`'s records in `fmt`."""
-    body = stream_with_context(stream(get_engine(), fmt, fields, produce))
+    """A streaming response of `produce(connection)`'s records in `fmt`.
+
+    The read runs under API_EXPORT_STATEMENT_TIMEOUT_MS, and its first chunk is read here,
+    before the response starts: the costly part of the query (plan, sort, first rows) then
+    fails as an error answer (503 on a timeout), not as a 200 cut short.
+    """
+    chunks = stream(export_engine(get_engine()), fmt, fields, produce)
+    first = next(chunks, None)
+    body = stream_with_context(_resume(first, chunks))
     response = Response(body, mimetype=MEDIA_TYPES[fmt].split(";")[0])
     response.headers["Content-Disposition"] = f'attachment; filename="{name}.{fmt}"'
     return response
+
+
+def _resume(first: bytes | None, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    try:
+        if first is not None:
+            yield first
+        yield from chunks
+    finally:
+        # Closing the stream ends its `with engine.connect()`: the connection goes back.
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
 
 
 def export_history(asset: str, args: dict[str, Any]) -> Response:

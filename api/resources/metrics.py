@@ -12,14 +12,17 @@ upstream requests summed over runs, which are never deleted).
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator, cast
+from typing import Any, Callable, Iterator, cast
 
 import redis
 from flask import Blueprint, Response, current_app
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from api.db import get_session
+from api.read_timeout import count_timeout, is_statement_timeout, timeout_counts, use_probe_timeout
 from api.resources.health import check_workers
 from shared.freshness import STATES, SourceState, source_states
 from shared.notify.history import notification_counts
@@ -27,18 +30,29 @@ from shared.models import TERMINAL_STATUSES
 from shared.stats import collect_stats, http_totals
 
 blp = Blueprint("metrics", __name__)
+# The scrape's reads have the probes' own bound (api/read_timeout.py), and what times out is
+# left out rather than failing the scrape.
+blp.before_request(use_probe_timeout)
 # Celery's default queue: the only one the app routes to.
 QUEUE = "celery"
 
 
 class _EtlCollector:
-    """Turns `collect_stats` and `http_totals` into metric families."""
+    """Turns `collect_stats` and `http_totals` into metric families (None: left out)."""
 
-    def __init__(self, stats: dict[str, Any], http: dict[str, dict[str, float]]) -> None:
+    def __init__(self, stats: dict[str, Any] | None,
+                 http: dict[str, dict[str, float]] | None) -> None:
         self.stats, self.http = stats, http
 
     def collect(self) -> Iterator[Metric]:
         """Yield every metric family once."""
+        if self.stats is not None:
+            yield from self._stats_families(self.stats)
+        if self.http is not None:
+            yield from self._http_families(self.http)
+
+    @staticmethod
+    def _stats_families(stats: dict[str, Any]) -> Iterator[Metric]:
         records = GaugeMetricFamily("kasparro_records", "Rows per source and layer",
                                     labels=["source", "layer"])
         runs = GaugeMetricFamily("kasparro_runs", "Runs per source in each status now",
@@ -55,7 +69,7 @@ class _EtlCollector:
         # Anomalies are only ever added (GET /anomalies): a counter per kind and source.
         anomalies = CounterMetricFamily("kasparro_anomalies", "Run and data anomalies recorded",
                                         labels=["kind", "source"])
-        for entry in self.stats["sources"]:
+        for entry in stats["sources"]:
             source = entry["source"]
             for layer, n in entry["records"].items():
                 records.add_metric([source, layer], n)
@@ -72,6 +86,9 @@ class _EtlCollector:
             for kind, n in entry["anomalies"].items():
                 anomalies.add_metric([kind, source], n)
         yield from (records, runs, finished, last_ok, duration, drift, anomalies)
+
+    @staticmethod
+    def _http_families(http: dict[str, dict[str, float]]) -> Iterator[Metric]:
         families = {
             "requests": CounterMetricFamily("kasparro_http_requests", "Upstream requests sent",
                                             labels=["source"]),
@@ -83,7 +100,7 @@ class _EtlCollector:
                 "kasparro_rate_limit_wait_seconds", "Seconds spent waiting for the quota",
                 labels=["source"]),
         }
-        for source, values in sorted(self.http.items()):
+        for source, values in sorted(http.items()):
             for name, family in families.items():
                 family.add_metric([source], values[name])
         yield from families.values()
@@ -93,9 +110,10 @@ class _OpsCollector:
     """Per-source freshness (shared.freshness), queue depth and workers online."""
 
     def __init__(self, states: dict[str, SourceState], queues: dict[str, int],
-                 workers: int | None, notifications: dict[tuple[str, str], int]) -> None:
+                 workers: int | None, notifications: dict[tuple[str, str], int],
+                 timeouts: dict[str, int] | None) -> None:
         self.states, self.queues, self.workers = states, queues, workers
-        self.notifications = notifications
+        self.notifications, self.timeouts = notifications, timeouts
 
     def collect(self) -> Iterator[Metric]:
         """Yield the operations families (a source never seen succeeding has no timestamp)."""
@@ -139,6 +157,14 @@ class _OpsCollector:
                                         "Celery workers that answered a ping (cached briefly)")
             workers.add_metric([], self.workers)
             yield workers
+        if self.timeouts is not None:
+            timeouts = CounterMetricFamily(
+                "kasparro_api_statement_timeouts",
+                "API reads cancelled by their statement timeout, per route (all processes)",
+                labels=["route"])
+            for route, n in sorted(self.timeouts.items()):
+                timeouts.add_metric([route], n)
+            yield timeouts
 
 
 def _queue_depths() -> dict[str, int]:
@@ -160,6 +186,21 @@ def _workers_online() -> int | None:
     return int(result["count"]) if "count" in result else None
 
 
+def _within_limit(session: Session, read: Callable[[], Any], default: Any) -> Any:
+    """read(), or `default` when a statement of it timed out (counted; its families left out).
+
+    A scrape answers whatever one table's lock or one slow count does to the rest.
+    """
+    try:
+        return read()
+    except OperationalError as exc:
+        if not is_statement_timeout(exc):
+            raise
+        session.rollback()  # the next read starts a transaction of its own
+        count_timeout()
+        return default
+
+
 def _guarded(probe: Any, default: Any) -> Any:
     # A scrape still reports what the database knows when the broker is down.
     try:
@@ -173,13 +214,18 @@ def metrics() -> Response:
     """Prometheus exposition of records, runs, freshness, drift, queues and upstream traffic."""
     session = get_session()
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_EtlCollector(collect_stats(session), http_totals(session)))
+    registry.register(_EtlCollector(
+        _within_limit(session, lambda: collect_stats(session), None),
+        _within_limit(session, lambda: http_totals(session), None)))
     settings = current_app.config["SETTINGS"]
     now = datetime.now(timezone.utc)
-    states = source_states(session, settings, now)
-    notifications = notification_counts(session, now - timedelta(hours=24))
+    states = _within_limit(session, lambda: source_states(session, settings, now), {})
+    notifications = _within_limit(
+        session, lambda: notification_counts(session, now - timedelta(hours=24)), {})
     queues = _guarded(_queue_depths, None)
     # No ping when Redis did not answer: Celery would retry its connection for seconds.
     workers = _guarded(_workers_online, None) if queues is not None else None
-    registry.register(_OpsCollector(states, queues or {}, workers, notifications))
+    # Read last, so that this scrape's own timeouts are in it.
+    timeouts = _guarded(timeout_counts, None) if queues is not None else None
+    registry.register(_OpsCollector(states, queues or {}, workers, notifications, timeouts))
     return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4")
