@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Any, Callable, Mapping
+from urllib.parse import urlencode
 
 from markupsafe import Markup
 from sqlalchemy.orm import Session
 
+from api.chart_axes import LOG_SPAN, SCALES, choose_scale, span_ratio
 from api.charts import STATUS_COLOURS, Cell, Series, line_chart, sparkline, status_grid
 from shared.config import Settings
 from shared.freshness import FAILING, FRESH, STALE, source_states
@@ -112,10 +114,20 @@ def status_context(session: Session, settings: Settings, now: datetime,
     }
 
 
-def asset_chart_svg(chart: PriceChart, title: str) -> Markup:
-    """The price chart: one line per source with its flagged points ringed, the consensus dashed."""
-    series = [Series(source, points, marked=chart.flagged.get(source, ()))
+def asset_chart(chart: PriceChart, title: str, requested: str | None,
+                query: Mapping[str, str]) -> dict[str, Any]:
+    """The price chart (one line per source with its flagged points ringed and its latest
+    point labelled, the consensus dashed) on the `requested` scale or the default, and links
+    (`query` with the other `scale`) to switch."""
+    series = [Series(source, points, marked=chart.flagged.get(source, ()), latest=True)
               for source, points in sorted(chart.points.items())]
     if chart.consensus:
         series.append(Series("consensus (median)", chart.consensus, dashed=True))
-    return Markup(line_chart(series, title, width=900, height=360))
+    values = [y for s in series for _, y in [*s.points, *s.marked]]
+    scale, ratio = choose_scale(values, requested), span_ratio(values)
+    kept = {k: v for k, v in query.items() if k != "scale"}
+    return {"svg": Markup(line_chart(series, title, width=900, height=360, scale=scale)),
+            "scale": scale, "scale_requested": requested, "log_span": f"{LOG_SPAN:.0f}",
+            "span": None if ratio is None else f"{ratio:,.0f}" if ratio >= 10 else f"{ratio:.3g}",
+            "scale_links": {name: "?" + urlencode({**kept, "scale": name})
+                            for name in SCALES if name != scale}}

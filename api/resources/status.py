@@ -11,10 +11,11 @@ from flask.blueprints import BlueprintSetupState
 from flask_smorest import abort
 
 from api.answer_cache import VersionedCache
+from api.chart_axes import SCALES
 from api.db import current_data_version, get_session
 from api.resources.health import check_workers
 from api.resources.metrics import _guarded, _queue_depths
-from api.status_page import REFRESH_SECONDS, asset_chart_svg, status_context
+from api.status_page import REFRESH_SECONDS, asset_chart, status_context
 from shared.queries.assets import resolve_asset
 from shared.queries.price_chart import DEFAULT_RANGE, RANGES, price_chart
 
@@ -25,7 +26,7 @@ blp = Blueprint("status", __name__, url_prefix="/status")
 STATUS_CACHE_SECONDS = 10
 STATUS_CACHE_MAX_BYTES = 4 * 1024 * 1024
 STATUS_CACHE_MAX_ENTRIES = 200
-ASSET_PARAMS = frozenset({"range", "since", "until"})
+ASSET_PARAMS = frozenset({"range", "since", "until", "scale"})
 
 
 @blp.record_once
@@ -119,18 +120,28 @@ def _window(now: datetime) -> tuple[str, datetime | None, datetime]:
     return name, since, until
 
 
+def _scale() -> str | None:
+    """?scale=log|linear, or None for the default (auto, or absent); 422 for another."""
+    name = request.args.get("scale") or "auto"
+    if name not in ("auto", *SCALES):
+        abort(422, errors={"query": {"scale": [f"one of auto, {', '.join(SCALES)}"]}})
+    return None if name == "auto" else name
+
+
 @blp.get("/assets/<string:asset>")
 @_cached(by_query=True)
 def asset_status(asset: str) -> Response:
-    """An asset's price per source over a range, consensus dashed, flagged points ringed."""
+    """An asset's price per source over a range, consensus dashed, flagged points ringed,
+    latest points labelled, on a linear or log price axis."""
     now = datetime.now(timezone.utc)
     range_name, since, until = _window(now)
+    scale = _scale()
     session = get_session()
     found = resolve_asset(session, asset)
     chart = price_chart(session, found.id, since, until)
     label = f"{found.name} ({found.symbol}) price in USD"
     return _page(render_template(
         "status_asset.html", asset=found, chart=chart, range_name=range_name,
-        ranges=list(RANGES), svg=asset_chart_svg(chart, label),
+        ranges=list(RANGES), **asset_chart(chart, label, scale, request.args.to_dict()),
         since=chart.since, until=chart.until, refresh_seconds=REFRESH_SECONDS,
         flagged=sum(len(p) for p in chart.flagged.values())))

@@ -108,3 +108,89 @@ def test_one_point_series_is_drawn_as_a_dot() -> None:
     dots = [c for c in ET.fromstring(svg).iter("{http://www.w3.org/2000/svg}circle")
             if c.get("class") == "point"]
     assert len(dots) == 1
+
+
+def _texts(root: ET.Element, cls: str) -> list[ET.Element]:
+    return [t for t in root.iter("{http://www.w3.org/2000/svg}text") if t.get("class") == cls]
+
+
+DAY = 86400.0
+# Thirteen years of a price that grew 1,000x, then two API sources a cent apart at the end.
+HISTORY = [(i * 30 * DAY, 100.0 * 1.045 ** i) for i in range(158)]
+END = HISTORY[-1][0] + DAY
+
+
+def test_a_span_past_100x_is_drawn_on_a_log_axis_of_powers_of_ten() -> None:
+    root = _parse(line_chart([Series("csv", HISTORY)], "Bitcoin", width=900, height=360))
+    assert root.get("data-scale") == "log"
+    ticks = _texts(root, "tick")
+    assert [t.text for t in ticks] == ["100", "1,000", "10,000", "100,000"]
+    ys = [float(t.get("y")) for t in ticks]  # decades equally far apart, 100 lowest
+    assert ys[0] > ys[1] > ys[2] > ys[3]
+    assert max(ys[i] - ys[i + 1] for i in range(3)) - min(ys[i] - ys[i + 1] for i in range(3)) \
+        < 0.05
+    texts = [t.text for t in root.iter("{http://www.w3.org/2000/svg}text")]
+    assert "price (USD), log scale" in texts
+    # The first eight years rise a third of the plot, not a flat line along the bottom.
+    line = _points(root.find(".//svg:polyline", NS))
+    first, eighth = line[0][1], line[8 * 12][1]
+    assert first - eighth > 360 * 0.3
+
+
+def test_an_explicit_scale_overrides_the_default() -> None:
+    linear = _parse(line_chart([Series("csv", HISTORY)], "Bitcoin", scale="linear"))
+    assert linear.get("data-scale") == "linear"
+    assert "price (USD)" in [t.text for t in linear.iter("{http://www.w3.org/2000/svg}text")]
+    values = [float(t.text.replace(",", "")) for t in _texts(linear, "tick")]
+    steps = {b - a for a, b in zip(values, values[1:])}
+    assert len(steps) == 1 and len(values) >= 3  # evenly spaced round values
+    narrow = [(0.0, 60_000.0), (DAY, 97_000.0)]
+    assert _parse(line_chart([Series("s", narrow)], "t")).get("data-scale") == "linear"
+    assert _parse(line_chart([Series("s", narrow)], "t", scale="log")).get("data-scale") == "log"
+
+
+def _mark_box(mark: ET.Element) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of a latest-point marker: a circle or an absolute path."""
+    if mark.tag.endswith("circle"):
+        cx, cy, r = (float(mark.get(a) or 0) for a in ("cx", "cy", "r"))
+        return cx - r, cy - r, cx + r, cy + r
+    coords = [tuple(map(float, p.split())) for p in mark.get("d", "").strip("MZ").split("L")]
+    return (min(x for x, _ in coords), min(y for _, y in coords),
+            max(x for x, _ in coords), max(y for _, y in coords))
+
+
+def test_each_sources_latest_point_is_marked_labelled_and_apart() -> None:
+    series = [Series("coingecko", [(END - DAY, 95_000.0), (END, 96_114.08)], latest=True),
+              Series("coinpaprika", [(END, 96_114.09)], latest=True),
+              Series("csv", HISTORY, latest=True),
+              Series("consensus (median)", [(0.0, 100.0), (END, 96_114.0)], dashed=True)]
+    svg = line_chart(series, "Bitcoin", width=900, height=360)
+    root = _parse(svg)
+    groups = {g.get("data-series"): g for g in root.iter("{http://www.w3.org/2000/svg}g")
+              if g.get("class") == "latest"}
+    assert set(groups) == {"coingecko", "coinpaprika", "csv"}  # not the consensus
+    assert len({g.get("data-shape") for g in groups.values()}) == 3  # a shape each
+    plot = root.find(".//svg:rect[@class='plot']", NS)
+    left, top = float(plot.get("x")), float(plot.get("y"))
+    right, bottom = left + float(plot.get("width")), top + float(plot.get("height"))
+    boxes = {}
+    for name, group in groups.items():
+        mark = next(e for e in group if e.get("class") == "latest-mark")
+        boxes[name] = box = _mark_box(mark)
+        assert box[2] - box[0] >= 8 and box[3] - box[1] >= 8  # big enough to see
+        centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+        assert left <= centre[0] <= right and top <= centre[1] <= bottom
+        newest = _points(root.find(f".//svg:g[@data-series='{name}']/svg:polyline", NS))[-1]
+        assert abs(centre[0] - newest[0]) < 0.02 and abs(centre[1] - newest[1]) < 0.02
+        assert "latest" in mark.find("svg:title", NS).text
+    # The two API sources sit on one spot: nested outlines of different sizes, not one dot.
+    gecko, paprika = boxes["coingecko"], boxes["coinpaprika"]
+    assert abs((gecko[2] - gecko[0]) - (paprika[2] - paprika[0])) >= 3
+    labels = {t.text: float(t.get("y")) for t in _texts(root, "latest-label")}
+    assert set(labels) == {"coingecko 96,114.08", "coinpaprika 96,114.09",
+                           f"csv {HISTORY[-1][1]:,.2f}"}
+    ys = sorted(labels.values())
+    assert all(b - a >= 14 for a, b in zip(ys, ys[1:]))  # no label over another
+    assert all(float(t.get("x")) > right for t in _texts(root, "latest-label"))
+    # Drawn after every line, so no line covers a marker.
+    assert svg.index('class="latest-points"') > svg.rindex("<polyline")

@@ -105,9 +105,39 @@ def test_asset_page_charts_sources_consensus_and_flags(
     assert empty.status_code == 200 and "No price in this range" in page and ">no data<" in page
 
 
+def test_asset_page_draws_long_history_on_a_log_axis_with_each_latest_point(
+        failing_paprika: dict[str, Any], api_settings: Settings) -> None:
+    client = _client(api_settings)
+    btc = failing_paprika["btc"]
+    html = client.get(f"/status/assets/{btc}?range=all").get_data(as_text=True)
+    # 2013 to 2026 spans > 100x: log by default, a link to the linear axis keeping the range.
+    assert '<svg' in html and 'data-scale="log"' in html and 'id="scale" data-scale="log"' in html
+    ticks = re.findall(r'class="tick"[^>]*>([^<]+)<', html)
+    assert ticks == ["100", "1,000", "10,000", "100,000"]
+    assert 'href="?range=all&amp;scale=linear"' in html
+    latest = dict(re.findall(r'class="latest" data-series="(\w+)" data-shape="([\w-]+)"', html))
+    assert set(latest) == {"coingecko", "csv"} and len(set(latest.values())) == 2
+    labels = re.findall(r'class="latest-label"[^>]*>([^<]+)<', html)
+    assert sorted(label.split()[0] for label in labels) == ["coingecko", "csv"]
+    # Asked for linear: linear, kept by the range form, with a link back to log.
+    linear = client.get(f"/status/assets/{btc}?range=all&scale=linear").get_data(as_text=True)
+    assert 'id="scale" data-scale="linear"' in linear and "as chosen" in linear
+    assert '<input type="hidden" name="scale" value="linear">' in linear
+    assert 'href="?range=all&amp;scale=log"' in linear
+    # Two months of 2020 span less than 100x: linear by default, log on request.
+    short = "since=2020-01-01&until=2020-03-01"
+    assert 'id="scale" data-scale="linear"' in client.get(
+        f"/status/assets/{btc}?{short}").get_data(as_text=True)
+    assert 'id="scale" data-scale="log"' in client.get(
+        f"/status/assets/{btc}?{short}&scale=log").get_data(as_text=True)
+    auto = client.get(f"/status/assets/{btc}?scale=auto").get_data(as_text=True)
+    assert 'id="scale" data-scale="log"' in auto and 'name="scale"' not in auto
+
+
 @pytest.mark.parametrize(("query", "field"), [
     ("range=5y", "range"), ("since=yesterday", "since"), ("until=2020-13-01", "until"),
     ("since=2021-01-02&until=2021-01-01", "since"), ("colour=red", "colour"),
+    ("scale=sqrt", "scale"),
 ])
 def test_asset_page_bad_parameters_are_a_422_naming_them(
         clean_db: Engine, api_settings: Settings, query: str, field: str) -> None:

@@ -136,7 +136,9 @@ def accessibility_problems(driver: Any) -> list[str]:
         if not (svg.get_attribute("aria-label")
                 or svg.find_elements(By.XPATH, "./*[local-name()='title']")):
             problems.append("svg without a title or aria-label")
-    for control in driver.find_elements(By.CSS_SELECTOR, "input, select, textarea"):
+    # A hidden input (the asset page's chosen scale) is no control a person sees or uses.
+    for control in driver.find_elements(By.CSS_SELECTOR,
+                                        "input:not([type=hidden]), select, textarea"):
         ident = control.get_attribute("id")
         labelled = (control.get_attribute("aria-label")
                     or (ident and driver.find_elements(By.CSS_SELECTOR, f'label[for="{ident}"]'))

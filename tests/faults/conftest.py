@@ -19,6 +19,7 @@ import redis
 from sqlalchemy import Engine, text
 
 from shared.publish import unpublished
+from shared.runs import source_lock_key
 from scripts import stack
 from tests.conftest import ALL_RAW, QUEUE_KEY, ROOT, UNACKED_KEY, count, wait_for_job
 
@@ -123,6 +124,19 @@ class Fault:
             time.sleep(0.05)
         raise TimeoutError(f"fewer than {minimum} quotes after {timeout}s")
 
+    def pause_mid_run(self, pause: Callable[[], None], minimum: int) -> int:
+        """Wait until `minimum` quotes are committed, `pause` the worker (SIGSTOP), then check
+        that its run is still mid-way: fewer than ROWS quotes, one run running. The fault that
+        follows lands on a run that cannot move on meanwhile, frozen rather than raced (the
+        batch delays leave seconds between `minimum` and the end). Returns the quotes
+        committed."""
+        self.wait_rows(minimum)
+        pause()
+        committed = count(self.engine, "quotes")
+        assert committed < ROWS, "the run ended before the worker was paused"
+        assert count(self.engine, "runs", "status = 'running'") == 1
+        return committed
+
     def assert_resumed_once(self, job_id: int, timeout: float = 120) -> dict[str, Any]:
         """The job succeeds on a second attempt that read only what the first had not
         committed; then every invariant holds and a clean re-run adds nothing."""
@@ -203,6 +217,61 @@ def worker_children(worker: Any) -> list[psutil.Process]:
     return psutil.Process(worker.proc.pid).children(recursive=True)
 
 
+def source_lock_holder(engine: Engine, worker: Any, source: str) -> psutil.Process | None:
+    """The worker child whose database session holds `source`'s advisory lock (the one live
+    execution of the source), or None."""
+    with engine.connect() as conn:
+        port = conn.execute(text(
+            "SELECT a.client_port FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 "
+            "AND l.objid::bigint = :key AND l.objsubid = 1"),
+            {"key": source_lock_key(source)}).scalar()
+    if port is None:
+        return None
+    for child in worker_children(worker):
+        try:
+            if any(c.laddr and c.laddr.port == port for c in child.net_connections("tcp")):
+                return child
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
+def freeze_source_run(engine: Engine, worker: Any, source: str, timeout: float = 60
+                      ) -> psutil.Process:
+    """SIGSTOP the child executing a run of `source` and return it: the run stays active
+    (its lock held) until the child is resumed. A child that let the lock go just before it
+    was stopped is resumed and the next holder is tried."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        holder = source_lock_holder(engine, worker, source)
+        if holder is not None:
+            holder.suspend()
+            if source_lock_holder(engine, worker, source) == holder:
+                return holder
+            holder.resume()
+        time.sleep(0.02)
+    raise TimeoutError(f"no {source} run held its lock within {timeout}s")
+
+
+def wait_broker_drained(engine: Engine, redis_url: str, timeout: float = 120) -> None:
+    """Until no message is queued or unacknowledged and no run or job is active, seen twice
+    0.5 s apart (a message a worker has just popped is briefly in neither Redis key)."""
+    deadline = time.monotonic() + timeout
+    client = redis.Redis.from_url(redis_url)
+    quiet = 0
+    try:
+        while quiet < 2:
+            assert time.monotonic() < deadline, "broker or runs still busy past the deadline"
+            busy = (client.llen(QUEUE_KEY) or client.hlen(UNACKED_KEY)
+                    or count(engine, "runs", "status IN ('queued','running')")
+                    or count(engine, "jobs", "status IN ('queued','running')"))
+            quiet = 0 if busy else quiet + 1
+            time.sleep(0.5)
+    finally:
+        client.close()
+
+
 @pytest.fixture
 def fault(clean_db: Engine, client: Any, redis_url: str, auth_headers: dict[str, str],
           csv_dir: Path) -> Iterator[Fault]:
@@ -234,9 +303,13 @@ def own_postgres() -> Iterator[tuple[Path, str]]:
     var_dir = Path(tempfile.mkdtemp(prefix="kasparro-faults-pg-"))
     server_url, stop = stack.start_embedded_postgres(var_dir, port=0, database="faults")
     stack.ensure_database(server_url)
-    subprocess.run([sys.executable, "-m", "flask", "--app", "api", "db", "upgrade"], cwd=ROOT,
-                   env={**os.environ, "DATABASE_URL": server_url}, check=True,
-                   capture_output=True)
+    migrated = subprocess.run([sys.executable, "-m", "flask", "--app", "api", "db", "upgrade"],
+                              cwd=ROOT, env={**os.environ, "DATABASE_URL": server_url},
+                              capture_output=True, text=True)
+    if migrated.returncode:
+        stop()
+        shutil.rmtree(var_dir, ignore_errors=True)
+        pytest.fail(f"flask db upgrade failed:\n{migrated.stdout}{migrated.stderr[-3000:]}")
     try:
         yield var_dir, server_url
     finally:

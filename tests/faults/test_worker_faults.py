@@ -5,6 +5,8 @@ import signal
 import time
 from typing import Any
 
+from sqlalchemy import text
+
 import pytest
 
 from tests.conftest import count
@@ -23,20 +25,19 @@ def test_f1_child_killed_mid_source_resumes_from_checkpoint(
 ) -> None:
     worker = fault_worker(concurrency=1)
     job_id = fault.post_job()
-    fault.wait_rows(ROWS // 4)
     (child,) = worker_children(worker)
-    child.kill()  # SIGKILL the pool child mid-batch
+    fault.pause_mid_run(child.suspend, ROWS // 4)
+    child.kill()  # SIGKILL the pool child, frozen mid-run
     fault.assert_resumed_once(job_id)
 
 
 def test_f3_whole_worker_killed_and_restarted(fault: Fault, fault_worker: Any) -> None:
     first = fault_worker(concurrency=1)
     job_id = fault.post_job()
-    fault.wait_rows(ROWS // 4)
+    committed = fault.pause_mid_run(lambda: first.kill(signal.SIGSTOP), ROWS // 4)
     first.kill(signal.SIGKILL)
     first.proc.wait(10)
-    committed = count(fault.engine, "quotes")
-    assert committed < ROWS
+    assert count(fault.engine, "quotes") == committed  # nothing moved while it was frozen
     # The dead run's committed batches are served already: each published at its commit.
     assert unpublished_quotes(fault.engine) == []
     assert count(fault.engine, "current_quotes") == COINS
@@ -70,18 +71,24 @@ def test_f6_worker_paused_past_visibility_timeout_is_harmless(
 ) -> None:
     # The paused worker's own limits are long (a hard time limit would otherwise kill the task
     # on SIGCONT); the second worker sweeps with the short visibility timeout.
-    paused = fault_worker({"ETL_BATCH_DELAY_SECONDS": "0.1", "ETL_TASK_TIME_LIMIT": "120",
-                           "ETL_TASK_SOFT_TIME_LIMIT": "110",
+    paused = fault_worker({"ETL_TASK_TIME_LIMIT": "120", "ETL_TASK_SOFT_TIME_LIMIT": "110",
                            "CELERY_VISIBILITY_TIMEOUT": "150"}, concurrency=1)
     job_id = fault.post_job()
-    fault.wait_rows(ROWS // 5)
-    paused.kill(signal.SIGSTOP)
+    committed = fault.pause_mid_run(lambda: paused.kill(signal.SIGSTOP), ROWS // 5)
+    with fault.engine.connect() as conn:
+        task_id = conn.execute(text("SELECT celery_task_id FROM runs WHERE job_id = :j"),
+                               {"j": job_id}).scalar_one()
     try:
         # A second worker gets the redelivered message once the visibility timeout passes; the
-        # paused execution still holds the source lock, so the duplicate must do nothing.
-        fault_worker(concurrency=1)
-        time.sleep(25 + 6)
-        assert count(fault.engine, "quotes") < ROWS
+        # paused execution still holds the source lock, so the duplicate must do nothing. Wait
+        # for the duplicate to have run (not for a guessed number of seconds): then nothing
+        # may have changed.
+        second = fault_worker(concurrency=1)
+        deadline = time.monotonic() + 25 + 60
+        while f"[{task_id}] ignored" not in second.log_text():
+            assert time.monotonic() < deadline, second.log_text()[-3000:]
+            time.sleep(0.25)
+        assert count(fault.engine, "quotes") == committed
         assert _run_row(fault, job_id)["status"] == "running"
         # Normalize may have been fired by the duplicate, but the job is not closed early.
         assert fault.client.get(f"/jobs/{job_id}").get_json()["status"] == "running"
