@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -49,7 +49,9 @@ def _fault_on(database_url: str, redis_url: str, csv_dir: Path) -> Fault:
     return Fault(client, engine, redis_url, {"Authorization": f"Bearer {TEST_TOKEN}"}, watcher)
 
 
-def _restart_redis(var_dir: Path, url: str, lose_data: bool) -> None:
+def _restart_redis(var_dir: Path, url: str, lose_data: bool,
+                   while_down: Callable[[], None] | None = None) -> None:
+    """Stop (or kill, losing its data) a private Redis, call `while_down`, start it again."""
     port = make_url(url.replace("redis://", "postgresql://")).port
     pid = int((var_dir / "redis" / "redis.pid").read_text())
     if lose_data:
@@ -63,6 +65,8 @@ def _restart_redis(var_dir: Path, url: str, lose_data: bool) -> None:
             path.unlink()
     else:
         stack.stop_embedded_redis(var_dir)  # SIGTERM: Redis flushes its append-only file
+    if while_down is not None:
+        while_down()
     time.sleep(1.0)
     stack.start_embedded_redis(var_dir, port=port)
 
@@ -76,12 +80,15 @@ def test_f10_postgres_crash_mid_batch_then_restart(
     var_dir, db_url = own_postgres
     write_big_csv(csv_dir)
     fault = _fault_on(db_url, redis_url, csv_dir)
-    worker_factory({**fault_env_csv, "DATABASE_URL": db_url}, concurrency=1)
+    worker = worker_factory({**fault_env_csv, "DATABASE_URL": db_url}, concurrency=1)
     job_id = fault.post_job()
-    fault.wait_rows(ROWS // 4)
+    # The crash lands mid-run by arrangement: the worker is frozen mid-run, then PostgreSQL
+    # crashes, then the worker runs on into the outage.
+    fault.pause_mid_run(lambda: worker.kill(signal.SIGSTOP), ROWS // 4)
     port = make_url(db_url).port
     stack.stop_embedded_postgres(var_dir, mode="immediate")  # crash: no checkpoint, no flush
-    time.sleep(3)
+    worker.kill(signal.SIGCONT)
+    time.sleep(3)  # the outage the worker's retries meet (its length, not a race)
     stack.start_embedded_postgres(var_dir, port=port, database="faults")
     fault.assert_resumed_once(job_id)
     fault.engine.dispose()
@@ -99,9 +106,12 @@ def test_f14_redis_restart_with_queued_work(
                       csv_dir)
     job_id = fault.post_job()  # queued while no worker runs
     _restart_redis(var_dir, redis_url, lose_data=False)
-    worker_factory({**fault_env_csv, "REDIS_URL": redis_url}, concurrency=1)
-    fault.wait_rows(ROWS // 4)
-    _restart_redis(var_dir, redis_url, lose_data=False)  # and again while the run is going
+    worker = worker_factory({**fault_env_csv, "REDIS_URL": redis_url}, concurrency=1)
+    # And again while the run is going, by arrangement: the worker is frozen mid-run while
+    # Redis stops, and runs on while it is down.
+    fault.pause_mid_run(lambda: worker.kill(signal.SIGSTOP), ROWS // 4)
+    _restart_redis(var_dir, redis_url, lose_data=False,
+                   while_down=lambda: worker.kill(signal.SIGCONT))
     job = fault.wait_job(job_id, timeout=120)
     assert job["status"] == "succeeded", job
     assert job["runs"][0]["fetched"] == ROWS
