@@ -13,7 +13,9 @@ from sqlalchemy import Engine, text
 
 from shared.config import Settings
 from tests.conftest import ROOT, count
-from tests.faults.conftest import ROWS, Fault, write_big_csv
+from tests.faults.conftest import (
+    ROWS, Fault, freeze_source_run, wait_broker_drained, write_big_csv,
+)
 from tests.shared.test_csv_pipeline import run_csv
 
 pytestmark = pytest.mark.faults
@@ -45,23 +47,35 @@ def test_f19_two_beats_and_20_parallel_posts_keep_one_active_run_per_source(
     # The API's own request rate limit would answer 429 to a burst of 20: lift it here, the
     # point is what the workers do with 20 jobs at once.
     app = create_app({"TESTING": True, "RATELIMIT_ENABLED": False}, settings=settings)
-    worker = fault_worker({"ETL_BATCH_DELAY_SECONDS": "0.1"}, concurrency=4)
+    # Long task limits: a CSV run is kept frozen below while the beats tick, and the hard time
+    # limit (or a redelivery past the visibility timeout) must not end it meanwhile.
+    worker = fault_worker({"ETL_BATCH_DELAY_SECONDS": "0.1", "ETL_TASK_TIME_LIMIT": "120",
+                           "ETL_TASK_SOFT_TIME_LIMIT": "110",
+                           "CELERY_VISIBILITY_TIMEOUT": "150"}, concurrency=4)
     sampler = ActiveRunSampler(fault.engine)
     sampler.start()
     beat_env = {**worker.env, "ETL_SCHEDULE_SECONDS": "2", "ETL_REAPER_INTERVAL_SECONDS": "600"}
-    beats = [
-        subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker", "beat", "-l", "INFO",
-             "-s", str(tmp_path / f"beat-{i}")],
-            cwd=ROOT, env=beat_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for i in range(2)
-    ]
+    beat_logs = [tmp_path / f"beat-{i}.log" for i in range(2)]
+    beats = []
+    for i, log in enumerate(beat_logs):
+        with log.open("wb") as out:
+            beats.append(subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "worker", "beat", "-l", "INFO",
+                 "-s", str(tmp_path / f"beat-{i}")],
+                cwd=ROOT, env=beat_env, stdout=out, stderr=subprocess.STDOUT))
     statuses: list[int] = []
 
     def post() -> None:
         response = app.test_client().post("/jobs", json={"sources": ["csv"]},
                                           headers=fault.auth)
         statuses.append(response.status_code)
+
+    def ticks(log: Path) -> int:
+        return log.read_text(errors="replace").count("Sending due task incremental-etl")
+
+    def beat_runs_skipped() -> int:
+        return count(fault.engine, "runs r JOIN jobs j ON j.id = r.job_id",
+                     "j.trigger = 'beat' AND r.status = 'skipped'")
 
     try:
         posters = [threading.Thread(target=post) for _ in range(20)]
@@ -70,19 +84,37 @@ def test_f19_two_beats_and_20_parallel_posts_keep_one_active_run_per_source(
         for thread in posters:
             thread.join(30)
         assert statuses == [202] * 20
-        time.sleep(6)  # several ticks of both beats while runs are active
+        # Several ticks of both beats while a run is active, by arrangement: the child
+        # executing a CSV run is frozen (its source lock held) until both beats have ticked
+        # twice after their start tick and two of their runs have found the source busy.
+        frozen = freeze_source_run(fault.engine, worker, "csv")
+        try:
+            deadline = time.monotonic() + 90
+            while min(ticks(log) for log in beat_logs) < 2 or beat_runs_skipped() < 2:
+                assert time.monotonic() < deadline, (
+                    [ticks(log) for log in beat_logs], beat_runs_skipped(),
+                    [log.read_text(errors="replace")[-2000:] for log in beat_logs])
+                time.sleep(0.2)
+        finally:
+            frozen.resume()
     finally:
         for beat in beats:
             beat.terminate()
         for beat in beats:
             beat.wait(10)
     try:
+        # Ticks sent just before the beats stopped may still be on their way to a job.
+        wait_broker_drained(fault.engine, fault.redis_url, timeout=180)
         fault.assert_invariants(deadline=180)
     finally:
         sampler.stop_event.set()
         sampler.join(5)
     assert sampler.max_active == 1
-    assert count(fault.engine, "jobs") >= 22  # 20 posts + at least one start tick per beat
+    # 20 posts + per beat its start tick and its first due tick: both were sent before the
+    # second due tick was logged (beat logs a tick just before sending it, so the last one
+    # logged may have been cut short by the SIGTERM).
+    assert count(fault.engine, "jobs") >= 24
+    assert count(fault.engine, "jobs", "trigger = 'beat'") >= 4
     assert count(fault.engine, "runs", "status = 'skipped'") > 0
     with fault.engine.connect() as conn:
         inserted = conn.execute(text("SELECT sum(inserted) FROM runs")).scalar_one()
