@@ -15,7 +15,9 @@ from shared.freshness import FAILING, FRESH, STALE, source_states
 from shared.notify.history import notification_counts, recent_notifications
 from shared.queries.backfills import recent_backfills
 from shared.queries.price_chart import PriceChart
-from shared.queries.status import quality_counts, run_trends, runs_since, top_assets
+from shared.queries.status import (
+    anomaly_assets, quality_counts, run_trends, runs_since, top_assets,
+)
 
 REFRESH_SECONDS = 30
 RECENT_NOTIFICATIONS = 10
@@ -105,6 +107,7 @@ def status_context(session: Session, settings: Settings, now: datetime,
         "runs_total": runs_total,
         "grid_statuses": sorted({c.status for _, cells in grid_rows for c in cells}),
         "quality": quality_counts(session, day_ago),
+        "anomaly_assets": anomaly_assets(session, day_ago),
         "broker": broker(),
         "notifications": recent_notifications(session, RECENT_NOTIFICATIONS),
         "notification_counts": counts,

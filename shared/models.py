@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Computed,
     DateTime,
     ForeignKey,
     Index,
@@ -211,6 +212,8 @@ class Anomaly(Base):
         UniqueConstraint("kind", "source", "key"),
         Index("ix_anomalies_source_created", "source", "created_at"),
         Index("ix_anomalies_created", "created_at"),
+        Index("ix_anomalies_asset", "asset_id", "id",
+              postgresql_where=text("asset_id IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -222,6 +225,10 @@ class Anomaly(Base):
     observed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     evidence: Mapped[dict[str, Any]] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    # The asset of a data anomaly, read off its key (migration 0016); None for run anomalies.
+    asset_id: Mapped[int | None] = mapped_column(BigInteger, Computed(
+        "CASE WHEN key ~ '^quote:[0-9]{1,18}:' THEN split_part(key, ':', 2)::bigint END",
+        persisted=True))
 
 
 class DataVersion(Base):

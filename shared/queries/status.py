@@ -141,3 +141,33 @@ def top_assets(session: Session, limit: int = 10) -> list[AssetLink]:
     """The best-ranked assets any source ranks now (the page's chart links)."""
     return [AssetLink(int(i), slug, symbol, name) for i, slug, symbol, name in
             session.execute(_TOP_ASSETS_SQL, {"limit": limit}).all()]
+
+
+# The coins of the last day's data anomalies, most anomalies first: a range of
+# ix_anomalies_created (a day's anomalies are one per flag kind, coin and batch), then a
+# primary-key probe of assets per coin shown.
+_ANOMALY_ASSETS_SQL = text("""
+SELECT a.id, a.slug, a.symbol, a.name, n.anomalies FROM (
+    SELECT asset_id, count(*) AS anomalies, max(id) AS last_id FROM anomalies
+    WHERE created_at >= :since AND asset_id IS NOT NULL
+    GROUP BY asset_id ORDER BY count(*) DESC, max(id) DESC LIMIT :limit
+) n JOIN assets a ON a.id = n.asset_id
+ORDER BY n.anomalies DESC, n.last_id DESC
+""")
+
+
+@dataclass(frozen=True)
+class AnomalyAsset:
+    """A coin with data anomalies recorded since some time, and how many."""
+
+    id: int
+    slug: str
+    symbol: str
+    name: str
+    anomalies: int
+
+
+def anomaly_assets(session: Session, since: datetime, limit: int = 8) -> list[AnomalyAsset]:
+    """The coins with the most data anomalies recorded since `since` (the page links each)."""
+    return [AnomalyAsset(int(i), slug, symbol, name, int(n)) for i, slug, symbol, name, n in
+            session.execute(_ANOMALY_ASSETS_SQL, {"since": since, "limit": limit}).all()]

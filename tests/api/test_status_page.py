@@ -180,8 +180,8 @@ def test_status_and_metrics_count_against_the_read_quota(
 
 def test_index_links_the_status_page(clean_db: Engine, api_settings: Settings) -> None:
     body = _client(api_settings).get("/", headers={"Accept": "application/json"}).get_json()
-    assert {"href": "/status", "title": "Status page: sources, last runs, freshness",
-            "available": True} in body["links"]
+    assert {"href": "/status", "title": "Status page: sources, last runs, quality, workers, "
+            "backfills", "methods": ["GET"], "templated": False} in body["links"]
 
 
 def test_stats_show_sent_and_failed_notifications(
