@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Sequence
 
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -15,7 +15,9 @@ from shared.backfill_models import Backfill, BackfillChunk
 from shared.backfill_plan import estimate, plan_windows, request_key
 from shared.config import Settings
 from shared.errors import EtlError
+from shared.jobs import NOT_QUEUED, send_or_fail
 from shared.models import Job, Run
+from shared.runs import now_utc
 
 SOURCES = ("coingecko",)
 TOP_MAX = 250
@@ -148,6 +150,31 @@ def create_backfill(session: Session, req: BackfillRequest, settings: Settings,
 def enqueue_backfill(celery_app: Any, backfill_id: int) -> None:
     """Send the backfill's task by name (after the commit); only its id travels."""
     celery_app.send_task(task_names.BACKFILL_RUN, args=(backfill_id,))
+
+
+def submit_backfill(session: Session, celery_app: Any, req: BackfillRequest,
+                    settings: Settings, now: datetime | None = None) -> tuple[Backfill, bool]:
+    """Create (or find) and commit a backfill, then send it the way jobs are sent.
+
+    Returns (backfill, created). A new backfill, or an earlier one that is neither running
+    nor done, is sent after the commit through shared.jobs.send_or_fail: if the broker
+    refuses, the backfill, its run and job are failed with NOT_QUEUED (committed) and
+    JobNotQueued is raised, so nothing stays queued; the same request sends it again later.
+    """
+    backfill, created = create_backfill(session, req, settings, now)
+    session.commit()
+    if created or backfill.status not in ("running", "succeeded"):
+        backfill_id, run_id = backfill.id, backfill.run_id
+
+        def fail_backfill(session: Session) -> None:
+            # Its run too, whatever it was: the latest attempt is the one that was not sent.
+            for model, key in ((Backfill, backfill_id), (Run, run_id)):
+                session.execute(update(model).where(model.id == key).values(
+                    status="failed", error=NOT_QUEUED, finished_at=now_utc()))
+
+        send_or_fail(session, backfill.job_id,
+                     lambda: enqueue_backfill(celery_app, backfill_id), fail_backfill)
+    return backfill, created
 
 
 def backfill_progress(session: Session, backfill_id: int) -> dict[str, Any] | None:

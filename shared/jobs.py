@@ -5,7 +5,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -113,15 +113,31 @@ def submit_job(
         return created
     job = created.job
     try:
-        enqueue_job(celery_app, job)
-    except Exception as exc:  # any broker/transport error: the messages are not sent
-        log.error("could not enqueue job %s: %s", job.id, type(exc).__name__)
-        session.rollback()
-        fail_unsent_job(session, job.id, NOT_QUEUED)
-        session.commit()
+        send_or_fail(session, job.id, lambda: enqueue_job(celery_app, job))
+    except JobNotQueued:
         session.refresh(job)
-        raise JobNotQueued(job.id) from exc
+        raise
     return created
+
+
+def send_or_fail(session: Session, job_id: int, send: Callable[[], None],
+                 on_unsent: Callable[[Session], None] | None = None) -> None:
+    """Send a committed job's messages with `send`; if the broker refuses, fail it and raise.
+
+    The send half of every submission (submit_job, shared.backfill.submit_backfill): on any
+    broker error the job and its queued runs are failed with NOT_QUEUED (and `on_unsent`
+    marks whatever else the job stands for), committed, then JobNotQueued is raised.
+    """
+    try:
+        send()
+    except Exception as exc:  # any broker/transport error: the messages are not sent
+        log.error("could not enqueue job %s: %s", job_id, type(exc).__name__)
+        session.rollback()
+        fail_unsent_job(session, job_id, NOT_QUEUED)
+        if on_unsent is not None:
+            on_unsent(session)
+        session.commit()
+        raise JobNotQueued(job_id) from exc
 
 
 def fail_unsent_job(session: Session, job_id: int, reason: str) -> None:

@@ -17,11 +17,11 @@ from shared.backfill import (
     BackfillRequest,
     BackfillRequestError,
     backfill_progress,
-    create_backfill,
-    enqueue_backfill,
     plan,
+    submit_backfill,
 )
 from shared.errors import NotFound
+from shared.jobs import NOT_QUEUED, JobNotQueued
 
 blp = Blueprint("backfills", __name__, url_prefix="/backfills",
                 description="Historical backfills")
@@ -51,11 +51,14 @@ class Backfills(MethodView):
     @blp.alt_response(401, schema=ErrorSchema, description="Missing bearer token")
     @blp.alt_response(403, schema=ErrorSchema, description="Wrong bearer token")
     @blp.alt_response(422, schema=ErrorSchema, description="Bad request, naming the field")
+    @blp.alt_response(503, schema=ErrorSchema, description="Broker unavailable")
     def post(self, body: dict[str, Any]) -> Any:
         """Plan a backfill into chunks and queue it, or answer its cost (`dry_run`)
 
-        The same source, coins, range and chunk size return the backfill made before (200),
-        sent again if it did not succeed (it resumes from its done chunks).
+        Commits the backfill, then sends it to the workers, as POST /jobs does: a broker that
+        refuses the message is a 503 and the backfill is failed (not left queued). The same
+        source, coins, range and chunk size return the backfill made before (200), sent again
+        if it did not succeed (it resumes from its done chunks).
         """
         settings = current_app.config["SETTINGS"]
         session = get_session()
@@ -68,13 +71,12 @@ class Backfills(MethodView):
                 planned["granularity_seconds"] = sorted({w.granularity for w in windows})
                 # A Response passes flask-smorest's 202 schema by: the dry run has its own.
                 return jsonify(DryRunSchema().dump({"dry_run": True, **planned}))
-            backfill, created = create_backfill(session, req, settings)
+            backfill, created = submit_backfill(session, get_celery(), req, settings)
         except BackfillRequestError as exc:
             session.rollback()
             return _unprocessable(exc)
-        session.commit()
-        if created or backfill.status not in ("running", "succeeded"):
-            enqueue_backfill(get_celery(), backfill.id)
+        except JobNotQueued:
+            abort(503, message=NOT_QUEUED)
         progress = backfill_progress(session, backfill.id)
         url = url_for("backfills.BackfillDetail", backfill_id=backfill.id)
         return {**(progress or {}), "status_url": url}, 202 if created else 200, {"Location": url}
