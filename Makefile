@@ -12,11 +12,10 @@ FLOWER_STAMP := $(VENV)/.installed-flower
 # Written by `make run` while the stack is up (DATABASE_URL, REDIS_URL, ...; mode 600).
 STACK_ENV ?= var/stack.env
 FLOWER_PORT ?= 5555
-# Load the running stack's environment (and the token kept in var/api_token) into a recipe.
+# Load the running stack's environment into a recipe: stack.env holds no secret, so the token
+# comes from var/api_token and passwords from the caller's environment (scripts/with_stack_env.sh).
 WITH_STACK_ENV = test -f $(STACK_ENV) || { echo "no $(STACK_ENV): start the stack first (make run, in another terminal)" >&2; exit 1; }; \
-	set -a; . "$(abspath $(STACK_ENV))"; set +a; \
-	if [ -z "$${API_TOKEN:-}" ] && [ -f $(dir $(STACK_ENV))api_token ]; then \
-		API_TOKEN=$$(cat $(dir $(STACK_ENV))api_token); export API_TOKEN; fi;
+	stack_env="$(abspath $(STACK_ENV))"; . "$(CURDIR)/scripts/with_stack_env.sh";
 
 .DEFAULT_GOAL := help
 .PHONY: help install install-dev run test demo bench lint migrate clean shell flower inspect etl lock
@@ -84,12 +83,13 @@ lint: $(DEV_STAMP)
 migrate: $(RUN_STAMP)
 	$(VENV)/bin/flask --app api db upgrade
 
-# bash reads ~/.bashrc first (which may reset PATH), then the stack's environment again.
+# bash reads ~/.bashrc first (which may reset PATH), then the stack's environment again; the
+# secrets it loaded are in bash's environment by then, so loading again keeps them.
 shell: $(RUN_STAMP)
 	@$(WITH_STACK_ENV) rc=$$(mktemp); \
 	{ echo '[ -f ~/.bashrc ] && . ~/.bashrc'; \
-	  echo 'set -a; . "$(abspath $(STACK_ENV))"; set +a'; \
-	  echo 'export API_TOKEN="$$API_TOKEN" PATH="$(abspath $(VENV))/bin:$$PATH"'; \
+	  echo 'stack_env="$(abspath $(STACK_ENV))" kasparro_quiet=1; . "$(CURDIR)/scripts/with_stack_env.sh"'; \
+	  echo 'export PATH="$(abspath $(VENV))/bin:$$PATH"'; \
 	  echo 'PS1="(kasparro) $${PS1:-$$ }"'; echo "rm -f $$rc"; } > $$rc; \
 	echo "stack environment loaded from $(STACK_ENV) ($$API_URL); exit to leave" >&2; \
 	exec bash --rcfile $$rc -i

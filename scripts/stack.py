@@ -38,7 +38,7 @@ from scripts.embedded import (  # noqa: F401
     redis_server_binary, start_embedded_postgres, start_embedded_redis, stop_embedded_postgres,
     stop_embedded_redis,
 )
-from scripts.stackenv import remove_stack_env, without_password, write_stack_env
+from scripts.stackenv import banner, remove_stack_env, write_stack_env
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR_DIR = ROOT / "var"
@@ -183,23 +183,27 @@ def ensure_services(var_dir: Path = VAR_DIR, env: Mapping[str, str] | None = Non
 # Child processes
 
 
-def api_token(var_dir: Path = VAR_DIR) -> str:
-    """API_TOKEN from the environment, else the one kept in `var_dir`/api_token (made once)."""
+def api_token(var_dir: Path = VAR_DIR) -> tuple[str, Path | None]:
+    """(token, file): API_TOKEN from the environment, else the one in `var_dir`/api_token.
+
+    A token from the environment is written nowhere (file None); otherwise it is made once
+    and kept in the file (mode 600).
+    """
     if os.environ.get("API_TOKEN"):
-        return os.environ["API_TOKEN"]
+        return os.environ["API_TOKEN"], None
     path = Path(var_dir) / "api_token"
     if path.exists():
         token = path.read_text().strip()
         if token:
             path.chmod(0o600)
-            return token
+            return token, path
     path.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(token + "\n")
     path.chmod(0o600)
-    return token
+    return token, path
 
 
 @dataclass
@@ -359,7 +363,7 @@ def run_stack(var_dir: Path = VAR_DIR, tail: bool = True) -> int:
         services = ensure_services(var_dir)
         env = dict(os.environ)
         env.update(services.env())
-        env["API_TOKEN"] = api_token(var_dir)
+        env["API_TOKEN"], token_file = api_token(var_dir)
         env.setdefault("PYTHONUNBUFFERED", "1")
         log_dir = Path(var_dir) / "log"
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -399,23 +403,11 @@ def run_stack(var_dir: Path = VAR_DIR, tail: bool = True) -> int:
             children.append(spawn(name, argv, env, logs[name]))
 
         api = f"http://127.0.0.1:{port}"
-        env_file = write_stack_env(var_dir, env, api)
+        env_file = write_stack_env(var_dir, env, api, token_from_env=token_file is None)
         if not _wait_http_answers(f"{api}/health/live", 60, children):
             _say(f"the API does not answer on {api} yet; see {logs['api']}")
-        print("\n".join([
-            "",
-            "Kasparro is running:",
-            f"  API     {api}",
-            f"  docs    {api}/docs",
-            f"  data    {api}/data",
-            f"  logs    {log_dir}/{{api,worker,beat}}.log",
-            f"  env     {env_file}  (make shell | etl ARGS=... | inspect | flower)",
-            f"  DATABASE_URL={without_password(services.database_url)}",
-            f"  REDIS_URL={services.redis_url}",
-            f"  API_TOKEN={env['API_TOKEN']}  (POST /jobs: Authorization: Bearer <token>)",
-            "Press Ctrl-C to stop everything.",
-            "",
-        ]), flush=True)
+        # Terminal output is a log under systemd, docker or CI: no secret's value in it.
+        print(banner(api, log_dir, env_file, env, token_file), flush=True)
 
         while True:
             for child in children:

@@ -157,7 +157,11 @@ _STACK_KEYS = ("DATABASE_URL", "REDIS_URL", "BROKER_KEY_PREFIX", "API_TOKEN", "C
 
 
 def test_run_writes_stack_env_that_make_targets_use(tmp_path: Path) -> None:
-    """`scripts.stack run` writes var/stack.env (600, no token); shell/etl/inspect use it."""
+    """`scripts.stack run` writes var/stack.env (600, no token); shell/etl/inspect use it.
+
+    The banner names the generated token's file, never the token (tests/e2e/
+    test_launcher_secrets.py: given secrets).
+    """
     from scripts.stackenv import read_stack_env
     from shared.config import normalize_database_url
     from sqlalchemy import text
@@ -196,6 +200,7 @@ def test_run_writes_stack_env_that_make_targets_use(tmp_path: Path) -> None:
         assert values["CSV_DIR"] == str(data.resolve())
         assert values["API_URL"] == f"http://127.0.0.1:{port}"
         assert "API_TOKEN" not in values
+        assert "STACK_SECRETS_FROM_ENV" not in values  # a generated token, no password
 
         shell = _make("shell", stack_env, stdin='echo "db=$DATABASE_URL"\n'
                       'echo "token=$API_TOKEN"\nflask --app api etl --help >/dev/null && '
@@ -261,6 +266,10 @@ def test_run_writes_stack_env_that_make_targets_use(tmp_path: Path) -> None:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
     assert launcher.returncode == 0, stack._tail(log, 40)
+    # The banner says where the generated token is, never the token itself.
+    output = log.read_text()
+    assert f"token   in {var_dir / 'api_token'} (mode 600), never printed" in output
+    assert token not in output
     assert not stack_env.exists()  # the stack it described is gone
     gone = _make("etl", stack_env, "ARGS=reap")
     assert gone.returncode != 0 and "start the stack first" in gone.stderr
