@@ -22,6 +22,7 @@ from sqlalchemy import Engine, text
 from shared.celery_config import celery_config
 from shared.config import load_settings
 from tests.conftest import ROOT, count, wait_for_job
+from tests.faults.conftest import freeze_source_run
 from tests.upstream import ReplayUpstream
 
 pytestmark = pytest.mark.e2e
@@ -108,7 +109,7 @@ def test_failed_extract_is_a_failure_and_active_one_shows_progress(
     clean_db: Engine, client: Any, auth_headers: dict[str, str], worker_factory: Any,
     upstream: ReplayUpstream, csv_dir: Path, results: Celery, flower: Flower,
 ) -> None:
-    worker_factory({
+    worker = worker_factory({
         "COINGECKO_BASE_URL": upstream.coingecko_base_url, "COINGECKO_RATE_LIMIT": "1000",
         "CSV_DIR": str(csv_dir), "CSV_BATCH_ROWS": "300", "ETL_BATCH_DELAY_SECONDS": "0.3",
     }, concurrency=3)
@@ -119,18 +120,35 @@ def test_failed_extract_is_a_failure_and_active_one_shows_progress(
     ids = _task_ids(clean_db, job_id)
 
     # While the CSV run is active its task says PROGRESS, with the run's committed counters,
-    # in the result backend and in Flower.
-    progress: dict[str, Any] = {}
-    flower_states: set[str] = set()
+    # in the result backend and in Flower. "Active" by arrangement: the state is read only
+    # while the run's child is frozen (SIGSTOP, its source lock held), so the run cannot end
+    # between the reads, however slowly this test or Flower runs.
+    seen: list[dict[str, Any]] = []
     deadline = time.monotonic() + 30
-    while not (progress and "PROGRESS" in flower_states) and time.monotonic() < deadline:
+    while True:
+        frozen = freeze_source_run(clean_db, worker, "csv",
+                                   timeout=max(1.0, deadline - time.monotonic()))
         state = AsyncResult(ids["csv"], app=results)
         if state.state == "PROGRESS" and state.info.get("fetched"):
-            progress = dict(state.info)
-        flower_states.add(flower.task(ids["csv"]).get("state", ""))
-        time.sleep(0.1)
-    assert progress, "no PROGRESS state seen while the CSV run was active"
-    assert "PROGRESS" in flower_states, flower_states
+            seen.append(dict(state.info))
+        # Two progress reports: the first one's Flower event was sent (report, then event).
+        if len({s["fetched"] for s in seen}) >= 2:
+            break
+        frozen.resume()
+        assert time.monotonic() < deadline, f"no PROGRESS seen while the run was active: {seen}"
+        time.sleep(0.3)
+    try:
+        flower_state = ""
+        flower_deadline = time.monotonic() + 30
+        while flower_state != "PROGRESS" and time.monotonic() < flower_deadline:
+            flower_state = flower.task(ids["csv"]).get("state", "")
+            time.sleep(0.1)
+        assert flower_state == "PROGRESS", flower_state
+        assert count(clean_db, "runs", "job_id = :j AND source = 'csv' AND status = 'running'",
+                     j=job_id) == 1
+    finally:
+        frozen.resume()
+    progress = seen[-1]
     assert progress["source"] == "csv" and progress["status"] == "running"
     assert 0 < progress["fetched"] <= progress["records_read"]
 
