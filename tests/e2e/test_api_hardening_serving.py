@@ -24,7 +24,9 @@ from tests.upstream import ReplayUpstream
 pytestmark = [pytest.mark.e2e]
 
 
-def _get(url: str, timeout: float = 2.0, **kwargs: Any) -> tuple[int, bytes]:
+def _get(url: str, timeout: float = 10.0, **kwargs: Any) -> tuple[int, bytes]:
+    # Generous by default: a busy machine answers slowly, and only the latency probes (which
+    # pass their own timeout) are about speed.
     request = urllib.request.Request(url, **kwargs)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
