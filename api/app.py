@@ -9,14 +9,14 @@ from flask import Flask
 from werkzeug.routing import IntegerConverter
 
 from api.broker import init_broker
-from api.cli import init_cli
+from api.cli.commands import init_cli
 from api.db import init_db
-from api.envelope import init_request_ids
-from api.errors import JsonErrorsApi, init_error_handlers
+from api.http.envelope import init_request_ids
+from api.http.errors import JsonErrorsApi, init_error_handlers
 from api.extensions import migrate
-from api.limits import init_limits, ratelimit_defaults
+from api.http.limits import init_limits, ratelimit_defaults
 from api.resources import docs_assets, index
-from api.security import init_security_headers
+from api.http.security import init_security_headers
 from shared.config import Settings, get_settings
 from shared.logging_setup import configure_logging
 from shared.queries.paging import BIGINT_MAX

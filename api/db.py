@@ -11,7 +11,7 @@ from flask import Flask, current_app, g
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.read_timeout import install as install_read_timeout
+from api.http.read_timeout import install as install_read_timeout
 from shared.db import make_engine
 from shared.queries.data import DATA_VERSION_SQL
 
@@ -19,7 +19,7 @@ from shared.queries.data import DATA_VERSION_SQL
 def init_db(app: Flask, database_url: str) -> None:
     """Create the app's engines and session factory; close the session after each request."""
     engine = make_engine(database_url)
-    # Reads (GET, HEAD) begin with SET LOCAL statement_timeout (api/read_timeout.py).
+    # Reads (GET, HEAD) begin with SET LOCAL statement_timeout (api/http/read_timeout.py).
     install_read_timeout(engine)
     app.extensions["db_engine"] = engine
     app.extensions["db_sessionmaker"] = sessionmaker(bind=engine, expire_on_commit=False)

@@ -168,13 +168,13 @@ def ingest_cases(db: BenchDatabase, env: dict[str, str], args: argparse.Namespac
 # /data under load
 
 
-GUNICORN_CONFIG = "python:api.gunicorn_conf"  # the settings make run and docker compose use
+GUNICORN_CONFIG = "python:api.serving.gunicorn_conf"  # the settings make run and docker compose use
 
 
 def start_gunicorn(
     env: dict[str, str], workers: int | None, log: Path, app: str = "bench.wsgi:app"
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """gunicorn with make run's settings (api/gunicorn_conf.py) on a free port.
+    """gunicorn with make run's settings (api/serving/gunicorn_conf.py) on a free port.
 
     `workers` overrides the configured count (reported in the notes when it does).
     """
@@ -316,7 +316,7 @@ def data_cases(db: BenchDatabase, env: dict[str, str], args: argparse.Namespace
             f"{offset_ms:.1f} ms", f"first page {first_ms:.1f} ms", offset_ms / first_ms,
             "none (cursor paging is the deep path)", None),
     ]
-    from api import gunicorn_conf
+    from api.serving import gunicorn_conf
 
     facts = {"wide_run": wide_run, "current_rows": current, "quotes": quotes,
              "trivial": vars(trivial), "data": vars(listing), "data_uncached": vars(uncached),
@@ -353,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--latency-samples", type=int, default=200)
     parser.add_argument("--workers", type=int, default=None,
-                        help="override gunicorn's worker count (default: api/gunicorn_conf.py, "
+                        help="override gunicorn's worker count "
+                        "(default: api/serving/gunicorn_conf.py, "
                              "as make run)")
     parser.add_argument("--gecko-coins", type=int, default=10_000,
                         help="coins the replay CoinGecko serves (41 pages: past the free quota)")
@@ -423,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['trivial']['rps']:.0f} vs {r['data']['rps']:.0f}, {r['data']['p99_ms']:.1f} ms"
             for r in d["load_rounds"]))
         setup = ("OVERRIDDEN with --workers, not as make run" if d["workers_overridden"]
-                 else "api/gunicorn_conf.py, as make run")
+                 else "api/serving/gunicorn_conf.py, as make run")
         notes.append(f"load tool: {d['tool']}; gunicorn {d['worker_class']} x {d['workers']} "
                      f"({setup}); bench.wsgi lifts only the per-client read quota")
         notes.append(f"/data data set: {d['current_rows']:,} current rows, {d['quotes']:,} "

@@ -64,7 +64,7 @@ def _run_job(db: BenchDatabase, env: dict[str, str], timeout: float) -> dict[str
 
     from shared.celery_config import celery_config
     from shared.db import unit_of_work
-    from shared.jobs import submit_job
+    from shared.jobs.submit import submit_job
 
     settings = load_settings(env)
     client = Celery("kasparro-bench", set_as_current=False)

@@ -384,9 +384,9 @@ def run_stack(var_dir: Path = VAR_DIR, tail: bool = True) -> int:
             raise StackError(f"migrations failed (exit {migrate.returncode})")
 
         commands = {
-            # Workers, worker class and logging: api/gunicorn_conf.py (shared with docker
+            # Workers, worker class and logging: api/serving/gunicorn_conf.py (shared with docker
             # compose and make bench); only the address is set here.
-            "api": [sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf",
+            "api": [sys.executable, "-m", "gunicorn", "-c", "python:api.serving.gunicorn_conf",
                     "api:create_app()", "-b", f"127.0.0.1:{port}"],
             "worker": [sys.executable, "-m", "celery", "-A", "worker", "worker",
                        "-l", "INFO"],  # concurrency: shared/celery_config.py

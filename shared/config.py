@@ -177,7 +177,7 @@ class Settings:
     run_stale_seconds: int
     reaper_interval_seconds: int
     consensus_disagreement_share: float
-    # Quality checks (shared.quality, docs/quality.md): stale limit per source in seconds
+    # Quality checks (shared.quality.checks, docs/quality.md): stale limit per source in seconds
     # (QUALITY_STALE_SECONDS_<SOURCE>, 0 = off), jump factor, outlier distance in percent,
     # market cap / volume ratio, market cap vs price x supply factor, largest market cap.
     quality_stale_seconds_by_source: dict[str, int]
@@ -186,9 +186,11 @@ class Settings:
     quality_mcap_volume_ratio: float
     quality_mcap_supply_factor: float
     quality_max_market_cap_usd: float
-    # Consensus takes quotes observed within this many seconds of the freshest (shared.consensus).
+    # Consensus takes quotes observed within this many seconds of the freshest
+    # (shared.quality.consensus).
     consensus_window_seconds: int
-    # Run anomaly rules (shared.anomalies): runs looked back, runs needed, ratio and robust z
+    # Run anomaly rules (shared.quality.anomalies): runs looked back, runs needed, ratio and
+    # robust z
     # both required, failed runs in a row, reject-rate rise.
     anomaly_lookback_runs: int
     anomaly_min_history: int
@@ -202,7 +204,7 @@ class Settings:
     api_jobs_rate_limit: str = "10/minute"
     api_auth_fail_rate_limit: str = "20/minute"
     # Freshness objective per source (FRESHNESS_<SOURCE>_SECONDS): seconds since its last
-    # success after which the source is stale (shared.freshness).
+    # success after which the source is stale (shared.queries.freshness).
     freshness_seconds_by_source: dict[str, int] = field(default_factory=dict)
     # Notifications (shared.notify): webhook URLs are secrets; reminder and escalation policy.
     slack_webhook_url: str | None = field(default=None, repr=False)
@@ -214,12 +216,12 @@ class Settings:
     notify_timeout_seconds: float = 5.0
     # How often beat asks for an evaluation (staleness has no run to trigger it).
     notify_evaluate_seconds: int = 60
-    # Backfills (shared.backfill*): the furthest back a request may reach, the days per
+    # Backfills (shared.backfill.request*): the furthest back a request may reach, the days per
     # chunk (one upstream request), and the share of the source's quota a backfill may take.
     backfill_max_days: int = 365
     backfill_chunk_days: int = 90
     backfill_quota_share: float = 0.5
-    # statement_timeout of the API's reads (api/read_timeout.py), in milliseconds, 0 = none:
+    # statement_timeout of the API's reads (api/http/read_timeout.py), in milliseconds, 0 = none:
     # every transaction of a GET, and the longer one of a CSV/NDJSON export's streamed read.
     # Both under gunicorn's 30 s worker timeout, which kills the worker of a longer request:
     # the client gets a 503 rather than a dropped connection.

@@ -106,7 +106,8 @@ def configure_logging(settings: Settings) -> None:
         root.addHandler(handler)
     add_redacting_filter(root.handlers, settings)
     # Loggers that do not propagate to the root (gunicorn's error log, Celery's own) have their
-    # own handlers. gunicorn's access line is scrubbed as it is built (api.gunicorn_conf), once.
+    # own handlers. gunicorn's access line is scrubbed as it is built
+    # (api.serving.gunicorn_conf), once.
     for name, logger in list(logging.Logger.manager.loggerDict.items()):
         if isinstance(logger, logging.Logger) and not logger.propagate \
                 and name != "gunicorn.access":

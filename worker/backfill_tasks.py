@@ -1,4 +1,4 @@
-"""Celery task of backfills: thin transport around shared.backfill_run."""
+"""Celery task of backfills: thin transport around shared.backfill.run."""
 from __future__ import annotations
 
 import logging
@@ -6,7 +6,7 @@ import logging
 from celery import Task, shared_task
 
 from shared import task_names
-from shared.backfill_run import execute_backfill
+from shared.backfill.run import execute_backfill
 from shared.config import get_settings
 from shared.db import get_engine
 

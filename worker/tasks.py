@@ -1,4 +1,4 @@
-"""Celery tasks: thin transport around shared.runs and shared.jobs."""
+"""Celery tasks: thin transport around shared.ingest.execute and shared.jobs.submit."""
 from __future__ import annotations
 
 import logging
@@ -10,9 +10,9 @@ from celery.exceptions import Ignore
 from shared import task_names
 from shared.config import SOURCES, get_settings
 from shared.db import get_engine, unit_of_work
-from shared.jobs import finalize_job, reap_stale_runs, submit_job
+from shared.jobs.submit import finalize_job, reap_stale_runs, submit_job
 from shared.notify import configured_targets, request_evaluation
-from shared.runs import ExtractFailed, TransientDatabaseError, execute_run, run_outcome
+from shared.ingest.execute import ExtractFailed, TransientDatabaseError, execute_run, run_outcome
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,9 @@ def _extract(self: Task, run_id: int) -> dict[str, Any]:
 
 
 def _register_extract(source: str) -> None:
-    # `throws`: a failed run is an expected outcome, already logged by shared.runs with its
-    # detail; Celery records FAILURE and logs one INFO line instead of an ERROR traceback.
+    # `throws`: a failed run is an expected outcome, already logged by shared.ingest.execute
+    # with its detail; Celery records FAILURE and logs one INFO line instead of an ERROR
+    # traceback.
     shared_task(
         name=task_names.extract(source), bind=True, acks_late=True,
         reject_on_worker_lost=True, throws=(ExtractFailed,),

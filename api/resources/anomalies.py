@@ -6,10 +6,10 @@ from typing import Any
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.anomaly_schemas import AnomaliesArgsSchema, AnomaliesEnvelopeSchema
+from api.schemas.anomalies import AnomaliesArgsSchema, AnomaliesEnvelopeSchema
 from api.db import get_session
-from api.envelope import page_window, paged
-from api.schemas import ErrorSchema
+from api.http.envelope import page_window, paged
+from api.schemas.common import ErrorSchema
 from shared.queries.anomalies import list_anomalies
 
 blp = Blueprint("anomalies", __name__, url_prefix="/anomalies",

@@ -7,13 +7,13 @@ from flask import current_app, jsonify, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
-from api.auth import require_token
-from api.backfill_schemas import BackfillRequestSchema, BackfillSchema, DryRunSchema
+from api.http.auth import require_token
+from api.schemas.backfills import BackfillRequestSchema, BackfillSchema, DryRunSchema
 from api.broker import get_celery
 from api.db import get_session
-from api.json_body import JsonBodyParser
-from api.schemas import ErrorSchema
-from shared.backfill import (
+from api.http.json_body import JsonBodyParser
+from api.schemas.common import ErrorSchema
+from shared.backfill.request import (
     BackfillRequest,
     BackfillRequestError,
     backfill_progress,
@@ -21,7 +21,7 @@ from shared.backfill import (
     submit_backfill,
 )
 from shared.errors import NotFound
-from shared.jobs import NOT_QUEUED, JobNotQueued
+from shared.jobs.submit import NOT_QUEUED, JobNotQueued
 
 blp = Blueprint("backfills", __name__, url_prefix="/backfills",
                 description="Historical backfills")

@@ -10,10 +10,10 @@ from flask.blueprints import BlueprintSetupState
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
-from api.answer_cache import VersionedCache, deep_size
+from api.http.answer_cache import VersionedCache, deep_size
 from api.db import current_data_version, get_engine, get_session
-from api.envelope import body_template, envelope, page_window, paged, template_response
-from api.schemas import (
+from api.http.envelope import body_template, envelope, page_window, paged, template_response
+from api.schemas.common import (
     HISTORY_MAX_RANGE,
     AssetDetailSchema,
     DataEnvelopeSchema,
@@ -21,7 +21,7 @@ from api.schemas import (
     HistoryEnvelopeSchema,
     quote_record,
 )
-from api.history_schemas import DataExportArgsSchema, DetailArgsSchema, HistoryExportArgsSchema
+from api.schemas.history import DataExportArgsSchema, DetailArgsSchema, HistoryExportArgsSchema
 from api.resources.history import (
     as_of_redirect,
     export_data,
@@ -36,7 +36,7 @@ blp = Blueprint("data", __name__, url_prefix="/data", description="Unified marke
 
 # Per process: ~1,300 pages of 100 records. 0 turns the answer cache off (bench.wsgi does, to
 # measure misses); the totals are then still counted once per filter set and data version.
-# Entries are charged their key and objects too (api.answer_cache), and capped in number.
+# Entries are charged their key and objects too (api.http.answer_cache), and capped in number.
 DATA_CACHE_MAX_BYTES = 32 * 1024 * 1024
 DATA_CACHE_MAX_ENTRIES = 20_000
 # Totals: ~500-700 bytes each with their filter-set key, so a couple of thousand filter sets.
@@ -110,7 +110,7 @@ class DataList(MethodView):
         snapshot = read_current_quotes(get_engine(), filters, current_app.extensions["data_totals"],
                                        sort=args["sort"], **page_window(args))
         page = snapshot.page
-        # The records are serialized straight from the row tuples (api.schemas.quote_record),
+        # The records are serialized straight from the row tuples (api.schemas.common.quote_record),
         # not by a marshmallow dump of DataEnvelopeSchema: same bytes, a fraction of the cost.
         records = [quote_record(row) for row in page.rows]
         number = None if args.get("cursor") else args["page"]

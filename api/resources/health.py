@@ -14,13 +14,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from api.broker import get_celery
 from api.db import get_session
-from api.ops_schemas import HealthSchema, LiveSchema
-from api.read_timeout import count_timeout, is_statement_timeout, use_probe_timeout
-from shared.freshness import FAILING, STALE, source_states
+from api.schemas.ops import HealthSchema, LiveSchema
+from api.http.read_timeout import count_timeout, is_statement_timeout, use_probe_timeout
+from shared.queries.freshness import FAILING, STALE, source_states
 
 blp = Blueprint("health", __name__, url_prefix="/health", description="Health checks")
 # A probe's reads have their own bound: a tight API_STATEMENT_TIMEOUT_MS never reads as a
-# database outage, and a blocked table still cannot hold the probe (api/read_timeout.py).
+# database outage, and a blocked table still cannot hold the probe (api/http/read_timeout.py).
 blp.before_request(use_probe_timeout)
 
 
@@ -79,7 +79,7 @@ def check_workers() -> dict[str, Any]:
 
 
 def _check_freshness() -> dict[str, Any]:
-    """Every enabled source's state against its objective (shared.freshness: one definition)."""
+    """Every enabled source's state against its objective (shared.queries.freshness)."""
     settings = current_app.config["SETTINGS"]
     states = source_states(get_session(), settings, datetime.now(timezone.utc))
     sources = {name: state.as_dict() for name, state in states.items()}

@@ -9,8 +9,8 @@ from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
 from api.db import get_engine, get_session
-from api.envelope import envelope, page_window
-from api.history_schemas import (
+from api.http.envelope import envelope, page_window
+from api.schemas.history import (
     AsOfArgsSchema,
     AsOfBatchArgsSchema,
     AsOfBatchSchema,
@@ -18,9 +18,9 @@ from api.history_schemas import (
     CandleArgsSchema,
     CandleEnvelopeSchema,
 )
-from api.read_timeout import export_engine
-from api.schemas import HISTORY_MAX_RANGE, ErrorSchema
-from shared.export import (
+from api.http.read_timeout import export_engine
+from api.schemas.common import HISTORY_MAX_RANGE, ErrorSchema
+from shared.queries.export import (
     EXPORT_FORMATS,
     HISTORY_FIELDS,
     MEDIA_TYPES,

@@ -7,16 +7,16 @@ from flask import current_app, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
-from api.auth import require_token
+from api.http.auth import require_token
 from api.broker import get_celery
 from api.db import get_session
-from api.envelope import page_window, paged
-from api.json_body import JsonBodyParser
-from api.ops_schemas import JobAcceptedSchema, JobSchema, JobsEnvelopeSchema
-from api.schemas import ErrorSchema, JobHeadersSchema, JobRequestSchema, JobsArgsSchema
+from api.http.envelope import page_window, paged
+from api.http.json_body import JsonBodyParser
+from api.schemas.ops import JobAcceptedSchema, JobSchema, JobsEnvelopeSchema
+from api.schemas.common import ErrorSchema, JobHeadersSchema, JobRequestSchema, JobsArgsSchema
 from shared.errors import NotFound
 from shared.queries.jobs import list_jobs
-from shared.jobs import NOT_QUEUED, JobNotQueued, load_job, submit_job
+from shared.jobs.submit import NOT_QUEUED, JobNotQueued, load_job, submit_job
 
 blp = Blueprint("jobs", __name__, url_prefix="/jobs", description="ETL jobs")
 # A body sent as anything but JSON is a 415, and a deeply nested one a 400 (not ignored/500).

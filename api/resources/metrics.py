@@ -22,15 +22,17 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from api.db import get_session
-from api.read_timeout import count_timeout, is_statement_timeout, timeout_counts, use_probe_timeout
+from api.http.read_timeout import (
+    count_timeout, is_statement_timeout, timeout_counts, use_probe_timeout,
+)
 from api.resources.health import check_workers
-from shared.freshness import STATES, SourceState, source_states
-from shared.notify.history import notification_counts
+from shared.queries.freshness import STATES, SourceState, source_states
+from shared.queries.notifications import notification_counts
 from shared.models import TERMINAL_STATUSES
-from shared.stats import collect_stats, http_totals
+from shared.queries.stats import collect_stats, http_totals
 
 blp = Blueprint("metrics", __name__)
-# The scrape's reads have the probes' own bound (api/read_timeout.py), and what times out is
+# The scrape's reads have the probes' own bound (api/http/read_timeout.py), and what times out is
 # left out rather than failing the scrape.
 blp.before_request(use_probe_timeout)
 # Celery's default queue: the only one the app routes to.
@@ -107,7 +109,7 @@ class _EtlCollector:
 
 
 class _OpsCollector:
-    """Per-source freshness (shared.freshness), queue depth and workers online."""
+    """Per-source freshness (shared.queries.freshness), queue depth and workers online."""
 
     def __init__(self, states: dict[str, SourceState], queues: dict[str, int],
                  workers: int | None, notifications: dict[tuple[str, str], int],

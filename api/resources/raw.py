@@ -7,8 +7,8 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from api.db import get_session
-from api.envelope import page_window, paged
-from api.schemas import ErrorSchema, RawArgsSchema, RawEnvelopeSchema, RawRecordSchema
+from api.http.envelope import page_window, paged
+from api.schemas.common import ErrorSchema, RawArgsSchema, RawEnvelopeSchema, RawRecordSchema
 from shared.config import SOURCES
 from shared.queries.raw import get_raw_record, list_raw_records
 

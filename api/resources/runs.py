@@ -7,9 +7,9 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from api.db import get_session
-from api.envelope import page_window, paged
-from api.ops_schemas import RunComparisonSchema, RunsEnvelopeSchema, RunSchema
-from api.schemas import CompareArgsSchema, ErrorSchema, RunsArgsSchema
+from api.http.envelope import page_window, paged
+from api.schemas.ops import RunComparisonSchema, RunsEnvelopeSchema, RunSchema
+from api.schemas.common import CompareArgsSchema, ErrorSchema, RunsArgsSchema
 from shared.queries.runs import compare_runs, get_run, list_runs
 
 blp = Blueprint("runs", __name__, url_prefix="/runs", description="ETL runs")

@@ -10,12 +10,12 @@ from flask import Blueprint, Response, current_app, render_template, request
 from flask.blueprints import BlueprintSetupState
 from flask_smorest import abort
 
-from api.answer_cache import VersionedCache
-from api.chart_axes import SCALES
+from api.http.answer_cache import VersionedCache
+from api.status.axes import SCALES
 from api.db import current_data_version, get_session
 from api.resources.health import check_workers
 from api.resources.metrics import _guarded, _queue_depths
-from api.status_page import REFRESH_SECONDS, asset_chart, status_context
+from api.status.page import REFRESH_SECONDS, asset_chart, status_context
 from shared.queries.assets import resolve_asset
 from shared.queries.price_chart import DEFAULT_RANGE, RANGES, price_chart
 

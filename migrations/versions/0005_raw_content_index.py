@@ -10,7 +10,7 @@ than twice a bare COPY of the whole file, because every insert lands on a random
 the index outgrows the buffer cache next to the other tables being loaded. CSV lines do not
 need it: a line is read once because the file offset that covers it commits in the same
 transaction, and a replaced file is re-read through staging with an anti-join on the stored
-hashes (shared.load). API records (a few thousand per run, mostly repeats of the previous
+hashes (shared.ingest.batch_writer). API records (a few thousand per run, mostly repeats of the previous
 run) keep the unique index and its ON CONFLICT DO NOTHING.
 """
 from alembic import op

@@ -5,7 +5,7 @@ Revises: 0009
 Create Date: 2026-12-06 16:30:00.000000
 
 Quotes are now published into current_quotes by the batch that stores them, in its own
-transaction (shared.publish), instead of by the job's normalize step from run_assets. Two
+transaction (shared.ingest.publish), instead of by the job's normalize step from run_assets. Two
 consequences here:
 
 - The data version (migration 0004) moved on every statement on current_quotes, even one

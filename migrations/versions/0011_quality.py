@@ -4,7 +4,7 @@ Revision ID: 0011
 Revises: 0010
 Create Date: 2026-12-06 17:05:00.000000
 
-- quote_flags holds a row only for a quote that some check in shared.quality flagged, keyed
+- quote_flags holds a row only for a quote that some check in shared.quality.checks flagged, keyed
   like quotes, so clean ingest writes nothing extra. `flags` is the list of {flag, reason,
   evidence} the checks returned.
 - anomalies holds each run or data anomaly once: (kind, source, key) is unique, where `key`

@@ -8,7 +8,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from shared.config import Settings
-from shared.freshness import FAILING, FRESH, STALE, SourceState, source_states
+from shared.queries.freshness import FAILING, FRESH, STALE, SourceState, source_states
 from shared.models import AlertState, Notification
 from shared.notify.targets import configured_targets
 

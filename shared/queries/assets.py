@@ -12,9 +12,9 @@ from sqlalchemy.orm import Session
 
 from shared.config import SOURCES
 from shared.errors import NotFound
-from shared.consensus import window_consensus
+from shared.quality.consensus import window_consensus
 from shared.models import Asset, AssetSourceId, CurrentQuote, Quote, QuoteFlag
-from shared.quality import quality_of
+from shared.quality.checks import quality_of
 from shared.queries.paging import (
     BIGINT_MAX,
     InvalidCursor,
@@ -48,7 +48,7 @@ class AssetDetail:
     asset: Asset
     source_ids: Sequence[AssetSourceId]
     quotes: Sequence[CurrentQuote]
-    # shared.consensus.WindowConsensus.as_dict(): in-window clean quotes only.
+    # shared.quality.consensus.WindowConsensus.as_dict(): in-window clean quotes only.
     consensus: dict[str, Any]
 
 

@@ -232,7 +232,7 @@ def _after_in_part(after: ColumnElement[bool], payload: dict[str, Any]) -> Colum
 
 
 class TotalsCache(Protocol):
-    """Where totals are kept per data version (the API's api.answer_cache.VersionedCache)."""
+    """Where totals are kept per data version (the API's api.http.answer_cache.VersionedCache)."""
 
     def get(self, version: int | None, key: Hashable) -> Any:
         """The value stored for `key` at exactly this version, or None."""

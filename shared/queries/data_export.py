@@ -5,7 +5,7 @@ from typing import Any, Iterator
 
 from sqlalchemy import Connection, select
 
-from shared.export import CHUNK_ROWS, iso_utc
+from shared.queries.export import CHUNK_ROWS, iso_utc
 # The listing's own filter and column definitions, so the export cannot drift from the pages.
 from shared.queries.data import (
     _CLEAN_FIRST_FIELDS,

@@ -9,7 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from shared.errors import safe_error_text
-from shared.job_progress import elapsed_seconds
+from shared.queries.job_progress import elapsed_seconds
 
 # A 24 h grid at the default 5-minute schedule is 288 runs per source; more is a backlog.
 # runs has no created_at index: at ~900 runs a day a scan stays in the milliseconds for

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
 
 from shared.config import Settings
-from shared.records import Batch
+from shared.batch.types import Batch
 
 
 @dataclass
@@ -34,7 +34,7 @@ class Source(Protocol):
         """Whether the next batches may be read (and written) before this one commits.
 
         True only when a source's batches depend on nothing but its input, never on what
-        committed (shared.pipeline.read_ahead, shared.runs).
+        committed (shared.ingest.pipeline.read_ahead, shared.ingest.execute).
         """
         ...
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from shared.records import Batch, ParsedQuote, RawItem, Rejected
+from shared.batch.types import Batch, ParsedQuote, RawItem, Rejected
 from shared.sources.base import RunContext
 
 

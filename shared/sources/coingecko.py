@@ -7,7 +7,7 @@ from typing import Iterator
 
 from shared.config import Settings
 from shared.errors import SourceError
-from shared.records import Batch, ParsedQuote
+from shared.batch.types import Batch, ParsedQuote
 from shared.sources.api_source import ApiSource
 from shared.sources.base import RunContext
 from shared.sources.batching import Entry, build_batch, cut_index, records_budget

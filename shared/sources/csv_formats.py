@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from shared.bounds import asset_text_problem
-from shared.parsing import ValueParseError, parse_decimal, parse_timestamp
-from shared.records import ParsedQuote
+from shared.sources.parsing import ValueParseError, parse_decimal, parse_timestamp
+from shared.batch.types import ParsedQuote
 
 RowParser = Callable[[list[str], str, bytes], ParsedQuote]
 

@@ -12,9 +12,9 @@ from typing import Any, BinaryIO, Iterator
 
 from shared.bounds import CELL_MAX_CHARS, NUMERIC_INTEGER_DIGITS, NUMERIC_SCALE, asset_text_problem
 from shared.config import Settings
-from shared.parsing import ValueParseError
-from shared.copy_format import BYTEA_HEX, OHLC_ABSENT_CELLS, quote_line_head
-from shared.records import Batch, LineBlock, QuoteBlock, Rejected, content_hash
+from shared.sources.parsing import ValueParseError
+from shared.batch.copy_format import BYTEA_HEX, OHLC_ABSENT_CELLS, quote_line_head
+from shared.batch.types import Batch, LineBlock, QuoteBlock, Rejected, content_hash
 from shared.sources.base import RunContext
 from shared.sources.csv_formats import CsvFormat, detect_format, req_timestamp
 from shared.sources.csv_files import (
@@ -50,7 +50,7 @@ _NUMBER = (rf"([0-9]{{1,{NUMERIC_INTEGER_DIGITS - 9}}}+(?:\.[0-9]{{1,{NUMERIC_SC
 _KAGGLE_FAST = re.compile(
     rf"{_PLAIN}*+,({_PLAIN}*+),({_PLAIN}*+),({_PLAIN}++)" + rf",{_NUMBER}" * 6 + r"\Z"
 )
-# The fast path's COPY text pieces (shared.copy_format owns the layout; see quote_line).
+# The fast path's COPY text pieces (shared.batch.copy_format owns the layout; see quote_line).
 _ABSENT = OHLC_ABSENT_CELLS  # circulating_supply, total_supply, max_supply, rank
 _HASH_CELL = "\t" + BYTEA_HEX  # before raw_hash, in hex
 # Lines in a file's first batch (when CSV_BATCH_ROWS is larger); each next batch doubles.
@@ -98,7 +98,7 @@ class CsvSource:
 
     name = NAME
     # Batches depend only on the files and ctx.max_records, so the run may prepare the next
-    # batch while the current one is written (see shared.runs).
+    # batch while the current one is written (see shared.ingest.execute).
     read_ahead = True
 
     def __init__(self, settings: Settings) -> None:
@@ -189,7 +189,7 @@ class CsvSource:
         reader = _LineReader(key, fmt, ctx.run_id)
         # Batches start small and double up to CSV_BATCH_ROWS: writing starts while the
         # rest is still parsed, and a short append spans several batches that the writers
-        # can commit side by side (shared.pipeline).
+        # can commit side by side (shared.ingest.pipeline).
         batch_rows = min(self.batch_rows, FIRST_BATCH_ROWS)
         while True:
             limit = batch_rows
@@ -283,13 +283,13 @@ class _LineReader:
                     if entry is None:
                         entry = blocks[sid] = (identity, [], [], [])
                     # QUOTE_COPY_COLUMNS from observed_at on; inline for speed (see
-                    # shared.copy_format): price_usd and close_usd are both Close.
+                    # shared.batch.copy_format): price_usd and close_usd are both Close.
                     entry[1].append(
                         f"{quote_prefix}{stamp}\t{sid}\t{close}\t{mcap}\t{volume}\t{_ABSENT}"
                         f"{open_}\t{high}\t{low}\t{close}{_HASH_CELL}{hex_hash}\n"
                     )
                     entry[2].append(stamp)
-                    # The price's text, for the jump check (shared.quality_batch).
+                    # The price's text, for the jump check (shared.quality.flags).
                     entry[3].append(close)
                     continue
             slow.append((line_no, text, hex_hash))

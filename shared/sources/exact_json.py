@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from shared.parsing import parse_decimal, parse_int, parse_timestamp
+from shared.sources.parsing import parse_decimal, parse_int, parse_timestamp
 
 
 def _no_constant(name: str) -> None:

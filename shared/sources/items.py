@@ -5,7 +5,7 @@ from decimal import Decimal
 from typing import Any, Sequence
 
 from shared.bounds import SOURCE_ASSET_ID_MAX, asset_text_problem, text_problem
-from shared.records import ParsedQuote, RawItem, Rejected, content_hash
+from shared.batch.types import ParsedQuote, RawItem, Rejected, content_hash
 from shared.sources.batching import Entry
 from shared.sources.drift import DriftReport, flatten
 from shared.sources.exact_json import JsonItem, to_datetime, to_decimal, to_int

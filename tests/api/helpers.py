@@ -10,8 +10,8 @@ from sqlalchemy import Engine, text
 
 from shared.config import Settings, load_settings
 from shared.db import unit_of_work
-from shared.jobs import create_job, finalize_job
-from shared.runs import execute_run
+from shared.jobs.submit import create_job, finalize_job
+from shared.ingest.execute import execute_run
 from tests.conftest import TABLES
 from tests.upstream import ReplayUpstream
 

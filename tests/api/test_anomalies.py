@@ -9,15 +9,15 @@ import pytest
 from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.orm import Session
 
-from shared.anomalies import DRIFT, Anomaly, quote_anomalies, record_anomalies
+from shared.quality.anomalies import DRIFT, Anomaly, quote_anomalies, record_anomalies
 from shared.config import Settings
-from shared.quality import make_flag
+from shared.quality.checks import make_flag
 from shared.queries.anomalies import SYMBOL_ASSETS_MAX
 from tests.api.helpers import replay_settings, run_sources
 from tests.upstream import ReplayUpstream
 from tests.upstream.server import split_array
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import ROOT  # noqa: E402
 PAGE_2022 = ROOT / "tests/fixtures/coingecko/coins_markets_usd_page1_per250_pcp-all_2022-02-23.json"
 T0 = datetime(2026, 11, 30, 12, tzinfo=timezone.utc)
 # (slug, symbol, name, [(source, its id for the coin, flag kind)]): two coins share a symbol,

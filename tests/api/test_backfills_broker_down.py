@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from api import create_app
-from shared.jobs import NOT_QUEUED
+from shared.jobs.submit import NOT_QUEUED
 from tests.api.helpers import replay_settings, run_sources
 from tests.conftest import count
 from tests.redis_server import RedisServer

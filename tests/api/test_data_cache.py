@@ -11,10 +11,10 @@ from typing import Any
 import redis
 from sqlalchemy import Engine, text
 
-from api.answer_cache import VersionedCache
+from api.http.answer_cache import VersionedCache
 from shared.config import Settings
 from tests.api.helpers import coins_csv
-from tests.shared.test_csv_pipeline import HEADER, only_file, run_csv
+from tests.shared.ingest.test_csv_pipeline import HEADER, only_file, run_csv
 
 
 def _version(engine: Engine) -> int:

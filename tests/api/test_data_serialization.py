@@ -10,8 +10,8 @@ from flask import g
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.envelope import envelope
-from api.schemas import DataEnvelopeSchema, QuoteRecordSchema, quote_record
+from api.http.envelope import envelope
+from api.schemas.common import DataEnvelopeSchema, QuoteRecordSchema, quote_record
 from shared.models import CurrentQuote
 from shared.queries.data import DATA_RECORD_FIELDS, list_current_quotes
 from tests.api.helpers import Loaded

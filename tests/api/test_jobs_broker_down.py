@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import Engine
 
 from shared.config import Settings, load_settings
-from shared.jobs import NOT_QUEUED
+from shared.jobs.submit import NOT_QUEUED
 from tests.conftest import count
 
 # Nothing listens on port 1: every send is refused at once.

@@ -1,4 +1,4 @@
-"""GET /metrics: per-source freshness gauges from shared.freshness, queue depth, workers."""
+"""GET /metrics: per-source freshness gauges from shared.queries.freshness, queue depth, workers."""
 from __future__ import annotations
 
 import time
@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from shared import task_names
 from shared.celery_config import celery_config
 from shared.config import load_settings
-from tests.shared.test_freshness import add_run
+from tests.shared.queries.test_freshness import add_run
 
 
 def _samples(client: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -83,7 +83,7 @@ def test_scrape_cost_on_loaded_sources(loaded: Any) -> None:
     """All three sources loaded through the pipeline: fresh, and a scrape stays cheap."""
     from sqlalchemy.orm import Session
 
-    from shared.freshness import source_states
+    from shared.queries.freshness import source_states
 
     with Session(loaded.engine) as session:
         started = time.perf_counter()

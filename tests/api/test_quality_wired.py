@@ -8,15 +8,15 @@ from typing import Any
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from shared.anomalies import AnomalyThresholds
+from shared.quality.anomalies import AnomalyThresholds
 from shared.config import load_settings
-from shared.jobs import finalize_job
+from shared.jobs.submit import finalize_job
 from tests.api.helpers import replay_settings, run_sources
-from tests.shared.test_anomalies import add_run
+from tests.shared.quality.test_anomalies import add_run
 from tests.upstream import ReplayUpstream
 from tests.upstream.server import split_array
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import ROOT  # noqa: E402
 PAGE_2022 = ROOT / "tests/fixtures/coingecko/coins_markets_usd_page1_per250_pcp-all_2022-02-23.json"
 KAGGLE_HEAD = "SNo,Name,Symbol,Date,High,Low,Open,Close,Volume,Marketcap\n"
 

@@ -56,11 +56,12 @@ def _answers(url: str) -> bool:
 @pytest.fixture(scope="module")
 def live_server(base_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
                 ) -> Iterator[str]:
-    """The API under gunicorn (api/gunicorn_conf.py, as `make run`) on a free loopback port."""
+    """The API under gunicorn (api/serving/gunicorn_conf.py, as `make run`) on a loopback port."""
     port = stack.free_port()
     log = tmp_path_factory.mktemp("live-server") / "api.log"
     env = {**os.environ, **base_env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    api = stack.spawn("api", [sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf",
+    api = stack.spawn("api", [sys.executable, "-m", "gunicorn", "-c",
+                              "python:api.serving.gunicorn_conf",
                               "api:create_app()", "-b", f"127.0.0.1:{port}"], env, log)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -9,8 +9,8 @@ import pytest
 from selenium.webdriver.common.by import By
 from sqlalchemy import Engine
 
-from shared.backfill import BackfillRequest, create_backfill
-from shared.backfill_run import execute_backfill
+from shared.backfill.request import BackfillRequest, create_backfill
+from shared.backfill.run import execute_backfill
 from shared.db import unit_of_work
 from shared.sources.rate_limit import RedisRateLimiter
 from tests.api.helpers import replay_settings, run_sources

@@ -36,14 +36,14 @@ def _get(url: str, timeout: float = 10.0, **kwargs: Any) -> tuple[int, bytes]:
 
 
 class Server:
-    """A gunicorn subprocess serving the app with api/gunicorn_conf.py (as `make run`)."""
+    """A gunicorn subprocess serving the app with api/serving/gunicorn_conf.py (as `make run`)."""
 
     def __init__(self, env: dict[str, str], log_dir: Path, *extra: str) -> None:
         self.port = stack.free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = log_dir / "api.log"
         self.child = stack.spawn("api", [
-            sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf",
+            sys.executable, "-m", "gunicorn", "-c", "python:api.serving.gunicorn_conf",
             "api:create_app()", "-b", f"127.0.0.1:{self.port}", *extra], env, self.log)
         deadline = time.monotonic() + 60
         while True:
@@ -121,7 +121,7 @@ def _probe(server: Server, seconds: float) -> tuple[list[float], int]:
 def test_slow_and_idle_clients_do_not_freeze_the_api(serve: Callable[..., Server]) -> None:
     """8 clients sending headers a line at a time and 100 idle connections: /health/live
     keeps answering fast, and the slow ones are closed after the head deadline."""
-    from api.gunicorn_worker import HEAD_DEADLINE
+    from api.serving.worker import HEAD_DEADLINE
 
     server = serve()
     stop = threading.Event()

@@ -13,7 +13,7 @@ import psutil
 import pytest
 from sqlalchemy import Engine, text
 
-from shared.publish import unpublished
+from shared.ingest.publish import unpublished
 from tests.conftest import count, wait_for_job
 from tests.upstream import ReplayUpstream
 

@@ -18,8 +18,8 @@ import pytest
 import redis
 from sqlalchemy import Engine, text
 
-from shared.publish import unpublished
-from shared.runs import source_lock_key
+from shared.ingest.publish import unpublished
+from shared.ingest.execute import source_lock_key
 from scripts import stack
 from tests.conftest import ALL_RAW, QUEUE_KEY, ROOT, UNACKED_KEY, count, wait_for_job
 

@@ -3,6 +3,7 @@ hold rejects its item with a reason (unit), and a CoinGecko run with such items 
 and loads the rest (replay upstream, real PostgreSQL)."""
 from __future__ import annotations
 
+from tests.conftest import ROOT
 import json
 from decimal import Decimal
 from pathlib import Path
@@ -14,7 +15,7 @@ from sqlalchemy import Engine, text
 from shared import bounds
 from shared.bounds import numeric_problem
 from shared.models import Asset, AssetSourceId, Quote
-from shared.parsing import ValueParseError, parse_decimal, parse_int, parse_timestamp
+from shared.sources.parsing import ValueParseError, parse_decimal, parse_int, parse_timestamp
 from shared.sources import csv_formats
 from shared.sources.csv_formats import detect_format
 from shared.sources.coinpaprika import parse_ticker
@@ -24,7 +25,7 @@ from tests.api.helpers import replay_settings, run_sources
 from tests.shared.sources.conftest import gecko_batches
 from tests.upstream import ReplayUpstream
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+FIXTURES = ROOT / "tests" / "fixtures"
 GECKO_PAGE = FIXTURES / "coingecko" / "coins_markets_usd_page1_per250_2025-02-09.json"
 
 

@@ -10,8 +10,8 @@ from typing import Any, Iterator
 import pytest
 import requests
 
-from shared.consensus import window_consensus
-from shared.quality import QualityThresholds, check_batch
+from shared.quality.consensus import window_consensus
+from shared.quality.checks import QualityThresholds, check_batch
 from tests.upstream import ReplayUpstream
 from tests.upstream.__main__ import _parse_args
 from tests.upstream.server import COINPAPRIKA_BTC_TICKER, recorded_coingecko_items

@@ -7,7 +7,7 @@ import sys
 
 from sqlalchemy import Engine
 
-from shared.jobs import NOT_QUEUED
+from shared.jobs.submit import NOT_QUEUED
 from tests.conftest import ROOT, count
 
 # What beat's message runs, called in a fresh process as a worker child would call it.

@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from shared.config import Settings, load_settings
-from shared.records import Batch
+from shared.batch.types import Batch
 from shared.sources.base import RunContext
 from shared.sources.coingecko import CHECKPOINT_KEY, CoinGeckoSource
 from tests.upstream import ReplayUpstream

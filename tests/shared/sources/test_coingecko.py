@@ -12,7 +12,7 @@ import redis
 
 from shared.config import load_settings
 from shared.errors import UpstreamError
-from shared.records import Batch, content_hash
+from shared.batch.types import Batch, content_hash
 from shared.sources.coingecko import NUMBER_FIELDS, CoinGeckoSource, auth_headers
 from shared.sources.exact_json import JsonItem, parse_json, parse_json_array
 from shared.sources.http_errors import UpstreamUnavailable

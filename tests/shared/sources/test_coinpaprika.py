@@ -12,7 +12,7 @@ import redis
 
 from shared.config import load_settings
 from shared.errors import UpstreamError
-from shared.records import Batch, content_hash
+from shared.batch.types import Batch, content_hash
 from shared.sources.coinpaprika import CoinPaprikaSource, auth_headers
 from shared.sources.http_errors import UpstreamUnavailable
 from tests.shared.sources.conftest import make_ctx, make_settings

@@ -1,0 +1,1 @@
+"""The `flask etl` command group and its progress display."""

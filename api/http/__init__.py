@@ -1,0 +1,1 @@
+"""HTTP plumbing every resource shares: auth, limits, security, errors, envelopes, caches."""

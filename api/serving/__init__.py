@@ -1,0 +1,1 @@
+"""Serving under gunicorn: its configuration and worker class."""

@@ -1,0 +1,1 @@
+"""The HTML status pages' rendering: page helpers and SVG charts."""

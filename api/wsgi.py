@@ -1,4 +1,0 @@
-"""WSGI entry: `gunicorn api.wsgi:app`."""
-from api import create_app
-
-app = create_app()

@@ -1,0 +1,1 @@
+"""Backfills: request, plan, fetch and run historical loads in chunks."""

@@ -1,0 +1,1 @@
+"""The Batch types sources produce and the COPY formats the writer uses."""

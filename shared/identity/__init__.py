@@ -1,0 +1,1 @@
+"""Identity: each source's own coin id resolved to one canonical asset."""

@@ -1,0 +1,1 @@
+"""Ingest: run execution, the batch pipeline, the batch writer, raw line blocks, publishing."""

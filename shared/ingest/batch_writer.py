@@ -1,0 +1,352 @@
+"""Bulk writes of one batch: COPY straight into the tables, via staging when rows repeat.
+
+Raw records are deduplicated by content in two ways. API records (a few thousand per run,
+mostly repeats) carry a unique index on (source, content_hash) and go through ON CONFLICT.
+CSV lines (millions, nearly all new) are stored one block per batch (raw_line_blocks,
+migration 0006) with no index on their hashes: a line is read once because the file offset
+that covers it commits with it, and when lines do repeat (a replaced file, a re-appended day)
+their quotes collide on the quotes' primary key, which says whether the identical line is
+stored already (quotes.raw_hash); the blocks are written by shared.ingest.line_blocks.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+from psycopg2 import errors as pg_errors
+from psycopg2.extras import Json, execute_values
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
+
+from shared.batch.copy_format import (
+    ASSET_SLOT,
+    COPY_CHUNK_BYTES,
+    QUOTE_COLUMNS_SQL,
+    RAW_COLUMNS_SQL,
+    STAGE_QUOTES,
+    STAGE_RAW,
+    STAGING_DDL,
+    quote_line,
+    raw_line,
+)
+from shared.db import unit_of_work
+from shared.identity.resolve import Alias, IdentityHint, resolve_assets
+from shared.ingest.line_blocks import StoredLines, copy_line_block
+from shared.ingest.publish import PUBLISH_SQL
+from shared.quality.checks import QualityThresholds
+from shared.quality.flags import apply_outliers, batch_flags, store_batch_flags
+from shared.batch.types import Batch, PreparedQuotes, content_hash
+
+
+class CheckpointMoved(RuntimeError):
+    """The checkpoint changed under us: another execution of this source committed first."""
+
+
+@dataclass
+class BatchResult:
+    """What one batch did to the database."""
+
+    fetched: int = 0
+    raw_inserted: int = 0
+    inserted: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+
+
+@dataclass
+class LoadState:
+    """What a run's loader remembers between its batches."""
+
+    # Tables whose straight COPY failed on a stored row although the probe said none could
+    # (a race the probe cannot see): later batches of the run go through staging.
+    always_stage: set[str] = field(default_factory=set)
+
+
+_RAW_FROM_STAGING = (
+    f"INSERT INTO raw_records ({RAW_COLUMNS_SQL}) "
+    f"SELECT DISTINCT ON (content_hash) {RAW_COLUMNS_SQL} FROM {STAGE_RAW} "
+    "ON CONFLICT (source, content_hash) WHERE source <> 'csv' DO NOTHING"
+)
+_QUOTES_FROM_STAGING = (
+    f"INSERT INTO quotes ({QUOTE_COLUMNS_SQL}) SELECT {QUOTE_COLUMNS_SQL} FROM {STAGE_QUOTES} "
+    "ON CONFLICT (asset_id, source, observed_at) DO NOTHING"
+)
+
+
+def _reader(data: str | bytes) -> io.StringIO | io.BytesIO:
+    return io.BytesIO(data) if isinstance(data, bytes) else io.StringIO(data)
+
+
+def _copy_new_rows(
+    cursor: Any, state: LoadState, table: str, columns: str, data: str | bytes, staging: str,
+    from_staging: str, on_staged: Callable[[Any], None] | None = None, stage: bool = False,
+) -> int:
+    """Load COPY text into `table`; returns how many rows were new.
+
+    `stage` says the rows may exist already (the caller decided it up front, so that an
+    unchanged re-run never makes PostgreSQL log a failed statement): they go through a
+    staging table and INSERT ... ON CONFLICT DO NOTHING, which skips exactly the stored ones.
+    Otherwise COPY goes straight into the table, the fast path, safe because the table's
+    unique index checks every row: should one exist after all, the COPY fails as a whole, is
+    rolled back to its savepoint and goes through staging. `on_staged(cursor)` runs between
+    the staging COPY and that INSERT, while the table still holds only the earlier rows.
+    """
+    if not stage and table not in state.always_stage:
+        try:
+            # The savepoint and the COPY in one round trip: libpq runs the statements before
+            # a COPY in the same string, then streams the data. The savepoint is not
+            # released (another round trip): it ends with the transaction, and a later one
+            # of the same name shadows it. Each round trip saved matters here: its answer
+            # can wait a whole GIL switch interval while the read-ahead thread parses.
+            cursor.copy_expert(f"SAVEPOINT bulk_copy; COPY {table} ({columns}) FROM STDIN",
+                               _reader(data), COPY_CHUNK_BYTES)
+        except pg_errors.UniqueViolation:
+            cursor.execute("ROLLBACK TO SAVEPOINT bulk_copy")
+            state.always_stage.add(table)
+        else:
+            return int(cursor.rowcount)
+    cursor.execute(STAGING_DDL)
+    cursor.copy_expert(f"COPY {staging} ({columns}) FROM STDIN", _reader(data),
+                       COPY_CHUNK_BYTES)
+    if on_staged is not None:
+        on_staged(cursor)
+    cursor.execute(from_staging)
+    return int(cursor.rowcount)
+
+
+@dataclass
+class BatchWriter:
+    """Writes one run's batches: what every batch of the run shares, held once.
+
+    `aliases` and `asset_cache` resolve the source's coin ids to assets (shared.identity.resolve);
+    the cache fills as batches meet new coins. `thresholds` are the quality checks' limits
+    (shared.quality.flags: flags stored with the quotes, outliers judged after publishing).
+    """
+
+    source: str
+    run_id: int
+    aliases: dict[tuple[str, str], Alias]
+    asset_cache: dict[str, int] = field(default_factory=dict)
+    thresholds: QualityThresholds = field(default_factory=QualityThresholds)
+
+    def write(
+        self,
+        session: Session,
+        batch: Batch,
+        previous_checkpoint: dict[str, Any] | None,
+        state: LoadState | None = None,
+        wait_turn: Callable[[], None] | None = None,
+    ) -> BatchResult:
+        """Write a batch's raw rows, quotes, rejects and checkpoint in the caller's transaction.
+
+        The rows only this batch can hold come first (quotes, rejects, raw lines);
+        `wait_turn()`, when given, is called after them and before anything another in-flight
+        batch may also touch (current_quotes, the checkpoint, the run's counters), so that two
+        batches can be written at once on two connections and still commit in order
+        (shared.ingest.pipeline).
+        """
+        state = state if state is not None else LoadState()
+        result = BatchResult(fetched=batch.raw_count, rejected=len(batch.rejects))
+        cursor = session.connection().connection.cursor()
+        if batch.raw:
+            result.raw_inserted = self._write_raw(cursor, state, batch)
+        # Which of this batch's lines are stored already (line sources only).
+        stored_lines = StoredLines(self.source, batch.checkpoint_key)
+        prepared = batch.prepared
+        if batch.quote_count:
+            if prepared is None:
+                prepared = self._render_quotes(session, batch)
+            result.inserted = self._write_quotes(cursor, state, batch, prepared, stored_lines)
+            result.unchanged = batch.quote_count - result.inserted
+            # Before the publish below, which joins them into current_quotes.quality.
+            store_batch_flags(cursor, self.source, self.run_id, prepared.flags)
+        repeated_rejects = self._write_rejects(cursor, batch) if batch.rejects else set()
+        if batch.raw_lines is not None:
+            result.raw_inserted = copy_line_block(cursor, self.source, self.run_id,
+                                                  batch.raw_lines, stored_lines.hashes,
+                                                  repeated_rejects)
+        if wait_turn is not None:
+            wait_turn()
+        if batch.drift:
+            self._write_drift(cursor, batch)
+        _end_batch(cursor, self.source, self.run_id, batch, previous_checkpoint,
+                   prepared.asset_ids if prepared is not None else set(), result)
+        if result.inserted and prepared is not None and prepared.outlier_assets:
+            apply_outliers(session, cursor, prepared.outlier_assets, self.thresholds)
+        return result
+
+    def prepare(self, engine: Engine, batch: Batch) -> Batch:
+        """Resolve identities and render quotes ahead of `write` (the read-ahead thread).
+
+        Identity gets its own committed transaction here: new assets and mappings are valid
+        whether or not the batch's data commits later (a retry finds and reuses them), and
+        doing this beside the previous batch's COPY takes it off the critical path (~1 s and
+        ~0.3 s of rendering per million CSV lines).
+        """
+        if batch.quote_count:
+            with unit_of_work(engine) as session:
+                batch.prepared = self._render_quotes(session, batch)
+            # The rendered data replaces the blocks' text: drop it now, not when the batch is
+            # written (several batches wait in memory while two are written).
+            batch.quote_blocks = [replace(block, text="", stamps=[], prices=[])
+                                  for block in batch.quote_blocks]
+        return batch
+
+    def _write_raw(self, cursor: Any, state: LoadState, batch: Batch) -> int:
+        """API records into raw_records; returns how many were new."""
+        lines = [raw_line(self.source, self.run_id, item) for item in batch.raw]
+        lines.sort()  # by content hash, as the unique index wants them
+        # API pages (a few hundred records) mostly repeat what an earlier run stored: always
+        # staged, which costs about a millisecond and never fails a statement.
+        return _copy_new_rows(cursor, state, "raw_records", RAW_COLUMNS_SQL, "".join(lines),
+                              STAGE_RAW, _RAW_FROM_STAGING, stage=True)
+
+    def _write_quotes(
+        self, cursor: Any, state: LoadState, batch: Batch, prepared: PreparedQuotes,
+        stored_lines: StoredLines,
+    ) -> int:
+        """The batch's quotes; returns how many were new (staged only if keys may repeat)."""
+        return _copy_new_rows(
+            cursor, state, "quotes", QUOTE_COLUMNS_SQL, prepared.data, STAGE_QUOTES,
+            _QUOTES_FROM_STAGING,
+            on_staged=stored_lines.find if batch.raw_lines is not None else None,
+            stage=_may_hold_keys(cursor, self.source, prepared))
+
+    def _write_rejects(self, cursor: Any, batch: Batch) -> set[str]:
+        """Store the rejects; returns the locations rejected before with the same text."""
+        source, run_id = self.source, self.run_id
+        new_locations = execute_values(
+            cursor,
+            "INSERT INTO rejected_records (source, location, reason, payload, content_hash, "
+            "run_id) VALUES %s ON CONFLICT (source, location, content_hash) DO NOTHING "
+            "RETURNING location",
+            [(source, r.location, r.reason[:2000], r.payload,
+              content_hash(source, r.location, r.payload), run_id) for r in batch.rejects],
+            fetch=True,
+        )
+        # A line rejected before at the same place with the same text: its raw line is kept.
+        return {r.location for r in batch.rejects} - {loc for loc, in new_locations}
+
+    def _write_drift(self, cursor: Any, batch: Batch) -> None:
+        """The schema-drift events seen while reading the batch."""
+        execute_values(
+            cursor,
+            "INSERT INTO drift_events (source, run_id, location, kind, field, observed, "
+            "confidence, mapped, detail) VALUES %s",
+            [(self.source, self.run_id, e.location, e.kind, e.field, e.observed,
+              round(e.confidence, 3), e.mapped, e.detail[:2000]) for e in batch.drift],
+        )
+
+    def _render_quotes(self, session: Session, batch: Batch) -> PreparedQuotes:
+        """Resolve the batch's coins and render its quotes as COPY data, with their keys."""
+        hints = {q.source_asset_id: IdentityHint(q.source_asset_id, q.symbol, q.name)
+                 for q in batch.quotes}
+        for block in batch.quote_blocks:
+            hints.setdefault(block.source_asset_id,
+                             IdentityHint(block.source_asset_id, block.symbol, block.name))
+        assets = resolve_assets(session, self.source, list(hints.values()), self.aliases,
+                                self.asset_cache)
+        parts = [block.text.replace(ASSET_SLOT, str(assets[block.source_asset_id]))
+                 for block in batch.quote_blocks]
+        parts.extend(quote_line(assets[q.source_asset_id], self.source, self.run_id, q)
+                     for q in batch.quotes)
+        spans: dict[int, tuple[str, str]] = {}
+
+        def cover(asset_id: int, first: str, last: str) -> None:
+            span = spans.get(asset_id)
+            if span is not None:
+                first, last = min(span[0], first), max(span[1], last)
+            spans[asset_id] = (first, last)
+
+        for block in batch.quote_blocks:
+            if block.stamps:
+                cover(assets[block.source_asset_id], min(block.stamps), max(block.stamps))
+        for q in batch.quotes:
+            stamp = q.observed_at.isoformat()
+            cover(assets[q.source_asset_id], stamp, stamp)
+        quality = batch_flags(session.connection().connection.cursor(), self.source, batch,
+                              assets, self.thresholds)
+        return PreparedQuotes("".join(parts).encode(), spans, quality.flags,
+                              quality.outlier_assets)
+
+
+# Whether a stored quote of this source falls in one of the batch's per-asset time spans: one
+# index range probe per asset on the quotes' primary key. No: the batch cannot collide
+# (batches in flight beside it are proved disjoint by shared.ingest.pipeline), so COPY goes
+# straight.
+_KEYS_IN_SPANS = """
+SELECT EXISTS (
+    SELECT 1 FROM unnest(%(ids)s::bigint[], %(first)s::timestamptz[], %(last)s::timestamptz[])
+        AS span(asset_id, first_at, last_at)
+    WHERE EXISTS (SELECT 1 FROM quotes q WHERE q.asset_id = span.asset_id
+                  AND q.source = %(source)s AND q.observed_at BETWEEN span.first_at
+                  AND span.last_at))
+"""
+
+
+def _may_hold_keys(cursor: Any, source: str, prepared: PreparedQuotes) -> bool:
+    """Whether some of the batch's quote keys may be stored already (then stage them)."""
+    ids = list(prepared.spans)
+    cursor.execute(_KEYS_IN_SPANS, {
+        "ids": ids, "source": source,
+        "first": [prepared.spans[i][0] for i in ids], "last": [prepared.spans[i][1] for i in ids],
+    })
+    return bool(cursor.fetchone()[0])
+
+
+# What a batch writes after its turn, in one statement (one round trip): the newest quotes of
+# the assets it inserted quotes for, published into current_quotes (shared.ingest.publish: in the
+# batch's own transaction, so nothing committed stays unpublished), the run's counters, and
+# the checkpoint's compare-and-set, which must move exactly one row: it moves only from the
+# value this run started from (or is created if there was none), else another execution
+# committed first. A data-modifying CTE runs whether or not the main query reads it, and sees
+# the batch's quotes (earlier statements of the transaction).
+_END_BATCH = """
+WITH published AS ({publish}), counted AS (
+    UPDATE runs SET fetched = fetched + %(fetched)s, inserted = inserted + %(inserted)s,
+        unchanged = unchanged + %(unchanged)s, rejected = rejected + %(rejected)s,
+        raw_inserted = raw_inserted + %(raw_inserted)s, heartbeat_at = now()
+    WHERE id = %(run)s
+), moved AS ({move})
+SELECT count(*) FROM moved
+"""
+_CHECKPOINT_CREATE = (
+    "INSERT INTO checkpoints (source, key, value, run_id, updated_at) "
+    "VALUES (%(source)s, %(key)s, %(value)s, %(run)s, now()) "
+    "ON CONFLICT (source, key) DO NOTHING RETURNING 1"
+)
+_CHECKPOINT_MOVE = (
+    "UPDATE checkpoints SET value = %(value)s, run_id = %(run)s, updated_at = now() "
+    "WHERE source = %(source)s AND key = %(key)s AND value = %(previous)s RETURNING 1"
+)
+_END_BATCH_CREATE = _END_BATCH.format(publish=PUBLISH_SQL, move=_CHECKPOINT_CREATE)
+_END_BATCH_MOVE = _END_BATCH.format(publish=PUBLISH_SQL, move=_CHECKPOINT_MOVE)
+
+
+def _end_batch(
+    cursor: Any, source: str, run_id: int, batch: Batch, previous: dict[str, Any] | None,
+    asset_ids: set[int], result: BatchResult,
+) -> None:
+    """Publish, add the counters and move the checkpoint (raises CheckpointMoved)."""
+    # A batch that inserted nothing publishes nothing: every quote it met is stored and was
+    # published by the batch that stored it.
+    assets = sorted(asset_ids) if result.inserted else []
+    cursor.execute(_END_BATCH_CREATE if previous is None else _END_BATCH_MOVE, {
+        "run": run_id, "assets": assets, "source": source, "key": batch.checkpoint_key,
+        "value": Json(batch.checkpoint), "previous": Json(previous),
+        "fetched": result.fetched, "inserted": result.inserted, "unchanged": result.unchanged,
+        "rejected": result.rejected, "raw_inserted": result.raw_inserted,
+    })
+    moved, = cursor.fetchone()
+    if moved != 1:
+        raise CheckpointMoved(
+            f"checkpoint {source}/{batch.checkpoint_key} moved under run {run_id}")
+
+
+def load_checkpoints(session: Session, source: str) -> dict[str, dict[str, Any]]:
+    """All committed checkpoints of a source, key -> value."""
+    rows = session.execute(
+        text("SELECT key, value FROM checkpoints WHERE source = :s"), {"s": source}
+    )
+    return {key: value for key, value in rows}

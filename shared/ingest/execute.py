@@ -1,0 +1,363 @@
+"""One source's run: claim it under the source lock, stream batches, end it in a terminal state."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+import zlib
+from collections import defaultdict
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import psycopg2
+from sqlalchemy import Connection, Engine, text, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from shared.config import Settings
+from shared.db import get_engine, session_factory, unit_of_work
+from shared.errors import InjectedFailure, public_error
+from shared.identity.resolve import load_aliases
+from shared.ingest.batch_writer import BatchWriter, LoadState, load_checkpoints
+from shared.quality.checks import QualityThresholds
+from shared.models import TERMINAL_STATUSES, Job, Run
+from shared.ingest.pipeline import read_ahead, write_in_order
+from shared.batch.types import Batch
+from shared.sources import get_source
+from shared.sources.base import RunContext, Source
+
+log = logging.getLogger(__name__)
+
+_EVENT_COLUMNS = ("http_requests", "http_retries", "rate_limit_waits", "rate_limit_wait_seconds")
+
+
+class TransientDatabaseError(RuntimeError):
+    """The database went away mid-run; the task should retry and resume from the checkpoint."""
+
+
+class ExtractFailed(RuntimeError):
+    """The run ended `failed`: raised by the extract task so that its state says so."""
+
+
+# What a run reports while it is active (throttled): the task turns it into a PROGRESS state.
+Progress = Callable[[dict[str, Any]], None]
+PROGRESS_INTERVAL_SECONDS = 1.0
+
+
+def source_lock_key(source: str) -> int:
+    """The advisory-lock key that one running execution of `source` holds."""
+    return zlib.crc32(f"kasparro.source.{source}".encode())
+
+
+def try_source_lock(conn: Connection, source: str) -> bool:
+    """Take the source's session-level advisory lock on `conn` without waiting."""
+    got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": source_lock_key(source)})
+    value = bool(got.scalar())
+    conn.commit()
+    return value
+
+
+def release_source_lock(conn: Connection, source: str) -> None:
+    """Release the lock taken by try_source_lock."""
+    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": source_lock_key(source)})
+    conn.commit()
+
+
+def now_utc() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(timezone.utc)
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """Whether `exc` says the database connection is gone (retry), not that a statement failed.
+
+    Statements on a raw cursor (the bulk writes) raise psycopg2's own errors, unwrapped. Only
+    the base classes count: their subclasses (query canceled, ...) are statement errors.
+    """
+    if isinstance(exc, DBAPIError):
+        return bool(exc.connection_invalidated) or _is_bare_connection_error(exc.orig)
+    return _is_bare_connection_error(exc)
+
+
+def _is_bare_connection_error(exc: BaseException | None) -> bool:
+    return type(exc) in (psycopg2.OperationalError, psycopg2.InterfaceError)
+
+
+def execute_run(
+    run_id: int, task_id: str | None, settings: Settings, engine: Engine | None = None,
+    on_progress: Progress | None = None,
+) -> int:
+    """Run `run_id` to a terminal state (or leave it to its live owner); returns `run_id`.
+
+    The return value is always the run id so that a redelivered chord member returns the same
+    value as the first delivery (docs/faults.md: a different value can fire the chord early).
+    """
+    engine = engine or get_engine()
+    try:
+        with unit_of_work(engine) as session:
+            run = session.get(Run, run_id)
+            if run is None:
+                log.warning("run %s does not exist; nothing to do", run_id)
+                return run_id
+            if run.status in TERMINAL_STATUSES:
+                return run_id
+            source = run.source
+        lock_conn = engine.connect()
+    except DBAPIError as exc:
+        if _is_connection_error(exc):
+            raise TransientDatabaseError(str(exc.orig)) from exc
+        raise
+    locked = False
+    try:
+        locked = try_source_lock(lock_conn, source)
+        if not locked:
+            _skip_if_queued(engine, run_id, source)
+            return run_id
+        records_done = _claim(engine, run_id, task_id, settings)
+        if records_done is None:
+            return run_id
+        _process(engine, run_id, source, settings, records_done, on_progress)
+        return run_id
+    except Exception as exc:
+        if _is_connection_error(exc):
+            raise TransientDatabaseError(
+                str(exc.orig if isinstance(exc, DBAPIError) else exc)) from exc
+        raise
+    finally:
+        if locked:
+            try:
+                release_source_lock(lock_conn, source)
+            except DBAPIError:
+                lock_conn.invalidate()  # the session ended with the server: lock already gone
+        lock_conn.close()
+
+
+def _skip_if_queued(engine: Engine, run_id: int, source: str) -> None:
+    """Another execution holds the source: a queued run loses; our own running run is theirs."""
+    with unit_of_work(engine) as session:
+        run = session.get(Run, run_id, with_for_update=True)
+        if run is not None and run.status == "queued":
+            run.status = "skipped"
+            run.error = f"another {source} run was active"
+            run.finished_at = now_utc()
+            log.info("run %s (%s) skipped: another run of the source is active", run_id, source)
+
+
+def _claim(engine: Engine, run_id: int, task_id: str | None, settings: Settings) -> int | None:
+    """Mark the run running (we hold the source lock); None when it must not run."""
+    with unit_of_work(engine) as session:
+        run = session.get(Run, run_id, with_for_update=True)
+        if run is None or run.status in TERMINAL_STATUSES:
+            return None
+        run.attempts += 1
+        if run.attempts > settings.max_task_attempts:
+            _finish(session, run, "failed",
+                    f"gave up after {settings.max_task_attempts} attempts "
+                    "(the worker was lost every time)")
+            return None
+        # We hold the lock, so any other 'running' run of this source has no live worker.
+        session.execute(
+            update(Run)
+            .where(Run.source == run.source, Run.status == "running", Run.id != run.id)
+            .values(status="failed", finished_at=now_utc(),
+                    error=f"worker lost; superseded by run {run.id}")
+        )
+        session.flush()
+        run.status = "running"
+        run.started_at = run.started_at or now_utc()
+        run.heartbeat_at = now_utc()
+        run.celery_task_id = task_id or run.celery_task_id
+        session.execute(
+            update(Job).where(Job.id == run.job_id, Job.status == "queued")
+            .values(status="running", started_at=now_utc())
+        )
+        return int(run.fetched)
+
+
+def _process(
+    engine: Engine, run_id: int, source: str, settings: Settings, records_done: int,
+    on_progress: Progress | None = None,
+) -> None:
+    events: dict[str, float] = defaultdict(float)
+    report = _Throttled(engine, run_id, on_progress)
+
+    def on_event(name: str, amount: float) -> None:
+        events[name] += amount
+
+    make_session = session_factory(engine)
+    with make_session() as reader:
+        checkpoints = load_checkpoints(reader, source)
+        reader.commit()
+    ctx = RunContext(
+        run_id=run_id, source=source, settings=settings, checkpoints=checkpoints,
+        on_event=on_event, max_records=settings.fail_after_for(source),
+        records_done=records_done,
+    )
+    writer = BatchWriter(source, run_id, load_aliases(settings.asset_aliases_file),
+                         thresholds=QualityThresholds.from_settings(settings))
+    session: Session = make_session()
+    extractor = get_source(source, settings)
+    try:
+        if _can_read_ahead(extractor, ctx):
+            _write_pipelined(engine, writer, settings, ctx, extractor, report)
+        else:
+            _write_serially(session, writer, settings, ctx, extractor, events, report)
+        # A source that could not read some of its input (CSV: unreadable files) says why;
+        # what it did read is committed and is published like a succeeded run's.
+        partial = extractor.partial_reason
+        _end(session, run_id, "partial" if partial else "succeeded", partial, events)
+    except BaseException as exc:
+        session.rollback()
+        if _is_connection_error(exc):
+            raise
+        # The run keeps a short, typed text the API may serve; the detail (SQL, traceback)
+        # goes to this worker's log only (redacted there by the logging filter).
+        message = public_error(exc, source)
+        log.warning("run %s (%s) failed: %s", run_id, source, message, exc_info=exc)
+        try:
+            _end(session, run_id, "failed", message, events)
+        except DBAPIError:
+            log.exception("could not record the failure of run %s", run_id)
+        if not isinstance(exc, Exception):
+            raise  # SystemExit / KeyboardInterrupt: let the worker stop
+    finally:
+        session.close()
+
+
+class _Throttled:
+    """Calls `on_progress` with the run's counters at most once per interval."""
+
+    def __init__(self, engine: Engine, run_id: int, on_progress: Progress | None) -> None:
+        self.engine, self.run_id, self.on_progress = engine, run_id, on_progress
+        self.last = 0.0
+
+    def __call__(self, records_read: int) -> None:
+        if self.on_progress is None:
+            return
+        now = time.monotonic()
+        if now - self.last < PROGRESS_INTERVAL_SECONDS:
+            return
+        self.last = now
+        # Best effort: a report that cannot be read or sent (Redis restarting, say) must not
+        # fail the run; the next batch tries again.
+        try:
+            # Committed counters (the batches written so far), plus what was read.
+            meta = run_outcome(self.engine, self.run_id)
+            meta["records_read"] = records_read
+            self.on_progress(meta)
+        except Exception as exc:  # noqa: BLE001 - see above
+            log.warning("run %s: progress not reported (%s)", self.run_id, type(exc).__name__)
+
+
+_OUTCOME_FIELDS = ("fetched", "inserted", "unchanged", "rejected", "http_requests",
+                   "http_retries", "rate_limit_waits")
+
+
+def run_outcome(engine: Engine, run_id: int) -> dict[str, Any]:
+    """The run's status, error and counters as stored: what the extract task reports.
+
+    Read back from PostgreSQL, so a redelivered task reports what the first delivery did
+    (docs/faults.md: chord members must return the same value every time).
+    """
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                text("SELECT source, status, error, " + ", ".join(_OUTCOME_FIELDS)
+                     + " FROM runs WHERE id = :id"), {"id": run_id}).mappings().first()
+    except DBAPIError as exc:
+        if _is_connection_error(exc):
+            raise TransientDatabaseError(str(exc.orig)) from exc
+        raise
+    if row is None:
+        return {"run_id": run_id, "status": "missing"}
+    outcome: dict[str, Any] = {"run_id": run_id, **{k: row[k] for k in row.keys()}}
+    return outcome
+
+
+def _inject_failure(settings: Settings, ctx: RunContext) -> None:
+    """FAIL_AFTER_N_RECORDS was reached: kill the worker or fail the run, as configured."""
+    if settings.fail_mode == "kill":
+        log.warning("FAIL_MODE=kill: killing worker process %s", os.getpid())
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise InjectedFailure(
+        f"FAIL_AFTER_N_RECORDS={ctx.max_records} reached after {ctx.records_done} records"
+    )
+
+
+def _can_read_ahead(extractor: Source, ctx: RunContext) -> bool:
+    """Whether the source's batches may be read (and written) ahead of the commits."""
+    # FAIL_AFTER_N_RECORDS cuts batches by what was committed, so it rules out reading ahead.
+    return extractor.read_ahead and ctx.max_records is None
+
+
+def _write_serially(
+    session: Session, writer: BatchWriter, settings: Settings, ctx: RunContext,
+    extractor: Source, events: dict[str, float], report: Callable[[int], None],
+) -> None:
+    """Write and commit each batch before the source reads the next."""
+    state = LoadState()
+    for batch in extractor.batches(ctx):
+        for name, amount in batch.stats.items():
+            ctx.on_event(name, amount)
+        writer.write(session, batch, ctx.checkpoints.get(batch.checkpoint_key), state)
+        _flush_events(session, writer.run_id, events)
+        session.commit()
+        ctx.checkpoints[batch.checkpoint_key] = batch.checkpoint
+        ctx.records_done += batch.record_count
+        report(ctx.records_done)
+        if settings.batch_delay_seconds:
+            time.sleep(settings.batch_delay_seconds)
+        if ctx.max_records is not None and ctx.records_done >= ctx.max_records:
+            _inject_failure(settings, ctx)
+
+
+def _write_pipelined(
+    engine: Engine, writer: BatchWriter, settings: Settings, ctx: RunContext,
+    extractor: Source, report: Callable[[int], None],
+) -> None:
+    """Read ahead, and write two batches at once on two connections (shared.ingest.pipeline)."""
+
+    def write(session: Session, batch: Batch, previous: dict[str, Any] | None,
+              state: LoadState, wait_turn: Callable[[], None]) -> None:
+        writer.write(session, batch, previous, state, wait_turn=wait_turn)
+        _flush_events(session, writer.run_id, dict(batch.stats))
+
+    def prepare(batch: Batch) -> Batch:
+        return writer.prepare(engine, batch)
+
+    def after_submit(batch: Batch) -> None:
+        ctx.records_done += batch.record_count
+        report(ctx.records_done)
+        if settings.batch_delay_seconds:
+            time.sleep(settings.batch_delay_seconds)
+
+    write_in_order(engine, read_ahead(extractor.batches(ctx), prepare=prepare),
+                   write, ctx.checkpoints, after_submit)
+
+
+def _flush_events(session: Session, run_id: int, events: dict[str, float]) -> None:
+    if not events:
+        return
+    values = {name: getattr(Run, name) + events[name] for name in _EVENT_COLUMNS if name in events}
+    if values:
+        session.execute(update(Run).where(Run.id == run_id).values(**values))
+    events.clear()
+
+
+def _end(
+    session: Session, run_id: int, status: str, error: str | None, events: dict[str, float]
+) -> None:
+    _flush_events(session, run_id, events)
+    run = session.get(Run, run_id, with_for_update=True)
+    if run is not None and run.status == "running":
+        _finish(session, run, status, error)
+    session.commit()
+
+
+def _finish(session: Session, run: Run, status: str, error: str | None) -> None:
+    run.status = status
+    run.error = error
+    run.finished_at = now_utc()
+    log.info("run %s (%s) %s: fetched=%s inserted=%s unchanged=%s rejected=%s",
+             run.id, run.source, status, run.fetched, run.inserted, run.unchanged, run.rejected)

@@ -1,0 +1,107 @@
+"""Job lifecycle in PostgreSQL: statuses, at-most-once normalize, the reaper, idempotency keys."""
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text, update
+
+from shared.config import Settings, load_settings
+from shared.db import unit_of_work
+from shared.jobs.submit import create_job, finalize_job, job_status_from_runs, reap_stale_runs
+from shared.models import Run
+from shared.ingest.execute import now_utc, release_source_lock, try_source_lock
+from tests.shared.ingest.test_csv_pipeline import HEADER, only_file, run_csv
+
+
+@pytest.mark.parametrize(("statuses", "expected"), [
+    (["succeeded", "succeeded"], "succeeded"),
+    (["succeeded", "failed"], "partial"),
+    (["failed", "failed"], "failed"),
+    (["skipped", "skipped"], "skipped"),
+    (["succeeded", "skipped"], "succeeded"),
+    (["failed", "skipped"], "failed"),
+])
+def test_job_status_from_runs(statuses: list[str], expected: str) -> None:
+    assert job_status_from_runs(statuses) == expected
+
+
+def test_finalize_waits_for_active_runs_and_runs_once(
+    clean_db: Engine, settings: Settings, csv_dir: Path
+) -> None:
+    only_file(csv_dir, "c.csv", HEADER + "1,Coin,CN,2021-01-01 23:59:59,1,1,1,1,1,1\n")
+    with unit_of_work(clean_db) as session:
+        job = create_job(session, ["csv", "coingecko"], "cli").job
+        job_id = job.id
+    with unit_of_work(clean_db) as session:
+        assert finalize_job(session, job_id) is None  # both runs still queued
+    from shared.ingest.execute import execute_run
+
+    csv_run = next(r for r in job.runs if r.source == "csv")
+    execute_run(csv_run.id, None, settings, clean_db)
+    with unit_of_work(clean_db) as session:
+        session.execute(update(Run).where(Run.job_id == job_id, Run.source == "coingecko")
+                        .values(status="failed", error="boom", finished_at=now_utc()))
+    with unit_of_work(clean_db) as session:
+        assert finalize_job(session, job_id) == "partial"
+    with clean_db.connect() as conn:
+        first = conn.execute(text("SELECT updated_at FROM current_quotes")).scalar_one()
+        finished = conn.execute(text("SELECT finished_at, error FROM jobs")).one()
+    assert finished.error == "coingecko: boom"
+    with unit_of_work(clean_db) as session:
+        assert finalize_job(session, job_id) == "partial"  # second call: no work done
+    with clean_db.connect() as conn:
+        assert conn.execute(text("SELECT updated_at FROM current_quotes")).scalar_one() == first
+        assert conn.execute(text("SELECT finished_at FROM jobs")).scalar_one() == \
+            finished.finished_at
+
+
+def test_reaper_fails_orphans_but_not_live_runs(
+    clean_db: Engine, base_env: dict[str, str], csv_dir: Path
+) -> None:
+    settings = load_settings({**base_env, "CSV_DIR": str(csv_dir), "ETL_RUN_STALE_SECONDS": "60"})
+    long_ago = now_utc() - timedelta(minutes=10)
+    with unit_of_work(clean_db) as session:
+        orphan = create_job(session, ["csv"], "cli").job
+        live = create_job(session, ["coingecko"], "cli").job
+        lost = create_job(session, ["coinpaprika"], "cli").job
+        session.flush()
+        for job in (orphan, live):
+            session.execute(update(Run).where(Run.job_id == job.id).values(
+                status="running", started_at=long_ago, heartbeat_at=long_ago))
+        session.execute(update(Run).where(Run.job_id == lost.id).values(created_at=long_ago))
+    # A live execution of coingecko holds its lock: its run must survive however stale.
+    with clean_db.connect() as holder:
+        assert try_source_lock(holder, "coingecko")
+        with unit_of_work(clean_db) as session:
+            counts = reap_stale_runs(session, clean_db, settings)
+        release_source_lock(holder, "coingecko")
+    assert counts == {"runs_failed": 1, "queued_failed": 1, "jobs_finalized": 2}
+    with clean_db.connect() as conn:
+        rows = dict(conn.execute(text("SELECT source, status FROM runs")).all())
+        jobs = dict(conn.execute(text("SELECT id, status FROM jobs")).all())
+    assert rows == {"csv": "failed", "coingecko": "running", "coinpaprika": "failed"}
+    assert jobs[orphan.id] == "failed" and jobs[lost.id] == "failed"
+    assert jobs[live.id] == "queued"
+
+
+def test_same_idempotency_key_returns_the_same_job(clean_db: Engine) -> None:
+    with unit_of_work(clean_db) as session:
+        first = create_job(session, ["csv"], "api", idempotency_key="k-1")
+    with unit_of_work(clean_db) as session:
+        second = create_job(session, ["csv"], "api", idempotency_key="k-1")
+    assert first.created and not second.created
+    assert first.job.id == second.job.id
+
+
+def test_second_run_of_a_source_is_skipped_while_one_is_active(
+    clean_db: Engine, settings: Settings, csv_dir: Path
+) -> None:
+    only_file(csv_dir, "c.csv", HEADER + "1,Coin,CN,2021-01-01 23:59:59,1,1,1,1,1,1\n")
+    with clean_db.connect() as holder:
+        assert try_source_lock(holder, "csv")  # as if another worker were running csv
+        run = run_csv(clean_db, settings)
+        release_source_lock(holder, "csv")
+    assert run["status"] == "skipped" and "another csv run" in run["error"]
+    assert run_csv(clean_db, settings)["status"] == "succeeded"

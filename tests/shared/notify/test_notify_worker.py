@@ -1,0 +1,49 @@
+"""notify.evaluate and notify.send in a real Celery worker: sent, and retried after a 500."""
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from sqlalchemy import Engine, text
+
+from shared import task_names
+from shared.config import load_settings
+from tests.shared.queries.test_freshness import add_run
+from tests.shared.notify.test_notify import Receiver, _broker, notify_db, receiver  # noqa: F401
+
+
+def _wait(engine: Engine, sql: str, expected: Any, timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            got = conn.execute(text(sql)).all()
+        if got == expected:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"{sql}: {got} != {expected}")
+
+
+def test_worker_sends_and_retries(notify_db: Engine, base_env: dict[str, str],  # noqa: F811
+                                  receiver: Receiver,  # noqa: F811
+                                  worker_factory: Callable[..., Any]) -> None:
+    env = {"ETL_SOURCES": "csv", "ALERT_WEBHOOK_URL": receiver.url + "/hook",
+           "NOTIFY_TIMEOUT_SECONDS": "2"}
+    worker = worker_factory(env)
+    settings = load_settings({**base_env, **env})
+    run = add_run(notify_db, "csv", "failed", datetime.now(timezone.utc),
+                  "csv: HTTP 500 from upstream")
+    receiver.mode = "500"
+    _broker(settings).send_task(task_names.NOTIFY_EVALUATE)
+    _wait(notify_db, "SELECT status, attempts, error FROM notifications",
+          [("failed", 1, "HTTP 500")])
+    receiver.mode = "ok"
+    # The task retries after 5 s and gets through.
+    _wait(notify_db, "SELECT status, attempts, error FROM notifications", [("sent", 2, None)])
+    bodies = [body for _, body in receiver.take()]
+    assert len(bodies) == 2 and bodies[-1]["run_id"] == run and bodies[-1]["event"] == "failed"
+    # A second evaluation on the same failing state sends nothing new.
+    _broker(settings).send_task(task_names.NOTIFY_EVALUATE)
+    time.sleep(2)
+    assert receiver.take() == []
+    assert receiver.url not in worker.log_text()
