@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, aliased
 from shared.errors import NotFound
 from shared.models import Anomaly, Asset, Quote
 from shared.queries.assets import resolve_asset
-from shared.queries.paging import Page, cursor_int, decode_cursor, fetch_page
+from shared.queries.paging import Page, newest_first
 
 # A symbol shared by more assets than this names none of them usefully (and each is one more
 # index scan in the list's plan): 404 asking for the id or slug instead.
@@ -87,26 +87,22 @@ def list_anomalies(
 ) -> Page:
     """One page of anomalies, newest first (by id), filtered by source, kind, created_at and
     asset (id, slug or symbol; NotFound for none); each row a dict as AnomalySchema reads."""
-    conditions: list[ColumnElement[bool]] = []
+    filters: list[ColumnElement[bool]] = []
     if source:
-        conditions.append(Anomaly.source == source)
+        filters.append(Anomaly.source == source)
     if kind:
-        conditions.append(Anomaly.kind == kind)
+        filters.append(Anomaly.kind == kind)
     if since is not None:
-        conditions.append(Anomaly.created_at >= since)
-    keyset = list(conditions)
-    if cursor is not None:
-        payload = decode_cursor(cursor, "anomalies")
-        keyset.append(Anomaly.id < cursor_int(payload, "id"))
-        offset = 0
-    if asset is not None:
-        asset_ids = anomaly_asset_ids(session, asset)
-        conditions.append(Anomaly.asset_id.in_(asset_ids))
-        query = _by_asset(keyset, asset_ids, offset + limit + 1)
+        filters.append(Anomaly.created_at >= since)
+    if asset is None:
+        page = newest_first(session, Anomaly, filters, kind="anomalies", offset=offset,
+                            limit=limit, cursor=cursor)
     else:
-        query = select(Anomaly).where(*keyset).order_by(Anomaly.id.desc())
-    page = fetch_page(session, query, select(Anomaly).where(*conditions), offset=offset,
-                      limit=limit, cursor_of=lambda row: {"t": "anomalies", "id": row.id})
+        asset_ids = anomaly_asset_ids(session, asset)
+        page = newest_first(
+            session, Anomaly, [*filters, Anomaly.asset_id.in_(asset_ids)], kind="anomalies",
+            offset=offset, limit=limit, cursor=cursor,
+            ranges=lambda after, rows: _by_asset([*filters, *after], asset_ids, rows))
     return Page(rows=with_assets(session, page.rows), total=page.total,
                 next_cursor=page.next_cursor)
 

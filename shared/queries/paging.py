@@ -183,6 +183,31 @@ def fetch_page(
     return Page(rows=rows, total=count_rows(session, counted), next_cursor=next_cursor)
 
 
+def newest_first(
+    session: Session, entity: Any, conditions: Sequence[ColumnElement[bool]], *, kind: str,
+    offset: int, limit: int, cursor: str | None, options: Sequence[Any] = (),
+    ranges: Callable[[list[ColumnElement[bool]], int], Select[Any]] | None = None,
+) -> Page:
+    """One page of `entity` rows matching `conditions`, newest first (`id DESC`).
+
+    Paged by offset, or by a cursor of `kind` carrying the last id shown (the offset is then
+    ignored). `ranges(after, rows)` builds the rows' query instead, in the same order, where
+    the plain one would read the wrong index: `after` is the cursor's bound (empty without
+    one), and the page needs at most `rows` rows of it.
+    """
+    after: list[ColumnElement[bool]] = []
+    if cursor is not None:
+        after.append(entity.id < cursor_int(decode_cursor(cursor, kind), "id"))
+        offset = 0
+    if ranges is not None:
+        query = ranges(after, offset + limit + 1)
+    else:
+        query = (select(entity).options(*options).where(*conditions, *after)
+                 .order_by(entity.id.desc()))
+    return fetch_page(session, query, select(entity).where(*conditions), offset=offset,
+                      limit=limit, cursor_of=lambda row: {"t": kind, "id": row.id})
+
+
 def trim_page(rows: list[Any], limit: int, cursor_of: Callable[[Any], dict[str, Any]]
               ) -> tuple[list[Any], str | None]:
     """Rows fetched with one extra: the page, and the cursor of its last row if more exist."""

@@ -9,14 +9,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from shared.errors import NotFound
 from shared.models import Job, Run
-from shared.queries.paging import (
-    BIGINT_MAX,
-    Page,
-    cursor_int,
-    decode_cursor,
-    fetch_page,
-    time_bounds,
-)
+from shared.queries.paging import BIGINT_MAX, Page, newest_first, time_bounds
 
 RUN_COUNTERS: tuple[str, ...] = (
     "fetched", "inserted", "unchanged", "rejected", "raw_inserted", "http_requests",
@@ -45,15 +38,8 @@ def list_runs(
     if job_id is not None:
         conditions.append(Run.job_id == job_id)
     conditions += time_bounds(Run.created_at, since, until)
-    base = select(Run).where(*conditions)
-    query = base
-    if cursor is not None:
-        payload = decode_cursor(cursor, "runs")
-        query = query.where(Run.id < cursor_int(payload, "id"))
-        offset = 0
-    query = query.order_by(Run.id.desc())
-    return fetch_page(session, query, base, offset=offset, limit=limit,
-                      cursor_of=lambda row: {"t": "runs", "id": row.id})
+    return newest_first(session, Run, conditions, kind="runs", offset=offset, limit=limit,
+                        cursor=cursor)
 
 
 def get_run(session: Session, run_id: int) -> Run:
