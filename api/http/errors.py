@@ -7,12 +7,13 @@ from typing import Any
 from flask import Flask
 from flask_smorest import Api
 from sqlalchemy.exc import OperationalError
-from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.exceptions import HTTPException, InternalServerError, UnprocessableEntity
 from werkzeug.http import HTTP_STATUS_CODES
 
 from api.http.read_timeout import RETRY_AFTER_SECONDS, count_timeout, is_statement_timeout
 from api.schemas.common import ErrorSchema
 from shared.errors import Conflict, NotFound
+from shared.queries.assets import RangeTooLong
 from shared.queries.paging import InvalidCursor
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,12 @@ def init_error_handlers(app: Flask, api: JsonErrorsApi) -> None:
     @app.errorhandler(InvalidCursor)
     def _bad_cursor(exc: InvalidCursor) -> Any:
         return _answer(422, "invalid cursor", {"query": {exc.field: [str(exc)]}})
+
+    @app.errorhandler(RangeTooLong)
+    def _range_too_long(exc: RangeTooLong) -> Any:
+        # As the arguments' own range check answers (api.schemas.data.HistoryArgsSchema).
+        return _answer(422, str(UnprocessableEntity.description),
+                       {"query": {exc.field: [str(exc)]}})
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Any:

@@ -1,15 +1,11 @@
-"""Security headers on every response, and the error-text field that scrubs stored errors."""
+"""Security headers on every response: no sniffing or framing, a CSP, Cache-Control."""
 from __future__ import annotations
 
 import base64
 import hashlib
 import re
-from typing import Any
 
-import marshmallow as ma
 from flask import Flask, Response, request
-
-from shared.errors import safe_error_text
 
 # Every response: no MIME sniffing, never framed, no referrer leaves with a link.
 _ALWAYS = {
@@ -70,15 +66,3 @@ def init_security_headers(app: Flask) -> None:
                 request.path, request.method, response.status_code,
                 "Authorization" in request.headers)
         return response
-
-
-class SafeErrorText(ma.fields.String):
-    """A stored error served without SQL, parameters, paths or secrets, and capped.
-
-    New rows are written short and safe (shared.errors.public_error); this scrubs rows written
-    before that, on the way out.
-    """
-
-    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
-        text = super()._serialize(value, attr, obj, **kwargs)
-        return safe_error_text(text) if isinstance(text, str) else text

@@ -2,35 +2,32 @@
 from __future__ import annotations
 
 import functools
+from datetime import datetime
 from typing import Any, Callable
 
 import marshmallow as ma
-from flask import current_app, request
+from flask import current_app, g, redirect, request, url_for
 from flask.blueprints import BlueprintSetupState
 from flask.views import MethodView
-from flask_smorest import Blueprint, abort
+from flask_smorest import Blueprint
 
-from api.http.answer_cache import VersionedCache, deep_size
 from api.db import current_data_version, get_engine, get_session
+from api.http.answer_cache import VersionedCache, deep_size
 from api.http.envelope import body_template, envelope, page_window, paged, template_response
-from api.schemas.common import (
-    HISTORY_MAX_RANGE,
+from api.export import export_format, export_responses, streamed
+from api.schemas.common import ASSET_PARAM, ErrorSchema
+from api.schemas.data import (
     AssetDetailSchema,
     DataEnvelopeSchema,
-    ErrorSchema,
+    DataExportArgsSchema,
+    DetailArgsSchema,
     HistoryEnvelopeSchema,
+    HistoryExportArgsSchema,
     quote_record,
 )
-from api.schemas.history import DataExportArgsSchema, DetailArgsSchema, HistoryExportArgsSchema
-from api.resources.history import (
-    as_of_redirect,
-    export_data,
-    export_format,
-    export_history,
-    export_responses,
-)
-from shared.queries.assets import asset_detail, asset_history, open_start_span
+from shared.queries.assets import asset_detail, asset_history, resolve_asset
 from shared.queries.data import DataFilters, read_current_quotes
+from shared.queries.export import data_export, history_export
 
 blp = Blueprint("data", __name__, url_prefix="/data", description="Unified market data")
 
@@ -69,7 +66,8 @@ def _cached(view: Callable[..., Any]) -> Callable[..., Any]:
         cache: VersionedCache | None = current_app.extensions.get("data_cache")
         # An export asked for by Accept has the query string of a JSON page: not from the cache.
         if cache is not None and export_format({}) is None:
-            template = cache.get(current_data_version(), request.query_string)
+            g.data_version_seen = current_data_version()
+            template = cache.get(g.data_version_seen, request.query_string)
             if template is not None:
                 return template_response(template)
         return view(*args, **kwargs)
@@ -77,9 +75,19 @@ def _cached(view: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-ASSET_PARAM = {"in": "path", "name": "asset", "description": "Asset id or slug",
-               "schema": {"type": "string", "minLength": 1, "maxLength": 200},
-               "example": "bitcoin"}
+def _filters(args: dict[str, Any]) -> DataFilters:
+    """The listing's filters from GET /data's arguments (its pages and its export alike)."""
+    return DataFilters(
+        source=args.get("source"), symbols=tuple(args.get("symbol") or ()),
+        assets=tuple(args.get("asset") or ()), q=args.get("q"),
+        since=args.get("since"), until=args.get("until"), quality=args.get("quality"),
+    )
+
+
+def _as_of_redirect(asset: str, at: datetime) -> Any:
+    """307 from GET /data/<asset>?as_of= to the point-in-time lookup; 404 for no such asset."""
+    resolve_asset(get_session(), asset)
+    return redirect(url_for("history.AsOf", asset=asset, at=at.isoformat()), code=307)
 
 
 @blp.route("")
@@ -91,7 +99,7 @@ class DataList(MethodView):
     # so accepted junk (?x=1, ?x=2, ...) would make a new entry per request.
     @blp.arguments(DataExportArgsSchema, location="query", unknown=ma.RAISE)
     @blp.response(200, DataEnvelopeSchema)
-    @export_responses
+    @export_responses(blp)
     def get(self, args: dict[str, Any]) -> Any:
         """List the current record per asset and source
 
@@ -100,17 +108,14 @@ class DataList(MethodView):
         `page`/`page_size`, or pass `pagination.next_cursor` as `cursor` for stable deep paging.
         `format=csv|ndjson` (or that Accept) streams every matching record instead.
         """
-        if export_format(args) is not None:
-            return export_data(args)
-        filters = DataFilters(
-            source=args.get("source"), symbols=tuple(args.get("symbol") or ()),
-            assets=tuple(args.get("asset") or ()), q=args.get("q"),
-            since=args.get("since"), until=args.get("until"), quality=args.get("quality"),
-        )
-        snapshot = read_current_quotes(get_engine(), filters, current_app.extensions["data_totals"],
+        fmt = export_format(args)
+        if fmt is not None:
+            return streamed(fmt, data_export(_filters(args), args["sort"]))
+        snapshot = read_current_quotes(get_engine(), _filters(args),
+                                       current_app.extensions["data_totals"],
                                        sort=args["sort"], **page_window(args))
         page = snapshot.page
-        # The records are serialized straight from the row tuples (api.schemas.common.quote_record),
+        # The records are serialized straight from the row tuples (api.schemas.data.quote_record),
         # not by a marshmallow dump of DataEnvelopeSchema: same bytes, a fraction of the cost.
         records = [quote_record(row) for row in page.rows]
         number = None if args.get("cursor") else args["page"]
@@ -120,7 +125,12 @@ class DataList(MethodView):
             return current_app.json.response(
                 envelope(records, number, args["page_size"], page.total, page.next_cursor))
         cache: VersionedCache | None = current_app.extensions.get("data_cache")
-        if cache is not None and snapshot.version is not None:
+        # Stored under the version of the snapshot it was read from: on a replica, its own
+        # data_version row, replicated with the quotes. A replica still behind the version
+        # this process has seen answers, but does not replace the newer entries.
+        seen = g.get("data_version_seen")
+        if cache is not None and snapshot.version is not None \
+                and (seen is None or snapshot.version >= seen):
             cache.put(snapshot.version, request.query_string, template, deep_size(template))
         return template_response(template)
 
@@ -143,7 +153,7 @@ class DataDetail(MethodView):
         With `as_of`, a 307 to the point-in-time lookup (GET /data/<asset>/as_of).
         """
         if args.get("as_of"):
-            return as_of_redirect(asset, args["as_of"])
+            return _as_of_redirect(asset, args["as_of"])
         settings = current_app.config["SETTINGS"]
         return asset_detail(get_session(), asset, settings.consensus_disagreement_share,
                             settings.consensus_window_seconds)
@@ -155,7 +165,7 @@ class DataHistory(MethodView):
 
     @blp.arguments(HistoryExportArgsSchema, location="query")
     @blp.response(200, HistoryEnvelopeSchema)
-    @export_responses
+    @export_responses(blp)
     @blp.alt_response(404, schema=ErrorSchema, description="No such asset")
     def get(self, args: dict[str, Any], asset: str) -> Any:
         """List an asset's quotes, newest first
@@ -165,15 +175,10 @@ class DataHistory(MethodView):
         `page`/`page_size` or `cursor`. `format=csv|ndjson` (or that Accept) streams every
         quote of the range instead (the range cap then holds with an open since too).
         """
-        if export_format(args) is not None:
-            return export_history(asset, args)
-        if args.get("until") and not args.get("since"):
-            span = open_start_span(get_session(), asset, args.get("source"), args["until"])
-            if span is not None and span > HISTORY_MAX_RANGE:
-                abort(422, errors={"query": {"until": [
-                    f"until must be at most {HISTORY_MAX_RANGE.days} days after the asset's "
-                    "first quote when since is not given (an open since counts as the first "
-                    "quote)"]}})
+        fmt = export_format(args)
+        if fmt is not None:
+            return streamed(fmt, history_export(get_session(), asset, args.get("source"),
+                                                args.get("since"), args.get("until")))
         page = asset_history(
             get_session(), asset, source=args.get("source"), since=args.get("since"),
             until=args.get("until"), **page_window(args),

@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from api.broker import get_celery
 from api.db import get_session
-from api.schemas.ops import HealthSchema, LiveSchema
+from api.schemas.health import HealthSchema, LiveSchema
 from api.http.read_timeout import count_timeout, is_statement_timeout, use_probe_timeout
 from shared.queries.freshness import FAILING, STALE, source_states
 

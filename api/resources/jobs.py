@@ -12,11 +12,19 @@ from api.broker import get_celery
 from api.db import get_session
 from api.http.envelope import page_window, paged
 from api.http.json_body import JsonBodyParser
-from api.schemas.ops import JobAcceptedSchema, JobSchema, JobsEnvelopeSchema
-from api.schemas.common import ErrorSchema, JobHeadersSchema, JobRequestSchema, JobsArgsSchema
+from api.schemas.common import ErrorSchema
+from api.schemas.jobs import (
+    JobAcceptedSchema,
+    JobHeadersSchema,
+    JobRequestSchema,
+    JobsArgsSchema,
+    JobSchema,
+    JobsEnvelopeSchema,
+)
 from shared.errors import NotFound
 from shared.queries.jobs import list_jobs
-from shared.jobs.submit import NOT_QUEUED, JobNotQueued, load_job, submit_job
+from shared.jobs.close import load_job
+from shared.jobs.submit import NOT_QUEUED, JobNotQueued, submit_job
 
 blp = Blueprint("jobs", __name__, url_prefix="/jobs", description="ETL jobs")
 # A body sent as anything but JSON is a 415, and a deeply nested one a 400 (not ignored/500).

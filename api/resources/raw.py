@@ -8,7 +8,8 @@ from flask_smorest import Blueprint
 
 from api.db import get_session
 from api.http.envelope import page_window, paged
-from api.schemas.common import ErrorSchema, RawArgsSchema, RawEnvelopeSchema, RawRecordSchema
+from api.schemas.common import ErrorSchema
+from api.schemas.raw import RawArgsSchema, RawEnvelopeSchema, RawRecordSchema
 from shared.config import SOURCES
 from shared.queries.raw import get_raw_record, list_raw_records
 

@@ -8,8 +8,14 @@ from flask_smorest import Blueprint
 
 from api.db import get_session
 from api.http.envelope import page_window, paged
-from api.schemas.ops import RunComparisonSchema, RunsEnvelopeSchema, RunSchema
-from api.schemas.common import CompareArgsSchema, ErrorSchema, RunsArgsSchema
+from api.schemas.common import ErrorSchema
+from api.schemas.runs import (
+    CompareArgsSchema,
+    RunComparisonSchema,
+    RunsArgsSchema,
+    RunsEnvelopeSchema,
+    RunSchema,
+)
 from shared.queries.runs import compare_runs, get_run, list_runs
 
 blp = Blueprint("runs", __name__, url_prefix="/runs", description="ETL runs")

@@ -7,7 +7,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from api.db import get_session
-from api.schemas.ops import StatsSchema
+from api.schemas.stats import StatsSchema
 from shared.queries.stats import collect_stats
 
 blp = Blueprint("stats", __name__, url_prefix="/stats", description="Operational statistics")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import marshmallow as ma
 from marshmallow import validate
 
-from api.schemas.common import EnvelopeSchema, PageArgsSchema, Text, UtcDateTime
+from api.schemas.common import AssetSchema, EnvelopeSchema, PageArgsSchema, Text, UtcDateTime
 from shared.quality.anomalies import RUN_KINDS
 from shared.config import SOURCES
 from shared.quality.checks import FLAG_KINDS
@@ -36,13 +36,8 @@ class AnomaliesArgsSchema(PageArgsSchema):
                        "404 when none"})
 
 
-class AnomalyAssetSchema(ma.Schema):
+class AnomalyAssetSchema(AssetSchema):
     """The asset a data anomaly is about, as stored now."""
-
-    id = ma.fields.Integer(required=True)
-    slug = ma.fields.String(required=True)
-    symbol = ma.fields.String(required=True)
-    name = ma.fields.String(required=True)
 
 
 class AnomalySchema(ma.Schema):

@@ -1,28 +1,26 @@
-"""Marshmallow schemas: fields, request arguments, errors and the data/raw response bodies.
+"""Schemas every resource uses: fields, the base of request arguments, paging, errors, envelope.
 
-The operations endpoints' bodies (jobs, runs, stats, health) are in api.schemas.ops.
+Each resource's own schemas are in the module of its name (api/schemas/data.py serves
+api/resources/data.py, and so on).
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, Sequence
+from typing import Any
 
 import marshmallow as ma
 from marshmallow import validate
-from webargs.fields import DelimitedList
 
-from api.schemas.quality import ExcludedSchema, QualityField, WindowSchema, quality_out
-from shared.config import SOURCES
-from shared.queries.jobs import JOB_TRIGGERS
-from shared.models import RUN_STATUSES
-from shared.queries.data import DATA_SORT_FIELDS
+from shared.errors import safe_error_text
 from shared.queries.paging import BIGINT_MAX, CURSOR_MAX_LENGTH
 
 PAGE_SIZE_DEFAULT = 50
 PAGE_SIZE_MAX = 500
-HISTORY_MAX_RANGE = timedelta(days=366)
-ASSET_LIST_MAX = 100
+# The `<asset>` of the /data/<asset>... routes (api.resources.data and .history).
+ASSET_PARAM = {"in": "path", "name": "asset", "description": "Asset id or slug",
+               "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+               "example": "bitcoin"}
 
 
 # --- fields ------------------------------------------------------------------------------------
@@ -70,13 +68,27 @@ class UtcDateTime(ma.fields.AwareDateTime):
             raise self.make_error("range") from exc
 
 
-def _id_field(**kwargs: Any) -> ma.fields.Integer:
+def id_field(**kwargs: Any) -> ma.fields.Integer:
+    """A database id argument (1 .. BIGINT_MAX)."""
     return ma.fields.Integer(strict=False, validate=validate.Range(min=1, max=BIGINT_MAX),
                              **kwargs)
 
 
-def _sort_choices(fields: tuple[str, ...]) -> list[str]:
+def sort_choices(fields: tuple[str, ...]) -> list[str]:
+    """The `sort` values of these fields: each ascending, and descending with a `-`."""
     return [*fields, *(f"-{f}" for f in fields)]
+
+
+class SafeErrorText(ma.fields.String):
+    """A stored error served without SQL, parameters, paths or secrets, and capped.
+
+    New rows are written short and safe (shared.errors.public_error); this scrubs rows written
+    before that, on the way out.
+    """
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        text = super()._serialize(value, attr, obj, **kwargs)
+        return safe_error_text(text) if isinstance(text, str) else text
 
 
 # --- request arguments -------------------------------------------------------------------------
@@ -130,129 +142,6 @@ class TimeRangeMixin(ArgsSchema):
             raise ma.ValidationError("until must not be before since", field_name="until")
 
 
-class DataArgsSchema(PageArgsSchema, TimeRangeMixin):
-    """Filters, sort and paging of GET /data."""
-
-    source = ma.fields.String(validate=validate.OneOf(SOURCES))
-    symbol = DelimitedList(
-        Text(validate=validate.Length(min=1, max=64)),
-        validate=validate.Length(min=1, max=ASSET_LIST_MAX),
-        metadata={"description": "Exact symbols, case-insensitive, comma separated "
-                                 f"(at most {ASSET_LIST_MAX})"},
-    )
-    asset = DelimitedList(
-        Text(validate=validate.Length(min=1, max=200)),
-        validate=validate.Length(min=1, max=ASSET_LIST_MAX),
-        metadata={"description": f"Asset ids or slugs, comma separated (at most {ASSET_LIST_MAX})"},
-    )
-    q = Text(validate=validate.Length(min=1, max=100),
-             metadata={"description": "Substring of the name or symbol, case-insensitive"})
-    sort = ma.fields.String(
-        load_default="asset_id", validate=validate.OneOf(_sort_choices(DATA_SORT_FIELDS)),
-        metadata={"description": "Sort field; prefix `-` for descending. Ties: asset_id, source. "
-                                 "By price, market cap or volume, clean quotes come first, "
-                                 "then flagged ones (each part in the sort order)"},
-    )
-    quality = ma.fields.String(
-        validate=validate.OneOf(("ok", "flagged")),
-        metadata={"description": "Only clean (`ok`) or only flagged quotes"})
-
-
-class HistoryArgsSchema(PageArgsSchema, TimeRangeMixin):
-    """Filters and paging of GET /data/<asset>/history."""
-
-    source = ma.fields.String(validate=validate.OneOf(SOURCES))
-
-    @ma.validates_schema
-    def _bounded(self, data: dict[str, Any], **_: Any) -> None:
-        """The range cap with both ends or an open end (now); the view checks an open start."""
-        since, until = data.get("since"), data.get("until")
-        days = HISTORY_MAX_RANGE.days
-        if since and until and until - since > HISTORY_MAX_RANGE:
-            raise ma.ValidationError(f"until - since must not exceed {days} days",
-                                     field_name="until")
-        if since and not until and datetime.now(timezone.utc) - since > HISTORY_MAX_RANGE:
-            raise ma.ValidationError(
-                f"since must be at most {days} days ago when until is not given "
-                "(an open until counts as now)", field_name="since")
-
-
-class RawArgsSchema(PageArgsSchema):
-    """Filters and paging of GET /raw/<source>."""
-
-    run_id = _id_field()
-
-
-class RunsArgsSchema(PageArgsSchema, TimeRangeMixin):
-    """Filters and paging of GET /runs (`since`/`until` bound `created_at`)."""
-
-    source = ma.fields.String(validate=validate.OneOf(SOURCES))
-    status = ma.fields.String(validate=validate.OneOf(RUN_STATUSES))
-    job_id = _id_field()
-
-
-class JobsArgsSchema(PageArgsSchema, TimeRangeMixin):
-    """Filters and paging of GET /jobs (`since`/`until` bound `created_at`)."""
-
-    status = ma.fields.String(validate=validate.OneOf(RUN_STATUSES))
-    trigger = ma.fields.String(validate=validate.OneOf(JOB_TRIGGERS),
-                               metadata={"description": "What queued the job"})
-
-
-class CompareArgsSchema(ArgsSchema):
-    """The two runs of GET /runs/compare."""
-
-    a = _id_field(required=True)
-    b = _id_field(required=True)
-
-
-class SourceNames(ma.fields.List[str]):
-    """Distinct source names; each bad item is one message naming its position."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs["metadata"] = {"uniqueItems": True, **kwargs.get("metadata", {})}
-        super().__init__(ma.fields.String(validate=validate.OneOf(SOURCES)),
-                         validate=validate.Length(min=1, max=len(SOURCES)), **kwargs)
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[Any]:
-        if not isinstance(value, (list, tuple)):
-            raise self.make_error("invalid")
-        problems: list[str] = []
-        seen: set[str] = set()
-        for index, item in enumerate(value):
-            if not isinstance(item, str):
-                problems.append(f"item {index}: not a string")
-            elif item not in SOURCES:
-                problems.append(f"item {index}: unknown source; must be one of: "
-                                f"{', '.join(SOURCES)}")
-            elif item in seen:
-                problems.append(f"item {index}: {item} is already listed")
-            else:
-                seen.add(item)
-        if problems:
-            raise ma.ValidationError(problems)
-        return list(value)
-
-
-class JobRequestSchema(ArgsSchema):
-    """POST /jobs body: which sources to run (default: all configured)."""
-
-    class Meta:
-        unknown = ma.RAISE
-
-    sources = SourceNames(metadata={"description": "Distinct source names"})
-
-
-class JobHeadersSchema(ArgsSchema):
-    """POST /jobs headers: an optional Idempotency-Key."""
-
-    idempotency_key = ma.fields.String(
-        data_key="Idempotency-Key",
-        validate=[validate.Length(min=1, max=200), validate.Regexp(r"^[\x21-\x7e]+$")],
-        metadata={"description": "Repeat a request safely: the same key returns the same job"},
-    )
-
-
 # --- response bodies ---------------------------------------------------------------------------
 
 class ErrorSchema(ma.Schema):
@@ -262,39 +151,6 @@ class ErrorSchema(ma.Schema):
     status = ma.fields.String(required=True, metadata={"description": "HTTP status name"})
     message = ma.fields.String(metadata={"description": "What went wrong"})
     errors = ma.fields.Dict(metadata={"description": "Validation errors by location and field"})
-
-
-class QuoteRecordSchema(ma.Schema):
-    """One current record per (asset, source)."""
-
-    asset_id = ma.fields.Integer(required=True)
-    symbol = ma.fields.String(required=True)
-    name = ma.fields.String(required=True)
-    source = ma.fields.String(required=True)
-    source_asset_id = ma.fields.String(required=True)
-    price_usd = DecimalString(metadata=DECIMAL_DOC)
-    market_cap_usd = DecimalString(metadata=DECIMAL_DOC)
-    volume_24h_usd = DecimalString(metadata=DECIMAL_DOC)
-    rank = ma.fields.Integer(allow_none=True)
-    observed_at = ma.fields.DateTime(format="iso", required=True)
-    quality = QualityField()
-
-
-def quote_record(row: Sequence[Any]) -> dict[str, Any]:
-    """QuoteRecordSchema().dump of a shared.queries.data.DATA_RECORD_FIELDS row, sans marshmallow.
-
-    The money columns arrive as PostgreSQL's numeric text, which is already the plain-notation
-    string DecimalString gives; the time is formatted as DateTime(format="iso") does. A test
-    compares both paths on every loaded record.
-    """
-    (asset_id, symbol, name, source, source_asset_id, price_usd, market_cap_usd,
-     volume_24h_usd, rank, observed_at, quality) = row
-    return {
-        "asset_id": asset_id, "symbol": symbol, "name": name, "source": source,
-        "source_asset_id": source_asset_id, "price_usd": price_usd,
-        "market_cap_usd": market_cap_usd, "volume_24h_usd": volume_24h_usd, "rank": rank,
-        "observed_at": observed_at.isoformat(), "quality": quality_out(quality),
-    }
 
 
 class PaginationSchema(ma.Schema):
@@ -318,40 +174,6 @@ class EnvelopeSchema(ma.Schema):
     pagination = ma.fields.Nested(PaginationSchema, required=True)
 
 
-class DataEnvelopeSchema(EnvelopeSchema):
-    """GET /data."""
-
-    data = ma.fields.List(ma.fields.Nested(QuoteRecordSchema), required=True)
-
-
-class HistoryRecordSchema(ma.Schema):
-    """One observation of an asset at one source."""
-
-    asset_id = ma.fields.Integer(required=True)
-    source = ma.fields.String(required=True)
-    source_asset_id = ma.fields.String(required=True)
-    observed_at = ma.fields.DateTime(format="iso", required=True)
-    price_usd = DecimalString(metadata=DECIMAL_DOC)
-    market_cap_usd = DecimalString(metadata=DECIMAL_DOC)
-    volume_24h_usd = DecimalString(metadata=DECIMAL_DOC)
-    circulating_supply = DecimalString(metadata=DECIMAL_DOC)
-    total_supply = DecimalString(metadata=DECIMAL_DOC)
-    max_supply = DecimalString(metadata=DECIMAL_DOC)
-    rank = ma.fields.Integer(allow_none=True)
-    open_usd = DecimalString(metadata=DECIMAL_DOC)
-    high_usd = DecimalString(metadata=DECIMAL_DOC)
-    low_usd = DecimalString(metadata=DECIMAL_DOC)
-    close_usd = DecimalString(metadata=DECIMAL_DOC)
-    run_id = ma.fields.Integer(allow_none=True)
-    quality = QualityField()
-
-
-class HistoryEnvelopeSchema(EnvelopeSchema):
-    """GET /data/<asset>/history."""
-
-    data = ma.fields.List(ma.fields.Nested(HistoryRecordSchema), required=True)
-
-
 class AssetSchema(ma.Schema):
     """A canonical asset."""
 
@@ -359,63 +181,3 @@ class AssetSchema(ma.Schema):
     slug = ma.fields.String(required=True)
     symbol = ma.fields.String(required=True)
     name = ma.fields.String(required=True)
-
-
-class AssetSourceIdSchema(ma.Schema):
-    """The asset's own id at one source, and how it was matched."""
-
-    source = ma.fields.String(required=True)
-    source_asset_id = ma.fields.String(required=True)
-    symbol = ma.fields.String(allow_none=True)
-    name = ma.fields.String(allow_none=True)
-    matched_by = ma.fields.String(required=True)
-
-
-class ConsensusSchema(ma.Schema):
-    """Price agreement of the clean quotes observed within one window (shared.quality.consensus)."""
-
-    price_usd = DecimalString(required=True, metadata={
-        **DECIMAL_DOC, "description": "Median of the in-window clean prices"})
-    min_price_usd = DecimalString(required=True, metadata=DECIMAL_DOC)
-    max_price_usd = DecimalString(required=True, metadata=DECIMAL_DOC)
-    spread = ma.fields.Float(required=True, allow_none=True)
-    disagree = ma.fields.Boolean(required=True, metadata={
-        "description": "Two or more in-window clean prices spread more than `threshold`"})
-    threshold = ma.fields.Float(required=True,
-                                metadata={"description": "Spread above which sources disagree"})
-    sources = ma.fields.List(ma.fields.String(), required=True,
-                             metadata={"description": "Sources that took part"})
-    window = ma.fields.Nested(WindowSchema, required=True)
-    excluded = ma.fields.List(ma.fields.Nested(ExcludedSchema), required=True)
-    single_source = ma.fields.Boolean(required=True)
-    note = ma.fields.String(required=True)
-
-
-class AssetDetailSchema(ma.Schema):
-    """GET /data/<asset>."""
-
-    asset = ma.fields.Nested(AssetSchema, required=True)
-    source_ids = ma.fields.List(ma.fields.Nested(AssetSourceIdSchema), required=True)
-    quotes = ma.fields.List(ma.fields.Nested(QuoteRecordSchema), required=True)
-    consensus = ma.fields.Nested(ConsensusSchema, required=True)
-
-
-class RawRecordSchema(ma.Schema):
-    """A record exactly as it was received."""
-
-    id = ma.fields.Integer(required=True)
-    source = ma.fields.String(required=True)
-    source_key = ma.fields.String(required=True)
-    payload = ma.fields.String(required=True)
-    fetched_at = ma.fields.DateTime(format="iso", required=True)
-    run_id = ma.fields.Integer(allow_none=True)
-    content_hash = ma.fields.Method("_hex", required=True, metadata={"type": "string"})
-
-    def _hex(self, record: Any) -> str:
-        return bytes(record.content_hash).hex()
-
-
-class RawEnvelopeSchema(EnvelopeSchema):
-    """GET /raw/<source>."""
-
-    data = ma.fields.List(ma.fields.Nested(RawRecordSchema), required=True)

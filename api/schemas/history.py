@@ -1,4 +1,4 @@
-"""Schemas of candles, point-in-time lookups and the export formats (api.resources.history)."""
+"""Schemas of candles and point-in-time lookups (api.resources.history)."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -10,24 +10,15 @@ from marshmallow import validate
 from api.schemas.common import (
     DECIMAL_DOC,
     ArgsSchema,
-    DataArgsSchema,
+    AssetSchema,
     EnvelopeSchema,
-    HistoryArgsSchema,
     Text,
     UtcDateTime,
 )
+from api.schemas.data import HistoryArgsSchema, format_field
 from shared.config import SOURCES
 from shared.queries.as_of import AS_OF_BATCH_MAX
 from shared.queries.candles import INTERVALS
-
-FORMAT_FIELD_DOC = ("Answer as `json` (pages), or stream every row of the range as `csv` or "
-                    "`ndjson` (also chosen by `Accept: text/csv` / `application/x-ndjson`)")
-
-
-def format_field() -> ma.fields.String:
-    """The `format` query argument of the endpoints that export."""
-    return ma.fields.String(validate=validate.OneOf(("json", "csv", "ndjson")),
-                            metadata={"description": FORMAT_FIELD_DOC})
 
 
 class CandleArgsSchema(HistoryArgsSchema):
@@ -36,18 +27,6 @@ class CandleArgsSchema(HistoryArgsSchema):
     source = ma.fields.String(required=True, validate=validate.OneOf(SOURCES))
     interval = ma.fields.String(load_default="1d", validate=validate.OneOf(tuple(INTERVALS)),
                                 metadata={"description": "Bucket length, aligned to UTC"})
-    format = format_field()
-
-
-class DataExportArgsSchema(DataArgsSchema):
-    """GET /data with the export `format`."""
-
-    format = format_field()
-
-
-class HistoryExportArgsSchema(HistoryArgsSchema):
-    """GET /data/<asset>/history with the export `format`."""
-
     format = format_field()
 
 
@@ -80,13 +59,6 @@ class CandleEnvelopeSchema(EnvelopeSchema):
     interval = ma.fields.String(required=True)
     data = ma.fields.List(ma.fields.Nested(CandleSchema), required=True)
     gaps = ma.fields.List(ma.fields.Nested(GapSchema), required=True)
-
-
-class DetailArgsSchema(ArgsSchema):
-    """GET /data/<asset>: `as_of` sends the client to GET /data/<asset>/as_of."""
-
-    as_of = UtcDateTime(metadata={"description": "Point in time: answered by a 307 to "
-                                                 "`/data/<asset>/as_of?at=`"})
 
 
 class AsOfArgsSchema(ArgsSchema):
@@ -137,13 +109,8 @@ class AsOfQuoteSchema(ma.Schema):
                                   metadata={"description": "as_of minus observed_at"})
 
 
-class AsOfAssetSchema(ma.Schema):
+class AsOfAssetSchema(AssetSchema):
     """The asset named."""
-
-    id = ma.fields.Integer(required=True)
-    slug = ma.fields.String(required=True)
-    symbol = ma.fields.String(required=True)
-    name = ma.fields.String(required=True)
 
 
 class AsOfSchema(ma.Schema):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Sequence
 
@@ -26,6 +26,9 @@ from shared.queries.paging import (
     fetch_page,
     time_bounds,
 )
+
+# The longest range of quotes one history, candle or export request may ask for.
+HISTORY_MAX_RANGE = timedelta(days=366)
 
 
 @dataclass(frozen=True)
@@ -125,8 +128,14 @@ def asset_history(
     limit: int = 50,
     cursor: str | None = None,
 ) -> Page:
-    """One page of an asset's quotes, newest first (ties by source, descending)."""
+    """One page of an asset's quotes, newest first (ties by source, descending).
+
+    With neither since nor until, the whole series; RangeTooLong when an open since (the
+    first quote) is further than HISTORY_MAX_RANGE from `until`.
+    """
     asset = resolve_asset(session, ref)
+    if until is not None:
+        range_start(session, asset.id, source, since, until)  # the cap with an open since
     conditions: list[ColumnElement[bool]] = [Quote.asset_id == asset.id]
     if source:
         conditions.append(Quote.source == source)
@@ -180,11 +189,48 @@ def first_observed(session: Session, asset_id: int, source: str | None = None
     return min(known) if known else None
 
 
-def open_start_span(session: Session, ref: str, source: str | None, until: datetime
-                    ) -> timedelta | None:
-    """The history range cap with an open start: until minus the asset's first quote.
+class RangeTooLong(ValueError):
+    """A history range longer than HISTORY_MAX_RANGE; `field` names the argument to change."""
 
-    NotFound if no asset is named `ref`; None if it has no quote yet.
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def check_history_range(since: datetime | None, until: datetime | None, now: datetime,
+                        first: datetime | None = None) -> None:
+    """RangeTooLong when since..until spans more than HISTORY_MAX_RANGE.
+
+    An open until counts as `now`, an open since as `first` (the asset's first quote): with
+    neither since nor `first` there is nothing to check.
     """
-    first = first_observed(session, resolve_asset(session, ref).id, source)
-    return until - first if first is not None else None
+    days = HISTORY_MAX_RANGE.days
+    if since is not None and until is not None:
+        if until - since > HISTORY_MAX_RANGE:
+            raise RangeTooLong("until", f"until - since must not exceed {days} days")
+    elif since is not None:
+        if now - since > HISTORY_MAX_RANGE:
+            raise RangeTooLong("since", f"since must be at most {days} days ago when until is "
+                                        "not given (an open until counts as now)")
+    elif first is not None and (until or now) - first > HISTORY_MAX_RANGE:
+        if until is not None:
+            raise RangeTooLong("until", f"until must be at most {days} days after the asset's "
+                                        "first quote when since is not given (an open since "
+                                        "counts as the first quote)")
+        raise RangeTooLong("since", f"the range must be at most {days} days: give since (an "
+                                    "open since counts as the asset's first quote, an open "
+                                    "until as now)")
+
+
+def range_start(session: Session, asset_id: int, source: str | None, since: datetime | None,
+                until: datetime | None) -> datetime | None:
+    """`since`, or when open the asset's first quote at `source` (None: no quote yet).
+
+    RangeTooLong when that first quote is further than HISTORY_MAX_RANGE from `until` (or
+    now); a given since was checked with the arguments.
+    """
+    if since is not None:
+        return since
+    first = first_observed(session, asset_id, source)
+    check_history_range(None, until, datetime.now(timezone.utc), first)
+    return first

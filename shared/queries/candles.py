@@ -18,7 +18,7 @@ from typing import Any, Iterator
 from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
 
-from shared.queries.assets import first_observed, resolve_asset
+from shared.queries.assets import range_start, resolve_asset
 from shared.queries.paging import InvalidCursor, cursor_datetime, cursor_int, cursor_str
 from shared.queries.paging import decode_cursor, encode_cursor
 
@@ -91,14 +91,16 @@ class CandlePage:
 
 def candle_range(session: Session, ref: str, source: str, interval: str,
                  since: datetime | None, until: datetime | None) -> CandleRange | None:
-    """The bucket range of a request; an open since is the first quote; None if no quote."""
+    """The bucket range of a request; an open since is the first quote; None if no quote.
+
+    RangeTooLong when the range, open ends included, is longer than HISTORY_MAX_RANGE.
+    """
     asset = resolve_asset(session, ref)
     step = INTERVALS[interval]
-    until = until or datetime.now(timezone.utc)
+    since = range_start(session, asset.id, source, since, until)
     if since is None:
-        since = first_observed(session, asset.id, source)
-        if since is None:
-            return None
+        return None
+    until = until or datetime.now(timezone.utc)
     first = floor_bucket(since, step)
     count = (floor_bucket(until, step) - first) // step + 1 if until >= since else 0
     return CandleRange(asset.id, source, step, since, until, first, count)

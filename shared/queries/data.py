@@ -6,7 +6,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Hashable, Protocol, Sequence
 
-from sqlalchemy import ColumnElement, Connection, Engine, Text, and_, func, or_, select
+from sqlalchemy import (
+    ColumnElement, Connection, Engine, Select, Text, and_, func, or_, select,
+)
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from shared.models import Asset, CurrentQuote
@@ -160,6 +162,18 @@ def count_current_quotes(conn: Connection | Session, filters: DataFilters | None
     return int(conn.execute(query).scalar_one())
 
 
+def current_quotes_query(filters: DataFilters, sort: str) -> Select[Any]:
+    """The current records of `filters` in `sort` order (ties by asset_id, source), as tuples
+    in DATA_RECORD_FIELDS order: the pages add their keyset bound, the export reads it whole."""
+    name, descending = parse_sort(sort, DATA_SORT_FIELDS)
+    column = _DATA_SORT_COLUMNS[name]
+    ordered = column.desc() if descending else column.asc()
+    clean_first = [_FLAGGED] if name in _CLEAN_FIRST_FIELDS else []
+    return (select(*_DATA_RECORD_COLUMNS).where(*_data_conditions(filters))
+            .order_by(*clean_first, ordered.nulls_last(), CurrentQuote.asset_id,
+                      CurrentQuote.source))
+
+
 def list_current_quotes(
     conn: Connection | Session,
     filters: DataFilters | None = None,
@@ -182,7 +196,7 @@ def list_current_quotes(
     column = _DATA_SORT_COLUMNS[name]
     clean_first = name in _CLEAN_FIRST_FIELDS
     nullable = name in _NULLABLE_SORT_FIELDS
-    query = select(*_DATA_RECORD_COLUMNS).where(*_data_conditions(filters))
+    query = current_quotes_query(filters, sort)
     if cursor is not None:
         payload = decode_cursor(cursor, "data")
         if payload.get("s") != sort:
@@ -197,9 +211,6 @@ def list_current_quotes(
             after = _after_in_part(after, payload)
         query = query.where(after)
         offset = 0
-    ordered = column.desc() if descending else column.asc()
-    order = [ordered.nulls_last(), CurrentQuote.asset_id, CurrentQuote.source]
-    query = query.order_by(*([_FLAGGED] if clean_first else []), *order)
     position = _DATA_SORT_POSITION[name]
     quality_at = DATA_RECORD_FIELDS.index("quality")
 

@@ -1,8 +1,9 @@
-"""Bulk export: rows streamed from a server-side cursor as CSV or NDJSON, exact and in UTC.
+"""Bulk export of /data, history and candles: every row streamed as CSV or NDJSON, exact, UTC.
 
 Money is the stored NUMERIC's text (cast in SQL, never through a float); times are ISO 8601
 in UTC. Rows are read in chunks from a named (server-side) cursor and written a chunk at a
-time, so memory stays flat in the number of rows.
+time, so memory stays flat in the number of rows. Each export reads the same rows, in the same
+order, as the JSON pages of its endpoint: /data through the listing's own query.
 """
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ import io
 import json
 import operator
 from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.orm import Session
 
-from shared.queries.candles import CANDLE_FIELDS, CandleRange, candle_rows
+from shared.queries.assets import range_start, resolve_asset
+from shared.queries.candles import CANDLE_FIELDS, CandleRange, candle_range, candle_rows
+from shared.queries.data import DATA_RECORD_FIELDS, DataFilters, current_quotes_query
 
 EXPORT_FORMATS = ("csv", "ndjson")
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson"}
@@ -29,6 +34,7 @@ HISTORY_FIELDS = (
 _MONEY = ("price_usd", "market_cap_usd", "volume_24h_usd", "circulating_supply",
           "total_supply", "max_supply")
 _OHLC = ("open_usd", "high_usd", "low_usd", "close_usd")
+DATA_EXPORT_FIELDS = (*DATA_RECORD_FIELDS, "flags")
 
 # Same rows and order as GET /data/<asset>/history pages (newest first, ties by source desc),
 # read along the quotes primary key; flags from the sparse quote_flags table.
@@ -51,19 +57,38 @@ def iso_utc(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat()
 
 
+@dataclass(frozen=True)
+class Export:
+    """One export: its columns, a file name (without the format) and its records' reader."""
+
+    fields: tuple[str, ...]
+    name: str
+    records: Callable[[Connection], Iterator[dict[str, Any]]]
+
+
 _ROW_FIELDS = HISTORY_FIELDS[:-2]  # the select's columns before quote_flags.flags
+
+
+def _quality_columns(flags: Sequence[dict[str, Any]] | None) -> tuple[str, str]:
+    """A quote's `quality` (ok or flagged) and its distinct flag kinds, `;`-separated."""
+    kinds = sorted({f.get("flag", "") for f in flags or ()})
+    return ("flagged" if kinds else "ok"), ";".join(kinds)
 
 
 def _history_record(row: Sequence[Any]) -> dict[str, Any]:
     record = dict(zip(_ROW_FIELDS, row))  # zip stops before the trailing flags
     record["observed_at"] = iso_utc(record["observed_at"])
-    flags = row[-1]
-    if flags:
-        kinds = sorted({f.get("flag", "") for f in flags})
-        record["quality"], record["flags"] = "flagged", ";".join(kinds)
-    else:
-        record["quality"], record["flags"] = "ok", ""
+    record["quality"], record["flags"] = _quality_columns(row[-1])
     return record
+
+
+def _streamed_rows(conn: Connection, query: Any, params: dict[str, Any] | None = None
+                   ) -> Iterator[Any]:
+    """The rows of `query`, fetched CHUNK_ROWS at a time through a server-side cursor."""
+    result = conn.execution_options(stream_results=True, yield_per=CHUNK_ROWS).execute(
+        query, params)
+    for partition in iter(lambda: result.fetchmany(CHUNK_ROWS), []):
+        yield from partition
 
 
 # Result.fetchmany, not Result.partitions(): with yield_per, SQLAlchemy 2.1's partitions() grew
@@ -71,12 +96,20 @@ def _history_record(row: Sequence[Any]) -> dict[str, Any]:
 def history_records(conn: Connection, asset_id: int, source: str | None,
                     since: datetime, until: datetime) -> Iterator[dict[str, Any]]:
     """Every quote of the range, newest first, read through a server-side cursor."""
-    result = conn.execution_options(stream_results=True, yield_per=CHUNK_ROWS).execute(
-        _HISTORY_SQL, {"asset_id": asset_id, "source": source, "since": since,
-                       "until": until})
-    for partition in iter(lambda: result.fetchmany(CHUNK_ROWS), []):
-        for row in partition:
-            yield _history_record(row)
+    params = {"asset_id": asset_id, "source": source, "since": since, "until": until}
+    for row in _streamed_rows(conn, _HISTORY_SQL, params):
+        yield _history_record(row)
+
+
+def data_records(conn: Connection, filters: DataFilters, sort: str
+                 ) -> Iterator[dict[str, Any]]:
+    """The current records of `filters` in `sort` order (as GET /data pages them)."""
+    for row in _streamed_rows(conn, current_quotes_query(filters, sort)):
+        record = dict(zip(DATA_RECORD_FIELDS, row))
+        record["observed_at"] = iso_utc(record["observed_at"])
+        record["quality"], record["flags"] = _quality_columns(
+            (record["quality"] or {}).get("flags"))
+        yield record
 
 
 def candle_records(conn: Connection, span: CandleRange) -> Iterator[dict[str, Any]]:
@@ -132,9 +165,37 @@ def encode(fmt: str, fields: Sequence[str], records: Iterable[dict[str, Any]]
         yield buffer.getvalue().encode()
 
 
-def stream(engine: Engine, fmt: str, fields: Sequence[str], produce: Any) -> Iterator[bytes]:
-    """Encoded chunks of `produce(connection)`'s records; the connection lives as long."""
+def stream(engine: Engine, fmt: str, export: Export) -> Iterator[bytes]:
+    """The export's records encoded in chunks; its connection lives as long as the stream."""
     with engine.connect() as conn:
         # REPEATABLE READ: one snapshot for the whole export, however long it streams.
         conn.execution_options(isolation_level="REPEATABLE READ")
-        yield from encode(fmt, fields, produce(conn))
+        yield from encode(fmt, export.fields, export.records(conn))
+
+
+def history_export(session: Session, ref: str, source: str | None, since: datetime | None,
+                   until: datetime | None) -> Export:
+    """Every quote of an asset's history range (open ends: its first quote, now).
+
+    NotFound for no such asset; RangeTooLong when an open since passes the range cap.
+    """
+    asset_id = resolve_asset(session, ref).id
+    end = until or datetime.now(timezone.utc)
+    start = range_start(session, asset_id, source, since, until) or end
+    return Export(HISTORY_FIELDS, f"history-{asset_id}",
+                  lambda conn: history_records(conn, asset_id, source, start, end))
+
+
+def data_export(filters: DataFilters, sort: str) -> Export:
+    """Every current record of GET /data's filters, in the pages' order."""
+    return Export(DATA_EXPORT_FIELDS, "data", lambda conn: data_records(conn, filters, sort))
+
+
+def candle_export(session: Session, ref: str, source: str, interval: str,
+                  since: datetime | None, until: datetime | None) -> Export:
+    """Every bucket of a candle range, empty ones included (none before the first quote)."""
+    span = candle_range(session, ref, source, interval, since, until)
+    if span is None:
+        return Export(CANDLE_FIELDS, "candles", lambda conn: iter(()))
+    return Export(CANDLE_FIELDS, f"candles-{span.asset_id}-{span.source}-{interval}",
+                  lambda conn: candle_records(conn, span))

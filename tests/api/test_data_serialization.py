@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.http.envelope import envelope
-from api.schemas.common import DataEnvelopeSchema, QuoteRecordSchema, quote_record
+from api.schemas.data import DataEnvelopeSchema, QuoteRecordSchema, quote_record
 from shared.models import CurrentQuote
 from shared.queries.data import DATA_RECORD_FIELDS, list_current_quotes
 from tests.api.helpers import Loaded
