@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from shared.identity.aliases import Alias, load_aliases
 from shared.bounds import NAME_MAX, SOURCE_ASSET_ID_MAX, SYMBOL_MAX, text_problem
+from shared.locks import IDENTITY_LOCK, lock_for_transaction
 from shared.models import Asset, AssetSourceId
 
 log = logging.getLogger(__name__)
@@ -22,10 +23,6 @@ log = logging.getLogger(__name__)
 # from here.
 __all__ = ["Alias", "IdentityError", "IdentityHint", "load_aliases", "lookup_mapped",
            "normalize_name", "resolve_assets", "slugify"]
-
-# Held (per transaction) while new mappings are decided, so two sources loading at once
-# cannot both create "Bitcoin".
-IDENTITY_LOCK_KEY = 0x6B617370  # "kasp"
 
 # Sources whose ids are one-per-coin: two ids of such a source are two coins, so an asset
 # never takes a second id from the same one. CSV ids (a symbol from a file name, a
@@ -122,7 +119,9 @@ def resolve_assets(
     unmapped = [h for sid, h in missing.items() if sid not in known]
     if not unmapped:
         return known
-    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": IDENTITY_LOCK_KEY})
+    # Held while new mappings are decided, so two sources loading at once cannot both
+    # create "Bitcoin".
+    lock_for_transaction(session, IDENTITY_LOCK)
     # Someone may have mapped them while we waited for the lock.
     known.update(lookup_mapped(session, source, (h.source_asset_id for h in unmapped)))
     plans = [_plan(source, h, aliases) for h in unmapped if h.source_asset_id not in known]

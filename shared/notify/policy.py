@@ -4,17 +4,16 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.config import Settings
+from shared.locks import NOTIFY_LOCK, lock_for_transaction
 from shared.queries.freshness import FAILING, FRESH, STALE, SourceState, source_states
 from shared.models import AlertState, Notification
 from shared.notify.targets import configured_targets
 
 EVENTS = ("failed", "partial", "stale", "recovered", "escalated", "reminder")
-# Serializes evaluations (a run's end and beat's tick may race): one decision per change.
-_LOCK_KEY = 0x6B6E6F74  # "knot"
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,8 @@ def evaluate(session: Session, settings: Settings, now: datetime) -> list[int]:
     """Compare every enabled source's state with the one last notified; record a pending
     notification per configured target for each event; return their ids (send after commit).
     """
-    session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
+    # Serializes evaluations (a run's end and beat's tick may race): one decision per change.
+    lock_for_transaction(session, NOTIFY_LOCK)
     states = source_states(session, settings, now)
     kept = {row.source: row for row in session.scalars(
         select(AlertState).where(AlertState.source.in_(list(states))))}
