@@ -27,7 +27,6 @@ from shared.quality.checks import (
     outlier_flags,
     quality_of,
 )
-from shared.quality.store import store_flags
 from shared.batch.types import Batch
 
 # (asset_id, observed_at, flags) of one flagged quote; observed_at as a datetime or ISO text.
@@ -113,21 +112,25 @@ def batch_flags(cursor: Any, source: str, batch: Batch, assets: dict[str, int],
     return BatchQuality(found, sorted(shared))
 
 
-# A batch's flagged quotes in one statement: their flags into quote_flags (a re-check replaces
-# them) and the data anomalies, each as parallel arrays (one unnest apiece, whose row count
-# PostgreSQL knows: a set-returning function over one JSON document made it guess 100 rows a
-# quote, sort on disk and compile the plan). One anomaly per flag kind and asset of the batch,
-# keyed and shaped like its first flagged quote's (quality.anomalies.quote_anomalies), plus how
-# many of the batch's quotes of that asset carry the flag and the last one's time: a coin with
-# a thousand bad rows is one line of /anomalies, not a thousand.
-_STORE_BATCH_FLAGS = """
-WITH stored AS (
-    INSERT INTO quote_flags AS f (asset_id, source, observed_at, flags)
-    SELECT a, %(source)s, t, fl
-    FROM unnest(%(assets)s::bigint[], %(times)s::timestamptz[], %(flags)s::jsonb[]) AS v(a, t, fl)
-    ON CONFLICT (asset_id, source, observed_at) DO UPDATE SET flags = excluded.flags
-    WHERE f.flags IS DISTINCT FROM excluded.flags
-)
+# Only flagged quotes get a row (migration 0011), and a re-check replaces a quote's flags: the
+# one upsert of quote_flags, from parallel arrays %(assets)s, %(times)s, %(flags)s (one unnest,
+# whose row count PostgreSQL knows: a set-returning function over one JSON document made it
+# guess 100 rows a quote, sort on disk and compile the plan).
+_UPSERT_FLAGS = """
+INSERT INTO quote_flags AS f (asset_id, source, observed_at, flags)
+SELECT a, %(source)s, t, fl
+FROM unnest(%(assets)s::bigint[], %(times)s::timestamptz[], %(flags)s::jsonb[]) AS v(a, t, fl)
+ON CONFLICT (asset_id, source, observed_at) DO UPDATE SET flags = excluded.flags
+WHERE f.flags IS DISTINCT FROM excluded.flags
+"""
+
+# A batch's flagged quotes in one statement: their flags (_UPSERT_FLAGS) and the data
+# anomalies, as parallel arrays too. One anomaly per flag kind and asset of the batch, keyed
+# and shaped like its first flagged quote's (quality.anomalies.quote_anomalies), plus how many
+# of the batch's quotes of that asset carry the flag and the last one's time: a coin with a
+# thousand bad rows is one line of /anomalies, not a thousand.
+_STORE_BATCH_FLAGS = f"""
+WITH stored AS ({_UPSERT_FLAGS})
 INSERT INTO anomalies (kind, source, key, run_id, observed_at, evidence)
 SELECT kind, %(source)s, k, %(run)s, t, ev
 FROM unnest(%(kinds)s::text[], %(keys)s::text[], %(first)s::timestamptz[],
@@ -142,6 +145,19 @@ def _stamp(value: Any) -> str:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
+
+
+def store_flags(cursor: Any, source: str,
+                flagged: Sequence[tuple[int, datetime, Sequence[Flag]]]) -> int:
+    """Store (asset_id, observed_at, flags) of flagged quotes in the caller's transaction;
+    returns how many rows changed (flags equal to the stored ones change nothing)."""
+    if not flagged:
+        return 0
+    cursor.execute(_UPSERT_FLAGS, {
+        "source": source, "assets": [a for a, _, _ in flagged],
+        "times": [t for _, t, _ in flagged], "flags": [_dumps(list(f)) for _, _, f in flagged],
+    })
+    return int(cursor.rowcount)
 
 
 def store_batch_flags(cursor: Any, source: str, run_id: int | None,
