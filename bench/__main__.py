@@ -4,6 +4,8 @@ Sets up its own database (created, migrated with `flask --app api db upgrade`, d
 end) on the PostgreSQL and Redis that `scripts.stack.ensure_services()` finds or starts,
 prints one table of figures and goals, and writes it to var/bench-results.md. Every figure
 is a ratio against a baseline measured in the same run; nothing here is a pass/fail test.
+The ingest cases run jobs through a real Celery worker on databases of their own
+(bench.worker_ingest); `--baseline-ref` runs them on another commit too, round by round.
 """
 from __future__ import annotations
 
@@ -20,11 +22,13 @@ from typing import Any, Callable
 
 from sqlalchemy import text
 
-from bench.common import BENCH_DIR, RESULTS, BenchDatabase, Row, only, say, stop_process
-from bench.cpu import backend_cpu_seconds
+from bench.common import (
+    BENCH_DIR, RESULTS, BenchDatabase, Row, copy_baseline, only, say, stop_process,
+)
 from bench.gen import append_days, kaggle_file
 from bench.history import history_cases, history_notes
 from bench.sources import sources_cases
+from bench.worker_ingest import worker_ingest_cases
 from scripts.stack import ROOT, VAR_DIR, ensure_services, free_port
 
 
@@ -38,49 +42,22 @@ def run_ingest(env: dict[str, str], csv_dir: Path) -> dict[str, Any]:
     return report
 
 
-def copy_baseline(db: BenchDatabase, path: Path) -> tuple[float, float | None]:
-    """(seconds, backend CPU seconds) of a bare COPY of the file into one logged table.
-
-    The table has the file's columns and a primary key like the quotes' (coin, time).
-    """
-    raw = db.engine.raw_connection()
-    try:
-        cur = raw.cursor()
-        cur.execute(
-            "CREATE TABLE bench_copy (sno bigint, name text, symbol text, "
-            "observed_at timestamptz, high numeric, low numeric, open numeric, "
-            "close numeric, volume numeric, marketcap numeric, "
-            "PRIMARY KEY (symbol, observed_at))")
-        raw.commit()
-        db.checkpoint()
-        cpu_before = backend_cpu_seconds(db.engine, db.name)
-        started = time.perf_counter()
-        with path.open("rb") as handle:
-            cur.copy_expert("COPY bench_copy FROM STDIN WITH (FORMAT csv, HEADER true)",
-                            handle, 1 << 20)
-        raw.commit()
-        seconds = time.perf_counter() - started
-        cpu_after = backend_cpu_seconds(db.engine, db.name)
-        cur.execute("DROP TABLE bench_copy")
-        raw.commit()
-        cpu = cpu_after - cpu_before if cpu_after is not None and cpu_before is not None else None
-        return seconds, cpu
-    finally:
-        raw.close()
-
-
 def _median(values: list[Any], key: Callable[[Any], float] | None = None) -> Any:
     """The middle element of `values`, ordered by `key` (the upper one of an even count)."""
     return sorted(values, key=key)[len(values) // 2]
 
 
-def ingest_cases(db: BenchDatabase, env: dict[str, str], args: argparse.Namespace
+def inproc_cases(db: BenchDatabase, env: dict[str, str], args: argparse.Namespace
                  ) -> tuple[list[Row], dict[str, Any]]:
-    """Cases 1-3: ingest at scale (and its memory), re-run with nothing new, append.
+    """Cases 1-3 in process (`--cases inproc`): this tree's task code in a warm process.
 
-    The machines are shared: a vCPU's speed was seen to move by a third within minutes. So
-    the bare COPY and the pipeline are measured in alternating pairs (`--rounds`), each pair
-    a ratio, and the table gives the median pair; appends likewise (each on top of the last).
+    No worker, no broker, no app: `create_job`, `execute_run` and `finalize_job` called in a
+    fresh process that has run one job (bench.ingest), on the bench's own database. What users
+    run is the `ingest` case (bench.worker_ingest); this one isolates the code path, e.g. to
+    compare two variants of it quickly. The machines are shared: a vCPU's speed was seen to
+    move by a third within minutes. So the bare COPY and the pipeline are measured in
+    alternating pairs (`--rounds`), each pair a ratio, and the table gives the median pair;
+    appends likewise (each on top of the last).
     Every sample is kept in the notes and the JSON report.
     """
     data = BENCH_DIR / "data"
@@ -134,25 +111,25 @@ def ingest_cases(db: BenchDatabase, env: dict[str, str], args: argparse.Namespac
     per_line_append = appended["seconds"] / append_rows * 1e6
     per_line_marginal = (appended["seconds"] - rerun["seconds"]) / append_rows * 1e6
     rows = [
-        Row(f"1. CSV ingest, {rows_big:,} rows, whole pipeline vs bare COPY",
+        Row(f"1i. CSV ingest in process, {rows_big:,} rows, whole pipeline vs bare COPY",
             f"{first['seconds']:.2f} s", f"COPY {copy_seconds:.2f} s",
             first["seconds"] / copy_seconds, "<= 2.0x", first["seconds"] / copy_seconds <= 2.0),
-        Row(f"1. peak RSS of the worker, {rows_big:,} vs {rows_small:,} rows (the highest "
+        Row(f"1i. peak RSS of the process, {rows_big:,} vs {rows_small:,} rows (the highest "
             "of the rounds)", f"{peak_rss:.0f} MB", f"{mem_small['maxrss_mb']:.0f} MB",
             peak_rss / mem_small["maxrss_mb"], "flat (<= 1.15x)",
             peak_rss / mem_small["maxrss_mb"] <= 1.15),
-        Row("2. re-run, nothing new", f"{rerun['seconds'] * 1000:.0f} ms "
+        Row("2i. re-run in process, nothing new", f"{rerun['seconds'] * 1000:.0f} ms "
             f"(read {rerun['run']['fetched']} lines)", f"first run {first['seconds']:.2f} s",
             rerun["seconds"] / first["seconds"], "<= 2%",
             rerun["seconds"] / first["seconds"] <= 0.02),
-        Row(f"3. append {append_rows:,} lines: time per line",
+        Row(f"3i. append {append_rows:,} lines in process: time per line",
             f"{per_line_append:.1f} us/line ({appended['seconds']:.2f} s, "
             f"read {appended['run']['fetched']:,} lines)",
             f"first run {per_line_first:.1f} us/line", per_line_append / per_line_first,
             "proportional (<= 2.0x, only new lines read)",
             per_line_append / per_line_first <= 2.0
             and all(run["run"]["fetched"] == append_rows for run in appends)),
-        Row("3. (for comparison) append, per line beyond a run's fixed cost "
+        Row("3i. (for comparison) append, per line beyond a run's fixed cost "
             "(append run - re-run with nothing new)",
             f"{per_line_marginal:.1f} us/line", f"first run {per_line_first:.1f} us/line",
             per_line_marginal / per_line_first, "none (the row above is the goal)", None),
@@ -209,6 +186,38 @@ def _get_json(port: int, path: str) -> dict[str, Any]:
         return body
 
 
+def _big_file(args: argparse.Namespace) -> Path:
+    return kaggle_file(BENCH_DIR / "data" / f"kaggle_{args.coins}x{args.days}.csv", args.coins,
+                       args.days)
+
+
+def memory_cases(db: BenchDatabase, env: dict[str, str], args: argparse.Namespace
+                 ) -> tuple[list[Row], dict[str, Any]]:
+    """Case 1's memory row: peak RSS of the process running one job, big file vs a quarter.
+
+    In process (bench.ingest, a fresh process per job): a worker child's own peak would be the
+    most of every task it ever ran. Leaves the big file loaded in the bench's database (the
+    /data case's data set).
+    """
+    coins, days = args.coins, args.days
+    small_coins = max(1, coins // 4)
+    big = _big_file(args)
+    small = kaggle_file(BENCH_DIR / "data" / f"kaggle_{small_coins}x{days}.csv", small_coins,
+                        days)
+    db.truncate_all()
+    say(f"memory: one job in process on {small_coins * days:,} lines, then {coins * days:,}")
+    small_run = run_ingest(env, only(BENCH_DIR / "csv-small", small))
+    db.truncate_all()
+    db.checkpoint()
+    big_run = run_ingest(env, only(BENCH_DIR / "csv-big", big))
+    ratio = big_run["maxrss_mb"] / small_run["maxrss_mb"]
+    rows = [Row(f"1. peak RSS of a process running one job (this tree's task code), "
+                f"{coins * days:,} vs {small_coins * days:,} lines",
+                f"{big_run['maxrss_mb']:.0f} MB", f"{small_run['maxrss_mb']:.0f} MB", ratio,
+                "flat (<= 1.15x)", ratio <= 1.15)]
+    return rows, {"small": small_run, "big": big_run}
+
+
 def data_cases(db: BenchDatabase, env: dict[str, str], args: argparse.Namespace
                ) -> tuple[list[Row], dict[str, Any]]:
     """Case 4: /data under 64 connections vs a trivial endpoint; misses; first vs deep page.
@@ -222,6 +231,13 @@ def data_cases(db: BenchDatabase, env: dict[str, str], args: argparse.Namespace
     from bench.http_load import run_load, sequential_latency
 
     data = BENCH_DIR / "data"
+    with db.engine.connect() as conn:
+        loaded = conn.execute(text("SELECT EXISTS (SELECT 1 FROM quotes)")).scalar_one()
+    if not loaded:
+        # The data set /data is measured on: the big file (left by the memory or inproc
+        # case when they ran) plus the wide one.
+        say(f"loading the {args.coins}x{args.days} file for /data")
+        run_ingest(env, only(BENCH_DIR / "csv-big", _big_file(args)))
     wide = kaggle_file(data / f"kaggle_wide_{args.data_coins}x1.csv", args.data_coins, 1,
                        seed=8, prefix="W")
     say(f"loading {args.data_coins:,} more coins (1 day each) for /data")
@@ -340,6 +356,10 @@ def render(rows: list[Row], notes: list[str]) -> str:
     return "\n".join(lines + [""] + [f"- {note}" for note in notes]) + "\n"
 
 
+CASES = ("ingest", "inproc", "memory", "data", "sources", "history")
+DEFAULT_CASES = ("ingest", "memory", "data", "sources", "history")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the cases and print/write the table."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
@@ -358,7 +378,16 @@ def main(argv: list[str] | None = None) -> int:
                              "as make run)")
     parser.add_argument("--gecko-coins", type=int, default=10_000,
                         help="coins the replay CoinGecko serves (41 pages: past the free quota)")
-    parser.add_argument("--cases", default="ingest,data,sources,history")
+    parser.add_argument("--cases", default=",".join(DEFAULT_CASES),
+                        help=f"comma-separated, of {', '.join(CASES)} (default: "
+                        f"{','.join(DEFAULT_CASES)}; inproc: cases 1-3 in a warm process, "
+                        "no worker)")
+    parser.add_argument("--ref", default=None,
+                        help="ingest: measure this commit (checked out under var/bench/trees) "
+                        "instead of the working tree")
+    parser.add_argument("--baseline-ref", default=None,
+                        help="ingest: also run every round on this commit (its own worker, "
+                        "database and migrations), alternating with the code under test")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--keep-db", action="store_true",
                         help="leave the database in place (for EXPLAIN ANALYZE afterwards)")
@@ -366,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     cases = set(args.cases.split(","))
+    if cases - set(CASES):
+        parser.error(f"unknown cases: {', '.join(sorted(cases - set(CASES)))}")
 
     started = time.monotonic()
     services = ensure_services(VAR_DIR)
@@ -379,12 +410,14 @@ def main(argv: list[str] | None = None) -> int:
                "API_TOKEN": os.environ.get("API_TOKEN") or uuid.uuid4().hex,
                "PYTHONPATH": str(ROOT)}
         say(f"database {db.name} ({services.origin['postgres']} PostgreSQL)")
-        db.migrate(env)
+        if cases - {"ingest"}:
+            # The ingest case's jobs run on databases of their own (one per code tree and
+            # round); here it only needs a bare COPY table.
+            db.migrate(env)
         steps: list[tuple[str, Callable[..., tuple[list[Row], dict[str, Any]]]]] = [
-            ("ingest", ingest_cases), ("data", data_cases)]
-        if "sources" in cases:
-            steps.append(("sources", sources_cases))
-        steps.append(("history", history_cases))
+            ("ingest", worker_ingest_cases), ("inproc", inproc_cases),
+            ("memory", memory_cases), ("data", data_cases), ("sources", sources_cases),
+            ("history", history_cases)]
         for name, step in steps:
             if name in cases:
                 new_rows, new_facts = step(db, env, args)
@@ -399,22 +432,24 @@ def main(argv: list[str] | None = None) -> int:
     notes.append(f"{time.monotonic() - started:.0f} s in all; {os.cpu_count()} CPUs; "
                  f"PostgreSQL from {services.origin['postgres']}")
     if "ingest" in facts:
-        i = facts["ingest"]
-        notes.append("ingest rounds (COPY s / pipeline s = ratio): " + "; ".join(
+        notes += facts["ingest"]["notes"]
+    if "inproc" in facts:
+        i = facts["inproc"]
+        notes.append("in-process ingest rounds (COPY s / pipeline s = ratio): " + "; ".join(
             f"{r['copy_seconds']:.2f} / {r['pipeline']['seconds']:.2f} = "
             f"{r['pipeline']['seconds'] / r['copy_seconds']:.2f}" for r in i["rounds"])
             + "; appends (s): " + ", ".join(f"{a['seconds']:.3f}" for a in i["appends"]))
         seen = i["first"].get("publishes") or []
         if seen:
             notes.append(
-                f"/data visibility (case 1): the first rows were served {seen[0]:.2f} s into the "
+                f"/data visibility (case 1i): the first rows were served {seen[0]:.2f} s into the "
                 f"{i['first']['seconds']:.2f} s run, the last {seen[-1]:.2f} s in "
                 f"({len(seen)} publishes, each in its batch's commit: 0 s from commit to /data); "
                 f"re-run with nothing new: {len(i['rerun'].get('publishes') or [])} publishes")
         first_cpu, copy_cpu = i["first"].get("backend_cpu_seconds"), i["copy_backend_cpu_seconds"]
         if first_cpu is not None and copy_cpu is not None:
             notes.append(
-                f"CPU (case 1): bare COPY {copy_cpu:.2f} s in its server backend; pipeline "
+                f"CPU (case 1i): bare COPY {copy_cpu:.2f} s in its server backend; pipeline "
                 f"{first_cpu:.2f} s in server backends + {i['first']['worker_cpu_seconds']:.2f}"
                 f" s in the worker process (2 cores: the two overlap, batch by batch)")
     notes += history_notes(facts.get("history"))

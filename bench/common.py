@@ -1,6 +1,6 @@
 """What the bench modules share: paths, the results row, progress output, the bench database,
-CSV folders and process stops (so `bench.__main__` and `bench.sources` need not import each
-other)."""
+CSV folders, the bare COPY baseline and process stops (so `bench.__main__` and the case
+modules need not import each other)."""
 from __future__ import annotations
 
 import os
@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from bench.cpu import backend_cpu_seconds
 from scripts.stack import ROOT, VAR_DIR
 
 BENCH_DIR = VAR_DIR / "bench"
@@ -56,11 +58,16 @@ class BenchDatabase:
         self.url = base.set(database=self.name).render_as_string(hide_password=False)
         self.engine = create_engine(self.url, pool_pre_ping=True)
 
-    def migrate(self, env: dict[str, str]) -> None:
-        """flask --app api db upgrade, as make run does."""
-        subprocess.run([sys.executable, "-m", "flask", "--app", "api", "db", "upgrade"],
-                       cwd=ROOT, env={**env, "DATABASE_URL": self.url}, check=True,
-                       capture_output=True)
+    def migrate(self, env: dict[str, str], root: Path = ROOT) -> None:
+        """flask --app api db upgrade, as make run does, with the code and migrations in `root`.
+
+        `env` must put `root` on PYTHONPATH when it is another tree (bench.stacks).
+        """
+        done = subprocess.run([sys.executable, "-m", "flask", "--app", "api", "db", "upgrade"],
+                              cwd=root, env={**env, "DATABASE_URL": self.url},
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"migrations in {root} failed:\n{done.stderr[-2000:]}")
 
     def truncate_all(self) -> None:
         """Empty every table but alembic_version."""
@@ -106,3 +113,34 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
+
+
+def copy_baseline(db: BenchDatabase, path: Path) -> tuple[float, float | None]:
+    """(seconds, backend CPU seconds) of a bare COPY of the file into one logged table.
+
+    The table has the file's columns and a primary key like the quotes' (coin, time).
+    """
+    raw = db.engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        cur.execute(
+            "CREATE TABLE bench_copy (sno bigint, name text, symbol text, "
+            "observed_at timestamptz, high numeric, low numeric, open numeric, "
+            "close numeric, volume numeric, marketcap numeric, "
+            "PRIMARY KEY (symbol, observed_at))")
+        raw.commit()
+        db.checkpoint()
+        cpu_before = backend_cpu_seconds(db.engine, db.name)
+        started = time.perf_counter()
+        with path.open("rb") as handle:
+            cur.copy_expert("COPY bench_copy FROM STDIN WITH (FORMAT csv, HEADER true)",
+                            handle, 1 << 20)
+        raw.commit()
+        seconds = time.perf_counter() - started
+        cpu_after = backend_cpu_seconds(db.engine, db.name)
+        cur.execute("DROP TABLE bench_copy")
+        raw.commit()
+        cpu = cpu_after - cpu_before if cpu_after is not None and cpu_before is not None else None
+        return seconds, cpu
+    finally:
+        raw.close()
