@@ -248,18 +248,6 @@ def worker_factory(base_env: dict[str, str], tmp_path: Path
         proc.stop()
 
 
-def wait_for_job(client: Any, job_id: int, timeout: float = 60) -> dict[str, Any]:
-    """Poll GET /jobs/<id> until the job is terminal; return its body."""
-    deadline = time.monotonic() + timeout
-    body: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        body = client.get(f"/jobs/{job_id}").get_json()
-        if body["status"] in ("succeeded", "partial", "failed", "skipped"):
-            return body
-        time.sleep(0.25)
-    raise TimeoutError(f"job {job_id} not terminal after {timeout}s: {body}")
-
-
 @pytest.fixture
 def upstream() -> Iterator[Any]:
     """The replay upstream (recorded CoinGecko/CoinPaprika payloads) on a free loopback port."""

@@ -1,7 +1,6 @@
 """POST /backfills with its Redis stopped: a 503, the backfill failed, and a later POST works."""
 from __future__ import annotations
 
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -13,6 +12,7 @@ from api import create_app
 from shared.jobs.submit import NOT_QUEUED
 from tests.api.helpers import replay_settings, run_sources
 from tests.conftest import count
+from tests.helpers.waiting import poll
 from tests.redis_server import RedisServer
 from tests.upstream import ReplayUpstream
 
@@ -92,12 +92,8 @@ def _only_backfill_id(engine: Engine) -> int:
 
 
 def _wait_ended(client: Any, url: str, timeout: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    body: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        body = client.get(url).get_json()
-        if body["status"] not in ("queued", "running", "failed") or (
-                body["status"] == "failed" and body["error"] != NOT_QUEUED):
-            return body
-        time.sleep(0.25)
-    raise TimeoutError(f"{url} not ended after {timeout}s: {body}")
+    def ended(body: dict[str, Any]) -> bool:
+        return body["status"] not in ("queued", "running", "failed") or (
+            body["status"] == "failed" and body["error"] != NOT_QUEUED)
+
+    return poll(lambda: dict(client.get(url).get_json()), ended, timeout, url)

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from shared.config import Settings, load_settings
-from tests.shared.ingest.test_csv_pipeline import HEADER, only_file, run_csv
+from tests.helpers.csv_runs import HEADER, only_file, run_csv
 
 
 def _load_coins(engine: Engine, settings: Settings, csv_dir: Path, coins: int) -> None:

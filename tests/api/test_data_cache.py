@@ -14,7 +14,7 @@ from sqlalchemy import Engine, text
 from api.http.answer_cache import VersionedCache
 from shared.config import Settings
 from tests.api.helpers import coins_csv
-from tests.shared.ingest.test_csv_pipeline import HEADER, only_file, run_csv
+from tests.helpers.csv_runs import HEADER, only_file, run_csv
 
 
 def _version(engine: Engine) -> int:

@@ -9,7 +9,7 @@ from sqlalchemy import Engine
 
 from shared.config import Settings
 from tests.api.helpers import coins_csv
-from tests.shared.ingest.test_csv_pipeline import HEADER, only_file, run_csv
+from tests.helpers.csv_runs import HEADER, only_file, run_csv
 
 
 def _keys(body: dict[str, Any]) -> list[tuple[int, str]]:

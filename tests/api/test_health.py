@@ -8,7 +8,7 @@ from sqlalchemy import Engine, text
 
 from shared.config import Settings, load_settings
 from tests.api.helpers import coins_csv
-from tests.shared.ingest.test_csv_pipeline import HEADER, only_file, run_csv
+from tests.helpers.csv_runs import HEADER, only_file, run_csv
 
 
 def _app(settings: Settings, **config: Any) -> Any:

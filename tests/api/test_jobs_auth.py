@@ -15,7 +15,7 @@ from werkzeug.serving import make_server
 
 from shared.config import Settings
 from tests.conftest import count, queued_messages
-from tests.shared.ingest.test_csv_pipeline import HEADER, only_file
+from tests.helpers.csv_runs import HEADER, only_file
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from shared.config import Settings
 from shared.db import unit_of_work
 from shared.jobs.submit import create_job
 from tests.api.helpers import coins_csv
-from tests.shared.ingest.test_csv_pipeline import HEADER, only_file, run_csv
+from tests.helpers.csv_runs import HEADER, only_file, run_csv
 
 
 def _get(client: Any, url: str, status: int = 200) -> dict[str, Any]:

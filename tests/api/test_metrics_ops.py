@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from shared import task_names
 from shared.celery_config import celery_config
 from shared.config import load_settings
-from tests.shared.queries.test_freshness import add_run
+from tests.helpers.runs import add_run
 
 
 def _samples(client: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

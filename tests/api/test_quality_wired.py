@@ -12,7 +12,7 @@ from shared.quality.anomalies import AnomalyThresholds
 from shared.config import load_settings
 from shared.jobs.submit import finalize_job
 from tests.api.helpers import replay_settings, run_sources
-from tests.shared.quality.test_anomalies import add_run
+from tests.helpers.runs import add_run_in_series
 from tests.upstream import ReplayUpstream
 from tests.upstream.server import split_array
 
@@ -181,7 +181,7 @@ def test_run_anomalies_are_recorded_when_a_job_closes_once_each(
 
     def close_with(**run: Any) -> int:
         with clean_db.begin() as conn:
-            run_id = add_run(conn, "coingecko", **run)
+            run_id = add_run_in_series(conn, "coingecko", **run)
             job_id = conn.execute(text("SELECT job_id FROM runs WHERE id = :r"),
                                   {"r": run_id}).scalar_one()
             conn.execute(text("UPDATE jobs SET status = 'running' WHERE id = :j"),
@@ -192,7 +192,7 @@ def test_run_anomalies_are_recorded_when_a_job_closes_once_each(
 
     with clean_db.begin() as conn:
         for n in range(8):
-            add_run(conn, "coingecko", inserted=250 + n, seconds=10 + n % 3)
+            add_run_in_series(conn, "coingecko", inserted=250 + n, seconds=10 + n % 3)
     few = close_with(inserted=25)
     close_with(inserted=251, seconds=11)
     slow = close_with(seconds=110)

@@ -9,18 +9,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 import pytest
 
-from scripts import stack
 from tests.conftest import ROOT
+from tests.helpers.serving import Gunicorn
 
 CHROMIUM = os.environ.get("CHROMIUM_BINARY", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER_BINARY", "/usr/bin/chromedriver")
@@ -43,36 +39,17 @@ LOCAL_SCHEMES = {"data", "blob", "about", "chrome", "chrome-error"}
 pytestmark = [pytest.mark.e2e]
 
 
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2):
-            return True
-    except urllib.error.HTTPError:
-        return True
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 @pytest.fixture(scope="module")
 def live_server(base_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
                 ) -> Iterator[str]:
     """The API under gunicorn (api/serving/gunicorn_conf.py, as `make run`) on a loopback port."""
-    port = stack.free_port()
     log = tmp_path_factory.mktemp("live-server") / "api.log"
     env = {**os.environ, **base_env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    api = stack.spawn("api", [sys.executable, "-m", "gunicorn", "-c",
-                              "python:api.serving.gunicorn_conf",
-                              "api:create_app()", "-b", f"127.0.0.1:{port}"], env, log)
-    base = f"http://127.0.0.1:{port}"
+    server = Gunicorn(env, log)
     try:
-        deadline = time.monotonic() + 60
-        while not _answers(f"{base}/health/live"):
-            assert api.popen.poll() is None, f"gunicorn exited:\n{stack._tail(log, 40)}"
-            assert time.monotonic() < deadline, f"gunicorn not answering:\n{stack._tail(log)}"
-            time.sleep(0.3)
-        yield base
+        yield server.base
     finally:
-        stack.stop_children([api], timeout=20)
+        server.stop()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,6 +19,7 @@ from tests.browser.conftest import (
 )
 from tests.browser.test_status import accessibility_problems
 from tests.conftest import ROOT, TEST_TOKEN, WorkerProcess, truncate_tables
+from tests.helpers.waiting import wait_for_job
 from tests.upstream import ReplayUpstream
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -52,11 +52,7 @@ def loaded(live_server: str, engine: Engine, base_env: dict[str, str],
                            concurrency=3).start()
     try:
         job = _http(f"{live_server}/jobs", {"sources": SOURCES})
-        deadline = time.monotonic() + 120
-        while (job := _http(f"{live_server}/jobs/{job['id']}"))["status"] not in (
-                "succeeded", "partial", "failed"):
-            assert time.monotonic() < deadline, job
-            time.sleep(0.3)
+        job = wait_for_job(lambda path: _http(live_server + path), job["id"], timeout=120)
         assert job["status"] == "succeeded", job
         with engine.connect() as conn:
             btc = conn.execute(text("SELECT id FROM assets WHERE slug = 'bitcoin'")).scalar_one()

@@ -19,6 +19,7 @@ from sqlalchemy import Engine, text
 
 from tests.browser.conftest import network_events, off_machine, requests_seen, save_screenshot
 from tests.conftest import ROOT, TEST_TOKEN, WorkerProcess, truncate_tables
+from tests.helpers.waiting import wait_for_job
 from tests.upstream import ReplayUpstream
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -79,11 +80,7 @@ def stack(live_server: str, engine: Engine, base_env: dict[str, str],
         jobs = []
         for _ in range(2):  # two jobs: the trends and the grid have more than one point
             job = _http(f"{live_server}/jobs", {"sources": SOURCES})
-            deadline = time.monotonic() + 120
-            while (job := _http(f"{live_server}/jobs/{job['id']}"))["status"] not in (
-                    "succeeded", "partial", "failed"):
-                assert time.monotonic() < deadline, job
-                time.sleep(0.3)
+            job = wait_for_job(lambda path: _http(live_server + path), job["id"], timeout=120)
             assert job["status"] == "partial", job
             jobs.append(job)
         with engine.connect() as conn:

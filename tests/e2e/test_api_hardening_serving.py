@@ -6,7 +6,6 @@ import json
 import os
 import socket
 import statistics
-import sys
 import threading
 import time
 import urllib.error
@@ -17,8 +16,9 @@ from typing import Any, Callable, Iterator
 import pytest
 from sqlalchemy import Engine
 
-from scripts import stack
 from tests.conftest import ROOT, TEST_TOKEN, WorkerProcess
+from tests.helpers.serving import Gunicorn
+from tests.helpers.waiting import wait_for_job
 from tests.upstream import ReplayUpstream
 
 pytestmark = [pytest.mark.e2e]
@@ -35,44 +35,18 @@ def _get(url: str, timeout: float = 10.0, **kwargs: Any) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-class Server:
-    """A gunicorn subprocess serving the app with api/serving/gunicorn_conf.py (as `make run`)."""
-
-    def __init__(self, env: dict[str, str], log_dir: Path, *extra: str) -> None:
-        self.port = stack.free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log = log_dir / "api.log"
-        self.child = stack.spawn("api", [
-            sys.executable, "-m", "gunicorn", "-c", "python:api.serving.gunicorn_conf",
-            "api:create_app()", "-b", f"127.0.0.1:{self.port}", *extra], env, self.log)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if _get(f"{self.base}/health/live")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert self.child.popen.poll() is None, stack._tail(self.log, 40)
-            assert time.monotonic() < deadline, stack._tail(self.log, 40)
-            time.sleep(0.3)
-
-    def stop(self) -> None:
-        """Stop gunicorn (its logs are flushed when it exits)."""
-        stack.stop_children([self.child], timeout=20)
-
-
 @pytest.fixture
-def serve(base_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Server]]:
+def serve(base_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
     """Start gunicorn servers for a test; all are stopped after it."""
-    started: list[Server] = []
+    started: list[Gunicorn] = []
 
     def start(*extra: str, env: dict[str, str] | None = None,
-              log_dir: Path | None = None) -> Server:
+              log_dir: Path | None = None) -> Gunicorn:
         folder = log_dir or tmp_path / f"server-{len(started)}"
         folder.mkdir(parents=True, exist_ok=True)
         full = {**os.environ, **base_env, **(env or {}), "PYTHONPATH": str(ROOT),
                 "PYTHONUNBUFFERED": "1"}
-        server = Server(full, folder, *extra)
+        server = Gunicorn(full, folder / "api.log", *extra)
         started.append(server)
         return server
 
@@ -81,7 +55,7 @@ def serve(base_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Se
         server.stop()
 
 
-def _slow_clients(server: Server, count: int, stop: threading.Event) -> list[socket.socket]:
+def _slow_clients(server: Gunicorn, count: int, stop: threading.Event) -> list[socket.socket]:
     """`count` connections sending a request's headers one line every 0.3 s until `stop`."""
     sockets = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(count)]
     for sock in sockets:
@@ -101,7 +75,7 @@ def _slow_clients(server: Server, count: int, stop: threading.Event) -> list[soc
     return sockets
 
 
-def _probe(server: Server, seconds: float) -> tuple[list[float], int]:
+def _probe(server: Gunicorn, seconds: float) -> tuple[list[float], int]:
     """/health/live latencies (s) over `seconds`, and how many probes failed or timed out."""
     latencies: list[float] = []
     failures = 0
@@ -118,7 +92,7 @@ def _probe(server: Server, seconds: float) -> tuple[list[float], int]:
     return latencies, failures
 
 
-def test_slow_and_idle_clients_do_not_freeze_the_api(serve: Callable[..., Server]) -> None:
+def test_slow_and_idle_clients_do_not_freeze_the_api(serve: Callable[..., Gunicorn]) -> None:
     """8 clients sending headers a line at a time and 100 idle connections: /health/live
     keeps answering fast, and the slow ones are closed after the head deadline."""
     from api.serving.worker import HEAD_DEADLINE
@@ -149,7 +123,7 @@ def test_slow_and_idle_clients_do_not_freeze_the_api(serve: Callable[..., Server
             sock.close()
 
 
-def test_plain_sync_workers_freeze_under_the_same_clients(serve: Callable[..., Server]) -> None:
+def test_plain_sync_workers_freeze_under_the_same_clients(serve: Callable[..., Gunicorn]) -> None:
     """The control: gunicorn's own sync worker class (the old setup) stops answering."""
     server = serve("--worker-class", "sync")
     stop = threading.Event()
@@ -163,7 +137,7 @@ def test_plain_sync_workers_freeze_under_the_same_clients(serve: Callable[..., S
             sock.close()
 
 
-def test_a_request_sent_in_pieces_is_still_served(serve: Callable[..., Server]) -> None:
+def test_a_request_sent_in_pieces_is_still_served(serve: Callable[..., Gunicorn]) -> None:
     """A slow but finishing client gets its answer; a POST body is read in full first."""
     server = serve()
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
@@ -193,7 +167,7 @@ UPSTREAM_KEY = "CG-UPSTREAMKEY7"
 
 
 def test_no_secret_reaches_any_log_file(
-    clean_db: Engine, serve: Callable[..., Server], worker_factory: Callable[..., WorkerProcess],
+    clean_db: Engine, serve: Callable[..., Gunicorn], worker_factory: Callable[..., WorkerProcess],
     upstream: ReplayUpstream, csv_dir: Path, tmp_path: Path,
 ) -> None:
     """A full run, refused requests included: gunicorn's access and error logs, the app's log
@@ -230,14 +204,8 @@ def test_no_secret_reaches_any_log_file(
     status, answer = _get(f"{server.base}/jobs", data=body, method="POST",
                           headers={**json_headers, "Authorization": f"Bearer {TEST_TOKEN}"})
     assert status == 202, answer
-    job_id = json.loads(answer)["id"]
-    deadline = time.monotonic() + 90
-    job: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        job = json.loads(_get(f"{server.base}/jobs/{job_id}")[1])
-        if job["status"] in ("succeeded", "partial", "failed", "skipped"):
-            break
-        time.sleep(0.5)
+    job = wait_for_job(lambda path: json.loads(_get(server.base + path)[1]),
+                       json.loads(answer)["id"], timeout=90)
     runs = {r["source"]: r for r in job["runs"]}
     assert runs["coingecko"]["status"] == "failed", job
     assert runs["coingecko"]["error"] == "coingecko: HTTP 401 from upstream"

@@ -1,7 +1,6 @@
 """E2E: a 5-coin x 400-day backfill on real workers against the replay upstream, with kill -9."""
 from __future__ import annotations
 
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from sqlalchemy import Engine, text
 from api import create_app
 from shared.sources.rate_limit import RedisRateLimiter
 from tests.api.helpers import replay_settings, run_sources
-from tests.conftest import wait_for_job
+from tests.helpers.waiting import poll, wait_for_job
 from tests.upstream import ReplayUpstream, max_requests_in_window
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -25,14 +24,7 @@ QUOTA, PERIOD, SHARE = 10, 3, 0.5
 
 
 def _wait(client: Any, url: str, ready: Any, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    body: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        body = client.get(url).get_json()
-        if ready(body):
-            return body
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not ready after {timeout}s: {body.get('chunk_counts')}")
+    return poll(lambda: dict(client.get(url).get_json()), ready, timeout, url, interval=0.2)
 
 
 def test_backfill_chunks_by_rules_survives_kill_9_respects_quota_and_serves_history(

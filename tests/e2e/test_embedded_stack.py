@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from contextlib import closing
@@ -21,6 +20,8 @@ import pytest
 from sqlalchemy import create_engine as _create_engine
 
 from scripts import stack
+from tests.helpers.serving import status_of, wait_while_alive
+from tests.helpers.waiting import all_jobs_ended
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -33,19 +34,6 @@ def _get_json(url: str) -> tuple[int, Any]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"null")
-
-
-def _wait_for_health(url: str, api: stack.Child, seconds: float = 60) -> tuple[int, Any]:
-    deadline = time.monotonic() + seconds
-    while True:
-        assert api.popen.poll() is None, f"gunicorn exited:\n{stack._tail(api.log or Path())}"
-        try:
-            status, body = _get_json(url)
-        except (urllib.error.URLError, OSError, ValueError):
-            status, body = 0, None
-        if status == 200 or time.monotonic() > deadline:
-            return status, body
-        time.sleep(0.3)
 
 
 def _check_ok(body: Any, name: str) -> bool:
@@ -115,7 +103,10 @@ def test_embedded_stack_serves_health(tmp_path: Path, pg_var_dir: Path) -> None:
                 env, tmp_path / "api.log",
             )
             try:
-                status, body = _wait_for_health(f"http://127.0.0.1:{port}/health", api)
+                url = f"http://127.0.0.1:{port}/health"
+                wait_while_alive(lambda: status_of(url) == 200, api.popen, tmp_path / "api.log",
+                                 60, "gunicorn's /health")
+                status, body = _get_json(url)
             finally:
                 stack.stop_children([api], timeout=20)
             assert status == 200, (body, stack._tail(tmp_path / "api.log"))
@@ -129,15 +120,6 @@ def test_embedded_stack_serves_health(tmp_path: Path, pg_var_dir: Path) -> None:
     host_port = database_url.rsplit("@", 1)[1].split("/", 1)[0]
     assert not stack.port_answers("127.0.0.1", int(host_port.rsplit(":", 1)[1]))
     assert not stack.port_answers("127.0.0.1", int(redis_url.rsplit(":", 1)[1].split("/")[0]))
-
-
-def _wait_until(check: Any, seconds: float, what: str, launcher: subprocess.Popen[bytes],
-                log: Path) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert launcher.poll() is None, f"launcher exited:\n{stack._tail(log, 60)}"
-        assert time.monotonic() < deadline, f"{what} not within {seconds}s:\n{stack._tail(log)}"
-        time.sleep(0.3)
 
 
 def _make(target: str, stack_env: Path, *args: str, stdin: str | None = None
@@ -186,10 +168,9 @@ def test_run_writes_stack_env_that_make_targets_use(tmp_path: Path) -> None:
              "--no-tail"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True)
     try:
-        _wait_until(stack_env.exists, 120, "var/stack.env", launcher, log)
-        _wait_until(lambda: _get_json(f"http://127.0.0.1:{port}/health/live")[0] == 200
-                    if stack.port_answers("127.0.0.1", port) else False,
-                    60, "the API", launcher, log)
+        wait_while_alive(stack_env.exists, launcher, log, 120, "var/stack.env")
+        wait_while_alive(lambda: status_of(f"http://127.0.0.1:{port}/health/live") == 200,
+                         launcher, log, 60, "the API")
         assert stack_env.stat().st_mode & 0o777 == 0o600
         values = read_stack_env(stack_env)
         token = (var_dir / "api_token").read_text().strip()
@@ -232,8 +213,8 @@ def test_run_writes_stack_env_that_make_targets_use(tmp_path: Path) -> None:
                     return str(response.read().decode())
 
             # The dashboard lists the stack's worker once it has heard from it.
-            _wait_until(lambda: "celery@" in dashboard(), 60, "flower", launcher,
-                        tmp_path / "flower.log")
+            wait_while_alive(lambda: "celery@" in dashboard(), launcher, tmp_path / "flower.log",
+                             60, "flower")
         finally:
             os.killpg(flower.pid, signal.SIGTERM)
             flower.wait(30)
@@ -241,12 +222,7 @@ def test_run_writes_stack_env_that_make_targets_use(tmp_path: Path) -> None:
         # Beat queues a job at start; let it end so ours does not find the CSV source busy.
         db = _create_engine(values["DATABASE_URL"])
         try:
-            def beat_job_done() -> bool:
-                with db.connect() as conn:
-                    return bool(conn.execute(text(
-                        "SELECT count(*) > 0 AND bool_and(status IN "
-                        "('succeeded','partial','failed','skipped')) FROM jobs")).scalar())
-            _wait_until(beat_job_done, 90, "beat's first job", launcher, log)
+            wait_while_alive(lambda: all_jobs_ended(db), launcher, log, 90, "beat's first job")
             etl = _make("etl", stack_env, "ARGS=enqueue --wait --timeout 60 --source csv")
             assert etl.returncode == 0, etl.stdout + etl.stderr
             first = etl.stdout.splitlines()[0]

@@ -18,7 +18,8 @@ from sqlalchemy import Engine, text
 
 from shared.bounds import CELL_MAX_CHARS, LINE_MAX_BYTES
 from shared.sources.csv_files import LINK, OVERSIZE_MARK
-from tests.conftest import count, wait_for_job
+from tests.conftest import count
+from tests.helpers.waiting import wait_for_job
 
 pytestmark = pytest.mark.e2e
 

@@ -7,11 +7,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -19,6 +16,8 @@ from sqlalchemy.engine import make_url
 
 from scripts import stack
 from tests.conftest import _admin_engine, _server_url
+from tests.helpers.serving import status_of, wait_while_alive
+from tests.helpers.waiting import all_jobs_ended
 from tests.redis_server import RedisServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -62,25 +61,6 @@ def redis_with_password(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.kill()
-
-
-def _status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-    except (urllib.error.URLError, OSError):
-        return 0
-
-
-def _wait(check: Callable[[], Any], seconds: float, what: str,
-          launcher: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert launcher.poll() is None, f"launcher exited:\n{stack._tail(log, 60)}"
-        assert time.monotonic() < deadline, f"{what} not within {seconds}s:\n{stack._tail(log)}"
-        time.sleep(0.3)
 
 
 def _leaks(found_in: list[Path], values: dict[str, str]) -> list[str]:
@@ -141,19 +121,12 @@ def test_no_secret_in_the_launchers_output_or_var_dir(
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     db = create_engine(database_url.replace("postgresql://", "postgresql+psycopg2://"))
     try:
-        _wait(lambda: "Kasparro is running" in log.read_text(errors="replace"), 180,
-              "the banner", launcher, log)
-        _wait(lambda: _status(f"http://127.0.0.1:{port}/health") == 200, 60,
-              "/health 200", launcher, log)
-
-        def first_job_ended() -> bool:
-            with db.connect() as conn:
-                return bool(conn.execute(text(
-                    "SELECT count(*) > 0 AND bool_and(status IN "
-                    "('succeeded','partial','failed','skipped')) FROM jobs")).scalar())
-
+        wait_while_alive(lambda: "Kasparro is running" in log.read_text(errors="replace"),
+                         launcher, log, 180, "the banner")
+        wait_while_alive(lambda: status_of(f"http://127.0.0.1:{port}/health", 5) == 200,
+                         launcher, log, 60, "/health 200")
         # Beat's first job ends: both keys went to the replay upstream, the worker logged.
-        _wait(first_job_ended, 120, "beat's first job", launcher, log)
+        wait_while_alive(lambda: all_jobs_ended(db), launcher, log, 120, "beat's first job")
         with db.connect() as conn:
             runs = dict(conn.execute(text("SELECT source, status FROM runs")).all())
         assert runs == {"csv": "succeeded", "coingecko": "succeeded",

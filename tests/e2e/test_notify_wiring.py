@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import pytest
 from sqlalchemy import Engine, text
 
-from tests.conftest import wait_for_job
+from tests.helpers.waiting import wait_for_job
 from tests.upstream import ReplayUpstream
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ALL_RAW, count, wait_for_job
+from tests.conftest import ALL_RAW, count
+from tests.helpers.waiting import wait_for_job
 
 pytestmark = pytest.mark.e2e
 

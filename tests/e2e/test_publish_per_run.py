@@ -14,7 +14,8 @@ import pytest
 from sqlalchemy import Engine, text
 
 from shared.ingest.publish import unpublished
-from tests.conftest import count, wait_for_job
+from tests.conftest import count
+from tests.helpers.waiting import wait_for_job
 from tests.upstream import ReplayUpstream
 
 pytestmark = pytest.mark.e2e

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from tests.conftest import ALL_RAW, ROOT, count, wait_for_job
+from tests.conftest import ALL_RAW, ROOT, count
+from tests.helpers.waiting import wait_for_job
 from tests.upstream import ReplayUpstream
 
 pytestmark = pytest.mark.e2e

@@ -21,7 +21,8 @@ from sqlalchemy import Engine, text
 from shared.ingest.publish import unpublished
 from shared.ingest.execute import source_lock_key
 from scripts import stack
-from tests.conftest import ALL_RAW, QUEUE_KEY, ROOT, UNACKED_KEY, count, wait_for_job
+from tests.conftest import ALL_RAW, QUEUE_KEY, ROOT, UNACKED_KEY, count
+from tests.helpers.waiting import wait_for_job
 
 HEADER = "SNo,Name,Symbol,Date,High,Low,Open,Close,Volume,Marketcap\n"
 COINS, DAYS = 30, 120

@@ -15,7 +15,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
 from shared.config import load_settings
-from tests.conftest import BROKER_PREFIX, TEST_TOKEN, wait_for_job
+from tests.conftest import BROKER_PREFIX, TEST_TOKEN
+from tests.helpers.waiting import wait_for_job
 from tests.upstream import ReplayUpstream
 
 pytestmark = pytest.mark.faults

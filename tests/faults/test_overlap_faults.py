@@ -16,7 +16,7 @@ from tests.conftest import ROOT, count
 from tests.faults.conftest import (
     ROWS, Fault, freeze_source_run, wait_broker_drained, write_big_csv,
 )
-from tests.shared.ingest.test_csv_pipeline import run_csv
+from tests.helpers.csv_runs import run_csv
 
 pytestmark = pytest.mark.faults
 

@@ -21,7 +21,8 @@ from sqlalchemy import Engine, text
 
 from shared.celery_config import celery_config
 from shared.config import load_settings
-from tests.conftest import ROOT, count, wait_for_job
+from tests.conftest import ROOT, count
+from tests.helpers.waiting import wait_for_job
 from tests.faults.conftest import freeze_source_run
 from tests.upstream import ReplayUpstream
 

@@ -6,8 +6,6 @@ never limited; POST /jobs answers bad bodies with a 4xx whatever the serving pro
 from __future__ import annotations
 
 import os
-import sys
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -16,8 +14,8 @@ import redis
 import requests
 from sqlalchemy import Engine
 
-from scripts import stack
 from tests.conftest import ROOT, TEST_TOKEN, count
+from tests.helpers.serving import Gunicorn
 
 pytestmark = pytest.mark.e2e
 
@@ -40,29 +38,16 @@ def served(clean_db: Engine, base_env: dict[str, str], redis_url: str, tmp_path:
            ) -> Iterator[str]:
     """gunicorn with API_READ_RATE_LIMIT, API_JOBS_RATE_LIMIT, API_AUTH_FAIL_RATE_LIMIT set."""
     _forget_counters(redis_url)
-    port = stack.free_port()
-    log = tmp_path / "api.log"
     env = {**os.environ, **base_env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
            "API_READ_RATE_LIMIT": READS, "API_JOBS_RATE_LIMIT": JOBS,
            "API_AUTH_FAIL_RATE_LIMIT": AUTH_FAIL}
-    api = stack.spawn("api", [sys.executable, "-m", "gunicorn", "-c",
-                              "python:api.serving.gunicorn_conf",
-                              "api:create_app()", "-b", f"127.0.0.1:{port}"], env, log)
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"{base}/health/live", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert api.popen.poll() is None, f"gunicorn exited:\n{stack._tail(log, 40)}"
-            assert time.monotonic() < deadline, f"gunicorn not answering:\n{stack._tail(log)}"
-            time.sleep(0.3)
-        yield base
+        server = Gunicorn(env, tmp_path / "api.log")
+        try:
+            yield server.base
+        finally:
+            server.stop()
     finally:
-        stack.stop_children([api], timeout=20)
         _forget_counters(redis_url)
 
 

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, text
 from shared.config import Settings
 from shared.sources import csv_source
 from tests.conftest import count, truncate_tables
-from tests.shared.ingest.test_csv_pipeline import HEADER, only_file, run_csv
+from tests.helpers.csv_runs import HEADER, only_file, run_csv
 
 LINES = [
     "1,Bitcoin,BTC,2013-04-29 23:59:59,147.48800659179688,134.0,134.44400024414062,"

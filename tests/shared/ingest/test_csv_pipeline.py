@@ -2,57 +2,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import Engine, text
 
 from shared.config import Settings
-from shared.db import unit_of_work
-from shared.jobs.submit import create_job, finalize_job
-from shared.ingest.execute import execute_run
 from tests.conftest import count
-
-HEADER = "SNo,Name,Symbol,Date,High,Low,Open,Close,Volume,Marketcap\n"
-
-
-def _row(n: int, day: int, close: str = "100.5") -> str:
-    return f"{n},Testcoin,TST,2021-01-{day:02d} 23:59:59,110,90,95,{close},1000,5000\n"
-
-
-def run_csv(engine: Engine, settings: Settings) -> dict[str, Any]:
-    """Create a csv job, execute its run in-process, finalize; return the run row."""
-    with unit_of_work(engine) as session:
-        job = create_job(session, ["csv"], "cli").job
-        run_id, job_id = job.runs[0].id, job.id
-    execute_run(run_id, None, settings, engine)
-    with unit_of_work(engine) as session:
-        finalize_job(session, job_id)
-    with engine.connect() as conn:
-        return dict(conn.execute(text("SELECT * FROM runs WHERE id = :id"), {"id": run_id})
-                    .mappings().one())
-
-
-def only_file(csv_dir: Path, name: str, body: str) -> Path:
-    """Leave exactly one CSV file (plus the alias file) in `csv_dir`."""
-    for path in csv_dir.glob("*.csv"):
-        if path.name != "asset_aliases.csv":
-            path.unlink()
-    target = csv_dir / name
-    target.write_text(body)
-    return target
+from tests.helpers.csv_runs import HEADER, csv_row, only_file, run_csv
 
 
 def test_broken_rows_are_rejected_with_line_and_reason(
     clean_db: Engine, settings: Settings, csv_dir: Path
 ) -> None:
     only_file(csv_dir, "broken.csv", HEADER
-              + _row(1, 1)
+              + csv_row(1, 1)
               + "2,Testcoin,TST,2021-01-02 23:59:59,110,90,95,abc,1000,5000\n"   # bad number
               + "3,Testcoin,TST,,110,90,95,100,1000,5000\n"                      # missing date
               + "4,Testcoin,TST,2021-01-04 23:59:59,110,90\n"                    # columns
-              + _row(5, 5, "1.5e3")                                              # exponent: ok
+              + csv_row(5, 5, "1.5e3")                                              # exponent: ok
               + "6,Testcoin,TST,2021-01-06 23:59:59,110,90,95,-,1000,5000\n"     # no price
-              + _row(7, 7))
+              + csv_row(7, 7))
     run = run_csv(clean_db, settings)
     assert run["status"] == "succeeded"
     assert (run["fetched"], run["inserted"], run["rejected"]) == (7, 3, 4)
@@ -75,11 +43,11 @@ def test_broken_rows_are_rejected_with_line_and_reason(
 def test_append_reads_only_new_lines_and_replace_rereads_without_duplicates(
     clean_db: Engine, settings: Settings, csv_dir: Path
 ) -> None:
-    path = only_file(csv_dir, "coin.csv", HEADER + "".join(_row(i, i) for i in range(1, 11)))
+    path = only_file(csv_dir, "coin.csv", HEADER + "".join(csv_row(i, i) for i in range(1, 11)))
     assert run_csv(clean_db, settings)["inserted"] == 10
 
     with path.open("a") as handle:
-        handle.write(_row(11, 11) + _row(12, 12))
+        handle.write(csv_row(11, 11) + csv_row(12, 12))
     run = run_csv(clean_db, settings)
     assert (run["fetched"], run["inserted"], run["unchanged"]) == (2, 2, 0)
 
@@ -88,7 +56,7 @@ def test_append_reads_only_new_lines_and_replace_rereads_without_duplicates(
 
     # Replaced: same rows plus a changed first row -> the file is read again from the top;
     # known rows add nothing, the new observation is added once.
-    path.write_text(HEADER + _row(1, 1, "101") + "".join(_row(i, i) for i in range(2, 14)))
+    path.write_text(HEADER + csv_row(1, 1, "101") + "".join(csv_row(i, i) for i in range(2, 14)))
     run = run_csv(clean_db, settings)
     assert run["fetched"] == 13
     assert (run["inserted"], run["unchanged"]) == (1, 12)
@@ -115,7 +83,7 @@ def test_fail_after_n_records_then_resume_matches_a_clean_run(
 ) -> None:
     from shared.config import load_settings
 
-    only_file(csv_dir, "coin.csv", HEADER + "".join(_row(i, i) for i in range(1, 26)))
+    only_file(csv_dir, "coin.csv", HEADER + "".join(csv_row(i, i) for i in range(1, 26)))
     failing = load_settings({**base_env, "CSV_DIR": str(csv_dir),
                              "FAIL_AFTER_N_RECORDS_CSV": "10", "CSV_BATCH_ROWS": "4"})
     run = run_csv(clean_db, failing)

@@ -7,7 +7,7 @@ from sqlalchemy import Engine, text
 
 from shared.config import Settings
 from tests.conftest import ALL_RAW, count
-from tests.shared.ingest.test_csv_pipeline import HEADER, _row, only_file, run_csv
+from tests.helpers.csv_runs import HEADER, csv_row, only_file, run_csv
 
 
 def _raw_payloads(engine: Engine) -> list[str]:
@@ -26,11 +26,11 @@ def _assert_no_duplicate_content(engine: Engine) -> None:
 def test_a_line_appended_again_adds_no_raw_row(
     clean_db: Engine, settings: Settings, csv_dir: Path
 ) -> None:
-    path = only_file(csv_dir, "coin.csv", HEADER + "".join(_row(i, i) for i in range(1, 6)))
+    path = only_file(csv_dir, "coin.csv", HEADER + "".join(csv_row(i, i) for i in range(1, 6)))
     assert run_csv(clean_db, settings)["raw_inserted"] == 5
     # An exporter re-writes the last day and adds a new one.
     with path.open("a") as handle:
-        handle.write(_row(5, 5) + _row(6, 6))
+        handle.write(csv_row(5, 5) + csv_row(6, 6))
     run = run_csv(clean_db, settings)
     assert (run["fetched"], run["inserted"], run["unchanged"], run["raw_inserted"]) == (2, 1, 1, 1)
     assert count(clean_db, ALL_RAW) == 6 and count(clean_db, "quotes") == 6
@@ -40,7 +40,8 @@ def test_a_line_appended_again_adds_no_raw_row(
 def test_a_line_repeated_inside_one_batch_is_stored_once(
     clean_db: Engine, settings: Settings, csv_dir: Path
 ) -> None:
-    only_file(csv_dir, "coin.csv", HEADER + _row(1, 1) + _row(2, 2) + _row(1, 1) + _row(3, 3))
+    only_file(csv_dir, "coin.csv",
+              HEADER + csv_row(1, 1) + csv_row(2, 2) + csv_row(1, 1) + csv_row(3, 3))
     run = run_csv(clean_db, settings)
     assert (run["fetched"], run["inserted"], run["unchanged"], run["raw_inserted"]) == (4, 3, 1, 3)
     _assert_no_duplicate_content(clean_db)
@@ -49,8 +50,8 @@ def test_a_line_repeated_inside_one_batch_is_stored_once(
 def test_corrections_flipping_back_and_forth_store_each_line_once(
     clean_db: Engine, settings: Settings, csv_dir: Path
 ) -> None:
-    first = HEADER + _row(1, 1) + _row(2, 2)
-    corrected = HEADER + _row(1, 1, "101") + _row(2, 2)
+    first = HEADER + csv_row(1, 1) + csv_row(2, 2)
+    corrected = HEADER + csv_row(1, 1, "101") + csv_row(2, 2)
     path = only_file(csv_dir, "coin.csv", first)
     run_csv(clean_db, settings)
     # The corrected line is a new payload for a stored observation: kept raw, quote unchanged.
@@ -58,14 +59,14 @@ def test_corrections_flipping_back_and_forth_store_each_line_once(
     assert run_csv(clean_db, settings)["raw_inserted"] == 1
     # Back to the first version (one more row so the file differs), then the correction again:
     # every line is stored already, the quote keys tell for most, the raw table for the rest.
-    path.write_text(first + _row(3, 3))
+    path.write_text(first + csv_row(3, 3))
     assert run_csv(clean_db, settings)["raw_inserted"] == 1
-    path.write_text(corrected + _row(3, 3) + _row(4, 4))
+    path.write_text(corrected + csv_row(3, 3) + csv_row(4, 4))
     run = run_csv(clean_db, settings)
     assert (run["fetched"], run["inserted"], run["raw_inserted"]) == (4, 1, 1)
     assert _raw_payloads(clean_db) == [
-        _row(1, 1).strip(), _row(2, 2).strip(), _row(1, 1, "101").strip(), _row(3, 3).strip(),
-        _row(4, 4).strip()]
+        csv_row(1, 1).strip(), csv_row(2, 2).strip(), csv_row(1, 1, "101").strip(),
+        csv_row(3, 3).strip(), csv_row(4, 4).strip()]
     with clean_db.connect() as conn:
         prices = conn.execute(text(
             "SELECT price_usd::text FROM quotes ORDER BY observed_at")).scalars().all()
@@ -77,11 +78,11 @@ def test_a_rejected_line_read_again_in_place_is_not_stored_again(
     clean_db: Engine, settings: Settings, csv_dir: Path
 ) -> None:
     bad = "2,Testcoin,TST,2021-01-02 23:59:59,110,90,95,abc,1000,5000\n"
-    path = only_file(csv_dir, "coin.csv", HEADER + _row(1, 1) + bad)
+    path = only_file(csv_dir, "coin.csv", HEADER + csv_row(1, 1) + bad)
     run_csv(clean_db, settings)
     assert count(clean_db, ALL_RAW) == 2 and count(clean_db, "rejected_records") == 1
     # Replaced (first line corrected): read from the top; the bad line is where it was.
-    path.write_text(HEADER + _row(1, 1, "99") + bad + _row(3, 3))
+    path.write_text(HEADER + csv_row(1, 1, "99") + bad + csv_row(3, 3))
     run = run_csv(clean_db, settings)
     assert (run["fetched"], run["rejected"], run["raw_inserted"]) == (3, 1, 2)
     assert count(clean_db, ALL_RAW) == 4 and count(clean_db, "rejected_records") == 1

@@ -11,7 +11,7 @@ from shared.db import unit_of_work
 from shared.jobs.submit import create_job
 from shared.ingest.publish import publish_assets, unpublished
 from shared.ingest.execute import execute_run
-from tests.shared.ingest.test_csv_pipeline import HEADER, only_file
+from tests.helpers.csv_runs import HEADER, only_file
 
 
 def _row(n: int, day: int, close: str) -> str:

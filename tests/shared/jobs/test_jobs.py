@@ -12,7 +12,7 @@ from shared.db import unit_of_work
 from shared.jobs.submit import create_job, finalize_job, job_status_from_runs, reap_stale_runs
 from shared.models import Run
 from shared.ingest.execute import now_utc, release_source_lock, try_source_lock
-from tests.shared.ingest.test_csv_pipeline import HEADER, only_file, run_csv
+from tests.helpers.csv_runs import HEADER, only_file, run_csv
 
 
 @pytest.mark.parametrize(("statuses", "expected"), [

@@ -3,84 +3,25 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import redis
-from celery import Celery
 from sqlalchemy import Engine, text
 
 from shared import task_names
-from shared.celery_config import celery_config
 from shared.config import Settings, load_settings
 from shared.db import unit_of_work
 from shared.notify import evaluate, send_notification
 from tests.conftest import QUEUE_KEY
-from tests.shared.queries.test_freshness import add_run
+from tests.helpers.broker import sender
+from tests.helpers.runs import add_run
+from tests.helpers.webhooks import Receiver
 
 T0 = datetime(2026, 12, 6, 12, 0, tzinfo=timezone.utc)
 MIN = timedelta(minutes=1)
-
-
-class Receiver:
-    """A real HTTP server in a thread that records JSON POSTs; `mode` ok, 500 or hang."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[str, dict[str, Any]]] = []
-        self.mode = "ok"
-        self.release = threading.Event()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                receiver.received.append((self.path, body))
-                if receiver.mode == "hang":
-                    receiver.release.wait(30)
-                    return
-                self.send_response(500 if receiver.mode == "500" else 200)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def take(self) -> list[tuple[str, dict[str, Any]]]:
-        """What arrived since the last call."""
-        got, self.received = self.received, []
-        return got
-
-    def close(self) -> None:
-        """Release hung handlers and stop serving."""
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    """A local webhook receiver."""
-    server = Receiver()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def notify_db(clean_db: Engine) -> Engine:
-    """clean_db plus this feature's tables emptied."""
-    with clean_db.begin() as conn:
-        conn.execute(text("TRUNCATE notifications, alert_states RESTART IDENTITY"))
-    return clean_db
 
 
 def _settings(base_env: dict[str, str], receiver: Receiver, **env: str) -> Settings:
@@ -190,12 +131,6 @@ def test_escalates_at_once_when_threshold_is_one(notify_db: Engine, base_env: di
     assert tick(notify_db, settings, T0 + MIN, receiver) == []
 
 
-def _broker(settings: Settings) -> Celery:
-    app = Celery("notify-test")
-    app.conf.update(celery_config(settings))
-    return app
-
-
 def test_failing_receivers_never_delay_the_evaluation(
         notify_db: Engine, base_env: dict[str, str], receiver: Receiver, redis_url: str,
         record_property: Any) -> None:
@@ -205,7 +140,7 @@ def test_failing_receivers_never_delay_the_evaluation(
     add_run(notify_db, "csv", "succeeded", T0)
     add_run(notify_db, "csv", "failed", T0 + MIN, "csv: HTTP 500 from upstream")
     receiver.mode = "hang"
-    broker = _broker(settings)
+    broker = sender(settings)
     started = time.perf_counter()
     with unit_of_work(notify_db) as session:
         ids = evaluate(session, settings, T0 + MIN)
@@ -336,12 +271,12 @@ def test_request_evaluation_never_raises_nor_hangs_with_the_broker_down(
 
     settings = load_settings(base_env)
     started = time.perf_counter()
-    assert request_evaluation(_broker(settings), run_id=7) is True
+    assert request_evaluation(sender(settings), run_id=7) is True
     ok_ms = (time.perf_counter() - started) * 1000
     assert redis.Redis.from_url(redis_url).llen(QUEUE_KEY) == 1
     dead = load_settings({**base_env, "REDIS_URL": "redis://127.0.0.1:1/0"})
     started = time.perf_counter()
-    assert request_evaluation(_broker(dead), run_id=7) is False
+    assert request_evaluation(sender(dead), run_id=7) is False
     dead_ms = (time.perf_counter() - started) * 1000
     print(f"request_evaluation: {ok_ms:.1f} ms, broker down {dead_ms:.1f} ms")
     # A liveness bound, not a speed target: without the short ping, kombu's connection retries

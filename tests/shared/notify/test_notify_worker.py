@@ -9,23 +9,22 @@ from sqlalchemy import Engine, text
 
 from shared import task_names
 from shared.config import load_settings
-from tests.shared.queries.test_freshness import add_run
-from tests.shared.notify.test_notify import Receiver, _broker, notify_db, receiver  # noqa: F401
+from tests.helpers.broker import sender
+from tests.helpers.runs import add_run
+from tests.helpers.waiting import poll
+from tests.helpers.webhooks import Receiver
 
 
 def _wait(engine: Engine, sql: str, expected: Any, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def rows() -> list[Any]:
         with engine.connect() as conn:
-            got = conn.execute(text(sql)).all()
-        if got == expected:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"{sql}: {got} != {expected}")
+            return list(conn.execute(text(sql)).all())
+
+    return poll(rows, lambda got: got == expected, timeout, f"{sql} == {expected}", 0.2)
 
 
-def test_worker_sends_and_retries(notify_db: Engine, base_env: dict[str, str],  # noqa: F811
-                                  receiver: Receiver,  # noqa: F811
+def test_worker_sends_and_retries(notify_db: Engine, base_env: dict[str, str],
+                                  receiver: Receiver,
                                   worker_factory: Callable[..., Any]) -> None:
     env = {"ETL_SOURCES": "csv", "ALERT_WEBHOOK_URL": receiver.url + "/hook",
            "NOTIFY_TIMEOUT_SECONDS": "2"}
@@ -34,7 +33,7 @@ def test_worker_sends_and_retries(notify_db: Engine, base_env: dict[str, str],  
     run = add_run(notify_db, "csv", "failed", datetime.now(timezone.utc),
                   "csv: HTTP 500 from upstream")
     receiver.mode = "500"
-    _broker(settings).send_task(task_names.NOTIFY_EVALUATE)
+    sender(settings).send_task(task_names.NOTIFY_EVALUATE)
     _wait(notify_db, "SELECT status, attempts, error FROM notifications",
           [("failed", 1, "HTTP 500")])
     receiver.mode = "ok"
@@ -43,7 +42,7 @@ def test_worker_sends_and_retries(notify_db: Engine, base_env: dict[str, str],  
     bodies = [body for _, body in receiver.take()]
     assert len(bodies) == 2 and bodies[-1]["run_id"] == run and bodies[-1]["event"] == "failed"
     # A second evaluation on the same failing state sends nothing new.
-    _broker(settings).send_task(task_names.NOTIFY_EVALUATE)
+    sender(settings).send_task(task_names.NOTIFY_EVALUATE)
     time.sleep(2)
     assert receiver.take() == []
     assert receiver.url not in worker.log_text()

@@ -1,7 +1,7 @@
 """Run anomaly rules on real runs rows: each anomaly found, stored once, with its evidence."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import Engine, text
@@ -13,25 +13,9 @@ from shared.quality.anomalies import (
 )
 from shared.config import load_settings
 from shared.quality.checks import make_flag
+from tests.helpers.runs import add_run_in_series
 
-T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
 T = AnomalyThresholds()
-
-
-def add_run(conn: Any, source: str, status: str = "succeeded", inserted: int = 250,
-            fetched: int = 250, seconds: float = 10.0, rejected: int = 0,
-            error: str | None = None) -> int:
-    """One job with one finished run of `source`; returns the run id."""
-    n = conn.execute(text("SELECT count(*) FROM runs")).scalar_one()
-    start = T0 + timedelta(minutes=5 * n)
-    job = conn.execute(text(
-        "INSERT INTO jobs (status, sources, trigger) VALUES (:s, ARRAY[:src], 'schedule') "
-        "RETURNING id"), {"s": status, "src": source}).scalar_one()
-    return int(conn.execute(text(
-        "INSERT INTO runs (job_id, source, status, fetched, inserted, rejected, error, "
-        "started_at, finished_at) VALUES (:j, :src, :s, :f, :i, :r, :e, :a, :b) RETURNING id"),
-        {"j": job, "src": source, "s": status, "f": fetched, "i": inserted, "r": rejected,
-         "e": error, "a": start, "b": start + timedelta(seconds=seconds)}).scalar_one())
 
 
 def stored(engine: Engine) -> list[Any]:
@@ -49,16 +33,16 @@ def test_fewer_rows_slower_run_and_failure_streak_each_reported_once(
         clean_db: Engine) -> None:
     with clean_db.begin() as conn:
         for n in range(8):
-            add_run(conn, "coingecko", inserted=250 + n, seconds=10 + n % 3)
-        few = add_run(conn, "coingecko", inserted=25)
+            add_run_in_series(conn, "coingecko", inserted=250 + n, seconds=10 + n % 3)
+        few = add_run_in_series(conn, "coingecko", inserted=25)
         for n in range(3):
-            add_run(conn, "coingecko", inserted=250 + n, seconds=11)
-        slow = add_run(conn, "coingecko", seconds=110)
-        fails = [add_run(conn, "coingecko", status="failed", inserted=0, fetched=0,
-                         error=f"HTTP 503 #{n}") for n in range(3)]
+            add_run_in_series(conn, "coingecko", inserted=250 + n, seconds=11)
+        slow = add_run_in_series(conn, "coingecko", seconds=110)
+        fails = [add_run_in_series(conn, "coingecko", status="failed", inserted=0,
+                                   fetched=0, error=f"HTTP 503 #{n}") for n in range(3)]
         # Another source's normal runs are not judged against coingecko's.
         for _ in range(8):
-            add_run(conn, "coinpaprika", inserted=2000, fetched=2000, seconds=30)
+            add_run_in_series(conn, "coinpaprika", inserted=2000, fetched=2000, seconds=30)
     assert detect_and_record(clean_db, "coingecko") == 3
     assert detect_and_record(clean_db, "coinpaprika") == 0
     rows = stored(clean_db)
@@ -74,7 +58,7 @@ def test_fewer_rows_slower_run_and_failure_streak_each_reported_once(
     assert streak["last_error"] == "HTTP 503 #2" and rows[2].key == f"run:{fails[0]}"
     # Running the rules again (next schedule, a 4th failure) reports nothing new.
     with clean_db.begin() as conn:
-        add_run(conn, "coingecko", status="failed", inserted=0, fetched=0, error="again")
+        add_run_in_series(conn, "coingecko", status="failed", inserted=0, fetched=0, error="again")
     assert detect_and_record(clean_db, "coingecko") == 0
     assert len(stored(clean_db)) == 3
 
@@ -82,8 +66,8 @@ def test_fewer_rows_slower_run_and_failure_streak_each_reported_once(
 def test_a_reject_rate_jump_and_drift_events_are_anomalies(clean_db: Engine) -> None:
     with clean_db.begin() as conn:
         for _ in range(6):
-            add_run(conn, "csv", fetched=1000, inserted=1000, rejected=5)
-        bad = add_run(conn, "csv", fetched=1000, inserted=700, rejected=300)
+            add_run_in_series(conn, "csv", fetched=1000, inserted=1000, rejected=5)
+        bad = add_run_in_series(conn, "csv", fetched=1000, inserted=700, rejected=300)
         conn.execute(text(
             "INSERT INTO drift_events (source, run_id, location, kind, field, observed, "
             "confidence, mapped, detail) VALUES ('csv', :r, 'f.csv', 'renamed', 'close', "
@@ -99,11 +83,11 @@ def test_a_reject_rate_jump_and_drift_events_are_anomalies(clean_db: Engine) -> 
 def test_ordinary_variation_and_short_histories_raise_nothing(clean_db: Engine) -> None:
     with clean_db.begin() as conn:
         for n in range(12):
-            add_run(conn, "coingecko", inserted=200 + 17 * (n % 5), seconds=8 + n % 4)
+            add_run_in_series(conn, "coingecko", inserted=200 + 17 * (n % 5), seconds=8 + n % 4)
         # Only three runs so far: not enough history to judge a tiny one.
         for _ in range(3):
-            add_run(conn, "csv", inserted=1000)
-        add_run(conn, "csv", inserted=1)
+            add_run_in_series(conn, "csv", inserted=1000)
+        add_run_in_series(conn, "csv", inserted=1)
     assert detect_and_record(clean_db, "coingecko") == 0
     assert detect_and_record(clean_db, "csv") == 0
     with Session(clean_db) as session:

@@ -11,23 +11,10 @@ from sqlalchemy.orm import Session
 from shared.config import ConfigError, load_settings
 from shared.queries.freshness import FAILING, FRESH, STALE, classify, source_states
 from tests.api.helpers import coins_csv
-from tests.shared.ingest.test_csv_pipeline import HEADER, only_file, run_csv
+from tests.helpers.csv_runs import HEADER, only_file, run_csv
+from tests.helpers.runs import add_run
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=timezone.utc)
-
-
-def add_run(engine: Engine, source: str, status: str, finished: datetime | None,
-            error: str | None = None, trigger: str = "beat") -> int:
-    """A finished job with one run, as the pipeline leaves it; returns the run id."""
-    with engine.begin() as conn:
-        job = conn.execute(text(
-            "INSERT INTO jobs (status, sources, trigger, created_at, finished_at) "
-            "VALUES (:s, ARRAY[:src], :t, :f - interval '5 seconds', :f) RETURNING id"),
-            {"s": status, "src": source, "t": trigger, "f": finished}).scalar_one()
-        return int(conn.execute(text(
-            "INSERT INTO runs (job_id, source, status, error, started_at, finished_at) "
-            "VALUES (:j, :src, :s, :e, :f - interval '4 seconds', :f) RETURNING id"),
-            {"j": job, "src": source, "s": status, "e": error, "f": finished}).scalar_one())
 
 
 def test_objectives_default_to_three_schedules_and_are_configurable(
