@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 import logging
 import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from werkzeug.serving import make_server
 from shared.config import Settings
 from tests.conftest import count, queued_messages
 from tests.helpers.csv_runs import HEADER, only_file
+from tests.helpers.waiting import wait_for_job
 
 
 @pytest.mark.parametrize(
@@ -222,10 +222,7 @@ def test_token_never_reaches_the_logs_of_a_full_job(
         accepted = session.post(f"{base}/jobs", json={"sources": ["csv"]}, headers=auth_headers)
         assert accepted.status_code == 202
         status_url = base + accepted.json()["status_url"]
-        deadline = time.monotonic() + 60
-        while session.get(status_url).json()["status"] not in ("succeeded", "failed", "partial"):
-            assert time.monotonic() < deadline, "job did not finish"
-            time.sleep(0.25)
+        wait_for_job(lambda path: session.get(base + path).json(), accepted.json()["id"])
         assert session.get(status_url).json()["status"] == "succeeded"
     finally:
         if server is not None:
