@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,3 +80,9 @@ def table_checksums(engine: Engine) -> dict[str, str]:
                 digest.update(row.encode())
             sums[table] = f"{len(rows)}:{digest.hexdigest()}"
     return sums
+
+
+def without_dynamic(body: bytes) -> bytes:
+    """The body with its per-request values (latency, request id) blanked."""
+    body = re.sub(rb'"api_latency_ms":[0-9.e+-]+', b'"api_latency_ms":0', body)
+    return re.sub(rb'"request_id":"[^"]*"', b'"request_id":""', body)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import re
 import select
 import time
 from pathlib import Path
@@ -13,19 +12,13 @@ from sqlalchemy import Engine, text
 
 from api.http.answer_cache import VersionedCache
 from shared.config import Settings
-from tests.api.helpers import coins_csv
+from tests.api.helpers import coins_csv, without_dynamic
 from tests.helpers.csv_runs import HEADER, only_file, run_csv
 
 
 def _version(engine: Engine) -> int:
     with engine.connect() as conn:
         return int(conn.execute(text("SELECT version FROM data_version")).scalar_one())
-
-
-def without_dynamic(body: bytes) -> bytes:
-    """The body with its per-request values (latency, request id) blanked."""
-    body = re.sub(rb'"api_latency_ms":[0-9.e+-]+', b'"api_latency_ms":0', body)
-    return re.sub(rb'"request_id":"[^"]*"', b'"request_id":""', body)
 
 
 def notified(client: Any, timeout: float = 5.0) -> bool:

@@ -14,8 +14,7 @@ from api.http.envelope import envelope
 from api.schemas.data import DataEnvelopeSchema, QuoteRecordSchema, quote_record
 from shared.models import CurrentQuote
 from shared.queries.data import DATA_RECORD_FIELDS, list_current_quotes
-from tests.api.helpers import Loaded
-from tests.api.test_data_cache import without_dynamic
+from tests.api.helpers import Loaded, without_dynamic
 
 URLS = [
     "/data?page_size=100", "/data", "/data?sort=-price_usd&page_size=7",

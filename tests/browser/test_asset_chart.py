@@ -17,7 +17,7 @@ from sqlalchemy import Engine, text
 from tests.browser.conftest import (
     SCREENSHOTS, network_events, off_machine, requests_seen, save_screenshot,
 )
-from tests.browser.test_status import accessibility_problems
+from tests.browser.accessibility import accessibility_problems
 from tests.conftest import ROOT, TEST_TOKEN, WorkerProcess, truncate_tables
 from tests.helpers.waiting import wait_for_job
 from tests.upstream import ReplayUpstream

@@ -15,7 +15,7 @@ from shared.db import unit_of_work
 from shared.sources.rate_limit import RedisRateLimiter
 from tests.api.helpers import replay_settings, run_sources
 from tests.browser.conftest import save_screenshot
-from tests.browser.test_status import accessibility_problems, contrast
+from tests.browser.accessibility import accessibility_problems, contrast
 from tests.conftest import truncate_tables
 from tests.upstream import ReplayUpstream
 
