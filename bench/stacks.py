@@ -146,8 +146,11 @@ def _read_line(stream: IO[bytes], proc: subprocess.Popen[bytes], timeout: float,
 class TreeStack:
     """A tree's own database, Celery worker and app, on the bench's PostgreSQL and Redis."""
 
-    def __init__(self, tree: CodeTree, env: dict[str, str], redis_db: int, name: str) -> None:
+    def __init__(self, tree: CodeTree, env: dict[str, str], redis_db: int, name: str,
+                 db_settings: dict[str, str] | None = None) -> None:
         self.tree = tree
+        # ALTER DATABASE ... SET name = value, before the worker connects (bench.profile).
+        self.db_settings = db_settings or {}
         self.name = name
         self.dir = BENCH_DIR / "stacks" / name
         self.csv_dir = self.dir / "csv"
@@ -176,6 +179,11 @@ class TreeStack:
         })
         self._check_imports()
         self.db.migrate(self.env, root=self.tree.root)
+        if self.db_settings:
+            with self.db.admin.connect() as conn:
+                for name, value in self.db_settings.items():
+                    conn.exec_driver_sql(
+                        f'ALTER DATABASE "{self.db.name}" SET {name} = %s', (value,))
         self.worker = self._start_worker()
         self.submitter = self._start_submitter()
         # A worker child lives across tasks: what a process does once (imports, the ORM's
