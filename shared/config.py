@@ -4,18 +4,81 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from types import MappingProxyType
+from typing import Any, Mapping
 
 SOURCES: tuple[str, ...] = ("coingecko", "coinpaprika", "csv")
-# A quote observed this long before its fetch is stale (docs/quality.md); CSV rows are
-# historical closes by nature, so the check is off for them.
-QUALITY_STALE_SECONDS_DEFAULT = {"coingecko": 3600, "coinpaprika": 3600, "csv": 0}
 # Default freshness objective: a source is stale after this many schedule periods.
 FRESHNESS_SCHEDULE_PERIODS = 3
 
-DEFAULT_COINGECKO_BASE_URL = "https://api.coingecko.com/api/v3"
-DEFAULT_COINPAPRIKA_BASE_URL = "https://api.coinpaprika.com/v1"
-DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/kasparro"
+# The one place a setting's default is written, by its variable. Settings has none of its own,
+# the quality and anomaly thresholds take theirs from here, and tests/test_config_defaults.py
+# checks every default the README and docs/ state. Defaults computed from another setting
+# (ETL_TASK_SOFT_TIME_LIMIT, CELERY_VISIBILITY_TIMEOUT, ...) are in load_settings; secrets
+# have none.
+DEFAULTS: Mapping[str, Any] = MappingProxyType({
+    "DATABASE_URL": "postgresql+psycopg2://postgres@127.0.0.1:5432/kasparro",
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    "CSV_DIR": "data",
+    "ETL_SOURCES": ",".join(SOURCES),
+    "ETL_SCHEDULE_SECONDS": 300,
+    "API_PORT": 8000,
+    "LOG_LEVEL": "INFO",
+    "API_READ_RATE_LIMIT": "600/minute",
+    "API_JOBS_RATE_LIMIT": "10/minute",
+    "API_AUTH_FAIL_RATE_LIMIT": "20/minute",
+    "API_STATEMENT_TIMEOUT_MS": 5000,
+    "API_EXPORT_STATEMENT_TIMEOUT_MS": 25000,
+    "COINGECKO_BASE_URL": "https://api.coingecko.com/api/v3",
+    "COINPAPRIKA_BASE_URL": "https://api.coinpaprika.com/v1",
+    "COINPAPRIKA_AUTH_SCHEME": "",
+    # Free plans: CoinGecko demo ~30 calls/min, CoinPaprika free 20,000 calls/month (we stay
+    # far below with 10/min).
+    "COINGECKO_RATE_LIMIT": 30,
+    "COINGECKO_RATE_PERIOD_SECONDS": 60,
+    "COINPAPRIKA_RATE_LIMIT": 10,
+    "COINPAPRIKA_RATE_PERIOD_SECONDS": 60,
+    "HTTP_TIMEOUT_SECONDS": 10.0,
+    "HTTP_MAX_RETRIES": 5,
+    "HTTP_BACKOFF_MAX_SECONDS": 60.0,
+    # 25,000 lines: the fastest of 10k/25k/50k in bench/ (fewer commits, better index
+    # locality; figures in docs/benchmarks.md).
+    "CSV_BATCH_ROWS": 25_000,
+    "ETL_TASK_TIME_LIMIT": 900,
+    "BROKER_RESTORE_INTERVAL_SECONDS": 10,
+    "BROKER_RESTORE_THROTTLE": 10,
+    "BROKER_KEY_PREFIX": "",
+    "ETL_MAX_TASK_ATTEMPTS": 3,
+    "ETL_REAPER_INTERVAL_SECONDS": 60,
+    "CONSENSUS_DISAGREEMENT_SHARE": 0.02,
+    "NOTIFY_REMINDER_SECONDS": 3600,
+    "NOTIFY_ESCALATE_AFTER": 3,
+    "NOTIFY_TIMEOUT_SECONDS": 5.0,
+    "NOTIFY_EVALUATE_SECONDS": 60,
+    "BACKFILL_MAX_DAYS": 365,
+    "BACKFILL_CHUNK_DAYS": 90,
+    "BACKFILL_QUOTA_SHARE": 0.5,
+    "FAIL_MODE": "raise",
+    "ETL_BATCH_DELAY_SECONDS": 0.0,
+    # Quality checks (docs/quality.md). A quote observed this long before its fetch is stale;
+    # CSV rows are historical closes by nature, so the check is off for them (0).
+    "QUALITY_STALE_SECONDS_COINGECKO": 3600,
+    "QUALITY_STALE_SECONDS_COINPAPRIKA": 3600,
+    "QUALITY_STALE_SECONDS_CSV": 0,
+    "QUALITY_JUMP_FACTOR": 10.0,
+    "QUALITY_OUTLIER_PCT": 10.0,
+    "QUALITY_MCAP_VOLUME_RATIO": 1e8,
+    "QUALITY_MCAP_SUPPLY_FACTOR": 2.0,
+    "QUALITY_MAX_MARKET_CAP_USD": 1e13,
+    "CONSENSUS_WINDOW_SECONDS": 3600,
+    # Run anomaly rules (docs/quality.md).
+    "ANOMALY_LOOKBACK_RUNS": 20,
+    "ANOMALY_MIN_HISTORY": 5,
+    "ANOMALY_RATIO": 5.0,
+    "ANOMALY_ROBUST_Z": 5.0,
+    "ANOMALY_FAILURE_STREAK": 3,
+    "ANOMALY_REJECT_RATE_JUMP": 0.1,
+})
 # The one PostgreSQL driver we ship. SQLAlchemy maps a bare `postgresql://` (and hosting
 # services' `postgres://`) to psycopg 3, which is not installed.
 DATABASE_DRIVERNAME = "postgresql+psycopg2"
@@ -32,7 +95,7 @@ def normalize_database_url(raw: str | None) -> str:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
-    text = (raw or "").strip() or DEFAULT_DATABASE_URL
+    text = (raw or "").strip() or DEFAULTS["DATABASE_URL"]
     scheme, sep, _rest = text.partition("://")
     backend, _, driver = scheme.lower().partition("+")
     if not sep or backend not in _POSTGRES_SCHEMES or driver not in _POSTGRES_DRIVERS:
@@ -63,11 +126,11 @@ def libpq_params(url: str) -> dict[str, str]:
     return params
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0,
+def _int(env: Mapping[str, str], name: str, default: int | None = None, minimum: int = 0,
          maximum: int | None = None) -> int:
     raw = env.get(name, "").strip()
     if not raw:
-        return default
+        return int(DEFAULTS[name] if default is None else default)
     try:
         value = int(raw)
     except ValueError as exc:
@@ -79,40 +142,44 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0,
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(env: Mapping[str, str], name: str, default: float | None = None) -> float:
     raw = env.get(name, "").strip()
     if not raw:
-        return default
+        return float(DEFAULTS[name] if default is None else default)
     try:
         return float(raw)
     except ValueError as exc:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
 
 
-def _share(env: Mapping[str, str], name: str, default: float) -> float:
-    value = _float(env, name, default)
+def _share(env: Mapping[str, str], name: str) -> float:
+    value = _float(env, name)
     if not 0 < value <= 1:
         raise ConfigError(f"{name} must be above 0 and at most 1, got {value!r}")
     return value
 
 
-def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
-    value = env.get(name, "").strip().lower() or default
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name, "").strip().lower() or str(DEFAULTS[name])
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value
 
 
-def _quota(env: Mapping[str, str], name: str, default: str) -> str:
+def _quota(env: Mapping[str, str], name: str) -> str:
     """A request quota in the `limits` notation ('600/minute', '10 per 1 second')."""
     from limits import parse  # only here: the rest of this module needs no third party
 
-    value = env.get(name, "").strip() or default
+    value = env.get(name, "").strip() or str(DEFAULTS[name])
     try:
         parse(value)
     except ValueError as exc:
         raise ConfigError(f"{name} must be a quota such as '600/minute', got {value!r}") from exc
     return value
+
+
+def _text(env: Mapping[str, str], name: str) -> str:
+    return env.get(name, str(DEFAULTS[name]))
 
 
 def _opt(env: Mapping[str, str], name: str) -> str | None:
@@ -200,33 +267,33 @@ class Settings:
     anomaly_reject_rate_jump: float
     enabled_sources: tuple[str, ...]
     # API request quotas per client address, in the `limits` notation ('600/minute').
-    api_read_rate_limit: str = "600/minute"
-    api_jobs_rate_limit: str = "10/minute"
-    api_auth_fail_rate_limit: str = "20/minute"
+    api_read_rate_limit: str
+    api_jobs_rate_limit: str
+    api_auth_fail_rate_limit: str
     # Freshness objective per source (FRESHNESS_<SOURCE>_SECONDS): seconds since its last
     # success after which the source is stale (shared.queries.freshness).
-    freshness_seconds_by_source: dict[str, int] = field(default_factory=dict)
+    freshness_seconds_by_source: dict[str, int]
     # Notifications (shared.notify): webhook URLs are secrets; reminder and escalation policy.
-    slack_webhook_url: str | None = field(default=None, repr=False)
-    alert_webhook_url: str | None = field(default=None, repr=False)
+    slack_webhook_url: str | None = field(repr=False)
+    alert_webhook_url: str | None = field(repr=False)
     # Further targets through apprise (space- or comma-separated apprise URLs).
-    apprise_urls: str | None = field(default=None, repr=False)
-    notify_reminder_seconds: int = 3600
-    notify_escalate_after: int = 3
-    notify_timeout_seconds: float = 5.0
+    apprise_urls: str | None = field(repr=False)
+    notify_reminder_seconds: int
+    notify_escalate_after: int
+    notify_timeout_seconds: float
     # How often beat asks for an evaluation (staleness has no run to trigger it).
-    notify_evaluate_seconds: int = 60
+    notify_evaluate_seconds: int
     # Backfills (shared.backfill.request*): the furthest back a request may reach, the days per
     # chunk (one upstream request), and the share of the source's quota a backfill may take.
-    backfill_max_days: int = 365
-    backfill_chunk_days: int = 90
-    backfill_quota_share: float = 0.5
+    backfill_max_days: int
+    backfill_chunk_days: int
+    backfill_quota_share: float
     # statement_timeout of the API's reads (api/http/read_timeout.py), in milliseconds, 0 = none:
     # every transaction of a GET, and the longer one of a CSV/NDJSON export's streamed read.
     # Both under gunicorn's 30 s worker timeout, which kills the worker of a longer request:
     # the client gets a 503 rather than a dropped connection.
-    api_statement_timeout_ms: int = 5000
-    api_export_statement_timeout_ms: int = 25000
+    api_statement_timeout_ms: int
+    api_export_statement_timeout_ms: int
 
     def freshness_objective(self, source: str) -> int:
         """Seconds after its last success at which `source` is stale (default 3 schedules)."""
@@ -256,7 +323,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     check against the README's configuration table than reads scattered over helpers.
     """
     env = os.environ if env is None else env
-    time_limit = _int(env, "ETL_TASK_TIME_LIMIT", 900, 1)
+    time_limit = _int(env, "ETL_TASK_TIME_LIMIT", minimum=1)
     soft_limit = _int(env, "ETL_TASK_SOFT_TIME_LIMIT", max(1, time_limit - 30), 1)
     # The visibility timeout must exceed the hard time limit, otherwise Redis hands a task
     # that is still running to a second worker (see docs/faults.md).
@@ -269,9 +336,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         if value >= 0:
             per_source[source] = value
     fail_all = _int(env, "FAIL_AFTER_N_RECORDS", -1, -1)
-    csv_dir = Path(env.get("CSV_DIR", "data"))
+    csv_dir = Path(_text(env, "CSV_DIR"))
     enabled = tuple(
-        s.strip() for s in env.get("ETL_SOURCES", ",".join(SOURCES)).split(",") if s.strip()
+        s.strip() for s in _text(env, "ETL_SOURCES").split(",") if s.strip()
     )
     freshness = {source: _int(env, f"FRESHNESS_{source.upper()}_SECONDS", 0, 0)
                  for source in SOURCES}
@@ -280,97 +347,90 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"ETL_SOURCES names unknown sources: {', '.join(unknown)}")
     return Settings(
         database_url=normalize_database_url(env.get("DATABASE_URL")),
-        redis_url=env.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        redis_url=_text(env, "REDIS_URL"),
         api_token=_opt(env, "API_TOKEN"),
         csv_dir=csv_dir,
         asset_aliases_file=Path(
             env.get("ASSET_ALIASES_FILE", str(csv_dir / "asset_aliases.csv"))
         ),
-        etl_schedule_seconds=_int(env, "ETL_SCHEDULE_SECONDS", 300, 1),
-        api_port=_int(env, "API_PORT", 8000, 1),
-        log_level=env.get("LOG_LEVEL", "INFO").upper(),
-        coingecko_base_url=env.get("COINGECKO_BASE_URL", DEFAULT_COINGECKO_BASE_URL).rstrip("/"),
+        etl_schedule_seconds=_int(env, "ETL_SCHEDULE_SECONDS", minimum=1),
+        api_port=_int(env, "API_PORT", minimum=1),
+        log_level=_text(env, "LOG_LEVEL").upper(),
+        coingecko_base_url=_text(env, "COINGECKO_BASE_URL").rstrip("/"),
         coingecko_api_key=_opt(env, "COINGECKO_API_KEY"),
-        coinpaprika_base_url=env.get(
-            "COINPAPRIKA_BASE_URL", DEFAULT_COINPAPRIKA_BASE_URL
-        ).rstrip("/"),
+        coinpaprika_base_url=_text(env, "COINPAPRIKA_BASE_URL").rstrip("/"),
         coinpaprika_api_key=_opt(env, "COINPAPRIKA_API_KEY"),
-        coinpaprika_auth_scheme=env.get("COINPAPRIKA_AUTH_SCHEME", ""),
-        # Free plans: CoinGecko demo ~30 calls/min, CoinPaprika free 20,000 calls/month
-        # (we stay far below with 10/min).
+        coinpaprika_auth_scheme=_text(env, "COINPAPRIKA_AUTH_SCHEME"),
         coingecko_rate=RateLimit(
-            _int(env, "COINGECKO_RATE_LIMIT", 30, 1),
-            _int(env, "COINGECKO_RATE_PERIOD_SECONDS", 60, 1),
+            _int(env, "COINGECKO_RATE_LIMIT", minimum=1),
+            _int(env, "COINGECKO_RATE_PERIOD_SECONDS", minimum=1),
         ),
         coinpaprika_rate=RateLimit(
-            _int(env, "COINPAPRIKA_RATE_LIMIT", 10, 1),
-            _int(env, "COINPAPRIKA_RATE_PERIOD_SECONDS", 60, 1),
+            _int(env, "COINPAPRIKA_RATE_LIMIT", minimum=1),
+            _int(env, "COINPAPRIKA_RATE_PERIOD_SECONDS", minimum=1),
         ),
-        http_timeout_seconds=_float(env, "HTTP_TIMEOUT_SECONDS", 10.0),
-        http_max_retries=_int(env, "HTTP_MAX_RETRIES", 5, 0),
-        http_backoff_max_seconds=_float(env, "HTTP_BACKOFF_MAX_SECONDS", 60.0),
+        http_timeout_seconds=_float(env, "HTTP_TIMEOUT_SECONDS"),
+        http_max_retries=_int(env, "HTTP_MAX_RETRIES"),
+        http_backoff_max_seconds=_float(env, "HTTP_BACKOFF_MAX_SECONDS"),
         fail_after_n_records=fail_all if fail_all >= 0 else None,
         fail_after_n_records_by_source=per_source,
         # Fault injection only: 'raise' fails the run cleanly, 'kill' SIGKILLs the worker
         # child (a crash mid-run); a batch delay makes runs slow enough to interrupt.
-        fail_mode=_choice(env, "FAIL_MODE", ("raise", "kill"), "raise"),
-        batch_delay_seconds=_float(env, "ETL_BATCH_DELAY_SECONDS", 0.0),
-        # 25,000 lines: the fastest of 10k/25k/50k in bench/ (fewer commits, better index
-        # locality; figures in docs/benchmarks.md).
+        fail_mode=_choice(env, "FAIL_MODE", ("raise", "kill")),
+        batch_delay_seconds=_float(env, "ETL_BATCH_DELAY_SECONDS"),
         # A batch's lines form one raw block; line ids keep 20 bits for the index
         # (shared.models.RAW_LINE_ID_BITS).
-        csv_batch_rows=_int(env, "CSV_BATCH_ROWS", 25_000, 1, 1 << 20),
+        csv_batch_rows=_int(env, "CSV_BATCH_ROWS", minimum=1, maximum=1 << 20),
         task_soft_time_limit=soft_limit,
         task_time_limit=time_limit,
         visibility_timeout=visibility,
-        max_task_attempts=_int(env, "ETL_MAX_TASK_ATTEMPTS", 3, 1),
+        max_task_attempts=_int(env, "ETL_MAX_TASK_ATTEMPTS", minimum=1),
         # How often a live worker re-queues messages whose consumer died (kombu's sweep runs
         # every interval * throttle seconds); lower it together with the visibility timeout.
-        broker_restore_interval=_int(env, "BROKER_RESTORE_INTERVAL_SECONDS", 10, 1),
-        broker_restore_throttle=_int(env, "BROKER_RESTORE_THROTTLE", 10, 1),
+        broker_restore_interval=_int(env, "BROKER_RESTORE_INTERVAL_SECONDS", minimum=1),
+        broker_restore_throttle=_int(env, "BROKER_RESTORE_THROTTLE", minimum=1),
         # Prefix of every broker key: lets several stacks (or test sessions) share one Redis
         # database without consuming each other's tasks.
-        broker_key_prefix=env.get("BROKER_KEY_PREFIX", ""),
+        broker_key_prefix=_text(env, "BROKER_KEY_PREFIX"),
         # A run is only declared lost after a redelivery had its chance (visibility timeout
         # plus kombu's ~100 s restore sweep).
         run_stale_seconds=_int(env, "ETL_RUN_STALE_SECONDS", visibility + 120, 1),
-        reaper_interval_seconds=_int(env, "ETL_REAPER_INTERVAL_SECONDS", 60, 1),
-        consensus_disagreement_share=_float(env, "CONSENSUS_DISAGREEMENT_SHARE", 0.02),
-        backfill_max_days=_int(env, "BACKFILL_MAX_DAYS", 365, 1),
-        backfill_chunk_days=_int(env, "BACKFILL_CHUNK_DAYS", 90, 1, 3650),
-        backfill_quota_share=_share(env, "BACKFILL_QUOTA_SHARE", 0.5),
+        reaper_interval_seconds=_int(env, "ETL_REAPER_INTERVAL_SECONDS", minimum=1),
+        consensus_disagreement_share=_float(env, "CONSENSUS_DISAGREEMENT_SHARE"),
+        backfill_max_days=_int(env, "BACKFILL_MAX_DAYS", minimum=1),
+        backfill_chunk_days=_int(env, "BACKFILL_CHUNK_DAYS", minimum=1, maximum=3650),
+        backfill_quota_share=_share(env, "BACKFILL_QUOTA_SHARE"),
         quality_stale_seconds_by_source={
-            source: _int(env, f"QUALITY_STALE_SECONDS_{source.upper()}",
-                         QUALITY_STALE_SECONDS_DEFAULT.get(source, 0), 0)
+            source: _int(env, f"QUALITY_STALE_SECONDS_{source.upper()}")
             for source in SOURCES},
-        quality_jump_factor=_float(env, "QUALITY_JUMP_FACTOR", 10.0),
-        quality_outlier_pct=_float(env, "QUALITY_OUTLIER_PCT", 10.0),
-        quality_mcap_volume_ratio=_float(env, "QUALITY_MCAP_VOLUME_RATIO", 1e8),
-        quality_mcap_supply_factor=_float(env, "QUALITY_MCAP_SUPPLY_FACTOR", 2.0),
-        quality_max_market_cap_usd=_float(env, "QUALITY_MAX_MARKET_CAP_USD", 1e13),
-        consensus_window_seconds=_int(env, "CONSENSUS_WINDOW_SECONDS", 3600, 1),
-        anomaly_lookback_runs=_int(env, "ANOMALY_LOOKBACK_RUNS", 20, 1),
-        anomaly_min_history=_int(env, "ANOMALY_MIN_HISTORY", 5, 1),
-        anomaly_ratio=_float(env, "ANOMALY_RATIO", 5.0),
-        anomaly_robust_z=_float(env, "ANOMALY_ROBUST_Z", 5.0),
-        anomaly_failure_streak=_int(env, "ANOMALY_FAILURE_STREAK", 3, 1),
-        anomaly_reject_rate_jump=_float(env, "ANOMALY_REJECT_RATE_JUMP", 0.1),
+        quality_jump_factor=_float(env, "QUALITY_JUMP_FACTOR"),
+        quality_outlier_pct=_float(env, "QUALITY_OUTLIER_PCT"),
+        quality_mcap_volume_ratio=_float(env, "QUALITY_MCAP_VOLUME_RATIO"),
+        quality_mcap_supply_factor=_float(env, "QUALITY_MCAP_SUPPLY_FACTOR"),
+        quality_max_market_cap_usd=_float(env, "QUALITY_MAX_MARKET_CAP_USD"),
+        consensus_window_seconds=_int(env, "CONSENSUS_WINDOW_SECONDS", minimum=1),
+        anomaly_lookback_runs=_int(env, "ANOMALY_LOOKBACK_RUNS", minimum=1),
+        anomaly_min_history=_int(env, "ANOMALY_MIN_HISTORY", minimum=1),
+        anomaly_ratio=_float(env, "ANOMALY_RATIO"),
+        anomaly_robust_z=_float(env, "ANOMALY_ROBUST_Z"),
+        anomaly_failure_streak=_int(env, "ANOMALY_FAILURE_STREAK", minimum=1),
+        anomaly_reject_rate_jump=_float(env, "ANOMALY_REJECT_RATE_JUMP"),
         enabled_sources=enabled,
-        api_read_rate_limit=_quota(env, "API_READ_RATE_LIMIT", "600/minute"),
-        api_jobs_rate_limit=_quota(env, "API_JOBS_RATE_LIMIT", "10/minute"),
-        api_auth_fail_rate_limit=_quota(env, "API_AUTH_FAIL_RATE_LIMIT", "20/minute"),
+        api_read_rate_limit=_quota(env, "API_READ_RATE_LIMIT"),
+        api_jobs_rate_limit=_quota(env, "API_JOBS_RATE_LIMIT"),
+        api_auth_fail_rate_limit=_quota(env, "API_AUTH_FAIL_RATE_LIMIT"),
         freshness_seconds_by_source={k: v for k, v in freshness.items() if v > 0},
         slack_webhook_url=_opt(env, "SLACK_WEBHOOK_URL"),
         alert_webhook_url=_opt(env, "ALERT_WEBHOOK_URL"),
         apprise_urls=_opt(env, "APPRISE_URLS"),
-        notify_reminder_seconds=_int(env, "NOTIFY_REMINDER_SECONDS", 3600, 1),
-        notify_escalate_after=_int(env, "NOTIFY_ESCALATE_AFTER", 3, 1),
-        notify_timeout_seconds=_float(env, "NOTIFY_TIMEOUT_SECONDS", 5.0),
-        notify_evaluate_seconds=_int(env, "NOTIFY_EVALUATE_SECONDS", 60, 1),
+        notify_reminder_seconds=_int(env, "NOTIFY_REMINDER_SECONDS", minimum=1),
+        notify_escalate_after=_int(env, "NOTIFY_ESCALATE_AFTER", minimum=1),
+        notify_timeout_seconds=_float(env, "NOTIFY_TIMEOUT_SECONDS"),
+        notify_evaluate_seconds=_int(env, "NOTIFY_EVALUATE_SECONDS", minimum=1),
         # PostgreSQL takes statement_timeout up to INT_MAX milliseconds.
-        api_statement_timeout_ms=_int(env, "API_STATEMENT_TIMEOUT_MS", 5000, 0, 2**31 - 1),
-        api_export_statement_timeout_ms=_int(env, "API_EXPORT_STATEMENT_TIMEOUT_MS", 25000, 0,
-                                             2**31 - 1),
+        api_statement_timeout_ms=_int(env, "API_STATEMENT_TIMEOUT_MS", maximum=2**31 - 1),
+        api_export_statement_timeout_ms=_int(env, "API_EXPORT_STATEMENT_TIMEOUT_MS",
+                                             maximum=2**31 - 1),
     )
 
 

@@ -86,12 +86,10 @@ def ratelimit_defaults(app: Flask, redis_url: str) -> None:
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
     # A Redis outage must not turn reads into 500s (health reports the broker instead).
     app.config.setdefault("RATELIMIT_SWALLOW_ERRORS", True)
-    settings = app.config.get("SETTINGS")
-    app.config.setdefault("RATELIMIT_JOBS", getattr(settings, "api_jobs_rate_limit", "10/minute"))
-    app.config.setdefault("RATELIMIT_READS",
-                          getattr(settings, "api_read_rate_limit", "600/minute"))
-    app.config.setdefault("RATELIMIT_AUTH_FAIL",
-                          getattr(settings, "api_auth_fail_rate_limit", "20/minute"))
+    settings = app.config["SETTINGS"]
+    app.config.setdefault("RATELIMIT_JOBS", settings.api_jobs_rate_limit)
+    app.config.setdefault("RATELIMIT_READS", settings.api_read_rate_limit)
+    app.config.setdefault("RATELIMIT_AUTH_FAIL", settings.api_auth_fail_rate_limit)
 
 
 class _HitScript(threading.local):

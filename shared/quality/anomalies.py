@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from shared.config import DEFAULTS
 from shared.models import Anomaly as AnomalyRow
 from shared.models import DriftEvent, Run
 
@@ -32,14 +33,17 @@ _MAD_SCALE = 1.4826
 
 @dataclass(frozen=True)
 class AnomalyThresholds:
-    """Limits of the run rules; `from_settings` reads them from Settings."""
+    """Limits of the run rules; `from_settings` reads them from Settings.
 
-    lookback_runs: int = 20
-    min_history: int = 5
-    ratio: float = 5.0
-    robust_z: float = 5.0
-    failure_streak: int = 3
-    reject_rate_jump: float = 0.1
+    The defaults are the settings' own (shared.config.DEFAULTS).
+    """
+
+    lookback_runs: int = DEFAULTS["ANOMALY_LOOKBACK_RUNS"]
+    min_history: int = DEFAULTS["ANOMALY_MIN_HISTORY"]
+    ratio: float = DEFAULTS["ANOMALY_RATIO"]
+    robust_z: float = DEFAULTS["ANOMALY_ROBUST_Z"]
+    failure_streak: int = DEFAULTS["ANOMALY_FAILURE_STREAK"]
+    reject_rate_jump: float = DEFAULTS["ANOMALY_REJECT_RATE_JUMP"]
 
     @classmethod
     def from_settings(cls, settings: Any) -> "AnomalyThresholds":

@@ -9,6 +9,8 @@ from itertools import islice
 from operator import le, mul, truediv
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from shared.config import DEFAULTS, SOURCES
+
 # Flag kinds, in the order a reader should care about them.
 STALE = "stale"
 IMPLAUSIBLE = "implausible"
@@ -23,17 +25,20 @@ Flag = dict[str, Any]
 
 @dataclass(frozen=True)
 class QualityThresholds:
-    """The limits the checks apply; `from_settings` reads them from Settings."""
+    """The limits the checks apply; `from_settings` reads them from Settings.
+
+    The defaults are the settings' own (shared.config.DEFAULTS).
+    """
 
     # Seconds between observation and fetch after which a source's quote is stale; 0 = off.
-    stale_seconds: Mapping[str, int] = field(
-        default_factory=lambda: {"coingecko": 3600, "coinpaprika": 3600, "csv": 0})
-    jump_factor: float = 10.0
-    outlier_pct: float = 10.0
-    outlier_window_seconds: int = 3600
-    mcap_volume_ratio: float = 1e8
-    mcap_supply_factor: float = 2.0
-    max_market_cap_usd: float = 1e13
+    stale_seconds: Mapping[str, int] = field(default_factory=lambda: {
+        source: DEFAULTS[f"QUALITY_STALE_SECONDS_{source.upper()}"] for source in SOURCES})
+    jump_factor: float = DEFAULTS["QUALITY_JUMP_FACTOR"]
+    outlier_pct: float = DEFAULTS["QUALITY_OUTLIER_PCT"]
+    outlier_window_seconds: int = DEFAULTS["CONSENSUS_WINDOW_SECONDS"]
+    mcap_volume_ratio: float = DEFAULTS["QUALITY_MCAP_VOLUME_RATIO"]
+    mcap_supply_factor: float = DEFAULTS["QUALITY_MCAP_SUPPLY_FACTOR"]
+    max_market_cap_usd: float = DEFAULTS["QUALITY_MAX_MARKET_CAP_USD"]
 
     @classmethod
     def from_settings(cls, settings: Any) -> "QualityThresholds":

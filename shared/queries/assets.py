@@ -102,7 +102,7 @@ def price_consensus(quotes: Sequence[CurrentQuote], threshold: float) -> Consens
 
 
 def asset_detail(session: Session, ref: str, disagreement_share: float,
-                 window_seconds: int = 3600) -> AssetDetail:
+                 window_seconds: int) -> AssetDetail:
     """Everything known now about one asset, across sources, with the windowed consensus."""
     asset = resolve_asset(session, ref)
     source_ids = session.scalars(
