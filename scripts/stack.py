@@ -383,13 +383,17 @@ def run_stack(var_dir: Path = VAR_DIR, tail: bool = True) -> int:
         if migrate.returncode != 0:
             raise StackError(f"migrations failed (exit {migrate.returncode})")
 
+        from shared.task_names import queues
+
         commands = {
             # Workers, worker class and logging: api/serving/gunicorn_conf.py (shared with docker
             # compose and make bench); only the address is set here.
             "api": [sys.executable, "-m", "gunicorn", "-c", "python:api.serving.gunicorn_conf",
                     "api:create_app()", "-b", f"127.0.0.1:{port}"],
+            # One worker for every queue (shared/task_names.py); concurrency:
+            # shared/celery_config.py.
             "worker": [sys.executable, "-m", "celery", "-A", "worker", "worker",
-                       "-l", "INFO"],  # concurrency: shared/celery_config.py
+                       "-l", "INFO", "-Q", ",".join(queues())],
             "beat": [sys.executable, "-m", "celery", "-A", "worker", "beat", "-l", "INFO",
                      "-s", str(Path(var_dir) / "celerybeat-schedule")],
         }

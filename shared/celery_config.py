@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared import task_names
 from shared.config import Settings
 
 
@@ -40,6 +41,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "result_expires": 24 * 3600,
         "task_track_started": True,
+        # Every queue declared (each with a direct exchange of its name, as Celery makes one
+        # for a queue it meets): a worker without `-Q` consumes them all, one with `-Q` the
+        # ones named (the Redis transport only polls queues it has declared).
+        "task_queues": {name: {"exchange": name, "routing_key": name}
+                        for name in task_names.queues()},
+        "task_default_queue": task_names.DEFAULT_QUEUE,
+        "task_routes": {name: {"queue": queue} for name, queue in task_names.routes().items()},
         "worker_hijack_root_logger": False,
         "worker_send_task_events": True,
         "task_send_sent_event": True,

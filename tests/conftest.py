@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ import redis
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
+from shared import task_names
 from shared.config import Settings, load_settings, normalize_database_url, reset_settings
 from shared.models import Base
 
@@ -24,7 +26,8 @@ TEST_TOKEN = "test-token-" + uuid.uuid4().hex
 # Every broker key of this session carries this prefix, so concurrent test sessions sharing
 # one Redis database never consume each other's tasks.
 BROKER_PREFIX = f"kt-{uuid.uuid4().hex[:8]}:"
-QUEUE_KEY = BROKER_PREFIX + "celery"
+# This session's Redis list of each queue (shared/task_names.py), by queue name.
+QUEUE_KEYS = {queue: BROKER_PREFIX + queue for queue in task_names.queues()}
 UNACKED_KEY = BROKER_PREFIX + "unacked"
 # Tables the migrations fill and the tests must not empty: data_version's single row is the
 # API's cache key and its version must never go back (the trigger only updates it).
@@ -170,22 +173,39 @@ def count(engine: Engine, table: str, where: str = "TRUE", **params: Any) -> int
                    .scalar_one())
 
 
-def queued_messages(redis_url: str) -> int:
-    """Task messages waiting in this session's default queue (none taken by a worker yet)."""
+def queued_messages(redis_url: str, *queues: str) -> int:
+    """Task messages waiting in this session's `queues` (all of them when none is named),
+    none taken by a worker yet."""
     client = redis.Redis.from_url(redis_url)
     try:
-        return int(client.llen(QUEUE_KEY))
+        return sum(int(client.llen(QUEUE_KEYS[queue])) for queue in queues or QUEUE_KEYS)
+    finally:
+        client.close()
+
+
+def queue_lengths(redis_url: str) -> dict[str, int]:
+    """Messages waiting per queue of this session, and `unacked`: delivered, not acknowledged."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        lengths = {queue: int(client.llen(key)) for queue, key in QUEUE_KEYS.items()}
+        return {**lengths, "unacked": int(client.hlen(UNACKED_KEY))}
     finally:
         client.close()
 
 
 class WorkerProcess:
-    """A real `celery -A worker worker` subprocess with its own log file."""
+    """A real `celery -A worker worker` subprocess with its own log file and node name.
+
+    `queues`: its `-Q`; None passes no `-Q`, so it consumes every queue the shared config
+    declares (as the worker image's default command does).
+    """
 
     def __init__(self, env: dict[str, str], log_path: Path, concurrency: int = 2,
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (), queues: tuple[str, ...] | None = None
+                 ) -> None:
         self.env, self.log_path = env, log_path
-        self.concurrency, self.extra_args = concurrency, extra_args
+        self.concurrency, self.extra_args, self.queues = concurrency, extra_args, queues
+        self.node = f"test-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30) -> "WorkerProcess":
@@ -194,7 +214,9 @@ class WorkerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "worker", "worker", "-l", "INFO",
              "-c", str(self.concurrency), "--without-gossip", "--without-mingle",
-             "--without-heartbeat", "-n", f"test-{uuid.uuid4().hex[:8]}@%h", *self.extra_args],
+             "--without-heartbeat", "-n", self.node,
+             *(("-Q", ",".join(self.queues)) if self.queues is not None else ()),
+             *self.extra_args],
             cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )

@@ -8,7 +8,7 @@ from pathlib import Path
 import redis
 
 from scripts import stack
-from tests.conftest import QUEUE_KEY
+from tests.conftest import QUEUE_KEYS
 
 
 class RedisServer:
@@ -55,9 +55,9 @@ class RedisServer:
         assert not stack.port_answers("127.0.0.1", self.port)
 
     def queued(self) -> int:
-        """Task messages waiting in this test session's default queue on this server."""
+        """Task messages waiting in this test session's queues on this server."""
         client = redis.Redis.from_url(self.url)
         try:
-            return int(client.llen(QUEUE_KEY))
+            return sum(int(client.llen(key)) for key in QUEUE_KEYS.values())
         finally:
             client.close()

@@ -22,6 +22,8 @@ from kubernetes_validate.utils import ValidationError
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from shared import task_names
+from shared.celery_config import celery_config
 from shared.config import SOURCES, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,8 +32,6 @@ WORKFLOWS = ROOT / ".github" / "workflows"
 LOCKS = ROOT / "requirements"
 # A release kubernetes-validate bundles; the manifests use only APIs stable long before it.
 K8S_VERSION = "1.31.0"
-# Queues outside the sources: Celery's default (normalize, ticks, reaper), backfills, notify.
-NON_SOURCE_QUEUES = {"celery", "backfill", "notify"}
 APP_SECRET = "kasparro-secrets"
 APP_CONFIG = "kasparro-config"
 
@@ -297,8 +297,30 @@ def test_the_queue_list_covers_every_source_and_no_queue_twice() -> None:
     groups = _queue_groups()
     queues = [q for group in groups.values() for q in group]
     assert len(queues) == len(set(queues)), queues
-    assert set(queues) == set(SOURCES) | NON_SOURCE_QUEUES
+    assert set(queues) == set(SOURCES) | {"celery", "backfill", "notify"}
     assert groups["worker-csv"] == ["csv"]
+
+
+def test_the_deployed_queues_are_the_codes(objects: list[tuple[Path, dict[str, Any]]]) -> None:
+    """deploy/queues.yaml, the workers' `-Q` in the manifests and in compose name exactly the
+    queues the shared Celery config declares and routes to (shared/task_names.py)."""
+    code = set(task_names.queues())
+    config = celery_config(load_settings({"DATABASE_URL": "postgresql://u@h/d"}))
+    assert set(config["task_queues"]) == code
+    assert config["task_default_queue"] in code
+    routed = {route["queue"] for route in config["task_routes"].values()}
+    assert routed | {config["task_default_queue"]} == code  # no queue nobody sends to
+    assert {q for group in _queue_groups().values() for q in group} == code
+    deployed = [q for _, doc in objects if doc["kind"] == "Deployment"
+                for command in [_containers(doc)[0]["command"]] if "-Q" in command
+                for q in _flag(command, "-Q").split(",")]
+    assert sorted(deployed) == sorted(code)  # each queue consumed by exactly one group
+    assert task_names.queue_of(task_names.extract("csv")) == "csv"
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["worker"]
+    assert _flag(compose["command"], "-Q").split(",") == list(task_names.queues())
+    # The image's default command has no -Q: a bare worker consumes every declared queue.
+    cmd = (ROOT / "Dockerfile.worker").read_text().splitlines()[-1]
+    assert cmd.startswith("CMD [") and "-Q" not in cmd
 
 
 def test_each_queue_group_has_a_worker_consuming_exactly_its_queues(

@@ -26,6 +26,7 @@ from api.http.read_timeout import (
     count_timeout, is_statement_timeout, timeout_counts, use_probe_timeout,
 )
 from api.resources.health import check_workers
+from shared import task_names
 from shared.queries.freshness import STATES, SourceState, source_states
 from shared.queries.notifications import notification_counts
 from shared.models import TERMINAL_STATUSES
@@ -35,8 +36,6 @@ blp = Blueprint("metrics", __name__)
 # The scrape's reads have the probes' own bound (api/http/read_timeout.py), and what times out is
 # left out rather than failing the scrape.
 blp.before_request(use_probe_timeout)
-# Celery's default queue: the only one the app routes to.
-QUEUE = "celery"
 
 
 class _EtlCollector:
@@ -176,8 +175,8 @@ def _queue_depths() -> dict[str, int]:
     prefix = settings.broker_key_prefix
     # redis-py types its sync and asyncio clients alike (int | Awaitable[int]); this is sync.
     try:
-        return {QUEUE: cast(int, client.llen(prefix + QUEUE)),
-                "unacked": cast(int, client.hlen(prefix + "unacked"))}
+        depths = {queue: cast(int, client.llen(prefix + queue)) for queue in task_names.queues()}
+        return {**depths, "unacked": cast(int, client.hlen(prefix + "unacked"))}
     finally:
         client.close()
 

@@ -59,7 +59,10 @@ def test_source_gauges_queue_and_workers(clean_db: Engine, base_env: dict[str, s
     # Never succeeded: no timestamp sample rather than a misleading 0.
     assert ("kasparro_source_last_success_timestamp_seconds",
             (("source", "coinpaprika"),)) not in samples
-    assert get("kasparro_queue_depth", queue="celery") == 3
+    # notify.evaluate is routed to the notify queue; every other queue is reported, empty.
+    assert get("kasparro_queue_depth", queue="notify") == 3
+    assert get("kasparro_queue_depth", queue="celery") == get("kasparro_queue_depth",
+                                                              queue="csv") == 0
     assert get("kasparro_workers_online") == 0
 
 

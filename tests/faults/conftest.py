@@ -15,13 +15,12 @@ from typing import Any, Callable, Iterator
 
 import psutil
 import pytest
-import redis
 from sqlalchemy import Engine, text
 
 from shared.ingest.publish import unpublished
 from shared.ingest.execute import source_lock_key
 from scripts import stack
-from tests.conftest import ALL_RAW, QUEUE_KEY, ROOT, UNACKED_KEY, count
+from tests.conftest import ALL_RAW, ROOT, count, queue_lengths
 from tests.helpers.waiting import wait_for_job
 
 HEADER = "SNo,Name,Symbol,Date,High,Low,Open,Close,Volume,Marketcap\n"
@@ -170,12 +169,9 @@ class Fault:
         assert (dup_quotes, dup_raw) == (0, 0)
         assert count(self.engine, ALL_RAW) == expected_rows
         assert unpublished_quotes(self.engine) == [], "committed quotes not in current_quotes"
-        client = redis.Redis.from_url(self.redis_url)
-        try:
-            assert client.llen(QUEUE_KEY) == 0
-            assert client.hlen(UNACKED_KEY) == 0
-        finally:
-            client.close()
+        # Every queue (shared/task_names.py) empty, nothing delivered and unacknowledged.
+        lengths = queue_lengths(self.redis_url)
+        assert lengths == dict.fromkeys(lengths, 0), lengths
         self.watcher.stop()
         assert self.watcher.regressions == []
 
@@ -256,21 +252,18 @@ def freeze_source_run(engine: Engine, worker: Any, source: str, timeout: float =
 
 
 def wait_broker_drained(engine: Engine, redis_url: str, timeout: float = 120) -> None:
-    """Until no message is queued or unacknowledged and no run or job is active, seen twice
-    0.5 s apart (a message a worker has just popped is briefly in neither Redis key)."""
+    """Until no message is queued (on any queue) or unacknowledged and no run or job is
+    active, seen twice 0.5 s apart (a message a worker has just popped is briefly in neither
+    Redis key)."""
     deadline = time.monotonic() + timeout
-    client = redis.Redis.from_url(redis_url)
     quiet = 0
-    try:
-        while quiet < 2:
-            assert time.monotonic() < deadline, "broker or runs still busy past the deadline"
-            busy = (client.llen(QUEUE_KEY) or client.hlen(UNACKED_KEY)
-                    or count(engine, "runs", "status IN ('queued','running')")
-                    or count(engine, "jobs", "status IN ('queued','running')"))
-            quiet = 0 if busy else quiet + 1
-            time.sleep(0.5)
-    finally:
-        client.close()
+    while quiet < 2:
+        assert time.monotonic() < deadline, "broker or runs still busy past the deadline"
+        busy = (any(queue_lengths(redis_url).values())
+                or count(engine, "runs", "status IN ('queued','running')")
+                or count(engine, "jobs", "status IN ('queued','running')"))
+        quiet = 0 if busy else quiet + 1
+        time.sleep(0.5)
 
 
 @pytest.fixture

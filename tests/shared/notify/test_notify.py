@@ -8,14 +8,13 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-import redis
 from sqlalchemy import Engine, text
 
 from shared import task_names
 from shared.config import Settings, load_settings
 from shared.db import unit_of_work
 from shared.notify import evaluate, send_notification
-from tests.conftest import QUEUE_KEY
+from tests.conftest import queued_messages
 from tests.helpers.broker import sender
 from tests.helpers.runs import add_run
 from tests.helpers.webhooks import Receiver
@@ -148,7 +147,7 @@ def test_failing_receivers_never_delay_the_evaluation(
     for notification_id in ids:
         broker.send_task(task_names.NOTIFY_SEND, args=[notification_id])
     enqueued = time.perf_counter()
-    assert len(ids) == 2 and redis.Redis.from_url(redis_url).llen(QUEUE_KEY) == 2
+    assert len(ids) == 2 and queued_messages(redis_url, "notify") == 2
     evaluate_ms, enqueue_ms = (evaluated - started) * 1000, (enqueued - evaluated) * 1000
     record_property("evaluate_ms", round(evaluate_ms, 1))
     record_property("enqueue_ms", round(enqueue_ms, 1))
@@ -273,7 +272,7 @@ def test_request_evaluation_never_raises_nor_hangs_with_the_broker_down(
     started = time.perf_counter()
     assert request_evaluation(sender(settings), run_id=7) is True
     ok_ms = (time.perf_counter() - started) * 1000
-    assert redis.Redis.from_url(redis_url).llen(QUEUE_KEY) == 1
+    assert queued_messages(redis_url, "notify") == 1
     dead = load_settings({**base_env, "REDIS_URL": "redis://127.0.0.1:1/0"})
     started = time.perf_counter()
     assert request_evaluation(sender(dead), run_id=7) is False
