@@ -93,11 +93,14 @@ def remove_tree(tree: CodeTree) -> None:
         _git("worktree", "prune")
 
 
-def worker_argv(tree: CodeTree) -> list[str]:
-    """The worker command line of the tree's `make run` (its scripts/stack.py, read not run).
+def worker_argv(tree: CodeTree, env: dict[str, str] | None = None) -> list[str]:
+    """The worker command line of the tree's `make run` (its scripts/stack.py).
 
-    run_stack's `commands` dict maps "worker" to a list of `sys.executable` and strings; a
-    tree where that cannot be read gets DEFAULT_WORKER_ARGV (main's, as of this writing).
+    run_stack's `commands` dict maps "worker" to a list. Its literal items are read here; any
+    other item (e.g. `",".join(queues())`, the queues of that tree) is evaluated by a process
+    of the tree, in the namespace of the tree's own scripts.stack plus the imports it makes
+    anywhere, where `sys.executable` is this venv's Python as well. A tree where no such list
+    is found gets DEFAULT_WORKER_ARGV.
     """
     try:
         module = ast.parse((tree.root / "scripts" / "stack.py").read_text())
@@ -107,20 +110,45 @@ def worker_argv(tree: CodeTree) -> list[str]:
         if not isinstance(node, ast.Dict):
             continue
         for key, value in zip(node.keys, node.values):
-            if not (isinstance(key, ast.Constant) and key.value == "worker"
+            if (isinstance(key, ast.Constant) and key.value == "worker"
                     and isinstance(value, ast.List)):
-                continue
-            argv: list[str] = []
-            for element in value.elts:
-                if isinstance(element, ast.Constant) and isinstance(element.value, str):
-                    argv.append(element.value)
-                elif ast.unparse(element) == "sys.executable":
-                    argv.append(sys.executable)
-                else:
-                    break
-            else:
-                return argv
+                return _evaluate(tree, module, value.elts, env or dict(os.environ))
     return [sys.executable, *DEFAULT_WORKER_ARGV]
+
+
+# In a process of the tree: its launcher's namespace plus every import the launcher makes
+# anywhere (some are local to run_stack), then the items.
+_EVALUATE = (
+    "import json, sys\n"
+    "import scripts.stack as launcher\n"
+    "space = dict(vars(launcher))\n"
+    "imports, items = json.loads(sys.argv[1])\n"
+    "for statement in imports:\n"
+    "    try:\n"
+    "        exec(statement, space)\n"
+    "    except Exception:\n"
+    "        pass\n"
+    "print(json.dumps([str(eval(item, space)) for item in items]))\n"
+)
+
+
+def _evaluate(tree: CodeTree, module: ast.Module, items: list[ast.expr],
+              env: dict[str, str]) -> list[str]:
+    """The items of a command list: literals as they are, the rest evaluated in the tree."""
+    if all(isinstance(i, ast.Constant) and isinstance(i.value, str)
+           or ast.unparse(i) == "sys.executable" for i in items):
+        return [i.value if isinstance(i, ast.Constant) else sys.executable for i in items]
+    imports = [ast.unparse(n) for n in ast.walk(module)
+               if isinstance(n, (ast.Import, ast.ImportFrom))]
+    done = subprocess.run(
+        [sys.executable, "-c", _EVALUATE,
+         json.dumps([imports, [ast.unparse(i) for i in items]])],
+        cwd=tree.root, env=tree.python_env(env), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"could not read the worker command of {tree.root}/scripts/stack.py:"
+                           f" {done.stderr[-2000:]}")
+    argv: list[str] = json.loads(done.stdout.strip().splitlines()[-1])
+    return argv
 
 
 def _redis_url(base: str, db: int) -> str:
@@ -207,7 +235,7 @@ class TreeStack:
 
     def _start_worker(self) -> subprocess.Popen[bytes]:
         log = self.log_dir / "worker.log"
-        argv = worker_argv(self.tree) + ["-n", f"{self.name}-{uuid.uuid4().hex[:6]}@%h"]
+        argv = worker_argv(self.tree, self.env) + ["-n", f"{self.name}-{uuid.uuid4().hex[:6]}@%h"]
         start = log.stat().st_size if log.exists() else 0
         with log.open("ab") as out:
             proc = subprocess.Popen(argv, cwd=self.tree.root, env=self.env, stdout=out,
