@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from types import ModuleType
+from typing import Any, Mapping, NamedTuple
 
 from flask import Flask
 from werkzeug.routing import IntegerConverter
@@ -15,7 +16,21 @@ from api.http.envelope import init_request_ids
 from api.http.errors import JsonErrorsApi, init_error_handlers
 from api.extensions import migrate
 from api.http.limits import init_limits, ratelimit_defaults
-from api.resources import docs_assets, index
+from api.resources import (
+    anomalies,
+    backfills,
+    data,
+    docs_assets,
+    health,
+    history,
+    index,
+    jobs,
+    metrics,
+    raw,
+    runs,
+    stats,
+    status,
+)
 from api.http.security import init_security_headers
 from shared.config import Settings, get_settings
 from shared.logging_setup import configure_logging
@@ -24,6 +39,37 @@ from shared.queries.paging import BIGINT_MAX
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 log = logging.getLogger(__name__)
+
+
+class Resource(NamedTuple):
+    """How the app serves a resource module's blueprint (`blp`)."""
+
+    module: ModuleType
+    # JSON, in the OpenAPI spec; else beside it (Prometheus text, HTML, Swagger UI's files).
+    in_spec: bool
+    # Its reads count against API_READ_RATE_LIMIT (api/http/limits.py).
+    reads_counted: bool
+    # Its POSTs count against API_JOBS_RATE_LIMIT, after authentication (api/http/auth.py).
+    job_quota: bool = False
+
+
+# Every resource, in the order the app registers them.
+RESOURCES = (
+    Resource(data, True, True),
+    Resource(history, True, True),
+    Resource(raw, True, True),
+    Resource(jobs, True, True, job_quota=True),
+    Resource(runs, True, True),
+    Resource(stats, True, True),
+    Resource(health, True, True),
+    Resource(anomalies, True, True),
+    # A backfill is a job's worth of upstream work: POST /backfills counts in the jobs quota.
+    Resource(backfills, True, True, job_quota=True),
+    Resource(metrics, False, True),
+    Resource(index, False, False),  # the links page for people
+    Resource(status, False, True),
+    Resource(docs_assets, False, False),
+)
 
 
 class IdConverter(IntegerConverter):
@@ -78,22 +124,11 @@ def create_app(
     api.register_converter(IdConverter, _id_param_schema)
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
 
-    from api.resources import anomalies, backfills, data, health, history, jobs, raw, runs, stats
-
-    for module in (data, history, raw, jobs, runs, stats, health, anomalies, backfills):
-        api.register_blueprint(module.blp)
-    limiter = init_limits(app, [data.blp, history.blp, raw.blp, jobs.blp, runs.blp, stats.blp,
-                                anomalies.blp, backfills.blp], jobs.blp)
-    # A backfill is a job's worth of upstream work: POST /backfills counts in the jobs quota.
-    limiter.writes[(backfills.blp.name, "POST")] = limiter.writes[(jobs.blp.name, "POST")]
-    from api.resources import metrics
-
-    app.register_blueprint(metrics.blp)  # text, not JSON: outside the OpenAPI spec
-    app.register_blueprint(index.blp)  # for people (HTML) first: outside the spec too
-    from api.resources import status
-
-    app.register_blueprint(status.blp)  # HTML pages: outside the spec, limited as reads
-    app.register_blueprint(docs_assets.blp)
+    for resource in RESOURCES:
+        register = api.register_blueprint if resource.in_spec else app.register_blueprint
+        register(resource.module.blp)
+    init_limits(app, [r.module.blp for r in RESOURCES if r.reads_counted],
+                [r.module.blp for r in RESOURCES if r.job_quota])
     init_error_handlers(app, api)
     init_cli(app)
     return app

@@ -2,9 +2,11 @@
 
 Three quotas per client, each a fixed window, configured by API_READ_RATE_LIMIT,
 API_JOBS_RATE_LIMIT and API_AUTH_FAIL_RATE_LIMIT (shared.config):
-- reads: every GET/HEAD/OPTIONS of the read blueprints, health (its database, broker and
-  worker checks) and metrics included; only /health/live (no I/O, the liveness probe) is exempt;
-- jobs: POST /jobs with a valid token, counted after authentication (api.http.auth);
+- reads: every GET/HEAD/OPTIONS of the blueprints api/app.py counts (RESOURCES), health (its
+  database, broker and worker checks) and metrics included; only /health/live (no I/O, the
+  liveness probe) is exempt;
+- jobs: POST /jobs and /backfills with a valid token, counted after authentication
+  (api.http.auth);
 - auth failures: requests refused for a missing or wrong token. They never use up the
   operator's job quota; once a client has used up this one, every write of that client is a
   429 before its token is even compared, so guessing stays slow.
@@ -28,15 +30,11 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import redis
-from flask import Flask, Response, g, request
-from flask_smorest import Blueprint
+from flask import Blueprint, Flask, Response, g, request
 from limits import parse as parse_limit
 from werkzeug.exceptions import TooManyRequests
 
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
-# Blueprints of operations endpoints, counted as reads: app.py registers metrics after the
-# limiter is attached, so they are named here rather than passed in.
-OPERATIONS_BLUEPRINTS = ("health", "metrics", "status")
 # Endpoints never counted: the liveness probe must answer whatever a client does.
 EXEMPT_ENDPOINTS = frozenset({"health.Live"})
 
@@ -137,7 +135,7 @@ class RateLimiter:
     """
 
     def __init__(self, app: Flask, read_blueprints: list[Blueprint],
-                 jobs_blueprint: Blueprint) -> None:
+                 job_blueprints: list[Blueprint]) -> None:
         config = app.config
         self.enabled = bool(config["RATELIMIT_ENABLED"])
         self.headers = bool(config["RATELIMIT_HEADERS_ENABLED"])
@@ -146,12 +144,11 @@ class RateLimiter:
         reads = ("reads", Quota.parse(str(config["RATELIMIT_READS"])))
         jobs = ("jobs", Quota.parse(str(config["RATELIMIT_JOBS"])))
         self.auth_fail = ("auth_fail", Quota.parse(str(config["RATELIMIT_AUTH_FAIL"])))
-        names = [blp.name for blp in read_blueprints] + list(OPERATIONS_BLUEPRINTS)
         # (blueprint name, method) -> the quota it counts against.
         self.scopes: dict[tuple[str, str], tuple[str, Quota]] = {
-            (name, method): reads for name in names for method in READ_METHODS}
+            (blp.name, method): reads for blp in read_blueprints for method in READ_METHODS}
         self.writes: dict[tuple[str, str], tuple[str, Quota]] = {
-            (jobs_blueprint.name, "POST"): jobs}
+            (blp.name, "POST"): jobs for blp in job_blueprints}
         self.hit = _HitScript(str(config["RATELIMIT_STORAGE_URI"]),
                               dict(config["RATELIMIT_STORAGE_OPTIONS"]))
 
@@ -217,9 +214,10 @@ class RateLimiter:
 
 
 def init_limits(app: Flask, read_blueprints: list[Blueprint],
-                jobs_blueprint: Blueprint) -> RateLimiter:
-    """Attach the limiter: a shared read quota per client, a POST /jobs quota, auth failures."""
-    limiter = RateLimiter(app, read_blueprints, jobs_blueprint)
+                job_blueprints: list[Blueprint]) -> RateLimiter:
+    """Attach the limiter: a shared read quota per client, one quota for the POSTs that queue
+    jobs (/jobs, /backfills), and one for auth failures."""
+    limiter = RateLimiter(app, read_blueprints, job_blueprints)
     app.before_request(limiter.check)
     app.after_request(limiter.add_headers)
     app.extensions["rate_limiter"] = limiter
