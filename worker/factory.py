@@ -10,7 +10,9 @@ from shared import task_names
 from shared.celery_config import celery_config
 from shared.config import get_settings
 from shared.db import dispose_engine
+from shared.jobs.schedule import ETL_ENTRY, tick_time
 from shared.logging_setup import configure_logging
+from worker.beat_schedule import etl_entry
 
 
 def create_celery_app() -> Celery:
@@ -21,10 +23,8 @@ def create_celery_app() -> Celery:
                  include=["worker.tasks", "worker.notify_tasks", "worker.backfill_tasks"])
     app.conf.update(celery_config(settings))
     app.conf.beat_schedule = {
-        "incremental-etl": {
-            "task": task_names.SCHEDULE_TICK,
-            "schedule": float(settings.etl_schedule_seconds),
-        },
+        # One job per tick even if a second beat runs (shared.jobs.schedule).
+        ETL_ENTRY: etl_entry(settings.etl_schedule_seconds),
         "reap-stale-runs": {
             "task": task_names.REAP_STALE_RUNS,
             "schedule": float(settings.reaper_interval_seconds),
@@ -51,5 +51,9 @@ def _close_engine(**_: Any) -> None:
 
 @beat_init.connect
 def _tick_at_start(sender: Any, **_: Any) -> None:
-    # A fresh stack fills itself right away instead of after the first interval.
-    sender.app.send_task(task_names.SCHEDULE_TICK)
+    # A fresh stack fills itself right away instead of after the first interval. The tick is
+    # the current interval's: a beat (re)started after it was done, or a second beat, adds
+    # no job.
+    interval = get_settings().etl_schedule_seconds
+    sender.app.send_task(task_names.SCHEDULE_TICK,
+                         kwargs={"scheduled_at": tick_time(interval)})

@@ -1,4 +1,4 @@
-"""Celery tasks: thin transport around shared.ingest.execute and shared.jobs.submit."""
+"""Celery tasks: thin transport around shared.ingest.execute and shared.jobs."""
 from __future__ import annotations
 
 import logging
@@ -10,7 +10,8 @@ from celery.exceptions import Ignore
 from shared import task_names
 from shared.config import SOURCES, get_settings
 from shared.db import get_engine, unit_of_work
-from shared.jobs.submit import finalize_job, reap_stale_runs, submit_job
+from shared.jobs.schedule import submit_tick_job, tick_time
+from shared.jobs.submit import finalize_job, reap_stale_runs
 from shared.notify import configured_targets, request_evaluation
 from shared.ingest.execute import ExtractFailed, TransientDatabaseError, execute_run, run_outcome
 
@@ -88,12 +89,15 @@ def normalize(self: Task, _results: Any, job_id: int) -> str | None:
 
 
 @shared_task(name=task_names.SCHEDULE_TICK, acks_late=True, ignore_result=True)
-def schedule_tick() -> int:
-    """Create an incremental job for every enabled source and enqueue it."""
+def schedule_tick(scheduled_at: str | None = None) -> int:
+    """Create the tick's incremental job for every enabled source and enqueue it, unless
+    another message of the same tick (a second beat's) did: its job id either way."""
+    settings = get_settings()
+    # Beat names the tick when it sends it; a message without (sent by hand) is this moment's.
+    tick = scheduled_at or tick_time(settings.etl_schedule_seconds)
     # A broker that is down fails the job (JobNotQueued, raised on): it never stays queued.
     with unit_of_work(get_engine()) as session:
-        job = submit_job(session, schedule_tick.app, get_settings().enabled_sources,
-                         trigger="beat").job
+        job = submit_tick_job(session, schedule_tick.app, settings.enabled_sources, tick).job
     return job.id
 
 

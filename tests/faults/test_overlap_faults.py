@@ -1,4 +1,4 @@
-"""No overlap (F19: two beats + 20 parallel POST /jobs) and a checkpoint in the future (F30)."""
+"""Overlap: two beats and 20 parallel POSTs (F19), double submit (F21); future checkpoint (F30)."""
 from __future__ import annotations
 
 import subprocess
@@ -110,11 +110,13 @@ def test_f19_two_beats_and_20_parallel_posts_keep_one_active_run_per_source(
         sampler.stop_event.set()
         sampler.join(5)
     assert sampler.max_active == 1
-    # 20 posts + per beat its start tick and its first due tick: both were sent before the
-    # second due tick was logged (beat logs a tick just before sending it, so the last one
-    # logged may have been cut short by the SIGTERM).
-    assert count(fault.engine, "jobs") >= 24
-    assert count(fault.engine, "jobs", "trigger = 'beat'") >= 4
+    # 20 posts + the ticks: the start tick and the first due tick were sent before the second
+    # due tick was logged (beat logs a tick just before sending it, so the last one logged
+    # may have been cut short by the SIGTERM). Both beats send each tick, one job each
+    # (shared.jobs.schedule): at most one per due tick of the busier beat and per start tick.
+    beat_jobs = count(fault.engine, "jobs", "trigger = 'beat'")
+    assert 2 <= beat_jobs <= max(ticks(log) for log in beat_logs) + 2
+    assert count(fault.engine, "jobs") == 20 + beat_jobs
     assert count(fault.engine, "runs", "status = 'skipped'") > 0
     with fault.engine.connect() as conn:
         inserted = conn.execute(text("SELECT sum(inserted) FROM runs")).scalar_one()
