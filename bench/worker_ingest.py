@@ -201,11 +201,14 @@ def worker_ingest_cases(db: BenchDatabase, env: dict[str, str], args: argparse.N
     lines = args.coins * args.days
     trees = [checkout(args.ref) if args.ref else working_tree()]
     rounds: list[dict[str, dict[str, Any]]] = []
+    commands: dict[str, str] = {}
     try:
         if args.baseline_ref:
             trees.append(checkout(args.baseline_ref))
             if trees[1].commit == trees[0].commit:
                 raise SystemExit(f"--baseline-ref {args.baseline_ref} is the code under test")
+        commands = {tree.label: " ".join(Path(part).name for part in worker_argv(tree, env))
+                    for tree in trees}
         for round_no in range(1, args.rounds + 1):
             rounds.append(_one_round(round_no, trees, env, db, files, args))
     finally:
@@ -232,14 +235,14 @@ def worker_ingest_cases(db: BenchDatabase, env: dict[str, str], args: argparse.N
         peak = max(r[label][load]["worker_peak_rss_mb"] for r in rounds for load in LOADS)
         flagged = statistics.median(
             r[label]["noisy"]["seconds"] / r[label]["noisy"]["copy_seconds"] for r in rounds)
-        notes.append(f"worker jobs, {label} ({tree.commit}), job s / bare COPY s: {samples}; "
-                     f"worker children's peak RSS {peak:.0f} MB; noisy/COPY median "
+        notes.append(f"worker jobs, {label} ({tree.commit}; `{commands[label]}`), job s / "
+                     "bare COPY s: "
+                     f"{samples}; worker children's peak RSS {peak:.0f} MB; noisy/COPY median "
                      f"{flagged:.2f}")
-    command = " ".join(Path(part).name for part in worker_argv(trees[0]))
     notes.append(
         "worker jobs: POST /jobs on the tree's own app, `celery -A worker worker` as that "
-        f"tree's `make run` starts it ({command}), each round on fresh databases; job time = "
-        "the job row's created_at to finished_at")
+        "tree's `make run` starts it, each round on fresh databases; job time = the job row's "
+        "created_at to finished_at")
     facts = {"trees": [{"label": t.label, "commit": t.commit} for t in trees],
              "lines": lines, "rounds": rounds}
     return rows, {**facts, "notes": notes}
