@@ -1,14 +1,19 @@
-"""The API's sending-only Celery client and broker ping (no worker code imported)."""
+"""The API's sending-only Celery client, and what it asks the broker: workers, queue depths."""
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Any, Callable, TypeVar, cast
 
+import redis
 from celery import Celery
 from celery.backends.redis import RedisBackend
 from flask import Flask, current_app
 
+from shared import task_names
 from shared.celery_config import celery_config
 from shared.config import Settings
+
+T = TypeVar("T")
 
 
 class SendOnlyRedisBackend(RedisBackend):
@@ -45,3 +50,41 @@ def get_celery() -> Celery:
     """The app's Celery client."""
     client: Celery = current_app.extensions["celery"]
     return client
+
+
+def check_workers() -> dict[str, Any]:
+    """Workers that answer a broadcast ping; cached briefly so probes do not flood the broker."""
+    cache = current_app.extensions.setdefault("health_workers_cache", {})
+    ttl = float(current_app.config["HEALTH_WORKERS_CACHE_SECONDS"])
+    if cache and time.monotonic() - cache["at"] < ttl:
+        return dict(cache["result"])
+    timeout = float(current_app.config["HEALTH_WORKER_PING_TIMEOUT"])
+    replies = get_celery().control.ping(timeout=timeout) or []
+    names = sorted(name for reply in replies for name in reply)
+    result = {"ok": bool(names), "count": len(names), "names": names}
+    if not names:
+        result["error"] = "no worker answered the ping"
+    cache.update(at=time.monotonic(), result=result)
+    return dict(result)
+
+
+def queue_depths() -> dict[str, int]:
+    """Messages waiting per broker queue (Redis lists), plus delivered but unacked ones."""
+    settings = current_app.config["SETTINGS"]
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
+    prefix = settings.broker_key_prefix
+    # redis-py types its sync and asyncio clients alike (int | Awaitable[int]); this is sync.
+    try:
+        depths = {queue: cast(int, client.llen(prefix + queue)) for queue in task_names.queues()}
+        return {**depths, "unacked": cast(int, client.hlen(prefix + "unacked"))}
+    finally:
+        client.close()
+
+
+def guarded(probe: Callable[[], T], default: T) -> T:
+    """probe(), or `default` when it fails: a page or a scrape still shows what the database
+    knows when the broker (Redis) is down."""
+    try:
+        return probe()
+    except Exception:  # noqa: BLE001 - any broker failure leaves that part out
+        return default

@@ -12,7 +12,7 @@ from flask_smorest import Blueprint
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from api.broker import get_celery
+from api.broker import check_workers
 from api.db import get_session
 from api.schemas.health import HealthSchema, LiveSchema
 from api.http.read_timeout import count_timeout, is_statement_timeout, use_probe_timeout
@@ -60,22 +60,6 @@ def _check_broker() -> None:
         client.ping()
     finally:
         client.close()
-
-
-def check_workers() -> dict[str, Any]:
-    """Workers that answer a broadcast ping; cached briefly so probes do not flood the broker."""
-    cache = current_app.extensions.setdefault("health_workers_cache", {})
-    ttl = float(current_app.config["HEALTH_WORKERS_CACHE_SECONDS"])
-    if cache and time.monotonic() - cache["at"] < ttl:
-        return dict(cache["result"])
-    timeout = float(current_app.config["HEALTH_WORKER_PING_TIMEOUT"])
-    replies = get_celery().control.ping(timeout=timeout) or []
-    names = sorted(name for reply in replies for name in reply)
-    result = {"ok": bool(names), "count": len(names), "names": names}
-    if not names:
-        result["error"] = "no worker answered the ping"
-    cache.update(at=time.monotonic(), result=result)
-    return dict(result)
 
 
 def _check_freshness() -> dict[str, Any]:

@@ -12,9 +12,8 @@ upstream requests summed over runs, which are never deleted).
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterator, cast
+from typing import Any, Callable, Iterator
 
-import redis
 from flask import Blueprint, Response, current_app
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -25,8 +24,7 @@ from api.db import get_session
 from api.http.read_timeout import (
     count_timeout, is_statement_timeout, timeout_counts, use_probe_timeout,
 )
-from api.resources.health import check_workers
-from shared import task_names
+from api.broker import check_workers, guarded, queue_depths
 from shared.queries.freshness import STATES, SourceState, source_states
 from shared.queries.notifications import notification_counts
 from shared.models import TERMINAL_STATUSES
@@ -168,19 +166,6 @@ class _OpsCollector:
             yield timeouts
 
 
-def _queue_depths() -> dict[str, int]:
-    """Messages waiting per broker queue (Redis lists), plus delivered but unacked ones."""
-    settings = current_app.config["SETTINGS"]
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
-    prefix = settings.broker_key_prefix
-    # redis-py types its sync and asyncio clients alike (int | Awaitable[int]); this is sync.
-    try:
-        depths = {queue: cast(int, client.llen(prefix + queue)) for queue in task_names.queues()}
-        return {**depths, "unacked": cast(int, client.hlen(prefix + "unacked"))}
-    finally:
-        client.close()
-
-
 def _workers_online() -> int | None:
     """The health check's cached worker ping count; None when the broker did not answer."""
     result = check_workers()
@@ -202,14 +187,6 @@ def _within_limit(session: Session, read: Callable[[], Any], default: Any) -> An
         return default
 
 
-def _guarded(probe: Any, default: Any) -> Any:
-    # A scrape still reports what the database knows when the broker is down.
-    try:
-        return probe()
-    except Exception:  # noqa: BLE001 - any broker failure leaves the family out
-        return default
-
-
 @blp.route("/metrics")
 def metrics() -> Response:
     """Prometheus exposition of records, runs, freshness, drift, queues and upstream traffic."""
@@ -223,10 +200,10 @@ def metrics() -> Response:
     states = _within_limit(session, lambda: source_states(session, settings, now), {})
     notifications = _within_limit(
         session, lambda: notification_counts(session, now - timedelta(hours=24)), {})
-    queues = _guarded(_queue_depths, None)
+    queues = guarded(queue_depths, None)
     # No ping when Redis did not answer: Celery would retry its connection for seconds.
-    workers = _guarded(_workers_online, None) if queues is not None else None
+    workers = guarded(_workers_online, None) if queues is not None else None
     # Read last, so that this scrape's own timeouts are in it.
-    timeouts = _guarded(timeout_counts, None) if queues is not None else None
+    timeouts = guarded(timeout_counts, None) if queues is not None else None
     registry.register(_OpsCollector(states, queues or {}, workers, notifications, timeouts))
     return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4")

@@ -13,8 +13,7 @@ from flask_smorest import abort
 from api.http.answer_cache import VersionedCache
 from api.status.axes import SCALES
 from api.db import current_data_version, get_session
-from api.resources.health import check_workers
-from api.resources.metrics import _guarded, _queue_depths
+from api.broker import check_workers, guarded, queue_depths
 from api.status.page import REFRESH_SECONDS, asset_chart, status_context
 from shared.queries.assets import resolve_asset
 from shared.queries.price_chart import DEFAULT_RANGE, RANGES, price_chart
@@ -76,8 +75,8 @@ def _page(html: bytes | str) -> Response:
 
 def _broker() -> dict[str, Any]:
     """Queue depths and workers online; None for what the broker did not answer."""
-    queues = _guarded(_queue_depths, None)
-    workers = _guarded(check_workers, None) if queues is not None else None
+    queues = guarded(queue_depths, None)
+    workers = guarded(check_workers, None) if queues is not None else None
     return {"queues": queues, "workers": workers}
 
 
