@@ -28,7 +28,8 @@ from sqlalchemy.orm import configure_mappers
 from bench.cpu import backend_cpu_seconds
 from shared.config import Settings, load_settings
 from shared.db import make_engine, unit_of_work
-from shared.jobs.submit import create_job, finalize_job
+from shared.jobs.close import finalize_job
+from shared.jobs.submit import create_job
 from shared.ingest.execute import execute_run
 
 

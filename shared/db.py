@@ -1,12 +1,15 @@
-"""Engine and session factory: one engine per process, created lazily after any fork."""
+"""Engine (one per process, made lazily after any fork), sessions, unit of work, create-once."""
 from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from sqlalchemy import Engine, create_engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
+
+T = TypeVar("T")
 
 _engine: Engine | None = None
 _engine_pid: int | None = None
@@ -63,3 +66,22 @@ def unit_of_work(engine: Engine | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def create_once(session: Session, create: Callable[[], T],
+                find: Callable[[], T | None]) -> tuple[T, bool]:
+    """`create()`'s row, or `find()`'s when a concurrent request inserted the same key first.
+
+    Returns (row, created). `create` adds and flushes inside a savepoint, so a unique key that
+    another transaction committed first rolls back only what `create` added: those objects
+    leave the session with it instead of failing every later flush. The caller looks for an
+    existing row before calling, and commits.
+    """
+    try:
+        with session.begin_nested():
+            return create(), True
+    except IntegrityError:
+        winner = find()
+        if winner is None:
+            raise
+        return winner, False

@@ -10,8 +10,8 @@ from celery.exceptions import Ignore
 from shared import task_names
 from shared.config import SOURCES, get_settings
 from shared.db import get_engine, unit_of_work
+from shared.jobs.close import finalize_job, reap_stale_runs
 from shared.jobs.schedule import submit_tick_job, tick_time
-from shared.jobs.submit import finalize_job, reap_stale_runs
 from shared.notify import configured_targets, request_evaluation
 from shared.ingest.execute import ExtractFailed, TransientDatabaseError, execute_run, run_outcome
 
@@ -76,7 +76,15 @@ for _source in SOURCES:
 
 @shared_task(name=task_names.NORMALIZE, bind=True, acks_late=True, max_retries=None)
 def normalize(self: Task, _results: Any, job_id: int) -> str | None:
-    """Close the job once every run is terminal (checked in Postgres); also the error callback."""
+    """Close the job: the chord callback after its extract tasks, and their error callback.
+
+    Named `etl.normalize` after the design's normalize chord; the normalizing itself (raw
+    records into quotes, published) is done by each batch as it commits. What is left is the
+    cross-source step, shared.jobs.close.finalize_job: once every run is terminal (checked in
+    PostgreSQL, not in the chord's results) it sets the job's status from its runs and records
+    their run anomalies. A run still active (a redelivered extract task) makes it retry, and
+    after NORMALIZE_MAX_RETRIES it leaves the job to the reaper.
+    """
     with unit_of_work(get_engine()) as session:
         status = finalize_job(session, int(job_id))
     if status is None:

@@ -17,7 +17,8 @@ from api.cli.progress import (
 )
 from shared.config import SOURCES, Settings
 from shared.db import make_engine, unit_of_work
-from shared.jobs.submit import JobNotQueued, create_job, finalize_job, reap_stale_runs, submit_job
+from shared.jobs.close import finalize_job, reap_stale_runs
+from shared.jobs.submit import JobNotQueued, create_job, submit_job
 from shared.ingest.execute import execute_run
 
 etl = AppGroup("etl", help="Run, queue or reap ETL jobs.")

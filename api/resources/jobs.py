@@ -22,8 +22,8 @@ from api.schemas.jobs import (
     JobsEnvelopeSchema,
 )
 from shared.errors import NotFound
-from shared.queries.jobs import list_jobs
-from shared.jobs.submit import NOT_QUEUED, JobNotQueued, load_job, submit_job
+from shared.queries.jobs import list_jobs, load_job
+from shared.jobs.submit import NOT_QUEUED, JobNotQueued, submit_job
 
 blp = Blueprint("jobs", __name__, url_prefix="/jobs", description="ETL jobs")
 # A body sent as anything but JSON is a 415, and a deeply nested one a 400 (not ignored/500).

@@ -15,7 +15,7 @@ from api.schemas.common import (
     id_field,
 )
 from shared.config import SOURCES
-from shared.models import RUN_STATUSES
+from shared.models import RUN_KINDS, RUN_STATUSES
 from shared.queries.runs import run_duration_ms
 
 
@@ -35,7 +35,7 @@ class CompareArgsSchema(ArgsSchema):
 
 
 class RunCountersSchema(ma.Schema):
-    """The counters of a run (shared.queries.runs.RUN_COUNTERS), as values or as differences."""
+    """The counters of a run (shared.queries.runs.COMPARED_COUNTERS), as values or differences."""
 
     fetched = ma.fields.Integer(required=True)
     inserted = ma.fields.Integer(required=True)
@@ -54,6 +54,9 @@ class RunSchema(RunCountersSchema):
     id = ma.fields.Integer(required=True)
     job_id = ma.fields.Integer(required=True)
     source = ma.fields.String(required=True)
+    kind = ma.fields.String(required=True, validate=validate.OneOf(RUN_KINDS), metadata={
+        "description": "`extract` (the source's current data) or `backfill` (a backfill's "
+                       "history, GET /backfills)"})
     status = ma.fields.String(required=True, validate=validate.OneOf(RUN_STATUSES))
     celery_task_id = ma.fields.String(allow_none=True)
     error = SafeErrorText(allow_none=True)

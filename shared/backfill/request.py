@@ -7,22 +7,20 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Sequence
 
 from sqlalchemy import select, text, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared import task_names
 from shared.models import Backfill, BackfillChunk
 from shared.backfill.plan import estimate, plan_windows, request_key
 from shared.config import Settings
+from shared.db import create_once
 from shared.errors import EtlError
+from shared.jobs.lifecycle import now_utc
 from shared.jobs.submit import NOT_QUEUED, send_or_fail
 from shared.models import Job, Run
-from shared.ingest.execute import now_utc
 
 SOURCES = ("coingecko",)
 TOP_MAX = 250
-# A backfill's run is `<source>-backfill` (see create_backfill).
-RUN_SUFFIX = "-backfill"
 CHUNK_STATES = ("pending", "running", "done", "failed")
 
 
@@ -114,31 +112,30 @@ def create_backfill(session: Session, req: BackfillRequest, settings: Settings,
     existing = session.scalar(select(Backfill).where(Backfill.request_key == key))
     if existing is not None:
         return existing, False
-    # The run is named apart from the source's scheduled runs (its quotes are the source's):
-    # a scheduled run taking over its source, the reaper and the run anomaly rules judge the
-    # source's own runs only, and a long backfill is no anomaly of theirs. It starts queued:
-    # one backfill of a source runs at a time (shared.backfill.run), as one run per source.
-    run_source = f"{req.source}{RUN_SUFFIX}"
-    job = Job(status="queued", sources=[run_source], trigger="backfill",
+    # The run is the source's, of kind `backfill` (its quotes are the source's): a scheduled
+    # run taking over its source, the reaper's lock, freshness and the run anomaly rules keep
+    # to the source's extract runs, and a long backfill is no anomaly of theirs. It starts
+    # queued: one backfill of a source runs at a time (shared.backfill.run).
+    job = Job(status="queued", sources=[req.source], trigger="backfill",
               celery_task_id=str(uuid.uuid4()))
-    run = Run(source=run_source, status="queued")
-    job.runs = [run]
-    try:
-        # In a savepoint: a concurrent identical request that commits first wins the key.
-        with session.begin_nested():
-            session.add(job)
-            session.flush()
-            backfill = Backfill(request_key=key, source=req.source, job_id=job.id,
-                                run_id=run.id, assets=planned["coins"],
-                                since=planned["since"], until=planned["until"],
-                                chunk_days=planned["chunk_days"], status="queued")
-            session.add(backfill)
-            session.flush()
-    except IntegrityError:
-        winner = session.scalar(select(Backfill).where(Backfill.request_key == key))
-        if winner is None:
-            raise
-        return winner, False
+    job.runs = [Run(source=req.source, kind="backfill", status="queued")]
+
+    def add() -> Backfill:
+        session.add(job)
+        session.flush()
+        row = Backfill(request_key=key, source=req.source, job_id=job.id,
+                       run_id=job.runs[0].id, assets=planned["coins"], since=planned["since"],
+                       until=planned["until"], chunk_days=planned["chunk_days"],
+                       status="queued")
+        session.add(row)
+        session.flush()
+        return row
+
+    # A concurrent identical request that commits first wins the key.
+    backfill, created = create_once(session, add, lambda: session.scalar(
+        select(Backfill).where(Backfill.request_key == key)))
+    if not created:
+        return backfill, False
     session.add_all(
         BackfillChunk(backfill_id=backfill.id, coin_id=coin["id"], window_start=w.start,
                       window_end=w.end, granularity_seconds=w.granularity)

@@ -10,16 +10,16 @@ from typing import Any
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from shared.backfill.request import RUN_SUFFIX
 from shared.backfill.fetch import ShareLimiter, chunk_batch, fetch_window, make_client
-from shared.models import Backfill, BackfillChunk
+from shared.models import Backfill, BackfillChunk, Job
 from shared.config import Settings
 from shared.db import get_engine, unit_of_work
 from shared.errors import SourceError, public_error
 from shared.identity.resolve import load_aliases
 from shared.ingest.batch_writer import BatchWriter
+from shared.jobs.lifecycle import end_run, now_utc, record_progress, start_run
+from shared.locks import backfill_lock, run_lock, try_lock, unlock
 from shared.quality.checks import QualityThresholds
-from shared.ingest.execute import release_source_lock, try_source_lock
 
 log = logging.getLogger("shared.backfill.request")
 
@@ -35,10 +35,6 @@ UPDATE backfill_chunks SET status = 'done', points = :points, inserted = :insert
 _FAILED = text("""
 UPDATE backfill_chunks SET status = 'failed', error = :error, finished_at = now() WHERE id = :id
 """)
-_RUN_COUNTERS = text("""
-UPDATE runs SET http_requests = http_requests + :requests, http_retries = http_retries + :retries,
-    rate_limit_waits = rate_limit_waits + :waits WHERE id = :run
-""")
 
 
 def _thresholds(settings: Settings) -> QualityThresholds:
@@ -48,19 +44,14 @@ def _thresholds(settings: Settings) -> QualityThresholds:
 
 
 def _start(session: Session, backfill: Backfill) -> None:
-    """Mark the backfill, its run and job running (we hold the source's backfill lock).
+    """Mark the backfill, its run and job running (we hold the source's backfill run lock).
 
-    Another running run of the same name has no live execution (we hold its lock): that
+    Another running backfill run of the source has no live execution (we hold its lock): that
     backfill was interrupted and will resume, so its run goes back to queued.
     """
-    params = {"id": backfill.id, "run": backfill.run_id, "job": backfill.job_id,
-              "source": f"{backfill.source}{RUN_SUFFIX}"}
-    session.execute(text("UPDATE runs SET status = 'queued' WHERE source = :source "
-                         "AND status = 'running' AND id <> :run"), params)
-    for table, key in (("backfills", "id"), ("runs", "run"), ("jobs", "job")):
-        session.execute(text(
-            f"UPDATE {table} SET status = 'running', finished_at = NULL, error = NULL, "
-            f"started_at = coalesce(started_at, now()) WHERE id = :{key}"), params)
+    start_run(session, backfill.run_id, others="queued")
+    backfill.status, backfill.finished_at, backfill.error = "running", None, None
+    backfill.started_at = backfill.started_at or now_utc()
 
 
 def _next_chunk(session: Session, backfill_id: int, max_attempts: int) -> BackfillChunk | None:
@@ -76,11 +67,12 @@ def execute_backfill(backfill_id: int, settings: Settings, engine: Engine | None
                      budget_seconds: float | None = None) -> str:
     """Run the chunks left of a backfill; returns its status, 'busy', 'wait' or 'more'.
 
-    One execution per backfill at a time (a session advisory lock, gone with a killed
-    worker's connection), so a redelivered task resumes where the dead one stopped. 'busy':
-    another execution holds it; 'wait': another backfill of the source runs (try later);
-    'more': the time budget (kept under the task time limit) ran out with chunks left. The
-    caller sends the task again for 'wait' and 'more'.
+    One execution per backfill at a time (shared.locks.backfill_lock, a session lock gone
+    with a killed worker's connection), so a redelivered task resumes where the dead one
+    stopped, and one backfill of a source at a time (its run's lock, which the reaper takes
+    too). 'busy': another execution holds the backfill; 'wait': another backfill of the source
+    runs (try later); 'more': the time budget (kept under the task time limit) ran out with
+    chunks left. The caller sends the task again for 'wait' and 'more'.
     """
     engine = engine or get_engine()
     with unit_of_work(engine) as session:
@@ -88,22 +80,22 @@ def execute_backfill(backfill_id: int, settings: Settings, engine: Engine | None
         if backfill is None:
             log.warning("backfill %s does not exist", backfill_id)
             return "missing"
-        run_source = f"{backfill.source}{RUN_SUFFIX}"
+        this_backfill = backfill_lock(backfill_id)
+        source_backfills = run_lock("backfill", backfill.source)
     lock = engine.connect()
     try:
-        if not try_source_lock(lock, f"backfill.{backfill_id}"):
+        if not try_lock(lock, this_backfill):
             return "busy"
         try:
-            # One backfill of a source at a time (the lock the reaper checks for its runs).
-            if not try_source_lock(lock, run_source):
+            if not try_lock(lock, source_backfills):
                 return "wait"
             try:
                 deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
                 return _execute(engine, backfill_id, settings, deadline)
             finally:
-                release_source_lock(lock, run_source)
+                unlock(lock, source_backfills)
         finally:
-            release_source_lock(lock, f"backfill.{backfill_id}")
+            unlock(lock, this_backfill)
     finally:
         lock.close()
 
@@ -156,7 +148,7 @@ def _run_chunk(engine: Engine, writer: BatchWriter, limiter: ShareLimiter, setti
         log.warning("backfill %s chunk %s failed: %s", backfill_id, chunk_id, message)
         with unit_of_work(engine) as session:
             session.execute(_FAILED, {"id": chunk_id, "error": message})
-            _count(session, run_id, events)
+            record_progress(session, run_id, events)
         return
     finally:
         client.session.close()  # the limiter stays open: it serves the next chunks
@@ -165,14 +157,7 @@ def _run_chunk(engine: Engine, writer: BatchWriter, limiter: ShareLimiter, setti
         result = writer.write(session, batch, None)
         session.execute(_DONE, {"id": chunk_id, "points": len(batch.quotes),
                                 "inserted": result.inserted})
-        _count(session, run_id, events)
-
-
-def _count(session: Session, run_id: int, events: dict[str, float]) -> None:
-    session.execute(_RUN_COUNTERS, {
-        "run": run_id, "requests": int(events.get("http_requests", 0)),
-        "retries": int(events.get("http_retries", 0)),
-        "waits": int(events.get("rate_limit_waits", 0))})
+        record_progress(session, run_id, events)
 
 
 def finish_backfill(engine: Engine, backfill_id: int) -> str:
@@ -185,13 +170,12 @@ def finish_backfill(engine: Engine, backfill_id: int) -> str:
         done, total = counts.get("done", 0), sum(counts.values())
         status = ("succeeded" if done == total else "partial" if done else "failed")
         error = None if status == "succeeded" else f"{total - done} of {total} chunks failed"
-        session.execute(text(
-            "UPDATE backfills SET status = :s, error = :e, finished_at = now() WHERE id = :id"),
-            {"s": status, "e": error, "id": backfill_id})
-        for table, column in (("runs", "run_id"), ("jobs", "job_id")):
-            session.execute(text(
-                f"UPDATE {table} SET status = :s, error = :e, finished_at = now() "
-                f"WHERE id = (SELECT {column} FROM backfills WHERE id = :id)"),
-                {"s": status, "e": error, "id": backfill_id})
+        backfill = session.get(Backfill, backfill_id)
+        assert backfill is not None
+        end_run(session, backfill.run_id, status, error)
+        # The job stands for this one run: it ends as the run does (no normalize to wait for).
+        for row in (backfill, session.get(Job, backfill.job_id)):
+            if row is not None:
+                row.status, row.error, row.finished_at = status, error, now_utc()
     log.info("backfill %s %s (%d of %d chunks done)", backfill_id, status, done, total)
     return status

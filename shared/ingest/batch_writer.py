@@ -34,6 +34,8 @@ from shared.db import unit_of_work
 from shared.identity.resolve import Alias, IdentityHint, resolve_assets
 from shared.ingest.line_blocks import StoredLines, copy_line_block
 from shared.ingest.publish import PUBLISH_SQL
+from shared.jobs.lifecycle import BATCH_PROGRESS_SQL
+from shared.models import RUN_LOAD_COUNTERS
 from shared.quality.checks import QualityThresholds
 from shared.quality.flags import apply_outliers, batch_flags, store_batch_flags
 from shared.batch.types import Batch, PreparedQuotes, content_hash
@@ -45,7 +47,7 @@ class CheckpointMoved(RuntimeError):
 
 @dataclass
 class BatchResult:
-    """What one batch did to the database."""
+    """What one batch did to the database: one field per run load counter (RUN_LOAD_COUNTERS)."""
 
     fetched: int = 0
     raw_inserted: int = 0
@@ -303,12 +305,7 @@ def _may_hold_keys(cursor: Any, source: str, prepared: PreparedQuotes) -> bool:
 # committed first. A data-modifying CTE runs whether or not the main query reads it, and sees
 # the batch's quotes (earlier statements of the transaction).
 _END_BATCH = """
-WITH published AS ({publish}), counted AS (
-    UPDATE runs SET fetched = fetched + %(fetched)s, inserted = inserted + %(inserted)s,
-        unchanged = unchanged + %(unchanged)s, rejected = rejected + %(rejected)s,
-        raw_inserted = raw_inserted + %(raw_inserted)s, heartbeat_at = now()
-    WHERE id = %(run)s
-), moved AS ({move})
+WITH published AS ({publish}), counted AS ({count}), moved AS ({move})
 SELECT count(*) FROM moved
 """
 _CHECKPOINT_CREATE = (
@@ -320,8 +317,10 @@ _CHECKPOINT_MOVE = (
     "UPDATE checkpoints SET value = %(value)s, run_id = %(run)s, updated_at = now() "
     "WHERE source = %(source)s AND key = %(key)s AND value = %(previous)s RETURNING 1"
 )
-_END_BATCH_CREATE = _END_BATCH.format(publish=PUBLISH_SQL, move=_CHECKPOINT_CREATE)
-_END_BATCH_MOVE = _END_BATCH.format(publish=PUBLISH_SQL, move=_CHECKPOINT_MOVE)
+_END_BATCH_CREATE = _END_BATCH.format(publish=PUBLISH_SQL, count=BATCH_PROGRESS_SQL,
+                                      move=_CHECKPOINT_CREATE)
+_END_BATCH_MOVE = _END_BATCH.format(publish=PUBLISH_SQL, count=BATCH_PROGRESS_SQL,
+                                    move=_CHECKPOINT_MOVE)
 
 
 def _end_batch(
@@ -335,8 +334,7 @@ def _end_batch(
     cursor.execute(_END_BATCH_CREATE if previous is None else _END_BATCH_MOVE, {
         "run": run_id, "assets": assets, "source": source, "key": batch.checkpoint_key,
         "value": Json(batch.checkpoint), "previous": Json(previous),
-        "fetched": result.fetched, "inserted": result.inserted, "unchanged": result.unchanged,
-        "rejected": result.rejected, "raw_inserted": result.raw_inserted,
+        **{name: getattr(result, name) for name in RUN_LOAD_COUNTERS},
     })
     moved, = cursor.fetchone()
     if moved != 1:

@@ -1,17 +1,16 @@
-"""One source's run: claim it under the source lock, stream batches, end it in a terminal state."""
+"""One source's extract run: claim it under its run lock, stream batches, end it terminal."""
 from __future__ import annotations
 
 import logging
 import os
 import signal
 import time
-import zlib
 from collections import defaultdict
-from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any, Callable
 
 import psycopg2
-from sqlalchemy import Connection, Engine, text, update
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -20,16 +19,16 @@ from shared.db import get_engine, session_factory, unit_of_work
 from shared.errors import InjectedFailure, public_error
 from shared.identity.resolve import load_aliases
 from shared.ingest.batch_writer import BatchWriter, LoadState, load_checkpoints
+from shared.jobs.lifecycle import end_run, record_progress, start_run
+from shared.locks import run_lock, try_lock, unlock
 from shared.quality.checks import QualityThresholds
-from shared.models import TERMINAL_STATUSES, Job, Run
+from shared.models import RUN_COUNTERS, TERMINAL_STATUSES, Run
 from shared.ingest.pipeline import read_ahead, write_in_order
 from shared.batch.types import Batch
 from shared.sources import get_source
 from shared.sources.base import RunContext, Source
 
 log = logging.getLogger(__name__)
-
-_EVENT_COLUMNS = ("http_requests", "http_retries", "rate_limit_waits", "rate_limit_wait_seconds")
 
 
 class TransientDatabaseError(RuntimeError):
@@ -43,30 +42,6 @@ class ExtractFailed(RuntimeError):
 # What a run reports while it is active (throttled): the task turns it into a PROGRESS state.
 Progress = Callable[[dict[str, Any]], None]
 PROGRESS_INTERVAL_SECONDS = 1.0
-
-
-def source_lock_key(source: str) -> int:
-    """The advisory-lock key that one running execution of `source` holds."""
-    return zlib.crc32(f"kasparro.source.{source}".encode())
-
-
-def try_source_lock(conn: Connection, source: str) -> bool:
-    """Take the source's session-level advisory lock on `conn` without waiting."""
-    got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": source_lock_key(source)})
-    value = bool(got.scalar())
-    conn.commit()
-    return value
-
-
-def release_source_lock(conn: Connection, source: str) -> None:
-    """Release the lock taken by try_source_lock."""
-    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": source_lock_key(source)})
-    conn.commit()
-
-
-def now_utc() -> datetime:
-    """The current time, timezone-aware UTC."""
-    return datetime.now(timezone.utc)
 
 
 def _is_connection_error(exc: BaseException) -> bool:
@@ -102,7 +77,7 @@ def execute_run(
                 return run_id
             if run.status in TERMINAL_STATUSES:
                 return run_id
-            source = run.source
+            source, lock = run.source, run_lock(run.kind, run.source)
         lock_conn = engine.connect()
     except DBAPIError as exc:
         if _is_connection_error(exc):
@@ -110,7 +85,7 @@ def execute_run(
         raise
     locked = False
     try:
-        locked = try_source_lock(lock_conn, source)
+        locked = try_lock(lock_conn, lock)
         if not locked:
             _skip_if_queued(engine, run_id, source)
             return run_id
@@ -127,7 +102,7 @@ def execute_run(
     finally:
         if locked:
             try:
-                release_source_lock(lock_conn, source)
+                unlock(lock_conn, lock)
             except DBAPIError:
                 lock_conn.invalidate()  # the session ended with the server: lock already gone
         lock_conn.close()
@@ -136,42 +111,24 @@ def execute_run(
 def _skip_if_queued(engine: Engine, run_id: int, source: str) -> None:
     """Another execution holds the source: a queued run loses; our own running run is theirs."""
     with unit_of_work(engine) as session:
-        run = session.get(Run, run_id, with_for_update=True)
-        if run is not None and run.status == "queued":
-            run.status = "skipped"
-            run.error = f"another {source} run was active"
-            run.finished_at = now_utc()
+        if end_run(session, run_id, "skipped", f"another {source} run was active",
+                   when=("queued",)):
             log.info("run %s (%s) skipped: another run of the source is active", run_id, source)
 
 
 def _claim(engine: Engine, run_id: int, task_id: str | None, settings: Settings) -> int | None:
-    """Mark the run running (we hold the source lock); None when it must not run."""
+    """Mark the run running (we hold its lock); None when it must not run."""
     with unit_of_work(engine) as session:
         run = session.get(Run, run_id, with_for_update=True)
         if run is None or run.status in TERMINAL_STATUSES:
             return None
         run.attempts += 1
         if run.attempts > settings.max_task_attempts:
-            _finish(session, run, "failed",
+            end_run(session, run_id, "failed",
                     f"gave up after {settings.max_task_attempts} attempts "
                     "(the worker was lost every time)")
             return None
-        # We hold the lock, so any other 'running' run of this source has no live worker.
-        session.execute(
-            update(Run)
-            .where(Run.source == run.source, Run.status == "running", Run.id != run.id)
-            .values(status="failed", finished_at=now_utc(),
-                    error=f"worker lost; superseded by run {run.id}")
-        )
-        session.flush()
-        run.status = "running"
-        run.started_at = run.started_at or now_utc()
-        run.heartbeat_at = now_utc()
-        run.celery_task_id = task_id or run.celery_task_id
-        session.execute(
-            update(Job).where(Job.id == run.job_id, Job.status == "queued")
-            .values(status="running", started_at=now_utc())
-        )
+        start_run(session, run_id, task_id=task_id)
         return int(run.fetched)
 
 
@@ -250,10 +207,6 @@ class _Throttled:
             log.warning("run %s: progress not reported (%s)", self.run_id, type(exc).__name__)
 
 
-_OUTCOME_FIELDS = ("fetched", "inserted", "unchanged", "rejected", "http_requests",
-                   "http_retries", "rate_limit_waits")
-
-
 def run_outcome(engine: Engine, run_id: int) -> dict[str, Any]:
     """The run's status, error and counters as stored: what the extract task reports.
 
@@ -263,7 +216,7 @@ def run_outcome(engine: Engine, run_id: int) -> dict[str, Any]:
     try:
         with engine.connect() as conn:
             row = conn.execute(
-                text("SELECT source, status, error, " + ", ".join(_OUTCOME_FIELDS)
+                text("SELECT source, kind, status, error, " + ", ".join(RUN_COUNTERS)
                      + " FROM runs WHERE id = :id"), {"id": run_id}).mappings().first()
     except DBAPIError as exc:
         if _is_connection_error(exc):
@@ -271,8 +224,9 @@ def run_outcome(engine: Engine, run_id: int) -> dict[str, Any]:
         raise
     if row is None:
         return {"run_id": run_id, "status": "missing"}
-    outcome: dict[str, Any] = {"run_id": run_id, **{k: row[k] for k in row.keys()}}
-    return outcome
+    # JSON for the result backend and Flower: the seconds waited are a Decimal column.
+    return {"run_id": run_id, **{k: float(v) if isinstance(v, Decimal) else v
+                                 for k, v in row.items()}}
 
 
 def _inject_failure(settings: Settings, ctx: RunContext) -> None:
@@ -337,27 +291,14 @@ def _write_pipelined(
 
 
 def _flush_events(session: Session, run_id: int, events: dict[str, float]) -> None:
-    if not events:
-        return
-    values = {name: getattr(Run, name) + events[name] for name in _EVENT_COLUMNS if name in events}
-    if values:
-        session.execute(update(Run).where(Run.id == run_id).values(**values))
-    events.clear()
+    if events:
+        record_progress(session, run_id, events)
+        events.clear()
 
 
 def _end(
     session: Session, run_id: int, status: str, error: str | None, events: dict[str, float]
 ) -> None:
     _flush_events(session, run_id, events)
-    run = session.get(Run, run_id, with_for_update=True)
-    if run is not None and run.status == "running":
-        _finish(session, run, status, error)
+    end_run(session, run_id, status, error, when=("running",))
     session.commit()
-
-
-def _finish(session: Session, run: Run, status: str, error: str | None) -> None:
-    run.status = status
-    run.error = error
-    run.finished_at = now_utc()
-    log.info("run %s (%s) %s: fetched=%s inserted=%s unchanged=%s rejected=%s",
-             run.id, run.source, status, run.fetched, run.inserted, run.unchanged, run.rejected)

@@ -1,22 +1,19 @@
-"""Jobs: create one run per source, enqueue the chord after commit, close them, reap the lost."""
+"""Submitting jobs: create one run per source, enqueue the chord after commit, fail when unsent."""
 from __future__ import annotations
 
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any, Callable, Sequence
 
-from sqlalchemy import Engine, func, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from shared import task_names
-from shared.quality.anomalies import AnomalyThresholds, record_run_anomalies
-from shared.config import Settings, get_settings
+from shared.db import create_once
 from shared.errors import EtlError
-from shared.models import TERMINAL_STATUSES, Job, Run
-from shared.ingest.execute import now_utc, release_source_lock, try_source_lock
+from shared.jobs.lifecycle import now_utc
+from shared.models import Job, Run
 
 log = logging.getLogger(__name__)
 
@@ -47,28 +44,29 @@ def create_job(
     idempotency_key: str | None = None,
 ) -> CreatedJob:
     """Insert a job with one queued run per source (flushes; the caller commits)."""
-    if idempotency_key:
-        existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
-        if existing is not None:
-            return CreatedJob(existing, False)
+
+    def replayed() -> Job | None:
+        if not idempotency_key:
+            return None
+        return session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+
+    existing = replayed()
+    if existing is not None:
+        return CreatedJob(existing, False)
     job = Job(
         status="queued", sources=list(sources), trigger=trigger,
         idempotency_key=idempotency_key, celery_task_id=str(uuid.uuid4()),
     )
     job.runs = [Run(source=s, status="queued", celery_task_id=str(uuid.uuid4())) for s in sources]
-    try:
-        # Added inside the savepoint so that, if it rolls back, the objects leave the session
-        # with it instead of failing every later flush.
-        with session.begin_nested():
-            session.add(job)
-            session.flush()
-    except IntegrityError:
-        # A concurrent request with the same Idempotency-Key won the insert.
-        existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
-        if existing is None:
-            raise
-        return CreatedJob(existing, False)
-    return CreatedJob(job, True)
+
+    def add() -> Job:
+        session.add(job)
+        session.flush()
+        return job
+
+    # A concurrent request with the same Idempotency-Key may win the insert.
+    row, created = create_once(session, add, replayed)
+    return CreatedJob(row, created)
 
 
 def enqueue_job(celery_app: Any, job: Job) -> None:
@@ -152,103 +150,3 @@ def fail_unsent_job(session: Session, job_id: int, reason: str) -> None:
         .values(status="failed", error=reason, finished_at=stamp)
     )
     session.flush()
-
-
-def job_status_from_runs(statuses: Sequence[str]) -> str:
-    """The job's terminal status given its runs' terminal statuses."""
-    if statuses and all(s == "skipped" for s in statuses):
-        return "skipped"
-    succeeded = sum(1 for s in statuses if s == "succeeded")
-    failed = sum(1 for s in statuses if s in ("failed", "partial"))
-    # A partial run (CSV: some files unreadable) committed and published what it read.
-    if (failed and succeeded) or "partial" in statuses:
-        return "partial"
-    if failed:
-        return "failed"
-    return "succeeded"
-
-
-def finalize_job(session: Session, job_id: int,
-                 anomalies: AnomalyThresholds | None = None) -> str | None:
-    """Close a job once every run is terminal; None while runs are still active.
-
-    The cross-source step: the job's status needs every source's outcome. Quotes are not
-    published here: each batch published its own when it committed (shared.ingest.publish). Runs at
-    most once per job (the row lock and the terminal check make a second call a no-op).
-    The job's sources' run anomalies are recorded here, with the runs' final counters
-    (`anomalies`: the rules' limits, by default from Settings).
-    """
-    job = session.get(Job, job_id, with_for_update=True)
-    if job is None:
-        return None
-    if job.status in TERMINAL_STATUSES:
-        return job.status
-    runs = list(session.scalars(select(Run).where(Run.job_id == job_id)))
-    if any(r.status not in TERMINAL_STATUSES for r in runs):
-        return None
-    job.status = job_status_from_runs([r.status for r in runs])
-    # A run's error usually names its source already (shared.errors.public_error).
-    errors = [r.error if r.error.startswith(f"{r.source}: ") else f"{r.source}: {r.error}"
-              for r in runs if r.status in ("failed", "partial") and r.error]
-    job.error = "; ".join(errors)[:4000] or None
-    job.started_at = job.started_at or min(
-        (r.started_at for r in runs if r.started_at), default=None
-    )
-    job.finished_at = now_utc()
-    session.flush()
-    record_run_anomalies(session, [r.source for r in runs],
-                         anomalies or AnomalyThresholds.from_settings(get_settings()))
-    log.info("job %s %s", job.id, job.status)
-    return job.status
-
-
-def load_job(session: Session, job_id: int) -> Job | None:
-    """A job with its runs loaded."""
-    return session.scalar(
-        select(Job).options(selectinload(Job.runs)).where(Job.id == job_id)
-    )
-
-
-def reap_stale_runs(session: Session, engine: Engine, settings: Settings) -> dict[str, int]:
-    """End runs whose worker is gone and jobs whose normalize never came (commits per step)."""
-    deadline = now_utc() - timedelta(seconds=settings.run_stale_seconds)
-    counts = {"runs_failed": 0, "queued_failed": 0, "jobs_finalized": 0}
-    stale = session.scalars(
-        select(Run).where(
-            Run.status == "running",
-            func.coalesce(Run.heartbeat_at, Run.started_at, Run.created_at) < deadline,
-        )
-    ).all()
-    for run in stale:
-        with engine.connect() as conn:
-            # A free lock proves no live execution holds the source.
-            if not try_source_lock(conn, run.source):
-                continue
-            try:
-                changed = session.execute(
-                    update(Run).where(Run.id == run.id, Run.status == "running").values(
-                        status="failed", finished_at=now_utc(),
-                        error="worker lost: no heartbeat since "
-                        f"{(run.heartbeat_at or run.started_at or run.created_at).isoformat()}",
-                    )
-                ).rowcount  # type: ignore[attr-defined]
-                session.commit()
-            finally:
-                release_source_lock(conn, run.source)
-        counts["runs_failed"] += int(changed or 0)
-    result = session.execute(
-        update(Run).where(Run.status == "queued", Run.created_at < deadline).values(
-            status="failed", finished_at=now_utc(),
-            error="never started: the task message was lost",
-        )
-    )
-    counts["queued_failed"] = int(result.rowcount or 0)  # type: ignore[attr-defined]
-    session.commit()
-    open_jobs = session.scalars(
-        select(Job.id).where(Job.status.in_(("queued", "running"))).order_by(Job.id)
-    ).all()
-    for job_id in open_jobs:
-        if finalize_job(session, job_id) is not None:
-            counts["jobs_finalized"] += 1
-        session.commit()
-    return counts

@@ -4,6 +4,10 @@ from __future__ import annotations
 from shared.models.core import (  # noqa: F401
     NAMING_CONVENTION,
     RUN_STATUSES,
+    RUN_KINDS,
+    RUN_LOAD_COUNTERS,
+    RUN_HTTP_COUNTERS,
+    RUN_COUNTERS,
     TERMINAL_STATUSES,
     UTCDateTime,
     Base,
@@ -34,6 +38,10 @@ from shared.models.backfill import (  # noqa: F401
 __all__ = [
     "NAMING_CONVENTION",
     "RUN_STATUSES",
+    "RUN_KINDS",
+    "RUN_LOAD_COUNTERS",
+    "RUN_HTTP_COUNTERS",
+    "RUN_COUNTERS",
     "TERMINAL_STATUSES",
     "UTCDateTime",
     "Base",

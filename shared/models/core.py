@@ -37,6 +37,15 @@ NAMING_CONVENTION = {
 
 RUN_STATUSES = ("queued", "running", "succeeded", "partial", "failed", "skipped")
 TERMINAL_STATUSES = ("succeeded", "partial", "failed", "skipped")
+# What a run executes (migration 0017): `extract`, its source's current data through the
+# etl.extract.<source> task; `backfill`, a backfill's historical windows (shared.backfill).
+RUN_KINDS = ("extract", "backfill")
+# A run's counters, only ever added to: the first five by its batches (the batch writer's
+# BatchResult), the rest by its HTTP client's events. Every list of them derives from these.
+RUN_LOAD_COUNTERS = ("fetched", "inserted", "unchanged", "rejected", "raw_inserted")
+RUN_HTTP_COUNTERS = ("http_requests", "http_retries", "rate_limit_waits",
+                     "rate_limit_wait_seconds")
+RUN_COUNTERS = RUN_LOAD_COUNTERS + RUN_HTTP_COUNTERS
 
 UTCDateTime = DateTime(timezone=True)
 
@@ -273,7 +282,7 @@ class Job(Base):
 
 
 class Run(Base):
-    """One source's part of a job: status, timings, counts, error, Celery task id."""
+    """One source's part of a job: kind, status, timings, counts, error, Celery task id."""
 
     __tablename__ = "runs"
     __table_args__ = (
@@ -281,12 +290,15 @@ class Run(Base):
             "status IN ('queued','running','succeeded','partial','failed','skipped')",
             name="status",
         ),
+        CheckConstraint("kind IN ('extract','backfill')", name="kind"),
         UniqueConstraint("job_id", "source"),
-        # At most one run per source may be active: beat, POST /jobs and redeliveries all
-        # meet here, whatever raced to start.
+        # At most one run per source and kind may be active: beat, POST /jobs and
+        # redeliveries all meet here, whatever raced to start; a backfill of the source
+        # runs beside them (shared.locks.run_lock takes the same pair).
         Index(
-            "uq_runs_one_running_per_source",
+            "uq_runs_one_running_per_source_kind",
             "source",
+            "kind",
             unique=True,
             postgresql_where=text("status = 'running'"),
         ),
@@ -296,6 +308,7 @@ class Run(Base):
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     source: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16), server_default="extract")
     status: Mapped[str] = mapped_column(String(16), server_default="queued")
     celery_task_id: Mapped[str | None] = mapped_column(String(64))
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")

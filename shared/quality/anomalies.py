@@ -188,9 +188,12 @@ def quote_anomalies(source: str, asset_id: int, observed_at: datetime,
 
 
 def recent_runs(session: Session, source: str, limit: int) -> list[Run]:
-    """The newest `limit` terminal runs of `source`, oldest first."""
+    """The newest `limit` terminal extract runs of `source`, oldest first.
+
+    A backfill's run is left out: long and large by design, it is no anomaly of the source's.
+    """
     rows = session.scalars(
-        select(Run).where(Run.source == source,
+        select(Run).where(Run.source == source, Run.kind == "extract",
                           Run.status.in_(("succeeded", "partial", "failed")))
         .order_by(Run.id.desc()).limit(limit)
     ).all()

@@ -18,26 +18,28 @@ FAILURE_STATUSES = ("failed", "partial")
 
 # One pass over `runs` per call: the newest success, the failures since it, the newest error
 # and the newest beat job per source. ix_runs_source_status serves the per-source filters.
+# Extract runs only: a backfill loads history, so it says nothing of the source's freshness.
 _RUNS_SQL = text("""
 WITH ok AS (
     SELECT source, max(finished_at) AS at FROM runs
-    WHERE status = 'succeeded' AND source = ANY(:sources) GROUP BY source
+    WHERE status = 'succeeded' AND source = ANY(:sources) AND kind = 'extract' GROUP BY source
 ), fails AS (
     SELECT r.source, count(*) AS n FROM runs r LEFT JOIN ok ON ok.source = r.source
-    WHERE r.source = ANY(:sources) AND r.status IN ('failed', 'partial')
+    WHERE r.source = ANY(:sources) AND r.kind = 'extract' AND r.status IN ('failed', 'partial')
       AND (ok.at IS NULL OR r.finished_at > ok.at)
     GROUP BY r.source
 ), last_run AS (
     SELECT DISTINCT ON (source) source, id, job_id, status, finished_at FROM runs
-    WHERE source = ANY(:sources) AND finished_at IS NOT NULL
+    WHERE source = ANY(:sources) AND kind = 'extract' AND finished_at IS NOT NULL
     ORDER BY source, finished_at DESC, id DESC
 ), last_err AS (
     SELECT DISTINCT ON (source) source, id, error, finished_at FROM runs
-    WHERE source = ANY(:sources) AND error IS NOT NULL
+    WHERE source = ANY(:sources) AND kind = 'extract' AND error IS NOT NULL
     ORDER BY source, finished_at DESC NULLS LAST, id DESC
 ), beat AS (
     SELECT r.source, max(j.created_at) AS at FROM runs r JOIN jobs j ON j.id = r.job_id
-    WHERE r.source = ANY(:sources) AND j.trigger = 'beat' GROUP BY r.source
+    WHERE r.source = ANY(:sources) AND r.kind = 'extract' AND j.trigger = 'beat'
+    GROUP BY r.source
 )
 SELECT s.source, ok.at AS last_success_at, coalesce(fails.n, 0) AS consecutive_failures,
        last_run.id AS last_run_id, last_run.job_id AS last_job_id,

@@ -1,9 +1,9 @@
-"""GET /jobs: the newest-first, filtered, paged job list (the read side of jobs)."""
+"""GET /jobs and GET /jobs/<id>: the paged job list and one job (the read side of jobs)."""
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session, selectinload
 
 from shared.models import Job
@@ -33,3 +33,10 @@ def list_jobs(
     conditions += time_bounds(Job.created_at, since, until)
     return newest_first(session, Job, conditions, kind="jobs", offset=offset, limit=limit,
                         cursor=cursor, options=[selectinload(Job.runs)])
+
+
+def load_job(session: Session, job_id: int) -> Job | None:
+    """A job with its runs loaded."""
+    return session.scalar(
+        select(Job).options(selectinload(Job.runs)).where(Job.id == job_id)
+    )

@@ -8,13 +8,13 @@ from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session, selectinload
 
 from shared.errors import NotFound
-from shared.models import Job, Run
+from shared.models import RUN_COUNTERS, Job, Run
 from shared.queries.paging import BIGINT_MAX, Page, newest_first, time_bounds
 
-RUN_COUNTERS: tuple[str, ...] = (
-    "fetched", "inserted", "unchanged", "rejected", "raw_inserted", "http_requests",
-    "http_retries", "rate_limit_waits", "attempts",
-)
+# What GET /runs/compare subtracts: the run's whole-number counters and its attempts (the
+# seconds waited for the quota are no count).
+COMPARED_COUNTERS: tuple[str, ...] = tuple(
+    name for name in RUN_COUNTERS if name != "rate_limit_wait_seconds") + ("attempts",)
 
 
 def list_runs(
@@ -60,7 +60,7 @@ def run_duration_ms(run: Run) -> float | None:
 def _run_difference(a: Run, b: Run) -> dict[str, Any]:
     """b minus a, counter by counter, plus the duration change."""
     diff: dict[str, Any] = {name: int(getattr(b, name)) - int(getattr(a, name))
-                            for name in RUN_COUNTERS}
+                            for name in COMPARED_COUNTERS}
     da, db = run_duration_ms(a), run_duration_ms(b)
     diff["duration_ms"] = round(db - da, 1) if da is not None and db is not None else None
     return diff

@@ -42,11 +42,13 @@ TOP_REJECT_REASONS = 10
 RECENT_DRIFT_EVENTS = 20
 RECENT_NOTIFICATIONS = 10
 
+# A source's own figures (last outcomes, durations, runs per status) are its extract runs'; a
+# backfill's run counts in the totals only (GET /backfills shows backfills).
 _LAST_RUN_SQL = text(
     """
     SELECT DISTINCT ON (source) source, id, status, finished_at, error
     FROM runs
-    WHERE status = ANY(:statuses) AND finished_at IS NOT NULL
+    WHERE status = ANY(:statuses) AND finished_at IS NOT NULL AND kind = 'extract'
     ORDER BY source, finished_at DESC, id DESC
     """
 )
@@ -106,19 +108,21 @@ def _run_ref(row: Row[Any] | None) -> dict[str, Any] | None:
 
 
 def _runs_by_status(session: Session) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
-    """Runs per status overall and per source."""
+    """Runs per status overall (every kind) and per source (its extract runs)."""
     runs_by_status = {status: 0 for status in RUN_STATUSES}
     per_source_status: dict[str, dict[str, int]] = defaultdict(dict)
-    for source, status, n in session.execute(
-        select(Run.source, Run.status, func.count()).group_by(Run.source, Run.status)
+    for source, kind, status, n in session.execute(
+        select(Run.source, Run.kind, Run.status, func.count())
+        .group_by(Run.source, Run.kind, Run.status)
     ).all():
         runs_by_status[status] = runs_by_status.get(status, 0) + int(n)
-        per_source_status[source][status] = int(n)
+        if kind == "extract":
+            per_source_status[source][status] = int(n)
     return runs_by_status, per_source_status
 
 
 def _durations(session: Session) -> dict[str, tuple[float | None, int]]:
-    """Per source: the average duration (ms) of succeeded runs and how many there are."""
+    """Per source: the average duration (ms) of succeeded extract runs and how many."""
     return {
         source: (float(avg) if avg is not None else None, int(n))
         for source, avg, n in session.execute(
@@ -126,7 +130,7 @@ def _durations(session: Session) -> dict[str, tuple[float | None, int]]:
                 Run.source,
                 func.avg(func.extract("epoch", Run.finished_at - Run.started_at) * 1000),
                 func.count(),
-            ).where(Run.status == "succeeded", Run.started_at.is_not(None),
+            ).where(Run.status == "succeeded", Run.kind == "extract", Run.started_at.is_not(None),
                     Run.finished_at.is_not(None))
             .group_by(Run.source)
         ).all()
@@ -233,7 +237,10 @@ def source_freshness(
 
 
 def http_totals(session: Session) -> dict[str, dict[str, float]]:
-    """Per source: HTTP requests, retries, rate-limit waits and seconds waited, over all runs."""
+    """Per source: HTTP requests, retries, rate-limit waits and seconds waited, over all runs.
+
+    A backfill's requests count as its source's: they spend the same upstream quota.
+    """
     rows = session.execute(
         select(Run.source, func.sum(Run.http_requests), func.sum(Run.http_retries),
                func.sum(Run.rate_limit_waits), func.sum(Run.rate_limit_wait_seconds))

@@ -17,9 +17,11 @@ from shared.queries.job_progress import elapsed_seconds
 TIMELINE_MAX_RUNS = 2000
 TREND_RUNS = 30
 
+# Extract runs only, here and in the trends: the page's Backfills section shows backfills.
 _TIMELINE_SQL = text("""
 SELECT id, job_id, source, status, created_at, started_at, finished_at, inserted, error
-FROM runs WHERE created_at >= :since ORDER BY created_at DESC, id DESC LIMIT :limit
+FROM runs WHERE created_at >= :since AND kind = 'extract'
+ORDER BY created_at DESC, id DESC LIMIT :limit
 """)
 
 # The newest finished runs per source (succeeded or not: a failing source's trend shows it).
@@ -29,7 +31,8 @@ SELECT source, id, status, inserted,
 FROM (
     SELECT r.*, row_number() OVER (PARTITION BY source ORDER BY finished_at DESC, id DESC) AS pos
     FROM runs r
-    WHERE source = ANY(:sources) AND finished_at IS NOT NULL AND started_at IS NOT NULL
+    WHERE source = ANY(:sources) AND kind = 'extract' AND finished_at IS NOT NULL
+      AND started_at IS NOT NULL
 ) ranked WHERE pos <= :limit ORDER BY source, finished_at, id
 """)
 

@@ -11,7 +11,8 @@ from sqlalchemy import Engine, text
 
 from shared.config import Settings, load_settings
 from shared.db import unit_of_work
-from shared.jobs.submit import create_job, finalize_job
+from shared.jobs.close import finalize_job
+from shared.jobs.submit import create_job
 from shared.ingest.execute import execute_run
 from tests.conftest import TABLES
 from tests.upstream import ReplayUpstream

@@ -58,8 +58,8 @@ def test_post_backfills_with_redis_stopped_is_503_fails_the_backfill_then_works_
                  "AND finished_at IS NOT NULL", e=NOT_QUEUED) == count(clean_db, "backfills") == 1
     assert count(clean_db, "jobs", "trigger = 'backfill' AND status = 'failed' AND error = :e",
                  e=NOT_QUEUED) == 1
-    assert count(clean_db, "runs", "source = 'coingecko-backfill' AND status = 'failed' "
-                 "AND error = :e", e=NOT_QUEUED) == 1
+    assert count(clean_db, "runs", "source = 'coingecko' AND kind = 'backfill' "
+                 "AND status = 'failed' AND error = :e", e=NOT_QUEUED) == 1
     for table in ("backfills", "jobs", "runs", "backfill_chunks"):
         assert count(clean_db, table, ACTIVE) == 0, table
     assert count(clean_db, "backfill_chunks", "status = 'pending' AND attempts = 0") == 1

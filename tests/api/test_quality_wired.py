@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from shared.quality.anomalies import AnomalyThresholds
 from shared.config import load_settings
-from shared.jobs.submit import finalize_job
+from shared.jobs.close import finalize_job
 from tests.api.helpers import replay_settings, run_sources
 from tests.helpers.runs import add_run_in_series
 from tests.upstream import ReplayUpstream

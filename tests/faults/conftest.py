@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from shared.ingest.publish import unpublished
-from shared.ingest.execute import source_lock_key
+from shared.locks import run_lock
 from scripts import stack
 from tests.conftest import ALL_RAW, ROOT, count, queue_lengths
 from tests.helpers.waiting import wait_for_job
@@ -215,14 +215,16 @@ def worker_children(worker: Any) -> list[psutil.Process]:
 
 
 def source_lock_holder(engine: Engine, worker: Any, source: str) -> psutil.Process | None:
-    """The worker child whose database session holds `source`'s advisory lock (the one live
-    execution of the source), or None."""
+    """The worker child whose database session holds `source`'s extract run lock (the one
+    live execution of the source), or None."""
+    lock = run_lock("extract", source)
     with engine.connect() as conn:
+        # A two-key advisory lock shows as classid (namespace), objid (object), objsubid 2.
         port = conn.execute(text(
             "SELECT a.client_port FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 "
-            "AND l.objid::bigint = :key AND l.objsubid = 1"),
-            {"key": source_lock_key(source)}).scalar()
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.classid::bigint = :ns "
+            "AND l.objid::bigint = :obj AND l.objsubid = 2"),
+            {"ns": int(lock.namespace), "obj": lock.object}).scalar()
     if port is None:
         return None
     for child in worker_children(worker):

@@ -8,7 +8,8 @@ from sqlalchemy import Engine, text
 
 from shared.config import Settings
 from shared.db import unit_of_work
-from shared.jobs.submit import create_job, finalize_job
+from shared.jobs.close import finalize_job
+from shared.jobs.submit import create_job
 from shared.ingest.execute import execute_run
 
 HEADER = "SNo,Name,Symbol,Date,High,Low,Open,Close,Volume,Marketcap\n"

@@ -9,7 +9,7 @@ from sqlalchemy import Engine, text
 from shared.backfill.request import BackfillRequest, backfill_progress, create_backfill
 from shared.backfill.run import execute_backfill
 from shared.db import unit_of_work
-from shared.ingest.execute import source_lock_key
+from shared.locks import run_lock, try_lock, unlock
 from shared.sources.rate_limit import RedisRateLimiter
 from tests.api.helpers import replay_settings, run_sources
 from tests.conftest import count
@@ -88,10 +88,9 @@ def test_budget_wait_and_an_interrupted_chunk(
 
     # Another backfill of the source holds its lock: this one waits, touching nothing.
     with clean_db.connect() as other:
-        other.execute(text("SELECT pg_advisory_lock(:k)"),
-                      {"k": source_lock_key("coingecko-backfill")})
+        assert try_lock(other, run_lock("backfill", "coingecko"))
         assert execute_backfill(backfill_id, settings, clean_db) == "wait"
-        other.execute(text("SELECT pg_advisory_unlock_all()"))
+        unlock(other, run_lock("backfill", "coingecko"))
     assert states() == [("pending", 0)] * 3
     # A spent budget still does one chunk, then asks to be sent again.
     assert execute_backfill(backfill_id, settings, clean_db, budget_seconds=0) == "more"
@@ -105,7 +104,7 @@ def test_budget_wait_and_an_interrupted_chunk(
     assert execute_backfill(backfill_id, settings, clean_db) == "succeeded"
     assert states() == [("done", 1), ("done", 2), ("done", 1)]
     with clean_db.connect() as conn:
-        run = conn.execute(text("SELECT r.status, r.source FROM runs r JOIN backfills b "
+        run = conn.execute(text("SELECT r.status, r.source, r.kind FROM runs r JOIN backfills b "
                                 "ON b.run_id = r.id WHERE b.id = :id"),
                            {"id": backfill_id}).one()
-    assert tuple(run) == ("succeeded", "coingecko-backfill")
+    assert tuple(run) == ("succeeded", "coingecko", "backfill")

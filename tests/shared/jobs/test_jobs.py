@@ -9,9 +9,11 @@ from sqlalchemy import Engine, text, update
 
 from shared.config import Settings, load_settings
 from shared.db import unit_of_work
-from shared.jobs.submit import create_job, finalize_job, job_status_from_runs, reap_stale_runs
+from shared.jobs.close import finalize_job, job_status_from_runs, reap_stale_runs
+from shared.jobs.lifecycle import now_utc
+from shared.jobs.submit import create_job
+from shared.locks import run_lock, try_lock, unlock
 from shared.models import Run
-from shared.ingest.execute import now_utc, release_source_lock, try_source_lock
 from tests.helpers.csv_runs import HEADER, only_file, run_csv
 
 
@@ -73,10 +75,10 @@ def test_reaper_fails_orphans_but_not_live_runs(
         session.execute(update(Run).where(Run.job_id == lost.id).values(created_at=long_ago))
     # A live execution of coingecko holds its lock: its run must survive however stale.
     with clean_db.connect() as holder:
-        assert try_source_lock(holder, "coingecko")
+        assert try_lock(holder, run_lock("extract", "coingecko"))
         with unit_of_work(clean_db) as session:
             counts = reap_stale_runs(session, clean_db, settings)
-        release_source_lock(holder, "coingecko")
+        unlock(holder, run_lock("extract", "coingecko"))
     assert counts == {"runs_failed": 1, "queued_failed": 1, "jobs_finalized": 2}
     with clean_db.connect() as conn:
         rows = dict(conn.execute(text("SELECT source, status FROM runs")).all())
@@ -84,6 +86,31 @@ def test_reaper_fails_orphans_but_not_live_runs(
     assert rows == {"csv": "failed", "coingecko": "running", "coinpaprika": "failed"}
     assert jobs[orphan.id] == "failed" and jobs[lost.id] == "failed"
     assert jobs[live.id] == "queued"
+
+
+def test_reaper_takes_the_lock_of_each_runs_kind(
+    clean_db: Engine, base_env: dict[str, str], csv_dir: Path
+) -> None:
+    settings = load_settings({**base_env, "CSV_DIR": str(csv_dir), "ETL_RUN_STALE_SECONDS": "60"})
+    long_ago = now_utc() - timedelta(minutes=10)
+    with unit_of_work(clean_db) as session:
+        extract = create_job(session, ["coingecko"], "cli").job
+        backfill = create_job(session, ["coingecko"], "backfill").job
+        session.flush()
+        session.execute(update(Run).where(Run.job_id == backfill.id).values(kind="backfill"))
+        session.execute(update(Run).values(status="running", started_at=long_ago,
+                                           heartbeat_at=long_ago))
+    # A live backfill of coingecko holds its run's lock: the source's extract run is no
+    # concern of that lock (and the other way round).
+    with clean_db.connect() as holder:
+        assert try_lock(holder, run_lock("backfill", "coingecko"))
+        with unit_of_work(clean_db) as session:
+            counts = reap_stale_runs(session, clean_db, settings)
+        unlock(holder, run_lock("backfill", "coingecko"))
+    assert counts == {"runs_failed": 1, "queued_failed": 0, "jobs_finalized": 1}
+    with clean_db.connect() as conn:
+        rows = dict(conn.execute(text("SELECT job_id, status FROM runs")).all())
+    assert rows == {extract.id: "failed", backfill.id: "running"}
 
 
 def test_same_idempotency_key_returns_the_same_job(clean_db: Engine) -> None:
@@ -100,8 +127,9 @@ def test_second_run_of_a_source_is_skipped_while_one_is_active(
 ) -> None:
     only_file(csv_dir, "c.csv", HEADER + "1,Coin,CN,2021-01-01 23:59:59,1,1,1,1,1,1\n")
     with clean_db.connect() as holder:
-        assert try_source_lock(holder, "csv")  # as if another worker were running csv
+        # As if another worker were running csv.
+        assert try_lock(holder, run_lock("extract", "csv"))
         run = run_csv(clean_db, settings)
-        release_source_lock(holder, "csv")
+        unlock(holder, run_lock("extract", "csv"))
     assert run["status"] == "skipped" and "another csv run" in run["error"]
     assert run_csv(clean_db, settings)["status"] == "succeeded"
