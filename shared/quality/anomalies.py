@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Callable, Iterable, Sequence
 
@@ -47,15 +47,8 @@ class AnomalyThresholds:
 
     @classmethod
     def from_settings(cls, settings: Any) -> "AnomalyThresholds":
-        """The thresholds configured in `settings` (shared.config.Settings)."""
-        return cls(
-            lookback_runs=settings.anomaly_lookback_runs,
-            min_history=settings.anomaly_min_history,
-            ratio=settings.anomaly_ratio,
-            robust_z=settings.anomaly_robust_z,
-            failure_streak=settings.anomaly_failure_streak,
-            reject_rate_jump=settings.anomaly_reject_rate_jump,
-        )
+        """The thresholds configured in `settings` (Settings.anomaly_<name> for each)."""
+        return cls(**{f.name: getattr(settings, f"anomaly_{f.name}") for f in fields(cls)})
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, aliased
 from shared.errors import NotFound
 from shared.models import Anomaly, Asset, Quote
 from shared.queries.assets import resolve_asset
-from shared.queries.paging import Page, newest_first
+from shared.queries.paging import Page, newest_first, time_bounds, where_given
 
 # A symbol shared by more assets than this names none of them usefully (and each is one more
 # index scan in the list's plan): 404 asking for the id or slug instead.
@@ -74,35 +74,23 @@ def _by_asset(conditions: list[ColumnElement[bool]], asset_ids: Sequence[int], r
     return select(ranges).order_by(ranges.id.desc())
 
 
-def list_anomalies(
-    session: Session,
-    *,
-    source: str | None = None,
-    kind: str | None = None,
-    since: datetime | None = None,
-    asset: str | None = None,
-    offset: int = 0,
-    limit: int = 50,
-    cursor: str | None = None,
-) -> Page:
+def list_anomalies(session: Session, *, source: str | None = None, kind: str | None = None,
+                   since: datetime | None = None, asset: str | None = None, **window: Any
+                   ) -> Page:
     """One page of anomalies, newest first (by id), filtered by source, kind, created_at and
-    asset (id, slug or symbol; NotFound for none); each row a dict as AnomalySchema reads."""
-    filters: list[ColumnElement[bool]] = []
-    if source:
-        filters.append(Anomaly.source == source)
-    if kind:
-        filters.append(Anomaly.kind == kind)
-    if since is not None:
-        filters.append(Anomaly.created_at >= since)
+    asset (id, slug or symbol; NotFound for none); each row a dict as AnomalySchema reads.
+
+    `window`: offset, limit and cursor, as newest_first takes.
+    """
+    filters = where_given((Anomaly.source, source), (Anomaly.kind, kind))
+    filters += time_bounds(Anomaly.created_at, since, None)
     if asset is None:
-        page = newest_first(session, Anomaly, filters, kind="anomalies", offset=offset,
-                            limit=limit, cursor=cursor)
+        page = newest_first(session, Anomaly, filters, kind="anomalies", **window)
     else:
         asset_ids = anomaly_asset_ids(session, asset)
         page = newest_first(
             session, Anomaly, [*filters, Anomaly.asset_id.in_(asset_ids)], kind="anomalies",
-            offset=offset, limit=limit, cursor=cursor,
-            ranges=lambda after, rows: _by_asset([*filters, *after], asset_ids, rows))
+            ranges=lambda after, rows: _by_asset([*filters, *after], asset_ids, rows), **window)
     return Page(rows=with_assets(session, page.rows), total=page.total,
                 next_cursor=page.next_cursor)
 

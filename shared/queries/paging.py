@@ -183,18 +183,26 @@ def fetch_page(
     return Page(rows=rows, total=count_rows(session, counted), next_cursor=next_cursor)
 
 
+def where_given(*pairs: tuple[Any, Any]) -> list[ColumnElement[bool]]:
+    """`column == value` for each (column, value) pair whose value is given (not None or '')."""
+    return [column == value for column, value in pairs if value is not None and value != ""]
+
+
 def newest_first(
     session: Session, entity: Any, conditions: Sequence[ColumnElement[bool]], *, kind: str,
-    offset: int, limit: int, cursor: str | None, options: Sequence[Any] = (),
+    created: Any = None, since: datetime | None = None, until: datetime | None = None,
+    offset: int = 0, limit: int = 50, cursor: str | None = None, options: Sequence[Any] = (),
     ranges: Callable[[list[ColumnElement[bool]], int], Select[Any]] | None = None,
 ) -> Page:
     """One page of `entity` rows matching `conditions`, newest first (`id DESC`).
 
-    Paged by offset, or by a cursor of `kind` carrying the last id shown (the offset is then
-    ignored). `ranges(after, rows)` builds the rows' query instead, in the same order, where
-    the plain one would read the wrong index: `after` is the cursor's bound (empty without
-    one), and the page needs at most `rows` rows of it.
+    `since <= created <= until` when given. Paged by offset, or by a cursor of `kind` carrying
+    the last id shown (the offset is then ignored). `ranges(after, rows)` builds the rows'
+    query instead, in the same order, where the plain one would read the wrong index: `after`
+    is the cursor's bound (empty without one), and the page needs at most `rows` rows of it.
     """
+    if created is not None:
+        conditions = [*conditions, *time_bounds(created, since, until)]
     after: list[ColumnElement[bool]] = []
     if cursor is not None:
         after.append(entity.id < cursor_int(decode_cursor(cursor, kind), "id"))

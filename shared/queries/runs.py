@@ -1,15 +1,14 @@
 """GET /runs: the filtered run list, one run, and two runs side by side (GET /runs/compare)."""
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from shared.errors import NotFound
 from shared.models import RUN_COUNTERS, Job, Run
-from shared.queries.paging import BIGINT_MAX, Page, newest_first, time_bounds
+from shared.queries.paging import BIGINT_MAX, Page, newest_first, where_given
 
 # What GET /runs/compare subtracts: the run's whole-number counters and its attempts (the
 # seconds waited for the quota are no count).
@@ -17,29 +16,14 @@ COMPARED_COUNTERS: tuple[str, ...] = tuple(
     name for name in RUN_COUNTERS if name != "rate_limit_wait_seconds") + ("attempts",)
 
 
-def list_runs(
-    session: Session,
-    *,
-    source: str | None = None,
-    status: str | None = None,
-    job_id: int | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    offset: int = 0,
-    limit: int = 50,
-    cursor: str | None = None,
-) -> Page:
-    """One page of runs, newest first, filtered by source, status, job and creation time."""
-    conditions: list[ColumnElement[bool]] = []
-    if source:
-        conditions.append(Run.source == source)
-    if status:
-        conditions.append(Run.status == status)
-    if job_id is not None:
-        conditions.append(Run.job_id == job_id)
-    conditions += time_bounds(Run.created_at, since, until)
-    return newest_first(session, Run, conditions, kind="runs", offset=offset, limit=limit,
-                        cursor=cursor)
+def list_runs(session: Session, *, source: str | None = None, status: str | None = None,
+              job_id: int | None = None, **window: Any) -> Page:
+    """One page of runs, newest first, filtered by source, status, job and creation time.
+
+    `window`: since/until (of created_at), offset, limit and cursor, as newest_first takes.
+    """
+    conditions = where_given((Run.source, source), (Run.status, status), (Run.job_id, job_id))
+    return newest_first(session, Run, conditions, kind="runs", created=Run.created_at, **window)
 
 
 def get_run(session: Session, run_id: int) -> Run:
