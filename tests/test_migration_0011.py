@@ -1,12 +1,9 @@
 """Migration 0011 (quality tables) goes down to 0010 and back up cleanly."""
 from __future__ import annotations
 
-import uuid
+from sqlalchemy import text
 
-from sqlalchemy import create_engine, make_url, text
-
-from tests.conftest import _admin_engine, _server_url
-from tests.test_migrations import _flask_db
+from tests.test_migrations import _flask_db, scratch_database
 
 _TABLES = ("SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables"
            " WHERE table_name IN ('quote_flags', 'anomalies')")
@@ -15,13 +12,7 @@ _COLUMN = ("SELECT count(*) FROM information_schema.columns "
 
 
 def test_0011_down_and_up() -> None:
-    admin = _admin_engine()
-    name = f"kasparro_mig_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(_server_url()).set(database=name).render_as_string(hide_password=False)
-    engine = create_engine(url)
-    try:
+    with scratch_database() as (url, engine):
         _flask_db(url, "upgrade", "0011")
         with engine.begin() as conn:
             assert conn.execute(text(_TABLES)).scalar() == "anomalies,quote_flags"
@@ -37,8 +28,3 @@ def test_0011_down_and_up() -> None:
             assert conn.execute(text(_TABLES)).scalar() is None
             assert conn.execute(text(_COLUMN)).scalar() == 0
         _flask_db(url, "upgrade", "0011")
-    finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()

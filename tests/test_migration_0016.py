@@ -1,12 +1,9 @@
 """Migration 0016 gives the anomalies stored before it their asset, indexes it, and goes back."""
 from __future__ import annotations
 
-import uuid
+from sqlalchemy import text
 
-from sqlalchemy import create_engine, make_url, text
-
-from tests.conftest import _admin_engine, _server_url
-from tests.test_migrations import _flask_db
+from tests.test_migrations import _flask_db, scratch_database
 
 _ROWS = [("implausible", "coingecko", "quote:9:2022-02-23T11:23:11.426000+00:00", 9),
          ("inserted_low", "coingecko", "run:4", None),
@@ -18,15 +15,9 @@ _COLUMN = ("SELECT count(*) FROM information_schema.columns "
 
 
 def test_0016_derives_the_asset_of_old_and_new_anomalies_and_goes_down() -> None:
-    admin = _admin_engine()
-    name = f"kasparro_mig_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(_server_url()).set(database=name).render_as_string(hide_password=False)
-    engine = create_engine(url)
     insert = text("INSERT INTO anomalies (kind, source, key, evidence) "
                   "VALUES (:kind, :source, :key, '{}')")
-    try:
+    with scratch_database() as (url, engine):
         _flask_db(url, "upgrade", "0015")
         with engine.begin() as conn:
             for kind, source, key, _ in _ROWS[:2]:
@@ -48,8 +39,3 @@ def test_0016_derives_the_asset_of_old_and_new_anomalies_and_goes_down() -> None
         with engine.connect() as conn:
             assert conn.execute(text(
                 "SELECT asset_id FROM anomalies WHERE kind = 'implausible'")).scalar() == 9
-    finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()

@@ -1,14 +1,11 @@
 """Migration 0017 gives runs a kind: a backfill's run names its real source, and goes back."""
 from __future__ import annotations
 
-import uuid
-
 import pytest
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from tests.conftest import _admin_engine, _server_url
-from tests.test_migrations import _flask_db
+from tests.test_migrations import _flask_db, scratch_database
 
 _JOB = text("INSERT INTO jobs (status, sources, trigger) VALUES ('running', :s, :t) RETURNING id")
 _RUN = text("INSERT INTO runs (job_id, source, status) VALUES (:j, :s, :st) RETURNING id")
@@ -17,13 +14,7 @@ _INDEX = "SELECT indexname FROM pg_indexes WHERE indexname LIKE 'uq_runs_one_run
 
 
 def test_0017_splits_the_backfill_suffix_into_kind_and_goes_down() -> None:
-    admin = _admin_engine()
-    name = f"kasparro_mig_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(_server_url()).set(database=name).render_as_string(hide_password=False)
-    engine = create_engine(url)
-    try:
+    with scratch_database() as (url, engine):
         _flask_db(url, "upgrade", "0016")
         with engine.begin() as conn:
             # A backfill running beside the source's own extract run, as 0014 stored it.
@@ -67,8 +58,3 @@ def test_0017_splits_the_backfill_suffix_into_kind_and_goes_down() -> None:
         with engine.connect() as conn:
             assert conn.execute(text("SELECT source, kind FROM runs WHERE id = :i"),
                                 {"i": backfill_run}).one() == ("coingecko", "backfill")
-    finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()

@@ -5,7 +5,8 @@ import os
 import subprocess
 import sys
 import uuid
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -29,18 +30,33 @@ def _flask_db(url: str, *args: str) -> None:
                    env=dict(os.environ, DATABASE_URL=url), check=True, capture_output=True)
 
 
-def test_0006_moves_csv_lines_into_blocks_and_back() -> None:
-    # Lines stored one row each (before 0006) come out of raw_lines unchanged, hashes and all;
-    # API records stay where they are; the downgrade puts the lines back.
+@contextmanager
+def scratch_database() -> Iterator[tuple[str, Engine]]:
+    """A new empty database for walking migrations up and down: its URL and an engine.
+
+    Dropped afterwards, whatever the test left connected.
+    """
     admin = _admin_engine()
     name = f"kasparro_mig_{uuid.uuid4().hex[:10]}"
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = make_url(_server_url()).set(database=name).render_as_string(hide_password=False)
     engine = create_engine(url)
+    try:
+        yield url, engine
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_0006_moves_csv_lines_into_blocks_and_back() -> None:
+    # Lines stored one row each (before 0006) come out of raw_lines unchanged, hashes and all;
+    # API records stay where they are; the downgrade puts the lines back.
     rows = [("csv", f"a:b.csv:{n}", f"{n},Coin,C,2020-01-0{n},1,1,1,1,1,1", 7) for n in (2, 3)]
     rows += [("csv", "other.csv:2", "x,y", 8), ("coingecko", "bitcoin", '{"id": "bitcoin"}', 7)]
-    try:
+    with scratch_database() as (url, engine):
         _flask_db(url, "upgrade", "0005")
         with engine.begin() as conn:
             for source, key, payload, run in rows:
@@ -62,8 +78,3 @@ def test_0006_moves_csv_lines_into_blocks_and_back() -> None:
         with engine.connect() as conn:
             assert sorted(conn.execute(text(stored.format("raw_records"))).all()) == \
                 sorted(before)
-    finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()

@@ -12,7 +12,7 @@ from shared.db import unit_of_work
 from shared.jobs.close import finalize_job, job_status_from_runs, reap_stale_runs
 from shared.jobs.lifecycle import now_utc
 from shared.jobs.submit import create_job
-from shared.locks import run_lock, try_lock, unlock
+from shared.locks import LockKey, run_lock, try_lock, unlock
 from shared.models import Run
 from tests.helpers.csv_runs import HEADER, only_file, run_csv
 
@@ -59,10 +59,24 @@ def test_finalize_waits_for_active_runs_and_runs_once(
             finished.finished_at
 
 
-def test_reaper_fails_orphans_but_not_live_runs(
-    clean_db: Engine, base_env: dict[str, str], csv_dir: Path
-) -> None:
-    settings = load_settings({**base_env, "CSV_DIR": str(csv_dir), "ETL_RUN_STALE_SECONDS": "60"})
+@pytest.fixture
+def reaper_settings(base_env: dict[str, str], csv_dir: Path) -> Settings:
+    """Settings under which a run silent for a minute is stale."""
+    return load_settings({**base_env, "CSV_DIR": str(csv_dir), "ETL_RUN_STALE_SECONDS": "60"})
+
+
+def _reap_while_held(engine: Engine, settings: Settings, lock: LockKey) -> dict[str, int]:
+    """Reap while another connection holds `lock`, as a live execution would."""
+    with engine.connect() as holder:
+        assert try_lock(holder, lock)
+        with unit_of_work(engine) as session:
+            counts = reap_stale_runs(session, engine, settings)
+        unlock(holder, lock)
+    return counts
+
+
+def test_reaper_fails_orphans_but_not_live_runs(clean_db: Engine, reaper_settings: Settings
+                                                ) -> None:
     long_ago = now_utc() - timedelta(minutes=10)
     with unit_of_work(clean_db) as session:
         orphan = create_job(session, ["csv"], "cli").job
@@ -74,11 +88,7 @@ def test_reaper_fails_orphans_but_not_live_runs(
                 status="running", started_at=long_ago, heartbeat_at=long_ago))
         session.execute(update(Run).where(Run.job_id == lost.id).values(created_at=long_ago))
     # A live execution of coingecko holds its lock: its run must survive however stale.
-    with clean_db.connect() as holder:
-        assert try_lock(holder, run_lock("extract", "coingecko"))
-        with unit_of_work(clean_db) as session:
-            counts = reap_stale_runs(session, clean_db, settings)
-        unlock(holder, run_lock("extract", "coingecko"))
+    counts = _reap_while_held(clean_db, reaper_settings, run_lock("extract", "coingecko"))
     assert counts == {"runs_failed": 1, "queued_failed": 1, "jobs_finalized": 2}
     with clean_db.connect() as conn:
         rows = dict(conn.execute(text("SELECT source, status FROM runs")).all())
@@ -88,10 +98,8 @@ def test_reaper_fails_orphans_but_not_live_runs(
     assert jobs[live.id] == "queued"
 
 
-def test_reaper_takes_the_lock_of_each_runs_kind(
-    clean_db: Engine, base_env: dict[str, str], csv_dir: Path
-) -> None:
-    settings = load_settings({**base_env, "CSV_DIR": str(csv_dir), "ETL_RUN_STALE_SECONDS": "60"})
+def test_reaper_takes_the_lock_of_each_runs_kind(clean_db: Engine, reaper_settings: Settings
+                                                 ) -> None:
     long_ago = now_utc() - timedelta(minutes=10)
     with unit_of_work(clean_db) as session:
         extract = create_job(session, ["coingecko"], "cli").job
@@ -102,11 +110,7 @@ def test_reaper_takes_the_lock_of_each_runs_kind(
                                            heartbeat_at=long_ago))
     # A live backfill of coingecko holds its run's lock: the source's extract run is no
     # concern of that lock (and the other way round).
-    with clean_db.connect() as holder:
-        assert try_lock(holder, run_lock("backfill", "coingecko"))
-        with unit_of_work(clean_db) as session:
-            counts = reap_stale_runs(session, clean_db, settings)
-        unlock(holder, run_lock("backfill", "coingecko"))
+    counts = _reap_while_held(clean_db, reaper_settings, run_lock("backfill", "coingecko"))
     assert counts == {"runs_failed": 1, "queued_failed": 0, "jobs_finalized": 1}
     with clean_db.connect() as conn:
         rows = dict(conn.execute(text("SELECT job_id, status FROM runs")).all())
