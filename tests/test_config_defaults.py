@@ -1,11 +1,12 @@
 """Each setting's default is written once (shared.config.DEFAULTS); README and docs/ agree."""
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any
 
-from shared.config import DEFAULTS, SOURCES, load_settings
+from shared.config import DEFAULTS, SOURCES, Settings, load_settings
 from shared.quality.anomalies import AnomalyThresholds
 from shared.quality.checks import QualityThresholds
 
@@ -80,6 +81,13 @@ def test_every_code_default_is_documented() -> None:
     texts = " ".join(p.read_text() for p in (README, *(ROOT / "docs").glob("*.md")))
     documented = set(_readme_defaults()) | {name for name, _ in PROSE_DEFAULT.findall(texts)}
     assert sorted(set(DEFAULTS) - documented) == []
+
+
+def test_settings_declare_no_default_of_their_own() -> None:
+    """Every Settings field is given by load_settings, which takes defaults from DEFAULTS."""
+    own = [f.name for f in dataclasses.fields(Settings)
+           if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING]
+    assert own == []
 
 
 def test_settings_and_thresholds_take_the_defaults() -> None:
