@@ -15,9 +15,9 @@ from shared.backfill.plan import estimate, plan_windows, request_key
 from shared.config import Settings
 from shared.db import create_once
 from shared.errors import EtlError
-from shared.jobs.lifecycle import now_utc
+from shared.jobs.lifecycle import end_run, now_utc
 from shared.jobs.submit import NOT_QUEUED, send_or_fail
-from shared.models import Job, Run
+from shared.models import RUN_STATUSES, Job, Run
 
 SOURCES = ("coingecko",)
 TOP_MAX = 250
@@ -164,10 +164,10 @@ def submit_backfill(session: Session, celery_app: Any, req: BackfillRequest,
         backfill_id, run_id = backfill.id, backfill.run_id
 
         def fail_backfill(session: Session) -> None:
+            session.execute(update(Backfill).where(Backfill.id == backfill_id).values(
+                status="failed", error=NOT_QUEUED, finished_at=now_utc()))
             # Its run too, whatever it was: the latest attempt is the one that was not sent.
-            for model, key in ((Backfill, backfill_id), (Run, run_id)):
-                session.execute(update(model).where(model.id == key).values(
-                    status="failed", error=NOT_QUEUED, finished_at=now_utc()))
+            end_run(session, run_id, "failed", NOT_QUEUED, when=RUN_STATUSES)
 
         send_or_fail(session, backfill.job_id,
                      lambda: enqueue_backfill(celery_app, backfill_id), fail_backfill)

@@ -5,11 +5,11 @@ import logging
 from datetime import timedelta
 from typing import Sequence
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from shared.config import Settings, get_settings
-from shared.jobs.lifecycle import end_run, now_utc
+from shared.jobs.lifecycle import end_run, fail_queued_runs, now_utc
 from shared.locks import run_lock, try_lock, unlock
 from shared.models import TERMINAL_STATUSES, Job, Run
 from shared.quality.anomalies import AnomalyThresholds, record_run_anomalies
@@ -92,13 +92,8 @@ def reap_stale_runs(session: Session, engine: Engine, settings: Settings) -> dic
             finally:
                 unlock(conn, lock)
         counts["runs_failed"] += int(changed)
-    result = session.execute(
-        update(Run).where(Run.status == "queued", Run.created_at < deadline).values(
-            status="failed", finished_at=now_utc(),
-            error="never started: the task message was lost",
-        )
-    )
-    counts["queued_failed"] = int(result.rowcount or 0)  # type: ignore[attr-defined]
+    counts["queued_failed"] = fail_queued_runs(
+        session, "never started: the task message was lost", Run.created_at < deadline)
     session.commit()
     open_jobs = session.scalars(
         select(Job.id).where(Job.status.in_(("queued", "running"))).order_by(Job.id)

@@ -1,8 +1,9 @@
 """A run's lifecycle, for extract runs and backfills alike: start it, count its work, end it.
 
-The one writer of a run's state and counters while it executes (shared.ingest.execute and
-shared.backfill.run call it; the batch writer embeds BATCH_PROGRESS_SQL in its end-of-batch
-statement). Submitting and closing jobs stay in shared.jobs.submit and shared.jobs.close.
+The one writer of a run's state and counters: shared.ingest.execute and shared.backfill.run
+while they execute it (the batch writer embeds BATCH_PROGRESS_SQL in its end-of-batch
+statement), the reaper and the failed submissions when nobody will. Deciding a job's own
+status stays in shared.jobs.submit and shared.jobs.close.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import logging
 from datetime import datetime, timezone
 from typing import Literal, Mapping, Sequence
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
 from shared.models import RUN_HTTP_COUNTERS, RUN_LOAD_COUNTERS, TERMINAL_STATUSES, Job, Run
@@ -95,3 +96,15 @@ def end_run(session: Session, run_id: int, status: str, error: str | None,
              run.kind, run.source, status, run.fetched, run.inserted, run.unchanged,
              run.rejected)
     return True
+
+
+def fail_queued_runs(session: Session, error: str, *where: ColumnElement[bool]) -> int:
+    """Fail the queued runs that match `where`: their message was never sent, or is lost.
+
+    Returns how many.
+    """
+    result = session.execute(
+        update(Run).where(Run.status == "queued", *where)
+        .values(status="failed", error=error, finished_at=now_utc())
+        .execution_options(synchronize_session=False))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from shared import task_names
 from shared.db import create_once
 from shared.errors import EtlError
-from shared.jobs.lifecycle import now_utc
+from shared.jobs.lifecycle import fail_queued_runs, now_utc
 from shared.models import Job, Run
 
 log = logging.getLogger(__name__)
@@ -140,13 +140,9 @@ def send_or_fail(session: Session, job_id: int, send: Callable[[], None],
 
 def fail_unsent_job(session: Session, job_id: int, reason: str) -> None:
     """Mark a job whose messages never reached the broker as failed (flushes)."""
-    stamp = now_utc()
-    session.execute(
-        update(Run).where(Run.job_id == job_id, Run.status == "queued")
-        .values(status="failed", error=reason, finished_at=stamp)
-    )
+    fail_queued_runs(session, reason, Run.job_id == job_id)
     session.execute(
         update(Job).where(Job.id == job_id)
-        .values(status="failed", error=reason, finished_at=stamp)
+        .values(status="failed", error=reason, finished_at=now_utc())
     )
     session.flush()
