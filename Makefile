@@ -24,7 +24,7 @@ help:
 	@echo "make run      start PostgreSQL/Redis (embedded if needed), migrate, API + worker + beat"
 	@echo "make test     run the whole test suite (embedded PostgreSQL/Redis if none found)"
 	@echo "make demo     like run, against a local replay of recorded upstream payloads"
-	@echo "make bench    benchmarks: ingest vs COPY, re-runs, /data under load, sources"
+	@echo "make bench    benchmarks: jobs through the worker vs COPY, /data under load, sources"
 	@echo "make lint     flake8, then mypy --strict over api, shared and worker"
 	@echo "make migrate  flask --app api db upgrade (needs DATABASE_URL)"
 	@echo "make clean    remove var/ (embedded data, logs, API token)"
@@ -71,7 +71,8 @@ test: $(DEV_STAMP)
 demo:
 	REPLAY_UPSTREAM=1 UPSTREAM_COINPAPRIKA_COHERENT=1 $(MAKE) run
 
-# Its own database on the services `make test` uses; table in var/bench-results.md (~5 min).
+# Its own databases on the services `make test` uses; table in var/bench-results.md. Cases and
+# options in docs/benchmarks.md, e.g. BENCH_ARGS="--cases ingest --baseline-ref <git ref>".
 bench: $(DEV_STAMP)
 	$(PY) -m bench $(BENCH_ARGS)
 
