@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import pytest
 
 from tests.conftest import ROOT
+
+# Starts real processes (a Python interpreter per check): not in the fast subset.
+pytestmark = pytest.mark.processes
 
 
 def _modules_after(code: str) -> set[str]:

@@ -1,9 +1,13 @@
 """Migration 0011 (quality tables) goes down to 0010 and back up cleanly."""
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import text
 
 from tests.test_migrations import _flask_db, scratch_database
+
+# Starts real processes (`flask db` on a scratch database): not in the fast subset.
+pytestmark = pytest.mark.processes
 
 _TABLES = ("SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables"
            " WHERE table_name IN ('quote_flags', 'anomalies')")

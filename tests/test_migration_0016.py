@@ -1,9 +1,13 @@
 """Migration 0016 gives the anomalies stored before it their asset, indexes it, and goes back."""
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import text
 
 from tests.test_migrations import _flask_db, scratch_database
+
+# Starts real processes (`flask db` on a scratch database): not in the fast subset.
+pytestmark = pytest.mark.processes
 
 _ROWS = [("implausible", "coingecko", "quote:9:2022-02-23T11:23:11.426000+00:00", 9),
          ("inserted_low", "coingecko", "run:4", None),

@@ -7,6 +7,9 @@ from sqlalchemy.exc import IntegrityError
 
 from tests.test_migrations import _flask_db, scratch_database
 
+# Starts real processes (`flask db` on a scratch database): not in the fast subset.
+pytestmark = pytest.mark.processes
+
 _JOB = text("INSERT INTO jobs (status, sources, trigger) VALUES ('running', :s, :t) RETURNING id")
 _RUN = text("INSERT INTO runs (job_id, source, status) VALUES (:j, :s, :st) RETURNING id")
 _RUNS = "SELECT r.source, r.kind, r.status, j.sources FROM runs r JOIN jobs j ON j.id = r.job_id "

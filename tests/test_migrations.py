@@ -10,6 +10,7 @@ from typing import Any, Iterator
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+import pytest
 from sqlalchemy import Engine, create_engine, make_url, text
 
 from shared.models import Base
@@ -51,6 +52,7 @@ def scratch_database() -> Iterator[tuple[str, Engine]]:
         admin.dispose()
 
 
+@pytest.mark.processes
 def test_0006_moves_csv_lines_into_blocks_and_back() -> None:
     # Lines stored one row each (before 0006) come out of raw_lines unchanged, hashes and all;
     # API records stay where they are; the downgrade puts the lines back.

@@ -16,6 +16,9 @@ from tests.helpers.waiting import poll
 from tests.redis_server import RedisServer
 from tests.upstream import ReplayUpstream
 
+# Starts real processes (its own redis-server, a celery worker): not in the fast subset.
+pytestmark = pytest.mark.processes
+
 ACTIVE = "status IN ('queued', 'running')"
 
 

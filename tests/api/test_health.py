@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine, text
 
 from shared.config import Settings, load_settings
@@ -68,6 +69,7 @@ def test_degraded_without_worker_even_when_fresh(
     assert body["status"] == "degraded"
 
 
+@pytest.mark.processes
 def test_ok_with_a_live_worker_and_fresh_sources_then_stale(
     clean_db: Engine, base_env: dict[str, str], csv_dir: Path, worker_factory: Any
 ) -> None:

@@ -188,6 +188,7 @@ def test_bad_idempotency_key_is_422(
     assert count(clean_db, "jobs") == 0
 
 
+@pytest.mark.processes
 def test_token_never_reaches_the_logs_of_a_full_job(
     clean_db: Any, settings: Settings, csv_dir: Path,
     auth_headers: dict[str, str], worker_factory: Any,

@@ -11,6 +11,9 @@ from shared.config import Settings, load_settings
 from shared.jobs.submit import NOT_QUEUED
 from tests.conftest import count
 
+# About 20 s a test (measured): not in the fast subset.
+pytestmark = pytest.mark.slow
+
 # Nothing listens on port 1: every send is refused at once.
 DEAD_REDIS = "redis://127.0.0.1:1/0"
 

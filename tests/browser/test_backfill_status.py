@@ -19,7 +19,7 @@ from tests.browser.accessibility import accessibility_problems, contrast
 from tests.conftest import truncate_tables
 from tests.upstream import ReplayUpstream
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.browser]
 
 
 def test_status_lists_backfills_with_chunk_progress(

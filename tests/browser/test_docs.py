@@ -10,7 +10,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.browser.conftest import network_events, off_machine, requests_seen, save_screenshot
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.browser]
 
 
 def test_docs_render_the_operations_with_no_request_off_the_machine(

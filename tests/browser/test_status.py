@@ -22,7 +22,7 @@ from tests.conftest import ROOT, TEST_TOKEN, WorkerProcess, truncate_tables
 from tests.helpers.waiting import wait_for_job
 from tests.upstream import ReplayUpstream
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.browser]
 SOURCES = ["coingecko", "coinpaprika", "csv"]
 
 

@@ -342,6 +342,7 @@ def test_max_requests_in_window() -> None:
     assert max_requests_in_window([], 1) == 0
 
 
+@pytest.mark.processes
 def test_runs_as_a_subprocess_with_faults_from_the_start() -> None:
     """`python -m tests.upstream --port 0` prints READY <url>; --fault and env faults apply."""
     env = dict(os.environ, UPSTREAM_FAULTS=json.dumps([{"endpoint": "coinpaprika", "mode": "402"}]))

@@ -83,6 +83,7 @@ def _check_output(result: subprocess.CompletedProcess[str], engine: Any, status:
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_etl_run_shows_ids_progress_and_final_counts(
     clean_db: Any, base_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -101,6 +102,7 @@ def test_etl_run_shows_ids_progress_and_final_counts(
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_etl_run_exits_nonzero_when_the_run_fails(
     clean_db: Any, base_env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -45,6 +45,7 @@ def _traced_growth(run: Any) -> int:
         tracemalloc.stop()
 
 
+@pytest.mark.slow
 def test_distinct_query_strings_stay_within_the_configured_bytes(
     clean_db: Engine, settings: Settings,
 ) -> None:

@@ -173,6 +173,7 @@ def test_writes_are_not_limited(
     assert response.status_code == 202, response.get_data(as_text=True)
 
 
+@pytest.mark.slow
 def test_health_and_metrics_answer_while_a_read_is_blocked(
     clean_db: Engine, settings: Settings
 ) -> None:

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import pytest
 from sqlalchemy import Engine, event, text
 from sqlalchemy.orm import Session
 
@@ -376,6 +377,7 @@ def _run(engine: Engine, resolve: Callable[..., dict[str, int]],
             order)
 
 
+@pytest.mark.slow
 def test_matches_the_per_hint_algorithm_on_mixed_batches(clean_db: Engine) -> None:
     for seed in range(40):
         aliases, batches = _random_batches(random.Random(seed))

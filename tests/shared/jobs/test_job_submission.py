@@ -50,6 +50,7 @@ def test_submit_commits_then_sends_one_message_per_source(
     assert queued_messages(redis_url) == 2 and count(clean_db, "jobs") == 1
 
 
+@pytest.mark.slow
 def test_submit_with_the_broker_down_fails_the_job_and_raises(
     clean_db: Engine, dead_sender: Celery
 ) -> None:

@@ -5,6 +5,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+import pytest
 from sqlalchemy import Engine, text
 
 from shared import task_names
@@ -13,6 +14,10 @@ from tests.helpers.broker import sender
 from tests.helpers.runs import add_run
 from tests.helpers.waiting import poll
 from tests.helpers.webhooks import Receiver
+
+
+# Starts real processes (a celery worker): not in the fast subset.
+pytestmark = pytest.mark.processes
 
 
 def _wait(engine: Engine, sql: str, expected: Any, timeout: float = 30) -> Any:

@@ -304,6 +304,7 @@ def test_limiter_waits_for_a_free_slot(upstream: ReplayUpstream, redis_db: redis
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_quota_holds_across_processes(redis_db: redis.Redis) -> None:
     """4 processes fetching at once never exceed N requests in any window of P seconds."""
     quota, period, per_process = 4, 2, 3
