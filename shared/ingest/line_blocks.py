@@ -1,5 +1,4 @@
-"""CSV raw lines stored one block per batch (raw_line_blocks, migration 0006), and which of a
-batch's lines are stored already.
+"""CSV raw lines: one block per batch (raw_line_blocks, migration 0006), and which are stored.
 
 A line is read once because the file offset that covers it commits with it; when lines do
 repeat (a replaced file, a re-appended day) their quotes collide on the quotes' primary key,
