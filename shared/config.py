@@ -17,6 +17,7 @@ FRESHNESS_SCHEDULE_PERIODS = 3
 # (ETL_TASK_SOFT_TIME_LIMIT, CELERY_VISIBILITY_TIMEOUT, ...) are in load_settings; secrets
 # have none.
 DEFAULTS: Mapping[str, Any] = MappingProxyType({
+    # In the order of the README's table, a line per row.
     "DATABASE_URL": "postgresql+psycopg2://postgres@127.0.0.1:5432/kasparro",
     "REDIS_URL": "redis://127.0.0.1:6379/0",
     "CSV_DIR": "data",
@@ -24,60 +25,38 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "ETL_SCHEDULE_SECONDS": 300,
     "API_PORT": 8000,
     "LOG_LEVEL": "INFO",
-    "API_READ_RATE_LIMIT": "600/minute",
-    "API_JOBS_RATE_LIMIT": "10/minute",
+    "API_READ_RATE_LIMIT": "600/minute", "API_JOBS_RATE_LIMIT": "10/minute",
     "API_AUTH_FAIL_RATE_LIMIT": "20/minute",
-    "API_STATEMENT_TIMEOUT_MS": 5000,
-    "API_EXPORT_STATEMENT_TIMEOUT_MS": 25000,
+    "API_STATEMENT_TIMEOUT_MS": 5000, "API_EXPORT_STATEMENT_TIMEOUT_MS": 25000,
     "COINGECKO_BASE_URL": "https://api.coingecko.com/api/v3",
-    "COINPAPRIKA_BASE_URL": "https://api.coinpaprika.com/v1",
-    "COINPAPRIKA_AUTH_SCHEME": "",
+    "COINPAPRIKA_BASE_URL": "https://api.coinpaprika.com/v1", "COINPAPRIKA_AUTH_SCHEME": "",
     # Free plans: CoinGecko demo ~30 calls/min, CoinPaprika free 20,000 calls/month (we stay
     # far below with 10/min).
-    "COINGECKO_RATE_LIMIT": 30,
-    "COINGECKO_RATE_PERIOD_SECONDS": 60,
-    "COINPAPRIKA_RATE_LIMIT": 10,
-    "COINPAPRIKA_RATE_PERIOD_SECONDS": 60,
-    "HTTP_TIMEOUT_SECONDS": 10.0,
-    "HTTP_MAX_RETRIES": 5,
-    "HTTP_BACKOFF_MAX_SECONDS": 60.0,
+    "COINGECKO_RATE_LIMIT": 30, "COINGECKO_RATE_PERIOD_SECONDS": 60,
+    "COINPAPRIKA_RATE_LIMIT": 10, "COINPAPRIKA_RATE_PERIOD_SECONDS": 60,
+    "HTTP_TIMEOUT_SECONDS": 10.0, "HTTP_MAX_RETRIES": 5, "HTTP_BACKOFF_MAX_SECONDS": 60.0,
     # 25,000 lines: the fastest of 10k/25k/50k in bench/ (fewer commits, better index
     # locality; figures in docs/benchmarks.md).
     "CSV_BATCH_ROWS": 25_000,
     "ETL_TASK_TIME_LIMIT": 900,
-    "BROKER_RESTORE_INTERVAL_SECONDS": 10,
-    "BROKER_RESTORE_THROTTLE": 10,
+    "BROKER_RESTORE_INTERVAL_SECONDS": 10, "BROKER_RESTORE_THROTTLE": 10,
     "BROKER_KEY_PREFIX": "",
     "ETL_MAX_TASK_ATTEMPTS": 3,
     "ETL_REAPER_INTERVAL_SECONDS": 60,
     "CONSENSUS_DISAGREEMENT_SHARE": 0.02,
-    "NOTIFY_REMINDER_SECONDS": 3600,
-    "NOTIFY_ESCALATE_AFTER": 3,
-    "NOTIFY_TIMEOUT_SECONDS": 5.0,
+    "NOTIFY_REMINDER_SECONDS": 3600, "NOTIFY_ESCALATE_AFTER": 3, "NOTIFY_TIMEOUT_SECONDS": 5.0,
     "NOTIFY_EVALUATE_SECONDS": 60,
-    "BACKFILL_MAX_DAYS": 365,
-    "BACKFILL_CHUNK_DAYS": 90,
-    "BACKFILL_QUOTA_SHARE": 0.5,
-    "FAIL_MODE": "raise",
-    "ETL_BATCH_DELAY_SECONDS": 0.0,
-    # Quality checks (docs/quality.md). A quote observed this long before its fetch is stale;
-    # CSV rows are historical closes by nature, so the check is off for them (0).
-    "QUALITY_STALE_SECONDS_COINGECKO": 3600,
-    "QUALITY_STALE_SECONDS_COINPAPRIKA": 3600,
+    "BACKFILL_MAX_DAYS": 365, "BACKFILL_CHUNK_DAYS": 90, "BACKFILL_QUOTA_SHARE": 0.5,
+    "FAIL_MODE": "raise", "ETL_BATCH_DELAY_SECONDS": 0.0,
+    # Quality checks and anomaly rules (docs/quality.md). A quote observed this long before its
+    # fetch is stale; CSV rows are historical closes by nature, so the check is off for them.
+    "QUALITY_STALE_SECONDS_COINGECKO": 3600, "QUALITY_STALE_SECONDS_COINPAPRIKA": 3600,
     "QUALITY_STALE_SECONDS_CSV": 0,
-    "QUALITY_JUMP_FACTOR": 10.0,
-    "QUALITY_OUTLIER_PCT": 10.0,
-    "QUALITY_MCAP_VOLUME_RATIO": 1e8,
-    "QUALITY_MCAP_SUPPLY_FACTOR": 2.0,
+    "QUALITY_JUMP_FACTOR": 10.0, "QUALITY_OUTLIER_PCT": 10.0, "CONSENSUS_WINDOW_SECONDS": 3600,
+    "QUALITY_MCAP_VOLUME_RATIO": 1e8, "QUALITY_MCAP_SUPPLY_FACTOR": 2.0,
     "QUALITY_MAX_MARKET_CAP_USD": 1e13,
-    "CONSENSUS_WINDOW_SECONDS": 3600,
-    # Run anomaly rules (docs/quality.md).
-    "ANOMALY_LOOKBACK_RUNS": 20,
-    "ANOMALY_MIN_HISTORY": 5,
-    "ANOMALY_RATIO": 5.0,
-    "ANOMALY_ROBUST_Z": 5.0,
-    "ANOMALY_FAILURE_STREAK": 3,
-    "ANOMALY_REJECT_RATE_JUMP": 0.1,
+    "ANOMALY_LOOKBACK_RUNS": 20, "ANOMALY_MIN_HISTORY": 5, "ANOMALY_RATIO": 5.0,
+    "ANOMALY_ROBUST_Z": 5.0, "ANOMALY_FAILURE_STREAK": 3, "ANOMALY_REJECT_RATE_JUMP": 0.1,
 })
 # The one PostgreSQL driver we ship. SQLAlchemy maps a bare `postgresql://` (and hosting
 # services' `postgres://`) to psycopg 3, which is not installed.
