@@ -163,3 +163,20 @@ def test_api_never_imports_worker_and_worker_never_imports_api() -> None:
     """The API enqueues by task name (shared.task_names); the worker never serves HTTP."""
     assert _offenders("api", ("worker",)) == []
     assert _offenders("worker", ("api",)) == []
+
+
+def test_no_test_module_imports_another() -> None:
+    """Tests share helpers through tests/helpers/ and conftest fixtures, never a test module
+    (importing one also imports its tests, and couples two files that look independent)."""
+    offenders = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tests."):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names if a.name.startswith("tests.")]
+            else:
+                continue
+            if any(name.rsplit(".", 1)[-1].startswith("test_") for name in names):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []

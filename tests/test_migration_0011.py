@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from tests.test_migrations import _flask_db, scratch_database
+from tests.helpers.migrations import flask_db, scratch_database
 
 # Starts real processes (`flask db` on a scratch database): not in the fast subset.
 pytestmark = pytest.mark.processes
@@ -17,7 +17,7 @@ _COLUMN = ("SELECT count(*) FROM information_schema.columns "
 
 def test_0011_down_and_up() -> None:
     with scratch_database() as (url, engine):
-        _flask_db(url, "upgrade", "0011")
+        flask_db(url, "upgrade", "0011")
         with engine.begin() as conn:
             assert conn.execute(text(_TABLES)).scalar() == "anomalies,quote_flags"
             assert conn.execute(text(_COLUMN)).scalar() == 1
@@ -27,8 +27,8 @@ def test_0011_down_and_up() -> None:
                 "INSERT INTO anomalies (kind, source, key, evidence) VALUES "
                 "('drift', 'csv', 'drift:1', '{}') ON CONFLICT DO NOTHING RETURNING id")).all()
             assert conflict == []
-        _flask_db(url, "downgrade", "0010")
+        flask_db(url, "downgrade", "0010")
         with engine.connect() as conn:
             assert conn.execute(text(_TABLES)).scalar() is None
             assert conn.execute(text(_COLUMN)).scalar() == 0
-        _flask_db(url, "upgrade", "0011")
+        flask_db(url, "upgrade", "0011")

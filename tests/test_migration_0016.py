@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from tests.test_migrations import _flask_db, scratch_database
+from tests.helpers.migrations import flask_db, scratch_database
 
 # Starts real processes (`flask db` on a scratch database): not in the fast subset.
 pytestmark = pytest.mark.processes
@@ -22,11 +22,11 @@ def test_0016_derives_the_asset_of_old_and_new_anomalies_and_goes_down() -> None
     insert = text("INSERT INTO anomalies (kind, source, key, evidence) "
                   "VALUES (:kind, :source, :key, '{}')")
     with scratch_database() as (url, engine):
-        _flask_db(url, "upgrade", "0015")
+        flask_db(url, "upgrade", "0015")
         with engine.begin() as conn:
             for kind, source, key, _ in _ROWS[:2]:
                 conn.execute(insert, {"kind": kind, "source": source, "key": key})
-        _flask_db(url, "upgrade", "0016")
+        flask_db(url, "upgrade", "0016")
         with engine.begin() as conn:
             for kind, source, key, _ in _ROWS[2:]:
                 conn.execute(insert, {"kind": kind, "source": source, "key": key})
@@ -34,12 +34,12 @@ def test_0016_derives_the_asset_of_old_and_new_anomalies_and_goes_down() -> None
                 "SELECT kind, source, key, asset_id FROM anomalies ORDER BY id")).all()
             assert [tuple(row) for row in stored] == _ROWS
             assert conn.execute(text(_INDEX)).scalar() == 1
-        _flask_db(url, "downgrade", "0015")
+        flask_db(url, "downgrade", "0015")
         with engine.connect() as conn:
             assert conn.execute(text(_COLUMN)).scalar() == 0
             assert conn.execute(text(_INDEX)).scalar() == 0
             assert conn.execute(text("SELECT count(*) FROM anomalies")).scalar() == 4
-        _flask_db(url, "upgrade", "head")
+        flask_db(url, "upgrade", "head")
         with engine.connect() as conn:
             assert conn.execute(text(
                 "SELECT asset_id FROM anomalies WHERE kind = 'implausible'")).scalar() == 9

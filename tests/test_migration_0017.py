@@ -5,7 +5,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from tests.test_migrations import _flask_db, scratch_database
+from tests.helpers.migrations import flask_db, scratch_database
 
 # Starts real processes (`flask db` on a scratch database): not in the fast subset.
 pytestmark = pytest.mark.processes
@@ -18,7 +18,7 @@ _INDEX = "SELECT indexname FROM pg_indexes WHERE indexname LIKE 'uq_runs_one_run
 
 def test_0017_splits_the_backfill_suffix_into_kind_and_goes_down() -> None:
     with scratch_database() as (url, engine):
-        _flask_db(url, "upgrade", "0016")
+        flask_db(url, "upgrade", "0016")
         with engine.begin() as conn:
             # A backfill running beside the source's own extract run, as 0014 stored it.
             backfill_job = conn.execute(_JOB, {"s": ["coingecko-backfill"],
@@ -28,7 +28,7 @@ def test_0017_splits_the_backfill_suffix_into_kind_and_goes_down() -> None:
             beat_job = conn.execute(_JOB, {"s": ["coingecko", "csv"], "t": "beat"}).scalar_one()
             for source in ("coingecko", "csv"):
                 conn.execute(_RUN, {"j": beat_job, "s": source, "st": "running"})
-        _flask_db(url, "upgrade", "0017")
+        flask_db(url, "upgrade", "0017")
         with engine.begin() as conn:
             rows = conn.execute(text(_RUNS + "ORDER BY r.id")).all()
             assert [tuple(row) for row in rows] == [
@@ -48,7 +48,7 @@ def test_0017_splits_the_backfill_suffix_into_kind_and_goes_down() -> None:
         with pytest.raises(IntegrityError), engine.begin() as conn:
             conn.execute(text("UPDATE runs SET kind = 'other' WHERE id = :i"),
                          {"i": backfill_run})
-        _flask_db(url, "downgrade", "0016")
+        flask_db(url, "downgrade", "0016")
         with engine.connect() as conn:
             rows = conn.execute(text(
                 "SELECT r.source, r.status, j.sources FROM runs r JOIN jobs j "
@@ -57,7 +57,7 @@ def test_0017_splits_the_backfill_suffix_into_kind_and_goes_down() -> None:
                 ("coingecko-backfill", "running", ["coingecko-backfill"])]
             assert conn.execute(text(_INDEX)).scalars().all() == [
                 "uq_runs_one_running_per_source"]
-        _flask_db(url, "upgrade", "head")
+        flask_db(url, "upgrade", "head")
         with engine.connect() as conn:
             assert conn.execute(text("SELECT source, kind FROM runs WHERE id = :i"),
                                 {"i": backfill_run}).one() == ("coingecko", "backfill")

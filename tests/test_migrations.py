@@ -1,20 +1,15 @@
 """The migrations build the schema the models describe."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import uuid
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 import pytest
-from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy import Engine, text
 
 from shared.models import Base
-from tests.conftest import ROOT, _admin_engine, _server_url
+from tests.helpers.migrations import flask_db as _flask_db, scratch_database
 
 
 def test_upgrade_leaves_nothing_for_autogenerate(engine: Engine) -> None:
@@ -24,32 +19,6 @@ def test_upgrade_leaves_nothing_for_autogenerate(engine: Engine) -> None:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         diff: list[Any] = compare_metadata(context, Base.metadata)
     assert diff == []
-
-
-def _flask_db(url: str, *args: str) -> None:
-    subprocess.run([sys.executable, "-m", "flask", "--app", "api", "db", *args], cwd=ROOT,
-                   env=dict(os.environ, DATABASE_URL=url), check=True, capture_output=True)
-
-
-@contextmanager
-def scratch_database() -> Iterator[tuple[str, Engine]]:
-    """A new empty database for walking migrations up and down: its URL and an engine.
-
-    Dropped afterwards, whatever the test left connected.
-    """
-    admin = _admin_engine()
-    name = f"kasparro_mig_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(_server_url()).set(database=name).render_as_string(hide_password=False)
-    engine = create_engine(url)
-    try:
-        yield url, engine
-    finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.mark.processes
