@@ -433,6 +433,7 @@ def keda_files(tmp_path_factory: pytest.TempPathFactory,
     return files
 
 
+@pytest.mark.processes
 def test_keda_objects_validate_against_the_crd_schema(keda_files: dict[str, list[Path]]) -> None:
     """ScaledObjects and the TriggerAuthentication pass check-jsonschema (strict)."""
     assert len(keda_files["ScaledObject"]) == len(_queue_groups())
@@ -444,6 +445,7 @@ def test_keda_objects_validate_against_the_crd_schema(keda_files: dict[str, list
 
 
 @pytest.mark.parametrize("breakage", ["no triggers", "misspelt field", "trigger without type"])
+@pytest.mark.processes
 def test_the_keda_check_rejects_a_broken_scaled_object(
         keda_files: dict[str, list[Path]], tmp_path: Path, breakage: str) -> None:
     """The schema check is not vacuous: each breakage of a valid ScaledObject fails it."""
@@ -471,6 +473,7 @@ def _workflow(name: str) -> dict[str, Any]:
     return data
 
 
+@pytest.mark.processes
 def test_workflows_validate_against_the_github_schema() -> None:
     """Every workflow passes check-jsonschema's GitHub workflow schema."""
     files = sorted(WORKFLOWS.glob("*.yml"))
@@ -479,6 +482,7 @@ def test_workflows_validate_against_the_github_schema() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.processes
 def test_the_workflow_schema_rejects_a_broken_workflow(tmp_path: Path) -> None:
     """The workflow check is not vacuous: a job without runs-on or uses fails it."""
     broken = tmp_path / "broken.yml"
@@ -570,6 +574,7 @@ def test_lock_diff_lists_what_moved() -> None:
 
 # --- Compose ---------------------------------------------------------------------------------
 
+@pytest.mark.processes
 def test_compose_file_is_valid() -> None:
     """docker-compose.yml passes the compose-spec schema, and `compose config` where installed."""
     result = _check_jsonschema("--builtin-schema", "vendor.compose-spec",
