@@ -11,7 +11,7 @@ from werkzeug.routing import IntegerConverter
 
 from api.broker import init_broker
 from api.cli.commands import init_cli
-from api.db import init_db
+from api.db import ReplicaAwareFlask, init_db
 from api.http.envelope import init_request_ids
 from api.http.errors import JsonErrorsApi, init_error_handlers
 from api.extensions import migrate
@@ -89,7 +89,8 @@ def create_app(
     """Build the API: config, database, broker client, limits, blueprints, one error shape."""
     settings = settings or get_settings()
     configure_logging(settings)
-    app = Flask(__name__)
+    # Reads that fail on a read replica run again on the primary (api/db.py).
+    app = ReplicaAwareFlask(__name__)
     app.config.update(
         SETTINGS=settings,
         API_TITLE="Kasparro crypto ETL",

@@ -1,55 +1,145 @@
-"""Request-scoped database session, closed on teardown; the data version, watched per process."""
+"""Request-scoped database session (a read replica's for reads), the data version per process."""
 from __future__ import annotations
 
+import logging
 import os
 import select
 import threading
 import time
 from typing import Any
 
-from flask import Flask, current_app, g
+import psycopg2
+from flask import Flask, current_app, g, has_request_context, request
+from flask.typing import ResponseReturnValue
 from sqlalchemy import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.http.read_timeout import install as install_read_timeout
+from api.http.read_timeout import QUERY_CANCELED, READ_METHODS, install as install_read_timeout
+from api.replicas import REPLICA_CHECK_SECONDS, Replica, ReplicaSet
 from shared.db import make_engine
 from shared.queries.data import DATA_VERSION_SQL
+
+log = logging.getLogger(__name__)
+
+# Blueprints whose reads stay on the primary whatever the replicas: the job, backfill and run
+# status a client polls right after its own POST (read-your-writes, without a session or
+# cookie to carry: these tables are small and read by id), the probes and the scrape (they
+# report on the primary and on each replica), and the status pages (cached under the
+# primary's data version, so they must come from a database that has reached it).
+PRIMARY_BLUEPRINTS = frozenset({"jobs", "backfills", "runs", "health", "metrics", "status"})
 
 
 def init_db(app: Flask, database_url: str) -> None:
     """Create the app's engines and session factory; close the session after each request."""
+    settings = app.config["SETTINGS"]
     engine = make_engine(database_url)
     # Reads (GET, HEAD) begin with SET LOCAL statement_timeout (api/http/read_timeout.py).
     install_read_timeout(engine)
     app.extensions["db_engine"] = engine
     app.extensions["db_sessionmaker"] = sessionmaker(bind=engine, expire_on_commit=False)
+    app.extensions["db_replicas"] = ReplicaSet(
+        settings.database_read_urls, settings.replica_max_lag_seconds,
+        app.config.get("REPLICA_CHECK_SECONDS", REPLICA_CHECK_SECONDS), primary=engine)
     # The data-version watch has its own connection: autocommit (a LISTEN takes effect at once,
     # a read needs no BEGIN/ROLLBACK) and no pre-ping (a failed poll or read tells a dead
-    # connection, and the watch replaces it on the spot).
+    # connection, and the watch replaces it on the spot). Straight to the primary
+    # (DATABASE_LISTEN_URL): LISTEN and PREPARE need a session of their own, which a
+    # transaction pool does not keep, and replicas do not relay notifications.
     app.extensions["db_version_engine"] = make_engine(
-        database_url, isolation_level="AUTOCOMMIT", pool_pre_ping=False, pool_size=1,
-        max_overflow=1)
+        settings.database_listen_url or database_url, isolation_level="AUTOCOMMIT",
+        pool_pre_ping=False, pool_size=1, max_overflow=1)
     app.extensions["db_version_watch"] = _VersionWatch()
 
     @app.teardown_appcontext
     def _close_session(_exc: BaseException | None) -> None:
         session = g.pop("db_session", None)
-        if session is not None:
+        if session is None:
+            return
+        try:
             session.close()
+        except SQLAlchemyError as exc:
+            # The connection died after the answer was made (its server went away): the
+            # answer stands, the pool drops the connection, and a replica is left for a while.
+            replica: Replica | None = g.get("db_replica")
+            if replica is not None:
+                current_app.extensions["db_replicas"].failed(replica, exc)
+            log.warning("closing the request's session failed: %s", type(exc).__name__)
 
 
 def get_session() -> Session:
-    """The current request's session (created on first use)."""
+    """The current request's session (created on first use), on a replica for most reads."""
     if "db_session" not in g:
-        g.db_session = current_app.extensions["db_sessionmaker"]()
+        g.db_session = current_app.extensions["db_sessionmaker"](bind=get_engine())
     session: Session = g.db_session
     return session
 
 
 def get_engine() -> Engine:
-    """The app's engine (for reads that manage their own connection and snapshot)."""
-    engine: Engine = current_app.extensions["db_engine"]
+    """The request's engine (for reads that manage their own connection and snapshot): a
+    replica within the lag bound for a GET or HEAD outside PRIMARY_BLUEPRINTS, else the
+    primary's. Chosen once per request."""
+    if "db_request_engine" not in g:
+        replica = _read_replica()
+        g.db_replica = replica
+        g.db_request_engine = replica.engine if replica is not None \
+            else current_app.extensions["db_engine"]
+    engine: Engine = g.db_request_engine
     return engine
+
+
+def read_on_replica() -> str | None:
+    """The name of the replica this request reads (None: the primary)."""
+    replica: Replica | None = g.get("db_replica")
+    return None if replica is None else replica.name
+
+
+def _read_replica() -> Replica | None:
+    if not has_request_context() or request.method not in READ_METHODS \
+            or request.blueprint in PRIMARY_BLUEPRINTS or g.get("db_primary_only"):
+        return None
+    replicas: ReplicaSet = current_app.extensions["db_replicas"]
+    return replicas.choose() if replicas else None
+
+
+# What a replica going away, refusing a connection or cancelling a read for a conflict with
+# recovery raises: SQLAlchemy's wrappers, and psycopg2's own from a raw cursor (the statement
+# timeout's SET LOCAL runs on one, api/http/read_timeout.py).
+REPLICA_FAILURES = (OperationalError, InterfaceError, psycopg2.OperationalError,
+                    psycopg2.InterfaceError)
+
+
+def _again_on_primary(exc: BaseException) -> bool:
+    """After a failed read on a replica: leave the replica, point the request at the primary."""
+    replica: Replica | None = g.get("db_replica")
+    orig = getattr(exc, "orig", None) or exc
+    if replica is None or getattr(orig, "pgcode", None) == QUERY_CANCELED:
+        return False  # a timeout is the query's cost, which the primary would pay too
+    current_app.extensions["db_replicas"].failed(replica, exc)
+    log.warning("read on replica %s failed (%s); answering from the primary", replica.name,
+                type(orig).__name__)
+    session = g.pop("db_session", None)
+    if session is not None:
+        try:
+            session.close()
+        except SQLAlchemyError:
+            pass  # its connection is gone with the replica
+    g.pop("db_request_engine", None)
+    g.db_replica, g.db_primary_only = None, True
+    return True
+
+
+class ReplicaAwareFlask(Flask):
+    """Flask whose dispatch runs a read again on the primary when its replica failed it."""
+
+    def dispatch_request(self) -> ResponseReturnValue:
+        """The view's answer; a replica's connection or query failure retried on the primary."""
+        try:
+            return super().dispatch_request()
+        except REPLICA_FAILURES as exc:
+            if not _again_on_primary(exc):
+                raise
+        return super().dispatch_request()
 
 
 # The channel bump_data_version() notifies on every bump (migration 0007); payload: the version.

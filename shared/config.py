@@ -28,6 +28,7 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "API_READ_RATE_LIMIT": "600/minute", "API_JOBS_RATE_LIMIT": "10/minute",
     "API_AUTH_FAIL_RATE_LIMIT": "20/minute",
     "API_STATEMENT_TIMEOUT_MS": 5000, "API_EXPORT_STATEMENT_TIMEOUT_MS": 25000,
+    "REPLICA_MAX_LAG_SECONDS": 5.0,
     "COINGECKO_BASE_URL": "https://api.coingecko.com/api/v3",
     "COINPAPRIKA_BASE_URL": "https://api.coinpaprika.com/v1", "COINPAPRIKA_AUTH_SCHEME": "",
     # Free plans: CoinGecko demo ~30 calls/min, CoinPaprika free 20,000 calls/month (we stay
@@ -69,8 +70,8 @@ class ConfigError(ValueError):
     """An environment variable holds a value we cannot use."""
 
 
-def normalize_database_url(raw: str | None) -> str:
-    """`raw` (any common PostgreSQL URL form, query kept) as a psycopg2 SQLAlchemy URL."""
+def normalize_database_url(raw: str | None, name: str = "DATABASE_URL") -> str:
+    """`raw` (any common PostgreSQL URL form, query kept) as a psycopg2 URL; errors name `name`."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -81,13 +82,13 @@ def normalize_database_url(raw: str | None) -> str:
         # Only the scheme is echoed: the rest may hold a password.
         got = f"scheme {scheme!r}" if sep else "no scheme://"
         raise ConfigError(
-            "DATABASE_URL must be a PostgreSQL URL (postgres://, postgresql:// or "
+            f"{name} must be a PostgreSQL URL (postgres://, postgresql:// or "
             f"postgresql+psycopg2://), got {got}"
         )
     try:
         url = make_url(DATABASE_DRIVERNAME + "://" + _rest)
     except (ArgumentError, ValueError):
-        raise ConfigError("DATABASE_URL is not a valid URL (user:password@host:port/db)") from None
+        raise ConfigError(f"{name} is not a valid URL (user:password@host:port/db)") from None
     return url.render_as_string(hide_password=False)
 
 
@@ -121,14 +122,18 @@ def _int(env: Mapping[str, str], name: str, default: int | None = None, minimum:
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float | None = None) -> float:
+def _float(env: Mapping[str, str], name: str, default: float | None = None,
+           above: float | None = None) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return float(DEFAULTS[name] if default is None else default)
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError as exc:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+    if above is not None and not value > above:
+        raise ConfigError(f"{name} must be above {above:g}, got {value!r}")
+    return value
 
 
 def _share(env: Mapping[str, str], name: str) -> float:
@@ -273,6 +278,10 @@ class Settings:
     # the client gets a 503 rather than a dropped connection.
     api_statement_timeout_ms: int
     api_export_statement_timeout_ms: int
+    # Replicas of the API's reads, their lag bound; LISTEN's direct primary (docs/scaling.md).
+    database_read_urls: tuple[str, ...] = field(repr=False)
+    database_listen_url: str = field(repr=False)
+    replica_max_lag_seconds: float
 
     def freshness_objective(self, source: str) -> int:
         """Seconds after its last success at which `source` is stale (default 3 schedules)."""
@@ -410,6 +419,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         api_statement_timeout_ms=_int(env, "API_STATEMENT_TIMEOUT_MS", maximum=2**31 - 1),
         api_export_statement_timeout_ms=_int(env, "API_EXPORT_STATEMENT_TIMEOUT_MS",
                                              maximum=2**31 - 1),
+        database_read_urls=tuple(normalize_database_url(url, "DATABASE_READ_URLS") for url
+                                 in env.get("DATABASE_READ_URLS", "").split(",") if url.strip()),
+        database_listen_url=normalize_database_url(
+            env.get("DATABASE_LISTEN_URL") or env.get("DATABASE_URL"), "DATABASE_LISTEN_URL"),
+        replica_max_lag_seconds=_float(env, "REPLICA_MAX_LAG_SECONDS", above=0),
     )
 
 

@@ -1,10 +1,11 @@
 """Builds the worker's Celery app: config, beat schedule, per-process database engine."""
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import beat_init, worker_process_init, worker_process_shutdown
+from celery.signals import beat_init, worker_init, worker_process_init, worker_process_shutdown
 
 from shared import task_names
 from shared.celery_config import celery_config
@@ -12,6 +13,7 @@ from shared.config import get_settings
 from shared.db import dispose_engine
 from shared.jobs.schedule import ETL_ENTRY, tick_time
 from shared.logging_setup import configure_logging
+from shared.pool_mode import SessionPoolingRequired, require_session_pooling
 from worker.beat_schedule import etl_entry
 
 
@@ -36,6 +38,18 @@ def create_celery_app() -> Celery:
         },
     }
     return app
+
+
+@worker_init.connect
+def _refuse_a_pool_without_sessions(**_: Any) -> None:
+    # The runs' session advisory locks need a server session per connection (shared.pool_mode):
+    # a transaction pool stops the worker here, before it takes a task. SystemExit, because
+    # Celery logs and goes past any Exception a signal handler raises.
+    try:
+        require_session_pooling(get_settings().database_url, "the worker")
+    except SessionPoolingRequired as exc:
+        logging.getLogger(__name__).critical("%s", exc)
+        raise SystemExit(str(exc)) from None
 
 
 @worker_process_init.connect

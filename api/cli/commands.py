@@ -20,6 +20,7 @@ from shared.db import make_engine, unit_of_work
 from shared.jobs.close import finalize_job, reap_stale_runs
 from shared.jobs.submit import JobNotQueued, create_job, submit_job
 from shared.ingest.execute import execute_run
+from shared.pool_mode import SessionPoolingRequired, require_session_pooling
 
 etl = AppGroup("etl", help="Run, queue or reap ETL jobs.")
 
@@ -54,6 +55,7 @@ def _finish(engine: Engine, job_id: int, started: float, as_json: bool) -> None:
 def run_now(sources: tuple[str, ...], as_json: bool) -> None:
     """Run a job in this process (no worker needed), with progress; exit 1 if a run failed."""
     settings = _settings()
+    _require_sessions(settings, "flask etl run")
     engine = make_engine(settings.database_url)
     started = time.monotonic()
     try:
@@ -114,10 +116,20 @@ def enqueue(sources: tuple[str, ...], wait: bool, timeout: float | None, as_json
 @etl.command("reap")
 def reap() -> None:
     """Fail runs whose worker is gone and close jobs whose normalize never came."""
+    _require_sessions(_settings(), "flask etl reap")
     engine = current_app.extensions["db_engine"]
     with unit_of_work(engine) as session:
         counts = reap_stale_runs(session, engine, _settings())
     click.echo(json.dumps(counts))
+
+
+def _require_sessions(settings: Settings, who: str) -> None:
+    """Exit 1 when DATABASE_URL is a transaction pool: runs and the reaper take session
+    advisory locks (shared.pool_mode)."""
+    try:
+        require_session_pooling(settings.database_url, who)
+    except SessionPoolingRequired as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def init_cli(app: Flask) -> None:

@@ -89,8 +89,9 @@ class Health(MethodView):
         """Check database, broker, live workers and source freshness
 
         `down` (503) when the database or the broker is unreachable; `degraded` (200) when no
-        worker answers or a source is stale or failing against its freshness objective
-        (FRESHNESS_<SOURCE>_SECONDS, default 3 schedule periods).
+        worker answers, a source is stale or failing against its freshness objective
+        (FRESHNESS_<SOURCE>_SECONDS, default 3 schedule periods), or a read replica is not in
+        use (lagging past REPLICA_MAX_LAG_SECONDS, down: reads go to the primary).
         """
         checks: dict[str, Any] = {"database": _timed(_check_database),
                                   "broker": _timed(_check_broker)}
@@ -98,6 +99,9 @@ class Health(MethodView):
             checks["workers"] = _timed(check_workers)
         if checks["database"]["ok"]:
             checks["freshness"] = _timed(_check_freshness)
+        replicas = current_app.extensions["db_replicas"]
+        if replicas:  # DATABASE_READ_URLS: each one's lag and whether reads go there
+            checks["replicas"] = _timed(replicas.health_check)
         if not (checks["database"]["ok"] and checks["broker"]["ok"]):
             return {"status": "down", "checks": checks}, 503
         degraded = not all(c["ok"] for c in checks.values())

@@ -206,4 +206,7 @@ def metrics() -> Response:
     # Read last, so that this scrape's own timeouts are in it.
     timeouts = guarded(timeout_counts, None) if queues is not None else None
     registry.register(_OpsCollector(states, queues or {}, workers, notifications, timeouts))
+    replicas = current_app.extensions["db_replicas"]
+    if replicas:  # DATABASE_READ_URLS: each replica's lag and whether reads go there
+        registry.register(replicas)
     return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4")

@@ -5,6 +5,7 @@ import marshmallow as ma
 from marshmallow import validate
 
 from api.schemas.common import SafeErrorText
+from api.schemas.replicas import ReplicasCheckSchema
 
 
 class CheckSchema(ma.Schema):
@@ -51,6 +52,7 @@ class HealthChecksSchema(ma.Schema):
     broker = ma.fields.Nested(CheckSchema, required=True)
     workers = ma.fields.Nested(WorkersCheckSchema)
     freshness = ma.fields.Nested(FreshnessCheckSchema)
+    replicas = ma.fields.Nested(ReplicasCheckSchema)
 
 
 class HealthSchema(ma.Schema):
