@@ -4,20 +4,19 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, TypeVar, cast
 
-import redis
 from celery import Celery
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 from flask import Flask, current_app
 
-from shared import task_names
+from shared import redis_client, task_names
 from shared.celery_config import celery_config
 from shared.config import Settings
 
 T = TypeVar("T")
 
 
-class SendOnlyRedisBackend(RedisBackend):
-    """Redis result backend that never subscribes to results of the tasks it sends.
+class _SendOnly:
+    """A Redis result backend that never subscribes to results of the tasks it sends.
 
     The stock backend subscribes (pub/sub) to every task id a process sends so that it could
     wait for the result; the API never waits, so each gunicorn worker would only pile up
@@ -36,12 +35,22 @@ class SendOnlyRedisBackend(RedisBackend):
         """Nothing was subscribed, so there is nothing to cancel."""
 
 
+class SendOnlyRedisBackend(_SendOnly, RedisBackend):
+    """The send-only backend on one Redis server."""
+
+
+class SendOnlySentinelBackend(_SendOnly, SentinelBackend):
+    """The send-only backend on the master that Redis Sentinels name (REDIS_URL sentinel://)."""
+
+
 def init_broker(app: Flask, settings: Settings) -> None:
     """Attach a Celery client configured like the workers, used only to send by task name."""
     client = Celery("kasparro-api", set_as_current=False)
     config = celery_config(settings)
     # chord() still needs a result backend to set up the header's counter.
-    config["result_backend"] = f"{__name__}:SendOnlyRedisBackend+{settings.redis_url}"
+    backend = ("SendOnlySentinelBackend" if redis_client.target(settings).is_sentinel
+               else "SendOnlyRedisBackend")
+    config["result_backend"] = f"{__name__}:{backend}+{config['result_backend']}"
     client.conf.update(config)
     app.extensions["celery"] = client
 
@@ -71,7 +80,7 @@ def check_workers() -> dict[str, Any]:
 def queue_depths() -> dict[str, int]:
     """Messages waiting per broker queue (Redis lists), plus delivered but unacked ones."""
     settings = current_app.config["SETTINGS"]
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
+    client = redis_client.client(settings, socket_timeout=1, socket_connect_timeout=1)
     prefix = settings.broker_key_prefix
     # redis-py types its sync and asyncio clients alike (int | Awaitable[int]); this is sync.
     try:

@@ -16,17 +16,17 @@ STACK_ENV = "stack.env"
 # stack. Secrets stay out: a generated API_TOKEN lives in var/api_token, URLs lose their
 # password, and FROM_ENV names what scripts/with_stack_env.sh takes from the caller instead.
 FROM_ENV = "STACK_SECRETS_FROM_ENV"
-KEYS = ("DATABASE_URL", "REDIS_URL", "BROKER_KEY_PREFIX", "CSV_DIR", "ASSET_ALIASES_FILE",
-        "ETL_SOURCES", "COINGECKO_BASE_URL", "COINPAPRIKA_BASE_URL", "API_PORT", "API_URL",
-        FROM_ENV)
+KEYS = ("DATABASE_URL", "REDIS_URL", "REDIS_SENTINEL_MASTER", "BROKER_KEY_PREFIX", "CSV_DIR",
+        "ASSET_ALIASES_FILE", "ETL_SOURCES", "COINGECKO_BASE_URL", "COINPAPRIKA_BASE_URL",
+        "API_PORT", "API_URL", FROM_ENV)
 # The settings that are secrets (shared.config.Settings' repr=False fields, by their variable):
 # the banner names the ones set, never their values.
 SECRET_ENV = ("API_TOKEN", "COINGECKO_API_KEY", "COINPAPRIKA_API_KEY", "SLACK_WEBHOOK_URL",
-              "ALERT_WEBHOOK_URL", "APPRISE_URLS")
+              "ALERT_WEBHOOK_URL", "APPRISE_URLS", "REDIS_SENTINEL_PASSWORD")
 _URL_KEYS = ("DATABASE_URL", "REDIS_URL")
 # Written only when the launcher set them (the replay upstream of `make demo`).
-_ONLY_WHEN_SET = ("BROKER_KEY_PREFIX", "ASSET_ALIASES_FILE", "ETL_SOURCES",
-                  "COINGECKO_BASE_URL", "COINPAPRIKA_BASE_URL")
+_ONLY_WHEN_SET = ("REDIS_SENTINEL_MASTER", "BROKER_KEY_PREFIX", "ASSET_ALIASES_FILE",
+                  "ETL_SOURCES", "COINGECKO_BASE_URL", "COINPAPRIKA_BASE_URL")
 
 
 def stack_env_path(var_dir: Path) -> Path:
@@ -67,6 +67,8 @@ def without_password(url: str) -> str:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
+    if ";" in url:  # REDIS_URL's Sentinel list: each of its URLs
+        return ";".join(without_password(part) for part in url.split(";"))
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):

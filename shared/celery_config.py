@@ -3,15 +3,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared import task_names
+from shared import redis_client, task_names
 from shared.config import Settings
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings, each chosen on purpose (see docs/operations.md)."""
+    # REDIS_URL as Celery reads it; for Sentinel, the master's name in both transport options.
+    redis = redis_client.celery_options(settings)
     return {
-        "broker_url": settings.redis_url,
-        "result_backend": settings.redis_url,
+        "broker_url": redis["broker_url"],
+        "result_backend": redis["result_backend"],
         # JSON only: task arguments are ids, never pickled objects.
         "task_serializer": "json",
         "result_serializer": "json",
@@ -36,8 +38,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "unacked_restore_interval": settings.broker_restore_interval,
             "unacked_restore_throttle": settings.broker_restore_throttle,
             "global_keyprefix": settings.broker_key_prefix,
+            **redis["transport_options"],
         },
-        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout,
+                                             **redis["transport_options"]},
         "broker_connection_retry_on_startup": True,
         "result_expires": 24 * 3600,
         "task_track_started": True,

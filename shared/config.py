@@ -197,6 +197,9 @@ class Settings:
 
     database_url: str
     redis_url: str
+    # Sentinel (REDIS_URL = sentinel://...;...): the master's name, the Sentinels' password.
+    redis_sentinel_master: str | None
+    redis_sentinel_password: str | None = field(repr=False)
     api_token: str | None = field(repr=False)
     csv_dir: Path
     asset_aliases_file: Path
@@ -300,7 +303,7 @@ class Settings:
         tails = [t for t in (_url_tail(u) for u in webhooks) if len(t) >= 8]
         return tuple(
             s for s in (self.api_token, self.coingecko_api_key, self.coinpaprika_api_key,
-                        *webhooks, *tails) if s
+                        self.redis_sentinel_password, *webhooks, *tails) if s
         )
 
 
@@ -336,6 +339,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         database_url=normalize_database_url(env.get("DATABASE_URL")),
         redis_url=_text(env, "REDIS_URL"),
+        redis_sentinel_master=_opt(env, "REDIS_SENTINEL_MASTER"),
+        redis_sentinel_password=_opt(env, "REDIS_SENTINEL_PASSWORD"),
         api_token=_opt(env, "API_TOKEN"),
         csv_dir=csv_dir,
         asset_aliases_file=Path(

@@ -79,6 +79,9 @@ def test_urls_lose_their_password_and_stack_env_names_what_the_caller_supplies(
     ("postgresql+psycopg2://u:pw-1@h/d?password=pw-1&sslmode=require",
      "postgresql+psycopg2://u@h/d?sslmode=require"),
     ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),  # untouched, byte for byte
+    # A Sentinel list (shared.redis_client): each URL of it, the list kept.
+    ("sentinel://:pw-1@10.0.0.1:26379/2;sentinel://10.0.0.2:26379",
+     "sentinel://10.0.0.1:26379/2;sentinel://10.0.0.2:26379"),
     ("pw-1 is not a URL", "<not shown: not a URL>"),
 ])
 def test_without_password(url: str, shown: str) -> None:

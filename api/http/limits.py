@@ -34,6 +34,9 @@ from flask import Blueprint, Flask, Response, g, request
 from limits import parse as parse_limit
 from werkzeug.exceptions import TooManyRequests
 
+from shared import redis_client
+from shared.redis_client import RedisTarget
+
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
 # Endpoints never counted: the liveness probe must answer whatever a client does.
 EXEMPT_ENDPOINTS = frozenset({"health.Live"})
@@ -95,12 +98,13 @@ class _HitScript(threading.local):
 
     A bare redis-py Connection: the client's pool, retry and command layers cost ~60 us of
     the ~90 us a call took (measured), on every limited request. A connection that fails
-    after it worked (Redis restarted) is replaced once; EVAL loads the script after a
-    restart emptied Redis' script cache.
+    after it worked (Redis restarted, or a Sentinel failover: a demoted master's READONLY
+    comes as a ConnectionError) is replaced once, by one to the master of the moment; EVAL
+    loads the script after a restart emptied Redis' script cache.
     """
 
-    def __init__(self, url: str, options: dict[str, Any]) -> None:
-        pool = redis.ConnectionPool.from_url(url, **options)
+    def __init__(self, where: RedisTarget, options: dict[str, Any]) -> None:
+        pool = redis_client.connection_pool(where, **options)
         self.make: Callable[[], Any] = lambda: pool.connection_class(**pool.connection_kwargs)
         self.sha = hashlib.sha1(_HIT_SCRIPT.encode()).hexdigest()
         self.connection: Any = None
@@ -149,8 +153,11 @@ class RateLimiter:
             (blp.name, method): reads for blp in read_blueprints for method in READ_METHODS}
         self.writes: dict[tuple[str, str], tuple[str, Quota]] = {
             (blp.name, "POST"): jobs for blp in job_blueprints}
-        self.hit = _HitScript(str(config["RATELIMIT_STORAGE_URI"]),
-                              dict(config["RATELIMIT_STORAGE_OPTIONS"]))
+        # REDIS_URL (plain or Sentinel, shared.redis_client) unless the config names another.
+        uri, settings = str(config["RATELIMIT_STORAGE_URI"]), config["SETTINGS"]
+        where = (redis_client.target(settings) if uri == settings.redis_url
+                 else redis_client.parse_target(uri))
+        self.hit = _HitScript(where, dict(config["RATELIMIT_STORAGE_OPTIONS"]))
 
     def check(self) -> None:
         """Count this read against its quota; 429 (TooManyRequests) once it is used up."""

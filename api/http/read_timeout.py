@@ -16,6 +16,8 @@ import redis
 from flask import current_app, g, has_request_context, request
 from sqlalchemy import Connection, Engine, event
 
+from shared import redis_client
+
 log = logging.getLogger(__name__)
 
 READ_METHODS = frozenset({"GET", "HEAD"})
@@ -83,9 +85,8 @@ def is_statement_timeout(exc: BaseException) -> bool:
 
 
 def _client() -> redis.Redis:
-    settings = current_app.config["SETTINGS"]
-    return redis.Redis.from_url(settings.redis_url, socket_timeout=0.5,
-                                socket_connect_timeout=0.5)
+    return redis_client.client(current_app.config["SETTINGS"], socket_timeout=0.5,
+                               socket_connect_timeout=0.5)
 
 
 def _key() -> str:

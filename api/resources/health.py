@@ -5,7 +5,6 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-import redis
 from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
@@ -16,6 +15,7 @@ from api.broker import check_workers
 from api.db import get_session
 from api.schemas.health import HealthSchema, LiveSchema
 from api.http.read_timeout import count_timeout, is_statement_timeout, use_probe_timeout
+from shared import redis_client
 from shared.queries.freshness import FAILING, STALE, source_states
 
 blp = Blueprint("health", __name__, url_prefix="/health", description="Health checks")
@@ -53,9 +53,8 @@ def _check_database() -> None:
 
 
 def _check_broker() -> None:
-    client = redis.Redis.from_url(
-        current_app.config["SETTINGS"].redis_url, socket_timeout=1, socket_connect_timeout=1
-    )
+    client = redis_client.client(current_app.config["SETTINGS"], socket_timeout=1,
+                                 socket_connect_timeout=1)
     try:
         client.ping()
     finally:

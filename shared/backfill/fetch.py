@@ -27,9 +27,9 @@ class ShareLimiter:
 
     def __init__(self, settings: Settings) -> None:
         rate = settings.coingecko_rate
-        self.share = RedisRateLimiter(settings.redis_url, f"{SOURCE}-backfill",
+        self.share = RedisRateLimiter(settings, f"{SOURCE}-backfill",
                                       backfill_share(rate, settings.backfill_quota_share))
-        self.main = RedisRateLimiter(settings.redis_url, SOURCE, rate)
+        self.main = RedisRateLimiter(settings, SOURCE, rate)
 
     def acquire(self, max_blocked_wait: float | None = None) -> float:
         """Wait for a backfill slot, then for a slot of the source's quota."""

@@ -4,9 +4,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis
-
-from shared import task_names
+from shared import redis_client, task_names
 
 log = logging.getLogger(__name__)
 BROKER_PROBE_SECONDS = 0.5
@@ -18,8 +16,8 @@ def request_evaluation(app: Any, run_id: int | None = None) -> bool:
     try:
         # kombu retries a refused connection for seconds whatever `retry` says: a quick ping
         # first, so a dead broker costs the run at most BROKER_PROBE_SECONDS.
-        probe = redis.Redis.from_url(app.conf.broker_url, socket_timeout=BROKER_PROBE_SECONDS,
-                                     socket_connect_timeout=BROKER_PROBE_SECONDS)
+        probe = redis_client.from_celery_conf(app.conf, socket_timeout=BROKER_PROBE_SECONDS,
+                                              socket_connect_timeout=BROKER_PROBE_SECONDS)
         try:
             probe.ping()
         finally:

@@ -5,6 +5,7 @@ from typing import Any
 
 import redis
 
+from shared import redis_client
 from shared.config import Settings
 
 SLOT_KEY = "kasparro:notify:send-slot"
@@ -19,8 +20,7 @@ class SendSlot:
     """
 
     def __init__(self, settings: Settings, expire_seconds: float) -> None:
-        self.client = redis.Redis.from_url(settings.redis_url, socket_timeout=2,
-                                           socket_connect_timeout=2)
+        self.client = redis_client.client(settings, socket_timeout=2, socket_connect_timeout=2)
         self.lock: Any = self.client.lock(settings.broker_key_prefix + SLOT_KEY,
                                           timeout=expire_seconds)
 

@@ -118,7 +118,7 @@ class HttpClient:
         self._sleep = sleep
         self._on_event = on_event or (lambda name, amount: None)
         self._own_limiter = (
-            None if limiter else RedisRateLimiter(settings.redis_url, source, rate, sleep=sleep)
+            None if limiter else RedisRateLimiter(settings, source, rate, sleep=sleep)
         )
         self.limiter: RateLimiter = limiter or cast(RedisRateLimiter, self._own_limiter)
         # Anything that could be a credential is scrubbed from every message we build.

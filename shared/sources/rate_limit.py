@@ -8,10 +8,11 @@ from typing import Callable, Protocol, cast
 
 import redis
 from limits import RateLimitItem, parse
-from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
-from shared.config import RateLimit
+from shared import redis_client
+from shared.config import RateLimit, Settings
+from shared.redis_client import RedisTarget
 from shared.errors import SourceError
 from shared.sources.http_errors import RateLimited
 
@@ -50,7 +51,7 @@ class RedisRateLimiter:
 
     def __init__(
         self,
-        redis_url: str,
+        redis_url: RedisTarget | Settings | str,
         source: str,
         rate: RateLimit,
         *,
@@ -61,20 +62,21 @@ class RedisRateLimiter:
         self.rate = rate
         self.poll_seconds = poll_seconds
         self._sleep = sleep
-        self._redis_url = redis_url
+        # A plain URL, or the Settings' REDIS_URL (Sentinel too: shared.redis_client).
+        self._redis = redis_client.as_target(redis_url)
         self._item: RateLimitItem = parse(rate.as_limits_string())
         self._limiter: MovingWindowRateLimiter | None = None
-        self._redis: redis.Redis | None = None
+        self._client: redis.Redis | None = None
         self._block_key = BLOCKED_KEY.format(source=source)
 
     def _connect(self) -> tuple[MovingWindowRateLimiter, redis.Redis]:
         # Connect lazily: nothing may touch Redis at import or construction time, and a
         # client built before a fork must not be reused by the child.
-        if self._limiter is None or self._redis is None:
-            storage = storage_from_string(self._redis_url, key_prefix=LIMITS_KEY_PREFIX)
+        if self._limiter is None or self._client is None:
+            storage = redis_client.limits_storage(self._redis, LIMITS_KEY_PREFIX)
             self._limiter = MovingWindowRateLimiter(storage)
-            self._redis = redis.Redis.from_url(self._redis_url)
-        return self._limiter, self._redis
+            self._client = redis_client.client(self._redis)
+        return self._limiter, self._client
 
     def blocked_for(self) -> float:
         """Seconds left before this source may be called again after a Retry-After."""
@@ -136,15 +138,15 @@ class RedisRateLimiter:
 
     def close(self) -> None:
         """Release the Redis connections (they are reopened on next use)."""
-        if self._redis is not None:
-            self._redis.close()
+        if self._client is not None:
+            self._client.close()
         # Only Redis-family storages hold a client to close; others just get dropped.
         storage = self._limiter.storage if self._limiter is not None else None
         get_connection = getattr(storage, "get_connection", None)
         if get_connection is not None:
             get_connection().close()
         self._limiter = None
-        self._redis = None
+        self._client = None
 
     def clear(self) -> None:
         """Forget this source's window and block (tests, operator reset)."""
