@@ -9,6 +9,7 @@ from sqlalchemy import create_engine, pool
 
 from shared.config import get_settings, normalize_database_url
 from shared.models import Base
+from shared.storage.partitions import include_name
 
 config = context.config
 if config.config_file_name is not None and not logging.getLogger().handlers:
@@ -27,7 +28,7 @@ def _url() -> str:
 def run_migrations_offline() -> None:
     """Emit SQL to stdout instead of running it."""
     context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True,
-                      compare_type=True)
+                      compare_type=True, include_name=include_name)
     with context.begin_transaction():
         context.run_migrations()
 
@@ -45,7 +46,8 @@ def run_migrations_online() -> None:
 
 
 def _run(connection: object) -> None:
-    context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
+    context.configure(connection=connection, target_metadata=target_metadata, compare_type=True,
+                      include_name=include_name)
     with context.begin_transaction():
         context.run_migrations()
 

@@ -28,6 +28,7 @@ class Namespace(IntEnum):
     # Transaction locks, released with the commit.
     IDENTITY = 4  # new asset mappings are decided one transaction at a time
     NOTIFY = 5  # notification evaluations are decided one at a time
+    PARTITIONS = 6  # a table's partitions are created one transaction at a time (object: table)
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,11 @@ def backfill_lock(backfill_id: int) -> LockKey:
     return LockKey(Namespace.BACKFILL, backfill_id & _OBJECT_MASK)
 
 
+def partition_lock(table: str) -> LockKey:
+    """The lock a transaction creating partitions of `table` holds (shared.storage.partitions)."""
+    return LockKey(Namespace.PARTITIONS, _name_object(table))
+
+
 def _params(key: LockKey) -> dict[str, int]:
     return {"ns": int(key.namespace), "obj": key.object}
 
@@ -81,6 +87,6 @@ def unlock(conn: Connection, key: LockKey) -> None:
     conn.commit()
 
 
-def lock_for_transaction(session: Session, key: LockKey) -> None:
-    """Wait for a transaction lock, held until the session's transaction ends."""
+def lock_for_transaction(session: Session | Connection, key: LockKey) -> None:
+    """Wait for a transaction lock, held until the session's (connection's) transaction ends."""
     session.execute(text("SELECT pg_advisory_xact_lock(:ns, :obj)"), _params(key))

@@ -12,6 +12,8 @@ NOTIFY_EVALUATE = "notify.evaluate"
 NOTIFY_SEND = "notify.send"
 # Backfills (worker/backfill_tasks.py): run one backfill's chunks.
 BACKFILL_RUN = "backfill.run"
+# Storage upkeep (worker/tasks.py, shared.storage.partitions): time partitions made ahead.
+MAINTAIN_PARTITIONS = "storage.maintain_partitions"
 
 
 def extract(source: str) -> str:

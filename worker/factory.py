@@ -13,6 +13,7 @@ from shared.config import get_settings
 from shared.db import dispose_engine
 from shared.jobs.schedule import ETL_ENTRY, tick_time
 from shared.logging_setup import configure_logging
+from shared.storage.partitions import MAINTENANCE_SECONDS
 from shared.pool_mode import SessionPoolingRequired, require_session_pooling
 from worker.beat_schedule import etl_entry
 
@@ -30,6 +31,11 @@ def create_celery_app() -> Celery:
         "reap-stale-runs": {
             "task": task_names.REAP_STALE_RUNS,
             "schedule": float(settings.reaper_interval_seconds),
+        },
+        # Partitions exist before the rows that need them (shared.storage.partitions).
+        "maintain-partitions": {
+            "task": task_names.MAINTAIN_PARTITIONS,
+            "schedule": MAINTENANCE_SECONDS,
         },
         # Staleness comes with time, not with a run's end: beat looks for it.
         "notify-evaluate": {

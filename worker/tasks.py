@@ -14,6 +14,7 @@ from shared.jobs.close import finalize_job, reap_stale_runs
 from shared.jobs.schedule import submit_tick_job, tick_time
 from shared.notify import configured_targets, request_evaluation
 from shared.ingest.execute import ExtractFailed, TransientDatabaseError, execute_run, run_outcome
+from shared.storage.partitions import maintain
 
 log = logging.getLogger(__name__)
 
@@ -118,3 +119,10 @@ def reap() -> dict[str, int]:
     if any(reaped.values()):  # runs failed as lost: their sources may be failing now
         _evaluate_notifications(reap.app)
     return reaped
+
+
+@shared_task(name=task_names.MAINTAIN_PARTITIONS, acks_late=True, ignore_result=True)
+def maintain_partitions() -> dict[str, int]:
+    """Create the time partitions of the next weeks (shared.storage.partitions): how many."""
+    created = maintain(get_engine())
+    return {table: len(names) for table, names in created.items()}

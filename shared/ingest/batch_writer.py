@@ -38,6 +38,7 @@ from shared.jobs.lifecycle import BATCH_PROGRESS_SQL
 from shared.models import RUN_LOAD_COUNTERS
 from shared.quality.checks import QualityThresholds
 from shared.quality.flags import apply_outliers, batch_flags, store_batch_flags
+from shared.storage.partitions import ensure_for_batch
 from shared.batch.types import Batch, PreparedQuotes, content_hash
 
 
@@ -149,6 +150,8 @@ class BatchWriter:
         (shared.ingest.pipeline).
         """
         state = state if state is not None else LoadState()
+        # Partitions for the batch's times (old history too), in a transaction of their own.
+        ensure_for_batch(session, batch)
         result = BatchResult(fetched=batch.raw_count, rejected=len(batch.rejects))
         cursor = session.connection().connection.cursor()
         if batch.raw:

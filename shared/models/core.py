@@ -119,22 +119,26 @@ class RawLineBlock(Base):
     joined by newlines; `line_numbers` and `line_hashes` (32 bytes of SHA-256 per line) run in
     the same order. The view `raw_lines` shows one row per line, with the id GET
     /raw/<source>/<id> uses: block id * 2^20 + index in the block (RAW_LINE_ID_BITS).
+    Partitioned by fetched_at (migration 0018, shared.storage.partitions), so the key holds
+    fetched_at too; ids stay unique through their sequence.
     """
 
     __tablename__ = "raw_line_blocks"
     __table_args__ = (
         CheckConstraint("octet_length(line_hashes) = 32 * cardinality(line_numbers)",
                         name="hash_per_line"),
+        {"postgresql_partition_by": "RANGE (fetched_at)"},
     )
 
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     source: Mapped[str] = mapped_column(String(32))
     file_key: Mapped[str] = mapped_column(Text)
     line_numbers: Mapped[list[int]] = mapped_column(ARRAY(Integer))
     payload: Mapped[str] = mapped_column(Text)
     line_hashes: Mapped[bytes] = mapped_column(LargeBinary)
     run_id: Mapped[int | None] = mapped_column(BigInteger)
-    fetched_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    fetched_at: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True,
+                                                 server_default=func.now())
 
 
 # A raw line's id is its block id shifted by this many bits plus its index in the block, so
@@ -145,9 +149,14 @@ LINE_SOURCES = frozenset({"csv"})
 
 
 class Quote(Base):
-    """One observation of an asset at one source and time, with exact decimals."""
+    """One observation of an asset at one source and time, with exact decimals.
+
+    Partitioned by observed_at (migration 0018, shared.storage.partitions): the key holds the
+    time (as TimescaleDB wants) and asset_id (as Citus distribution wants), docs/storage.md.
+    """
 
     __tablename__ = "quotes"
+    __table_args__ = {"postgresql_partition_by": "RANGE (observed_at)"}
 
     # asset_id and run_id are not foreign keys, for the reason given at RawRecord.run_id; the
     # loader takes asset ids from asset_source_ids (which has the foreign key) in the same

@@ -116,7 +116,8 @@ def _raw_line_page(
         needed -= take
     lines: list[RawLine] = []
     for block_id, top, bottom in spans:
-        block = session.get(RawLineBlock, block_id)
+        # By id alone: the key is (id, fetched_at) since the table is partitioned (0018).
+        block = session.scalars(select(RawLineBlock).where(RawLineBlock.id == block_id)).first()
         if block is not None:
             lines.extend(_cut_lines(block, range(top, bottom - 1, -1)))
     rows, next_cursor = trim_page(lines, limit,

@@ -1,0 +1,1 @@
+"""Storage upkeep: time partitions of the big tables (created ahead and on demand)."""

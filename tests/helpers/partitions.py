@@ -1,0 +1,31 @@
+"""Partitions in tests: their bounds read from the catalog, empty ones dropped to be made again."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Engine, text
+
+from shared.storage.partitions import KNOWN, existing_partitions
+
+
+def partition_bounds(engine: Engine, table: str) -> list[tuple[datetime, datetime]]:
+    """`table`'s partitions' [low, high) bounds, oldest first."""
+    with engine.begin() as conn:
+        return sorted(b for b in existing_partitions(conn, table).values() if b is not None)
+
+
+def drop_partitions(engine: Engine, table: str, *, after: datetime | None = None,
+                    before: datetime | None = None) -> list[str]:
+    """Drop `table`'s partitions starting after `after` or ending by `before` (each must be
+    empty); their names. This process's list of partitions is read again on next use."""
+    with engine.begin() as conn:
+        found = existing_partitions(conn, table)
+        dropped = []
+        for name, bounds in found.items():
+            assert bounds is not None
+            if (after and bounds[0] > after) or (before and bounds[1] <= before):
+                assert conn.execute(text(f'SELECT count(*) FROM "{name}"')).scalar_one() == 0
+                conn.execute(text(f'DROP TABLE "{name}"'))
+                dropped.append(name)
+    KNOWN.forget()
+    return dropped
