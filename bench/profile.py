@@ -50,7 +50,8 @@ from bench.common import BENCH_DIR, say
 from bench.cpu import backend_cpu_seconds
 from bench.stacks import CodeTree, TreeStack, checkout, remove_tree, working_tree
 from bench.worker_ingest import bench_files
-from scripts.stack import VAR_DIR, ensure_services, free_port
+from scripts.embedded import free_port
+from scripts.stack import VAR_DIR, ensure_services
 
 OUT_DIR = BENCH_DIR / "profile"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")

@@ -137,7 +137,7 @@ def _evaluate(tree: CodeTree, module: ast.Module, items: list[ast.expr],
     """The items of a command list: literals as they are, the rest evaluated in the tree."""
     if all(isinstance(i, ast.Constant) and isinstance(i.value, str)
            or ast.unparse(i) == "sys.executable" for i in items):
-        return [i.value if isinstance(i, ast.Constant) else sys.executable for i in items]
+        return [str(i.value) if isinstance(i, ast.Constant) else sys.executable for i in items]
     imports = [ast.unparse(n) for n in ast.walk(module)
                if isinstance(n, (ast.Import, ast.ImportFrom))]
     done = subprocess.run(
