@@ -117,6 +117,7 @@ def test_f14_redis_restart_with_queued_work(
     assert job["runs"][0]["fetched"] == ROWS
     fault.assert_invariants()
     fault.assert_clean_rerun_adds_nothing()
+    fault.engine.dispose()  # its pooled connections count against the shared server's limit
 
 
 def test_f15_redis_restart_with_data_lost_reaper_ends_orphans_next_tick_resumes(
