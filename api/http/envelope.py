@@ -30,7 +30,7 @@ def init_request_ids(app: Flask) -> None:
 
 
 def envelope(
-    data: Sequence[Any], page: int | None, page_size: int, total: int,
+    data: Sequence[Any], page: int | None, page_size: int, total: int | None,
     next_cursor: str | None = None,
 ) -> dict[str, Any]:
     """The list body with request id, latency so far, page numbers and the next cursor."""
@@ -39,7 +39,7 @@ def envelope(
 
 
 def _list_body(request_id: Any, latency: Any, data: Sequence[Any], page: int | None,
-               page_size: int, total: int, next_cursor: str | None) -> dict[str, Any]:
+               page_size: int, total: int | None, next_cursor: str | None) -> dict[str, Any]:
     return {
         "request_id": request_id,
         "api_latency_ms": latency,
@@ -48,7 +48,8 @@ def _list_body(request_id: Any, latency: Any, data: Sequence[Any], page: int | N
             "page": page,
             "page_size": page_size,
             "total": total,
-            "total_pages": (total + page_size - 1) // page_size,
+            # Null when the total was not counted (GET /data without `total=true`).
+            "total_pages": None if total is None else (total + page_size - 1) // page_size,
             "next_cursor": next_cursor,
         },
     }
@@ -87,7 +88,7 @@ class BodyTemplate:
         return len(self.head) + len(self.middle) + len(self.tail)
 
 
-def body_template(data: Sequence[Any], page: int | None, page_size: int, total: int,
+def body_template(data: Sequence[Any], page: int | None, page_size: int, total: int | None,
                   next_cursor: str | None = None) -> BodyTemplate | None:
     """The list body serialized once, cut around its latency and request id.
 

@@ -32,7 +32,8 @@ from shared.queries.export import data_export, history_export
 blp = Blueprint("data", __name__, url_prefix="/data", description="Unified market data")
 
 # Per process: ~1,300 pages of 100 records. 0 turns the answer cache off (bench.wsgi does, to
-# measure misses); the totals are then still counted once per filter set and data version.
+# measure misses); totals (`total=true`) are then still counted once per filter set and data
+# version.
 # Entries are charged their key and objects too (api.http.answer_cache), and capped in number.
 DATA_CACHE_MAX_BYTES = 32 * 1024 * 1024
 DATA_CACHE_MAX_ENTRIES = 20_000
@@ -106,14 +107,17 @@ class DataList(MethodView):
         Filter by `source`, `symbol` and `asset` (comma lists; assets by id or slug), `q`
         (name/symbol substring) and `since`/`until` (observed_at); sort with `sort`; page with
         `page`/`page_size`, or pass `pagination.next_cursor` as `cursor` for stable deep paging.
-        `format=csv|ndjson` (or that Accept) streams every matching record instead.
+        `total=true` adds the exact count of matching records (`pagination.total`,
+        `total_pages`; null otherwise). `format=csv|ndjson` (or that Accept) streams every
+        matching record instead.
         """
         fmt = export_format(args)
         if fmt is not None:
             return streamed(fmt, data_export(_filters(args), args["sort"]))
         snapshot = read_current_quotes(get_engine(), _filters(args),
                                        current_app.extensions["data_totals"],
-                                       sort=args["sort"], **page_window(args))
+                                       count=args["total"], sort=args["sort"],
+                                       **page_window(args))
         page = snapshot.page
         # The records are serialized straight from the row tuples (api.schemas.data.quote_record),
         # not by a marshmallow dump of DataEnvelopeSchema: same bytes, a fraction of the cost.

@@ -15,6 +15,7 @@ from api.schemas.common import (
     DecimalString,
     EnvelopeSchema,
     PageArgsSchema,
+    PaginationSchema,
     Text,
     TimeRangeMixin,
     UtcDateTime,
@@ -65,6 +66,10 @@ class DataArgsSchema(PageArgsSchema, TimeRangeMixin):
     quality = ma.fields.String(
         validate=validate.OneOf(("ok", "flagged")),
         metadata={"description": "Only clean (`ok`) or only flagged quotes"})
+    total = ma.fields.Boolean(
+        load_default=False,
+        metadata={"description": "Count every matching record: `pagination.total` and "
+                                 "`total_pages` (an exact count); null without it"})
 
 
 class HistoryArgsSchema(PageArgsSchema, TimeRangeMixin):
@@ -194,10 +199,20 @@ def quote_record(row: Sequence[Any]) -> dict[str, Any]:
     }
 
 
+class DataPaginationSchema(PaginationSchema):
+    """GET /data's pagination: the totals only when asked for (`total=true`)."""
+
+    total = ma.fields.Integer(required=True, allow_none=True, metadata={
+        "description": "Records matching the filters (exact), with `total=true`; else null"})
+    total_pages = ma.fields.Integer(required=True, allow_none=True, metadata={
+        "description": "Pages of `page_size` records, with `total=true`; else null"})
+
+
 class DataEnvelopeSchema(EnvelopeSchema):
     """GET /data."""
 
     data = ma.fields.List(ma.fields.Nested(QuoteRecordSchema), required=True)
+    pagination = ma.fields.Nested(DataPaginationSchema, required=True)
 
 
 class HistoryRecordSchema(ma.Schema):

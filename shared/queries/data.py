@@ -183,13 +183,15 @@ def list_current_quotes(
     limit: int = 50,
     cursor: str | None = None,
     total: int | None = None,
+    count: bool = True,
 ) -> Page:
     """One page of current records in `sort` order (ties by asset_id, source), keyset or offset.
 
     Rows are tuples in DATA_RECORD_FIELDS order (money as exact decimal strings). With
     `cursor` the page starts right after the row the cursor was issued for, so rows written
     between two calls neither repeat nor shift the pages (offset is then ignored). `total`,
-    when the caller already knows it for these filters, saves the count.
+    when the caller already knows it for these filters, saves the count; with `count` False
+    and no `total`, nothing is counted and the page's total is None.
     """
     filters = filters or DataFilters()
     name, descending = parse_sort(sort, DATA_SORT_FIELDS)
@@ -227,7 +229,7 @@ def list_current_quotes(
     rows, next_cursor = trim_page(
         [tuple(row) for row in conn.execute(query.offset(offset).limit(limit + 1))],
         limit, cursor_of)
-    if total is None:
+    if total is None and count:
         total = count_current_quotes(conn, filters)
     return Page(rows=rows, total=total, next_cursor=next_cursor)
 
@@ -264,20 +266,24 @@ def read_current_quotes(
     engine: Engine,
     filters: DataFilters,
     totals: TotalsCache | None = None,
+    count: bool = True,
     **window: Any,
 ) -> DataSnapshot:
-    """The data version, one page and its total, all from one REPEATABLE READ snapshot.
+    """The data version, one page and (with `count`) its total, from one REPEATABLE READ
+    snapshot.
 
-    The total of each filter set is kept in `totals` per data version, so an exact count runs
-    once per (filters, version) and process instead of on every request.
+    An exact count reads every matching record, which costs far more than a page when many
+    match and nothing is cached (a new filter per request): GET /data counts only when the
+    client asks. The total of each filter set is kept in `totals` per data version, so a count
+    runs once per (filters, version) and process instead of on every request.
     """
     with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
         with conn.begin():
             version = read_data_version(conn)
             total = None
-            if totals is not None and version is not None:
+            if count and totals is not None and version is not None:
                 total = totals.get(version, ("total", filters))
-            page = list_current_quotes(conn, filters, total=total, **window)
-            if totals is not None and version is not None and total is None:
+            page = list_current_quotes(conn, filters, total=total, count=count, **window)
+            if count and totals is not None and version is not None and total is None:
                 totals.put(version, ("total", filters), page.total, 200)
     return DataSnapshot(version, page)

@@ -80,7 +80,7 @@ class Page:
     """One page of rows, the total matching the filters, and the cursor of the next page."""
 
     rows: Sequence[Any]
-    total: int
+    total: int | None  # None: not counted (GET /data counts only when asked)
     next_cursor: str | None
 
 

@@ -28,7 +28,7 @@ def _get(loaded: Loaded, url: str, status: int = 200) -> dict[str, Any]:
 def _walk(loaded: Loaded, query: str, page_size: int = 250) -> list[dict[str, Any]]:
     """Every row of /data?<query>, following next_cursor."""
     rows: list[dict[str, Any]] = []
-    body = _get(loaded, f"/data?{query}&page_size={page_size}")
+    body = _get(loaded, f"/data?{query}&page_size={page_size}&total=true")
     total = body["pagination"]["total"]
     while True:
         rows.extend(body["data"])
@@ -90,8 +90,8 @@ def test_records_keep_their_fields_and_exact_upstream_decimals(loaded: Loaded) -
 
 
 def test_filters_source_symbol_asset_q_and_time(loaded: Loaded) -> None:
-    assert _get(loaded, "/data?source=coingecko")["pagination"]["total"] == 250
-    assert _get(loaded, "/data?source=coinpaprika")["pagination"]["total"] == 2000
+    assert _get(loaded, "/data?source=coingecko&total=true")["pagination"]["total"] == 250
+    assert _get(loaded, "/data?source=coinpaprika&total=true")["pagination"]["total"] == 2000
 
     eth = _get(loaded, "/data?symbol=eth&page_size=500")["data"]
     assert eth and all(r["symbol"] == "ETH" for r in eth)
@@ -116,7 +116,7 @@ def test_filters_source_symbol_asset_q_and_time(loaded: Loaded) -> None:
     assert recent and all(r["observed_at"] >= "2025-01-01" for r in recent)
     old = _walk(loaded, "until=2024-12-31T23:59:59")
     assert old and all(r["observed_at"] < "2025-01-01" for r in old)
-    total = _get(loaded, "/data")["pagination"]["total"]
+    total = _get(loaded, "/data?total=true")["pagination"]["total"]
     assert len(recent) + len(old) == total
     window = _walk(loaded, "source=coingecko&since=2025-02-09T17:44:00%2B00:00"
                            "&until=2025-02-09T17:45:00%2B00:00")
@@ -128,12 +128,13 @@ def test_cursor_walks_every_sort_without_gaps_or_repeats(loaded: Loaded, sort: s
     descending, field = sort.startswith("-"), sort.lstrip("-")
     rows = _walk(loaded, f"sort={sort}", page_size=500)
     keys = [(r["asset_id"], r["source"]) for r in rows]
-    assert len(keys) == len(set(keys)) == _get(loaded, "/data")["pagination"]["total"]
+    assert len(keys) == len(set(keys)) == _get(loaded, "/data?total=true")["pagination"][
+        "total"]
     assert keys == _expected_order(rows, field, descending)
 
 
 def test_page_numbers_and_cursor_agree(loaded: Loaded) -> None:
-    first = _get(loaded, "/data?sort=-market_cap_usd&page_size=40")
+    first = _get(loaded, "/data?sort=-market_cap_usd&page_size=40&total=true")
     second_by_page = _get(loaded, "/data?sort=-market_cap_usd&page_size=40&page=2")
     cursor = first["pagination"]["next_cursor"]
     second_by_cursor = _get(loaded, f"/data?sort=-market_cap_usd&page_size=40&cursor={cursor}")

@@ -20,7 +20,8 @@ def test_data_envelope_paging_and_filters(
     clean_db: Engine, client: Any, settings: Settings, csv_dir: Path
 ) -> None:
     _load_coins(clean_db, settings, csv_dir, 7)
-    response = client.get("/data?page=2&page_size=3", headers={"X-Request-ID": "abc-123"})
+    response = client.get("/data?page=2&page_size=3&total=true",
+                          headers={"X-Request-ID": "abc-123"})
     assert response.status_code == 200
     assert response.headers["X-Request-ID"] == "abc-123"
     body = response.get_json()
@@ -36,9 +37,22 @@ def test_data_envelope_paging_and_filters(
     assert body["data"][0]["price_usd"] == "1.3"
     assert body["data"][0]["observed_at"] == "2021-01-01T23:59:59+00:00"
 
+    # Without `total=true` nothing is counted: the totals are null, the page the same.
+    uncounted = client.get("/data?page=2&page_size=3").get_json()
+    assert uncounted["pagination"]["total"] is None
+    assert uncounted["pagination"]["total_pages"] is None
+    assert uncounted["data"] == body["data"]
+    following = client.get(f"/data?page_size=3&cursor={uncounted['pagination']['next_cursor']}")
+    assert following.get_json()["pagination"]["total"] is None
+    counted = client.get(f"/data?page_size=3&total=true&cursor="
+                         f"{uncounted['pagination']['next_cursor']}").get_json()
+    assert counted["pagination"]["total"] == 7 and counted["pagination"]["page"] is None
+    assert client.get("/data?total=maybe").status_code == 422
+
     one = client.get("/data?symbol=c4").get_json()
     assert [r["name"] for r in one["data"]] == ["Coin4"]
-    assert client.get("/data?source=coingecko").get_json()["pagination"]["total"] == 0
+    assert client.get("/data?source=coingecko&total=true").get_json()["pagination"][
+        "total"] == 0
     generated = client.get("/data").headers["X-Request-ID"]
     assert len(generated) == 32
 

@@ -49,7 +49,7 @@ def test_cursor_paging_survives_concurrent_runs(
     assert batch >= 8
     assert len(seen) == len(set(seen)), "a row was repeated"
     assert original <= set(seen), f"rows missed: {sorted(original - set(seen))}"
-    after = client.get("/data?page_size=500").get_json()
+    after = client.get("/data?page_size=500&total=true").get_json()
     assert after["pagination"]["total"] == 60 + 4 * batch
 
 

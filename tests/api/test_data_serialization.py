@@ -21,6 +21,7 @@ URLS = [
     "/data?source=coingecko&sort=name", "/data?symbol=btc", "/data?asset=bitcoin,ethereum",
     "/data?q=coin&sort=-market_cap_usd&page=2&page_size=5", "/data?sort=-rank&page_size=3",
     "/data?since=2021-01-01&until=2030-01-01&sort=observed_at",
+    "/data?page_size=100&total=true", "/data?q=coin&page=2&page_size=5&total=true",
 ]
 
 

@@ -58,7 +58,7 @@ def test_beat_fills_a_fresh_stack_without_any_request(
         # The start tick's job (its interval's; a boundary may have passed meanwhile).
         assert count(clean_db, "jobs", "trigger = 'beat' AND status = 'succeeded' AND "
                      "idempotency_key IN :keys", keys=tuple(ticks_at_start)) == 1
-        body = client.get("/data?symbol=BTC").get_json()
+        body = client.get("/data?symbol=BTC&total=true").get_json()
         assert body["pagination"]["total"] == 1 and body["data"][0]["source"] == "csv"
     finally:
         _stop([beat])

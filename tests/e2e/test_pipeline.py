@@ -45,7 +45,7 @@ def test_csv_job_through_a_real_worker(
     assert count(clean_db, "quotes", "source_asset_id = 'BTC:Bitcoin'") == KAGGLE_ROWS
     assert count(clean_db, "quotes", "source_asset_id = 'BTC'") == COINGECKO_EXPORT_ROWS + CMC_ROWS
 
-    data = client.get("/data?source=csv").get_json()
+    data = client.get("/data?source=csv&total=true").get_json()
     assert data["pagination"]["total"] == 1
     (record,) = data["data"]
     assert record["symbol"] == "BTC" and record["name"] == "Bitcoin"

@@ -45,7 +45,7 @@ def _run(engine: Engine, job_id: int, source: str) -> dict[str, Any]:
 
 
 def _csv_served(client: Any) -> int:
-    return int(client.get("/data?source=csv").get_json()["pagination"]["total"])
+    return int(client.get("/data?source=csv&total=true").get_json()["pagination"]["total"])
 
 
 def _watch_csv_publish(engine: Engine, client: Any, job_id: int) -> dict[str, Any]:
