@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import text
 
 from bench.common import BenchDatabase, Row, say
+from shared.storage.partitions import QUOTES as QUOTES_TABLE, ensure
 from scripts.stack import ROOT
 
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
@@ -58,6 +59,8 @@ def _range(rows: int) -> tuple[str, str]:
 def fill(db: BenchDatabase) -> float:
     """1M quotes of one asset at one source; seconds taken."""
     started = time.perf_counter()
+    # The partitions a loader would make first (shared.storage.partitions).
+    ensure(db.engine, QUOTES_TABLE, [(T0, T0 + timedelta(seconds=STEP_SECONDS * QUOTES))])
     with db.engine.begin() as conn:
         conn.execute(text("INSERT INTO assets (id, slug, symbol, name) "
                           "VALUES (1, 'benchcoin', 'BNC', 'Bench Coin') ON CONFLICT DO NOTHING"))

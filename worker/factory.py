@@ -13,8 +13,8 @@ from shared.config import get_settings
 from shared.db import dispose_engine
 from shared.jobs.schedule import ETL_ENTRY, tick_time
 from shared.logging_setup import configure_logging
-from shared.storage.partitions import MAINTENANCE_SECONDS
 from shared.pool_mode import SessionPoolingRequired, require_session_pooling
+from shared.storage.partitions import MAINTENANCE_SECONDS
 from worker.beat_schedule import etl_entry
 
 

@@ -14,6 +14,7 @@ from shared.config import Settings
 from shared.quality.checks import make_flag
 from shared.queries.anomalies import SYMBOL_ASSETS_MAX
 from tests.api.helpers import replay_settings, run_sources
+from tests.helpers.partitions import ensure_quote_partitions
 from tests.upstream import ReplayUpstream
 from tests.upstream.server import split_array
 
@@ -50,6 +51,7 @@ def coins(clean_db: Engine) -> dict[str, int]:
                 "RETURNING id"), {"slug": slug, "symbol": symbol, "name": name}).scalar_one()
         for source, source_asset_id, kind in flags:
             at += timedelta(minutes=5)
+            ensure_quote_partitions(clean_db, at)
             with clean_db.begin() as conn:
                 conn.execute(text(
                     "INSERT INTO quotes (asset_id, source, observed_at, source_asset_id, "

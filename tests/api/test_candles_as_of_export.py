@@ -10,6 +10,8 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import Engine, text
 
+from tests.helpers.partitions import ensure_quote_partitions
+
 T0 = "2025-01-01T00:00:00+00:00"
 # (source, observed_at, price, volume, open, high, low, close)
 QUOTES = [
@@ -27,6 +29,7 @@ QUOTES = [
 @pytest.fixture
 def coin(clean_db: Engine) -> Engine:
     """One asset with the quotes above, inserted as the loader stores them."""
+    ensure_quote_partitions(clean_db, *(row[1] for row in QUOTES))
     with clean_db.begin() as conn:
         conn.execute(text("INSERT INTO assets (id, slug, symbol, name) "
                           "VALUES (1, 'testcoin', 'TST', 'Test Coin')"))
@@ -202,6 +205,7 @@ def test_ndjson_by_accept_and_candles_export_rows_for_empty_buckets(
 
 
 def test_export_keeps_the_range_cap(coin: Engine, client: Any) -> None:
+    ensure_quote_partitions(coin, "2020-01-01T00:00:00+00:00")
     with coin.begin() as conn:
         conn.execute(text("INSERT INTO quotes (asset_id, source, observed_at, source_asset_id, "
                           "price_usd) VALUES (1, 'csv', '2020-01-01T00:00:00Z', 'tst', 1)"))

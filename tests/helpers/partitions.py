@@ -5,7 +5,14 @@ from datetime import datetime
 
 from sqlalchemy import Engine, text
 
-from shared.storage.partitions import KNOWN, existing_partitions
+from shared.storage.partitions import KNOWN, QUOTES, ensure, existing_partitions
+
+
+def ensure_quote_partitions(engine: Engine, *times: datetime | str) -> None:
+    """The quotes partitions for rows at `times` (datetimes or ISO text), made as the batch
+    writer makes them before it writes: for tests that insert quotes themselves."""
+    moments = [t if isinstance(t, datetime) else datetime.fromisoformat(t) for t in times]
+    ensure(engine, QUOTES, [(moment, moment) for moment in moments])
 
 
 def partition_bounds(engine: Engine, table: str) -> list[tuple[datetime, datetime]]:
