@@ -12,7 +12,8 @@ master through a failover:
   demoted master's READONLY answer into a ConnectionError (redis-py's fix of redis-py#460):
   the client retries a few times, so a switch-over costs a command a reconnect, not an error.
 - `celery_options()`: the broker and result backend URLs and their transport options
-  (`master_name`, the Sentinels' own connection settings).
+  (`master_name`, the Sentinels' own connection settings), and kombu's Redis transports with a
+  fix for a worker crash on a lost broker connection (see `_ClosedChannelGuard`).
 - `limits_storage()`: the `limits` storage of the upstream quotas
   (`redis+sentinel://host:port,host:port/<master>` for Sentinel, replicas never read).
 """
@@ -23,6 +24,8 @@ from typing import Any, Mapping
 from urllib.parse import quote, unquote, urlsplit
 
 import redis
+from kombu.transport import TRANSPORT_ALIASES
+from kombu.transport import redis as kombu_redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
@@ -207,13 +210,67 @@ def _celery_url(where: RedisTarget) -> str:
     return ";".join(urls)
 
 
+class _ClosedChannelGuard:
+    """A kombu Redis channel whose connection is gone raises a ConnectionError, not an
+    AttributeError.
+
+    kombu 5.7 with Celery 5.7: when the broker connection breaks while a task is unacknowledged
+    (acks_late), the consumer's clean-up drops the transport's connection info before the
+    channel's close restores that message, and the later ack of the task meets the same
+    missing info. The AttributeError this raised is no connection error, so the worker
+    process stopped ("Unrecoverable error"), with one server (a Redis restart) as with
+    Sentinels (a failover): tests/faults/test_sentinel_failover.py. As a connection error it is
+    logged and passed over; the message stays in Redis's unacked set, where the visibility
+    timeout hands it back (its run is then terminal: a no-op).
+    """
+
+    connection: Any
+
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        if self.connection is None or self.connection.client is None:
+            raise redis.ConnectionError("the broker connection is closed")
+        return super()._connparams(asynchronous)  # type: ignore[misc]
+
+
+class GuardedChannel(_ClosedChannelGuard, kombu_redis.Channel):
+    """kombu's Redis channel, guarded (_ClosedChannelGuard)."""
+
+
+class GuardedSentinelChannel(_ClosedChannelGuard, kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel, guarded (_ClosedChannelGuard)."""
+
+
+class Transport(kombu_redis.Transport):
+    """kombu's Redis transport with the guarded channel (`redis://`, `rediss://`)."""
+
+    Channel = GuardedChannel
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """kombu's Sentinel transport with the guarded channel (`sentinel://`)."""
+
+    Channel = GuardedSentinelChannel
+
+
+def install_transports() -> None:
+    """Make kombu's `redis`, `rediss` and `sentinel` schemes use the guarded transports.
+
+    By scheme, not by Celery's broker_transport: kombu re-reads the transport from the URL's
+    scheme whenever it switches to the next of several broker URLs (the other Sentinels).
+    Call before any Celery app connects (celery_options does).
+    """
+    TRANSPORT_ALIASES.update(redis=f"{__name__}:Transport", rediss=f"{__name__}:Transport",
+                             sentinel=f"{__name__}:SentinelTransport")
+
+
 def celery_options(where: RedisTarget | Settings) -> dict[str, Any]:
     """broker_url, result_backend and the Sentinel part of both transport options.
 
     For Sentinel, kombu's `sentinel://` transport and Celery's `sentinel://` result backend
     each take `master_name` and `sentinel_kwargs` from their transport options; for one server
-    the options are empty.
+    the options are empty. kombu's transports are the guarded ones (install_transports).
     """
+    install_transports()
     found = as_target(where)
     url = _celery_url(found)
     extra: dict[str, Any] = {}

@@ -115,6 +115,9 @@ class _HitScript(threading.local):
             fresh = self.connection is None or self.pid != os.getpid()
             if fresh:
                 self.connection, self.pid = self.make(), os.getpid()
+                # Connect first: a Sentinel-managed connection asks the Sentinels for the
+                # master here (sending connects to its default host instead).
+                self.connection.connect()
             try:
                 try:
                     self.connection.send_command("EVALSHA", self.sha, 1, key, seconds, amount)

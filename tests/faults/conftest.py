@@ -219,11 +219,13 @@ def source_lock_holder(engine: Engine, worker: Any, source: str) -> psutil.Proce
     live execution of the source), or None."""
     lock = run_lock("extract", source)
     with engine.connect() as conn:
-        # A two-key advisory lock shows as classid (namespace), objid (object), objsubid 2.
+        # A two-key advisory lock shows as classid (namespace), objid (object), objsubid 2;
+        # pg_locks lists every database's, and other test sessions may share the server.
         port = conn.execute(text(
             "SELECT a.client_port FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
             "WHERE l.locktype = 'advisory' AND l.granted AND l.classid::bigint = :ns "
-            "AND l.objid::bigint = :obj AND l.objsubid = 2"),
+            "AND l.objid::bigint = :obj AND l.objsubid = 2 AND l.database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())"),
             {"ns": int(lock.namespace), "obj": lock.object}).scalar()
     if port is None:
         return None
