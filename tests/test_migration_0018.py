@@ -7,6 +7,7 @@ import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 
+import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
@@ -17,6 +18,9 @@ from shared.storage.partitions import existing_partitions
 from tests.conftest import ROOT
 from tests.helpers.waiting import poll
 from tests.helpers.migrations import flask_db, scratch_database
+
+# Starts real processes (`flask db` on a scratch database): not in the fast subset.
+pytestmark = pytest.mark.processes
 
 UTC = timezone.utc
 # 60 coins a day from 2013-04-28 (csv), 60 coins an hour over the last two weeks (coingecko).

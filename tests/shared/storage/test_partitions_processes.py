@@ -28,6 +28,9 @@ from tests.helpers.broker import sender
 from tests.helpers.waiting import poll
 from tests.helpers.partitions import drop_partitions
 
+# Starts real processes (writer processes, a celery worker): not in the fast subset.
+pytestmark = pytest.mark.processes
+
 UTC = timezone.utc
 # One process's writer call: ensure() the quote spans given as JSON; prints what it created.
 _ENSURE = """
