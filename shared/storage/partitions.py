@@ -67,7 +67,6 @@ CACHE_SECONDS = 300.0
 DDL_LOCK_TIMEOUT = "30s"
 _MIN = datetime.min.replace(tzinfo=UTC)
 _MAX = datetime.max.replace(tzinfo=UTC)
-_BOUND = re.compile(r"FOR VALUES FROM \((.+)\) TO \((.+)\)")
 
 
 class TooManyPartitions(ValueError):
@@ -181,27 +180,33 @@ def plan(table: PartitionedTable, existing: Sequence[Bounds], spans: Iterable[Sp
     return new
 
 
-def _bound(value: str) -> datetime:
-    """One bound of pg_get_expr(relpartbound) under TimeZone UTC: `'2026-11-30 00:00:00+00'`."""
-    if value == "MINVALUE":
-        return _MIN
-    if value == "MAXVALUE":
-        return _MAX
-    return datetime.fromisoformat(value.strip("'")).astimezone(UTC)
+# Each partition of the named parents with its bounds, cast back to timestamptz in SQL (so
+# the session's TimeZone does not matter); a DEFAULT partition has neither bound.
+_PARTITIONS = text("""
+SELECT p.relname, c.relname, b.expr = 'DEFAULT',
+       (regexp_match(b.expr, 'FROM \\(''([^'']+)''\\)'))[1]::timestamptz,
+       (regexp_match(b.expr, 'TO \\(''([^'']+)''\\)'))[1]::timestamptz
+FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent,
+     LATERAL (SELECT pg_get_expr(c.relpartbound, c.oid) AS expr) b
+WHERE i.inhparent = ANY(CAST(:parents AS regclass[]))
+""")
+
+
+def _read_partitions(conn: Connection, parents: Sequence[str]
+                     ) -> dict[str, dict[str, Bounds | None]]:
+    """Parent -> partition name -> bounds (None: DEFAULT), for each of `parents`, one query."""
+    found: dict[str, dict[str, Bounds | None]] = {parent: {} for parent in parents}
+    for parent, name, default, low, high in conn.execute(_PARTITIONS,
+                                                         {"parents": list(parents)}):
+        found[parent][name] = None if default else (
+            _MIN if low is None else low.astimezone(UTC),
+            _MAX if high is None else high.astimezone(UTC))
+    return found
 
 
 def existing_partitions(conn: Connection, parent: str) -> dict[str, Bounds | None]:
     """Name -> bounds of `parent`'s partitions (None: a DEFAULT partition, which we never make)."""
-    conn.execute(text("SET LOCAL TimeZone = 'UTC'"))
-    rows = conn.execute(text(
-        "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
-        "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = CAST(:parent AS regclass)"),
-        {"parent": parent})
-    found: dict[str, Bounds | None] = {}
-    for name, expr in rows:
-        match = _BOUND.fullmatch(expr)
-        found[name] = (_bound(match.group(1)), _bound(match.group(2))) if match else None
-    return found
+    return _read_partitions(conn, [parent])[parent]
 
 
 def create_missing(conn: Connection, table: PartitionedTable, spans: Iterable[Span],
@@ -234,44 +239,53 @@ def create_missing(conn: Connection, table: PartitionedTable, spans: Iterable[Sp
 
 
 class _KnownPartitions:
-    """Per process and database, each table's partitions as last read (thread-safe)."""
+    """Per process and database, every partitioned table's partitions as last read (one
+    catalog query for them all; thread-safe: the pipeline's writers share it)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._bounds: dict[tuple[str, str], tuple[float, list[Bounds]]] = {}
+        self._read: dict[str, tuple[float, dict[str, list[Bounds]]]] = {}
 
-    def get(self, engine: Engine, table: PartitionedTable) -> list[Bounds]:
-        """The table's partitions, read again when older than CACHE_SECONDS."""
-        key = (engine.url.render_as_string(hide_password=True), table.name)
+    def get(self, engine: Engine, table: PartitionedTable, conn: Connection | None = None
+            ) -> list[Bounds]:
+        """The table's partitions, read again (on `conn` when given, a plain catalog read
+        that takes no lock) when older than CACHE_SECONDS."""
+        key = engine.url.render_as_string(hide_password=True)
         with self._lock:
-            cached = self._bounds.get(key)
-        if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
-            return cached[1]
-        with engine.begin() as conn:
-            bounds = [b for b in existing_partitions(conn, table.name).values() if b is not None]
-        with self._lock:
-            self._bounds[key] = (time.monotonic(), bounds)
-        return bounds
+            cached = self._read.get(key)
+        if cached is None or time.monotonic() - cached[0] >= CACHE_SECONDS:
+            names = [t.name for t in PARTITIONED_TABLES]
+            if conn is not None:
+                found = _read_partitions(conn, names)
+            else:
+                with engine.connect() as own:
+                    found = _read_partitions(own, names)
+            cached = (time.monotonic(), {parent: sorted(b for b in parts.values() if b)
+                                         for parent, parts in found.items()})
+            with self._lock:
+                self._read[key] = cached
+        return cached[1][table.name]
 
     def forget(self) -> None:
         """Read every table again on next use."""
         with self._lock:
-            self._bounds.clear()
+            self._read.clear()
 
 
 KNOWN = _KnownPartitions()
 
 
 def ensure(engine: Engine, table: PartitionedTable, spans: Iterable[Span],
-           now: datetime | None = None) -> list[str]:
+           now: datetime | None = None, conn: Connection | None = None) -> list[str]:
     """Make sure every time in `spans` has a partition; the names of those created.
 
-    Free when the process already knows them (the usual case: one bisect per span); else one
-    short transaction of its own on another connection, whatever the caller's is doing.
+    Free when the process already knows them (the usual case: one bisect per span; `conn`, the
+    caller's connection, reads the catalog when the list is stale); else one short transaction
+    of its own on another connection, whatever the caller's transaction is doing.
     """
     now = now or datetime.now(UTC)
     spans = list(spans)
-    if not spans or not plan(table, KNOWN.get(engine, table), spans, now):
+    if not spans or not plan(table, KNOWN.get(engine, table, conn), spans, now):
         return []
     with engine.begin() as conn:
         created = create_missing(conn, table, spans, now)
@@ -298,13 +312,13 @@ def _spans_of(batch: Batch) -> list[Span]:
 
 def ensure_for_batch(session: Session, batch: Batch) -> None:
     """The batch writer's one call: partitions for the batch's quotes and its raw rows (now)."""
-    bind = session.get_bind()
-    engine = bind.engine if isinstance(bind, Connection) else bind
-    assert isinstance(engine, Engine)
+    conn = session.connection()
+    engine = conn.engine
     now = datetime.now(UTC)
-    ensure(engine, QUOTES, _spans_of(batch), now)
+    ensure(engine, QUOTES, _spans_of(batch), now, conn)
     # Raw blocks take now() of their transaction, which may have begun a moment before.
-    ensure(engine, RAW_LINE_BLOCKS, [(now - timedelta(days=1), now + timedelta(days=1))], now)
+    ensure(engine, RAW_LINE_BLOCKS, [(now - timedelta(days=1), now + timedelta(days=1))], now,
+           conn)
 
 
 def maintain(engine: Engine, now: datetime | None = None) -> dict[str, list[str]]:
