@@ -124,6 +124,32 @@ def test_kombu_and_celerys_sentinel_backend_read_what_we_give_them() -> None:
     assert (params["db"], params["password"]) == (3, "m-pw")
 
 
+def test_kombus_redis_schemes_get_the_guarded_channel() -> None:
+    """Every scheme a broker URL may have resolves to shared.redis_client's transports (also
+    after kombu switches to the next Sentinel URL, which re-reads the scheme), and a channel
+    whose connection kombu already dropped raises a connection error, which kombu's and
+    Celery's clean-up pass over, instead of an AttributeError that stopped the worker."""
+    from types import SimpleNamespace
+
+    from kombu import Connection
+
+    celery_config(load_settings({}))  # installs them
+    for url, transport in (("redis://127.0.0.1:1/0", redis_client.Transport),
+                           ("rediss://127.0.0.1:1/0", redis_client.Transport),
+                           ("sentinel://127.0.0.1:1;sentinel://127.0.0.1:2",
+                            redis_client.SentinelTransport)):
+        connection = Connection(url)
+        assert connection.get_transport_cls() is transport
+        connection.switch(url.split(";")[-1])
+        assert connection.get_transport_cls() is transport
+    assert redis_client.Transport.Channel is redis_client.GuardedChannel
+    assert redis_client.SentinelTransport.Channel is redis_client.GuardedSentinelChannel
+    closed = SimpleNamespace(connection=SimpleNamespace(client=None))
+    with pytest.raises(redis.ConnectionError):
+        redis_client.GuardedSentinelChannel._connparams(closed)
+    assert redis.ConnectionError in Connection("redis://127.0.0.1:1/0").connection_errors
+
+
 def test_the_limits_storage_uri() -> None:
     found = parse_target("sentinel://:pw@s1:1/2;sentinel://s2:2", MASTER)
     assert redis_client.limits_storage_uri(found) == f"redis+sentinel://s1:1,s2:2/{MASTER}"
