@@ -38,7 +38,9 @@ SELECT q.asset_id, q.source, q.source_asset_id, q.observed_at, CAST(q.price_usd 
        CAST(q.market_cap_usd AS text), CAST(q.volume_24h_usd AS text),
        CAST(q.circulating_supply AS text), CAST(q.total_supply AS text),
        CAST(q.max_supply AS text), q.rank, CAST(q.open_usd AS text), CAST(q.high_usd AS text),
-       CAST(q.low_usd AS text), CAST(q.close_usd AS text), q.run_id, f.flags
+       CAST(q.low_usd AS text), CAST(q.close_usd AS text), q.run_id,
+       CASE WHEN q.flag_set IS NOT NULL
+            THEN (SELECT s.kinds FROM flag_sets s WHERE s.id = q.flag_set) END, f.flags
 FROM quotes q LEFT JOIN quote_flags f
   ON f.asset_id = q.asset_id AND f.source = q.source AND f.observed_at = q.observed_at
 WHERE q.asset_id = 1 AND q.source = 'coingecko'

@@ -29,6 +29,8 @@ QUOTE_COLUMN_TYPES: dict[str, str] = {
     "volume_24h_usd": "numeric", "circulating_supply": "numeric", "total_supply": "numeric",
     "max_supply": "numeric", "rank": "integer", "open_usd": "numeric", "high_usd": "numeric",
     "low_usd": "numeric", "close_usd": "numeric", "raw_hash": "bytea",
+    # A flagged quote's flags in stored form (shared.quality.compact); NULL when clean.
+    "flag_set": "bigint", "jump_base_price": "double precision", "jump_base_us": "bigint",
 }
 RAW_COPY_COLUMNS: tuple[str, ...] = tuple(RAW_COLUMN_TYPES)
 QUOTE_COPY_COLUMNS: tuple[str, ...] = tuple(QUOTE_COLUMN_TYPES)
@@ -46,6 +48,10 @@ BYTEA_HEX = "\\\\x"
 OHLC_ABSENT: tuple[str, ...] = QUOTE_COPY_COLUMNS[
     QUOTE_COPY_COLUMNS.index("volume_24h_usd") + 1:QUOTE_COPY_COLUMNS.index("open_usd")]
 OHLC_ABSENT_CELLS = f"{NULL}\t" * len(OHLC_ABSENT)
+# The flag cells after raw_hash (flag_set, jump_base_price, jump_base_us): those of a clean
+# quote; a flagged one's are flag_cells(...).
+FLAG_COLUMNS: tuple[str, ...] = QUOTE_COPY_COLUMNS[QUOTE_COPY_COLUMNS.index("raw_hash") + 1:]
+CLEAN_FLAG_CELLS = f"\t{NULL}" * len(FLAG_COLUMNS)
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -65,6 +71,8 @@ def cell(value: Any) -> str:
         return value.isoformat()
     if isinstance(value, (Decimal, int)):
         return str(value)
+    if isinstance(value, float):
+        return repr(value)  # round-trips exactly through float8
     return copy_escape(str(value))
 
 
@@ -78,13 +86,30 @@ def raw_line(source: str, run_id: int, item: RawItem) -> str:
     return text_line((item.hash, source, item.source_key, item.payload, run_id))
 
 
-def quote_line(asset_id: int | str, source: str, run_id: int, q: ParsedQuote) -> str:
-    """A quote as a line of QUOTE_COPY_COLUMNS."""
+def quote_line(asset_id: int | str, source: str, run_id: int, q: ParsedQuote,
+               flags: tuple[int, float | None, int | None] | None = None) -> str:
+    """A quote as a line of QUOTE_COPY_COLUMNS; `flags`: its (flag set, jump base price, jump
+    base age in microseconds), None when clean."""
     return text_line((
         asset_id, source, run_id, q.observed_at, q.source_asset_id, q.price_usd,
         q.market_cap_usd, q.volume_24h_usd, q.circulating_supply, q.total_supply,
         q.max_supply, q.rank, q.open_usd, q.high_usd, q.low_usd, q.close_usd, q.raw_hash,
+        *(flags or (None, None, None)),
     ))
+
+
+def with_flag_cells(text: str, cells: dict[int, str]) -> str:
+    """COPY text of quote lines with these lines' (by index) flag cells in place of the clean."""
+    lines = text.split("\n")
+    cut = -len(CLEAN_FLAG_CELLS)
+    for row, flagged in cells.items():
+        lines[row] = lines[row][:cut] + flagged
+    return "\n".join(lines)
+
+
+def flag_cells(flag_set: int, jump_base_price: Any, jump_base_us: Any) -> str:
+    """The flag cells of a flagged quote's line (in place of CLEAN_FLAG_CELLS)."""
+    return "".join(f"\t{cell(v)}" for v in (flag_set, jump_base_price, jump_base_us))
 
 
 def quote_line_head(source: str, run_id: int) -> str:

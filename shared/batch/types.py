@@ -106,10 +106,13 @@ class PreparedQuotes:
 
     data: bytes
     spans: dict[int, tuple[str, str]]
-    # (asset_id, observed_at, flags) of the batch's flagged quotes (shared.quality.flags).
-    flags: list[tuple[int, Any, list[dict[str, Any]]]] = field(default_factory=list)
     # Assets two other sources quote: their outliers are judged after the batch publishes.
     outlier_assets: list[int] = field(default_factory=list)
+    # What the batch writes for its flags besides their cells in `data`: anomalies, flag set
+    # counts, publish qualities (shared.quality.flags.FlagWrites).
+    writes: Any = None
+    # The assets whose stored quotes the batch's keys may meet (None: unknown, every asset).
+    probe: list[int] | None = None
 
     @property
     def asset_ids(self) -> set[int]:

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from psycopg2 import errors as pg_errors
 from psycopg2.extras import Json, execute_values
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import Session
 
 from shared.batch.copy_format import (
@@ -29,6 +29,7 @@ from shared.batch.copy_format import (
     STAGING_DDL,
     quote_line,
     raw_line,
+    with_flag_cells,
 )
 from shared.db import unit_of_work
 from shared.identity.resolve import Alias, IdentityHint, resolve_assets
@@ -36,8 +37,18 @@ from shared.ingest.line_blocks import StoredLines, copy_line_block
 from shared.ingest.publish import PUBLISH_SQL
 from shared.jobs.lifecycle import BATCH_PROGRESS_SQL
 from shared.models import RUN_LOAD_COUNTERS
-from shared.quality.checks import QualityThresholds
-from shared.quality.flags import apply_outliers, batch_flags, store_batch_flags
+from shared.quality.checks import JUMP, QualityThresholds
+from shared.quality.compact import KIND_BITS, new_flag_set
+from shared.quality.flags import (
+    BatchQuality,
+    FlagWrites,
+    SetKey,
+    batch_flags,
+    block_cells,
+    flag_writes,
+    store_batch_flags,
+)
+from shared.quality.outliers import apply_outliers
 from shared.storage.partitions import ensure_for_batch
 from shared.batch.types import Batch, PreparedQuotes, content_hash
 
@@ -71,9 +82,11 @@ _RAW_FROM_STAGING = (
     f"SELECT DISTINCT ON (content_hash) {RAW_COLUMNS_SQL} FROM {STAGE_RAW} "
     "ON CONFLICT (source, content_hash) WHERE source <> 'csv' DO NOTHING"
 )
+# The staged quotes not stored yet; per flag set (NULL: clean), how many went in.
 _QUOTES_FROM_STAGING = (
-    f"INSERT INTO quotes ({QUOTE_COLUMNS_SQL}) SELECT {QUOTE_COLUMNS_SQL} FROM {STAGE_QUOTES} "
-    "ON CONFLICT (asset_id, source, observed_at) DO NOTHING"
+    f"WITH new AS (INSERT INTO quotes ({QUOTE_COLUMNS_SQL}) SELECT {QUOTE_COLUMNS_SQL} "
+    f"FROM {STAGE_QUOTES} ON CONFLICT (asset_id, source, observed_at) DO NOTHING "
+    "RETURNING flag_set) SELECT flag_set, count(*) FROM new GROUP BY flag_set"
 )
 
 
@@ -84,6 +97,7 @@ def _reader(data: str | bytes) -> io.StringIO | io.BytesIO:
 def _copy_new_rows(
     cursor: Any, state: LoadState, table: str, columns: str, data: str | bytes, staging: str,
     from_staging: str, on_staged: Callable[[Any], None] | None = None, stage: bool = False,
+    inserted: Callable[[Any], int] | None = None,
 ) -> int:
     """Load COPY text into `table`; returns how many rows were new.
 
@@ -93,7 +107,8 @@ def _copy_new_rows(
     Otherwise COPY goes straight into the table, the fast path, safe because the table's
     unique index checks every row: should one exist after all, the COPY fails as a whole, is
     rolled back to its savepoint and goes through staging. `on_staged(cursor)` runs between
-    the staging COPY and that INSERT, while the table still holds only the earlier rows.
+    the staging COPY and that INSERT, while the table still holds only the earlier rows;
+    `inserted(cursor)`, when given, reads the INSERT's answer: how many rows went in.
     """
     if not stage and table not in state.always_stage:
         try:
@@ -115,7 +130,7 @@ def _copy_new_rows(
     if on_staged is not None:
         on_staged(cursor)
     cursor.execute(from_staging)
-    return int(cursor.rowcount)
+    return inserted(cursor) if inserted is not None else int(cursor.rowcount)
 
 
 @dataclass
@@ -132,6 +147,8 @@ class BatchWriter:
     aliases: dict[tuple[str, str], Alias]
     asset_cache: dict[str, int] = field(default_factory=dict)
     thresholds: QualityThresholds = field(default_factory=QualityThresholds)
+    # The run's flag sets (shared.quality.compact), by kinds and page clock: their ids.
+    flag_sets: dict[SetKey, int] = field(default_factory=dict)
 
     def write(
         self,
@@ -164,8 +181,7 @@ class BatchWriter:
                 prepared = self._render_quotes(session, batch)
             result.inserted = self._write_quotes(cursor, state, batch, prepared, stored_lines)
             result.unchanged = batch.quote_count - result.inserted
-            # Before the publish below, which joins them into current_quotes.quality.
-            store_batch_flags(cursor, self.source, self.run_id, prepared.flags)
+            store_batch_flags(cursor, self.source, self.run_id, prepared.writes)
         repeated_rejects = self._write_rejects(cursor, batch) if batch.rejects else set()
         if batch.raw_lines is not None:
             result.raw_inserted = copy_line_block(cursor, self.source, self.run_id,
@@ -175,8 +191,8 @@ class BatchWriter:
             wait_turn()
         if batch.drift:
             self._write_drift(cursor, batch)
-        _end_batch(cursor, self.source, self.run_id, batch, previous_checkpoint,
-                   prepared.asset_ids if prepared is not None else set(), result)
+        _end_batch(cursor, self.source, self.run_id, batch, previous_checkpoint, prepared,
+                   result)
         if result.inserted and prepared is not None and prepared.outlier_assets:
             apply_outliers(session, cursor, prepared.outlier_assets, self.thresholds)
         return result
@@ -212,11 +228,20 @@ class BatchWriter:
         stored_lines: StoredLines,
     ) -> int:
         """The batch's quotes; returns how many were new (staged only if keys may repeat)."""
+        writes = prepared.writes
+
+        def inserted(cur: Any) -> int:
+            # Only the quotes that went in count for their flag sets.
+            counts = {set_id: int(n) for set_id, n in cur.fetchall()}
+            if isinstance(writes, FlagWrites):
+                writes.set_counts = {k: n for k, n in counts.items() if k is not None}
+            return sum(counts.values())
+
         return _copy_new_rows(
             cursor, state, "quotes", QUOTE_COLUMNS_SQL, prepared.data, STAGE_QUOTES,
             _QUOTES_FROM_STAGING,
             on_staged=stored_lines.find if batch.raw_lines is not None else None,
-            stage=_may_hold_keys(cursor, self.source, prepared))
+            stage=_may_hold_keys(cursor, self.source, prepared), inserted=inserted)
 
     def _write_rejects(self, cursor: Any, batch: Batch) -> set[str]:
         """Store the rejects; returns the locations rejected before with the same text."""
@@ -244,7 +269,8 @@ class BatchWriter:
         )
 
     def _render_quotes(self, session: Session, batch: Batch) -> PreparedQuotes:
-        """Resolve the batch's coins and render its quotes as COPY data, with their keys."""
+        """Resolve the batch's coins, check them and render its quotes as COPY data (a flagged
+        quote's flags in its own cells), with their keys and the batch's flag writes."""
         hints = {q.source_asset_id: IdentityHint(q.source_asset_id, q.symbol, q.name)
                  for q in batch.quotes}
         for block in batch.quote_blocks:
@@ -252,10 +278,21 @@ class BatchWriter:
                              IdentityHint(block.source_asset_id, block.symbol, block.name))
         assets = resolve_assets(session, self.source, list(hints.values()), self.aliases,
                                 self.asset_cache)
-        parts = [block.text.replace(ASSET_SLOT, str(assets[block.source_asset_id]))
-                 for block in batch.quote_blocks]
-        parts.extend(quote_line(assets[q.source_asset_id], self.source, self.run_id, q)
-                     for q in batch.quotes)
+        quality = batch_flags(session.connection().connection.cursor(), self.source, batch,
+                              assets, self.thresholds)
+        set_ids = self._flag_set_ids(session, quality)
+        jump_set = set_ids.get(quality.set_key(KIND_BITS[JUMP]), 0)
+        parts = []
+        for index, block in enumerate(batch.quote_blocks):
+            text = block.text
+            if index in quality.jumps:
+                text = with_flag_cells(text, block_cells(quality, index, jump_set))
+            parts.append(text.replace(ASSET_SLOT, str(assets[block.source_asset_id])))
+        for index, q in enumerate(batch.quotes):
+            stored = quality.quotes.get(index)
+            parts.append(quote_line(
+                assets[q.source_asset_id], self.source, self.run_id, q,
+                None if stored is None else (set_ids[quality.set_key(stored[0])], *stored[1:])))
         spans: dict[int, tuple[str, str]] = {}
 
         def cover(asset_id: int, first: str, last: str) -> None:
@@ -270,10 +307,24 @@ class BatchWriter:
         for q in batch.quotes:
             stamp = q.observed_at.isoformat()
             cover(assets[q.source_asset_id], stamp, stamp)
-        quality = batch_flags(session.connection().connection.cursor(), self.source, batch,
-                              assets, self.thresholds)
-        return PreparedQuotes("".join(parts).encode(), spans, quality.flags,
-                              quality.outlier_assets)
+        return PreparedQuotes("".join(parts).encode(), spans,
+                              outlier_assets=quality.outlier_assets,
+                              writes=flag_writes(quality, set_ids),
+                              probe=quality.may_meet_stored(spans))
+
+    def _flag_set_ids(self, session: Session, quality: BatchQuality) -> dict[SetKey, int]:
+        """The ids of the flag sets the batch needs; new ones committed on their own (a set
+        is valid whether or not the batch commits, and never holds a lock a batch waits on)."""
+        missing = quality.set_keys() - self.flag_sets.keys()
+        if missing:
+            bind = session.get_bind()
+            engine = bind.engine if isinstance(bind, Connection) else bind
+            with engine.begin() as conn:
+                cursor = conn.connection.cursor()
+                for bits, fetched_at in sorted(missing, key=lambda key: key[0]):
+                    self.flag_sets[(bits, fetched_at)] = new_flag_set(
+                        cursor, self.source, self.run_id, bits, fetched_at, self.thresholds).id
+        return self.flag_sets
 
 
 # Whether a stored quote of this source falls in one of the batch's per-asset time spans: one
@@ -291,8 +342,15 @@ SELECT EXISTS (
 
 
 def _may_hold_keys(cursor: Any, source: str, prepared: PreparedQuotes) -> bool:
-    """Whether some of the batch's quote keys may be stored already (then stage them)."""
-    ids = list(prepared.spans)
+    """Whether some of the batch's quote keys may be stored already (then stage them).
+
+    Only the assets whose span reaches back to their newest stored quote are probed
+    (PreparedQuotes.probe, from the quality step's read of the published quotes); a batch
+    with none (a first load, an append) needs no query.
+    """
+    ids = list(prepared.spans) if prepared.probe is None else prepared.probe
+    if not ids:
+        return False
     cursor.execute(_KEYS_IN_SPANS, {
         "ids": ids, "source": source,
         "first": [prepared.spans[i][0] for i in ids], "last": [prepared.spans[i][1] for i in ids],
@@ -308,9 +366,14 @@ def _may_hold_keys(cursor: Any, source: str, prepared: PreparedQuotes) -> bool:
 # committed first. A data-modifying CTE runs whether or not the main query reads it, and sees
 # the batch's quotes (earlier statements of the transaction).
 _END_BATCH = """
-WITH published AS ({publish}), counted AS ({count}), moved AS ({move})
+WITH published AS ({publish}), counted AS ({count}), flagged AS ({flagged}), moved AS ({move})
 SELECT count(*) FROM moved
 """
+# The quotes the batch wrote with each flag set (the status page's count of flagged quotes).
+_FLAG_SET_COUNTS = (
+    "UPDATE flag_sets s SET quotes = s.quotes + c.n "
+    "FROM unnest(%(set_ids)s::bigint[], %(set_counts)s::bigint[]) AS c(id, n) WHERE s.id = c.id"
+)
 _CHECKPOINT_CREATE = (
     "INSERT INTO checkpoints (source, key, value, run_id, updated_at) "
     "VALUES (%(source)s, %(key)s, %(value)s, %(run)s, now()) "
@@ -321,23 +384,27 @@ _CHECKPOINT_MOVE = (
     "WHERE source = %(source)s AND key = %(key)s AND value = %(previous)s RETURNING 1"
 )
 _END_BATCH_CREATE = _END_BATCH.format(publish=PUBLISH_SQL, count=BATCH_PROGRESS_SQL,
-                                      move=_CHECKPOINT_CREATE)
+                                      flagged=_FLAG_SET_COUNTS, move=_CHECKPOINT_CREATE)
 _END_BATCH_MOVE = _END_BATCH.format(publish=PUBLISH_SQL, count=BATCH_PROGRESS_SQL,
-                                    move=_CHECKPOINT_MOVE)
+                                    flagged=_FLAG_SET_COUNTS, move=_CHECKPOINT_MOVE)
 
 
 def _end_batch(
     cursor: Any, source: str, run_id: int, batch: Batch, previous: dict[str, Any] | None,
-    asset_ids: set[int], result: BatchResult,
+    prepared: PreparedQuotes | None, result: BatchResult,
 ) -> None:
     """Publish, add the counters and move the checkpoint (raises CheckpointMoved)."""
     # A batch that inserted nothing publishes nothing: every quote it met is stored and was
     # published by the batch that stored it.
-    assets = sorted(asset_ids) if result.inserted else []
+    assets = sorted(prepared.asset_ids) if result.inserted and prepared is not None else []
+    writes = prepared.writes if prepared is not None else None
+    if not isinstance(writes, FlagWrites) or not assets:
+        writes = FlagWrites()
     cursor.execute(_END_BATCH_CREATE if previous is None else _END_BATCH_MOVE, {
         "run": run_id, "assets": assets, "source": source, "key": batch.checkpoint_key,
         "value": Json(batch.checkpoint), "previous": Json(previous),
-        **{name: getattr(result, name) for name in RUN_LOAD_COUNTERS},
+        "set_ids": list(writes.set_counts), "set_counts": list(writes.set_counts.values()),
+        **writes.published, **{name: getattr(result, name) for name in RUN_LOAD_COUNTERS},
     })
     moved, = cursor.fetchone()
     if moved != 1:

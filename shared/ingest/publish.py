@@ -8,21 +8,27 @@ source is one step back along the quotes' primary key (so the cost follows the b
 assets, not its quotes, and a quote committed by any earlier run, finished or dead, is
 covered too). The upsert writes a row only when it is newer or differs, and the data version
 moves only when a row was written (migration 0010), so a batch that brings nothing new leaves
-the API's /data cache alone. A quote's quality flags (quote_flags, stored by the same batch
-before it publishes: shared.quality.flags) are published with it as current_quotes.quality.
+the API's /data cache alone. A quote's quality (current_quotes.quality) comes with it from the
+caller, built from the quote's flags where the checks run (shared.quality.flags: the batch's
+newest quote per asset, when flagged); a quote the caller has none for keeps the quality it was
+published with, and a new one without is clean.
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Iterable
 
-# Parameters (psycopg2 style): %(source)s, %(assets)s (bigint[]).
+from shared.quality.checks import quality_of
+from shared.quality.compact import flag_sets, stored_flags
+
+# Parameters (psycopg2 style): %(source)s, %(assets)s (bigint[]), and the quality of flagged
+# quotes as parallel arrays %(flagged)s (asset ids), %(flagged_at)s (their observed_at) and
+# %(quality)s (jsonb), valid for rows written by run %(run)s (NULL: any run).
 PUBLISH_SQL = """
 INSERT INTO current_quotes AS cur (asset_id, source, symbol, name, source_asset_id,
     observed_at, price_usd, market_cap_usd, volume_24h_usd, rank, quality, updated_at)
 SELECT q.asset_id, q.source, a.symbol, a.name, q.source_asset_id, q.observed_at,
-    q.price_usd, q.market_cap_usd, q.volume_24h_usd, q.rank,
-    CASE WHEN f.flags IS NULL THEN NULL
-         ELSE jsonb_build_object('status', 'flagged', 'flags', f.flags) END, now()
+    q.price_usd, q.market_cap_usd, q.volume_24h_usd, q.rank, given.quality, now()
 FROM unnest(%(assets)s::bigint[]) AS touched(asset_id)
 CROSS JOIN LATERAL (
     SELECT * FROM quotes q
@@ -30,18 +36,23 @@ CROSS JOIN LATERAL (
     ORDER BY q.observed_at DESC LIMIT 1
 ) q
 JOIN assets a ON a.id = q.asset_id
-LEFT JOIN quote_flags f
-    ON f.asset_id = q.asset_id AND f.source = q.source AND f.observed_at = q.observed_at
+LEFT JOIN unnest(%(flagged)s::bigint[], %(flagged_at)s::timestamptz[], %(quality)s::jsonb[])
+    AS given(asset_id, at, quality)
+    ON given.asset_id = q.asset_id AND given.at = q.observed_at
+    AND (CAST(%(run)s AS bigint) IS NULL OR q.run_id = CAST(%(run)s AS bigint))
 ON CONFLICT (asset_id, source) DO UPDATE SET
     symbol = excluded.symbol, name = excluded.name,
     source_asset_id = excluded.source_asset_id, observed_at = excluded.observed_at,
     price_usd = excluded.price_usd, market_cap_usd = excluded.market_cap_usd,
     volume_24h_usd = excluded.volume_24h_usd, rank = excluded.rank,
-    quality = excluded.quality, updated_at = now()
+    quality = CASE WHEN excluded.quality IS NOT NULL THEN excluded.quality
+                   WHEN excluded.observed_at = cur.observed_at THEN cur.quality END,
+    updated_at = now()
 WHERE excluded.observed_at > cur.observed_at
    OR (excluded.observed_at = cur.observed_at
        AND (excluded.symbol, excluded.name, excluded.source_asset_id, excluded.price_usd,
-            excluded.market_cap_usd, excluded.volume_24h_usd, excluded.rank, excluded.quality)
+            excluded.market_cap_usd, excluded.volume_24h_usd, excluded.rank,
+            coalesce(excluded.quality, cur.quality))
            IS DISTINCT FROM (cur.symbol, cur.name, cur.source_asset_id, cur.price_usd,
                              cur.market_cap_usd, cur.volume_24h_usd, cur.rank, cur.quality))
 """
@@ -59,12 +70,40 @@ ORDER BY n.source, n.asset_id
 """
 
 
+# The newest stored quote of each asset with its flags (stored form and documents).
+_NEWEST_FLAGGED = """
+SELECT q.asset_id, q.observed_at, q.flag_set, q.jump_base_price, q.jump_base_us, q.price_usd,
+    q.market_cap_usd, q.volume_24h_usd, q.circulating_supply, f.flags
+FROM unnest(%(assets)s::bigint[]) AS touched(asset_id)
+CROSS JOIN LATERAL (
+    SELECT * FROM quotes q
+    WHERE q.asset_id = touched.asset_id AND q.source = %(source)s
+    ORDER BY q.observed_at DESC LIMIT 1
+) q
+LEFT JOIN quote_flags f
+    ON f.asset_id = q.asset_id AND f.source = q.source AND f.observed_at = q.observed_at
+WHERE q.flag_set IS NOT NULL OR f.flags IS NOT NULL
+"""
+
+
 def publish_assets(cursor: Any, source: str, asset_ids: Iterable[int]) -> int:
-    """Publish the newest quote of `source` for these assets, in the caller's transaction."""
+    """Publish the newest quote of `source` for these assets, in the caller's transaction,
+    with the quality of its stored flags (one query for them, then the publish)."""
     assets = sorted(set(asset_ids))
     if not assets:
         return 0
-    cursor.execute(PUBLISH_SQL, {"source": source, "assets": assets})
+    cursor.execute(_NEWEST_FLAGGED, {"source": source, "assets": assets})
+    names = [column[0] for column in cursor.description]
+    rows = [dict(zip(names, row)) for row in cursor.fetchall()]
+    sets = flag_sets(cursor, (row["flag_set"] for row in rows))
+    given: dict[str, list[Any]] = {"flagged": [], "flagged_at": [], "quality": []}
+    for row in rows:
+        flags = stored_flags(sets, row, row["flags"])
+        if flags:
+            given["flagged"].append(row["asset_id"])
+            given["flagged_at"].append(row["observed_at"])
+            given["quality"].append(json.dumps(quality_of(flags), separators=(",", ":")))
+    cursor.execute(PUBLISH_SQL, {"source": source, "assets": assets, "run": None, **given})
     return int(cursor.rowcount)
 
 

@@ -30,6 +30,7 @@ from shared.models.core import (  # noqa: F401
     AlertState,
     Notification,
 )
+from shared.models.quality import FlagSet  # noqa: F401
 from shared.models.backfill import (  # noqa: F401
     Backfill,
     BackfillChunk,
@@ -53,6 +54,7 @@ __all__ = [
     "LINE_SOURCES",
     "Quote",
     "CurrentQuote",
+    "FlagSet",
     "QuoteFlag",
     "Anomaly",
     "DataVersion",

@@ -10,6 +10,7 @@ from sqlalchemy import (
     CheckConstraint,
     Computed,
     DateTime,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -180,6 +181,12 @@ class Quote(Base):
     raw_hash: Mapped[bytes | None] = mapped_column(LargeBinary)
     run_id: Mapped[int | None] = mapped_column(BigInteger)
     inserted_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    # The batch checks' flags in stored form (migration 0019, shared.quality.compact): the
+    # flag set of its kinds, and a jump's base quote (price, and how many microseconds older).
+    # NULL when clean; no foreign key, for the reason given at run_id.
+    flag_set: Mapped[int | None] = mapped_column(BigInteger)
+    jump_base_price: Mapped[float | None] = mapped_column(Double)
+    jump_base_us: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class CurrentQuote(Base):
@@ -212,7 +219,7 @@ class CurrentQuote(Base):
 
 
 class QuoteFlag(Base):
-    """The quality flags of one flagged quote (sparse: clean quotes have no row)."""
+    """Flag documents of one quote: outliers, and flags its stored form cannot rebuild."""
 
     __tablename__ = "quote_flags"
 

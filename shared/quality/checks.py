@@ -139,8 +139,9 @@ def implausible_flags(price: float | None, mcap: float | None, volume: float | N
     return flags
 
 
-def _jump(price: float, observed_at: Any, prev_at: Any, prev_price: float,
-          thresholds: QualityThresholds) -> Flag:
+def jump_flag(price: float, observed_at: Any, prev_at: Any, prev_price: float,
+              thresholds: QualityThresholds) -> Flag:
+    """*jump*: `price` at `observed_at` against the previous quote's (`prev_at`, `prev_price`)."""
     factor = max(price / prev_price, prev_price / price)
     return make_flag(JUMP, f"price moved {factor:.3g}x since the previous quote",
                      price_usd=price, previous_price_usd=prev_price,
@@ -282,7 +283,7 @@ def _jumps(keys: Sequence[Any], times: Sequence[Any], prices: Sequence[float | N
         if prev is not None and prev[0] < at and prev[1] > 0:
             move = p / prev[1]
             if move >= factor or move * factor <= 1:
-                result.setdefault(i, []).append(_jump(p, at, prev[0], prev[1], t))
+                result.setdefault(i, []).append(jump_flag(p, at, prev[0], prev[1], t))
         last[k] = (at, p)
 
 

@@ -15,6 +15,7 @@ from shared.errors import NotFound
 from shared.quality.consensus import window_consensus
 from shared.models import Asset, AssetSourceId, CurrentQuote, Quote, QuoteFlag
 from shared.quality.checks import quality_of
+from shared.quality.compact import flag_sets, stored_flags
 from shared.queries.paging import (
     BIGINT_MAX,
     InvalidCursor,
@@ -160,7 +161,8 @@ def asset_history(
 
 
 def _attach_quality(session: Session, asset_id: int, quotes: Sequence[Quote]) -> None:
-    """Set each quote's `quality` (stored flags, or None when clean): one query per page."""
+    """Set each quote's `quality` (its flags rebuilt from their stored form and its flag
+    documents, or None when clean): at most two queries per page."""
     if not quotes:
         return
     keys = [(q.source, q.observed_at) for q in quotes]
@@ -168,9 +170,11 @@ def _attach_quality(session: Session, asset_id: int, quotes: Sequence[Quote]) ->
         select(QuoteFlag.source, QuoteFlag.observed_at, QuoteFlag.flags)
         .where(QuoteFlag.asset_id == asset_id,
                tuple_(QuoteFlag.source, QuoteFlag.observed_at).in_(keys)))
-    found = {(source, at): flags for source, at, flags in rows}
+    documents = {(source, at): flags for source, at, flags in rows}
+    cursor = session.connection().connection.cursor()
+    sets = flag_sets(cursor, (q.flag_set for q in quotes))
     for quote in quotes:
-        flags = found.get((quote.source, quote.observed_at))
+        flags = stored_flags(sets, vars(quote), documents.get((quote.source, quote.observed_at)))
         # A plain attribute beside the mapped columns, read by the history schema.
         setattr(quote, "quality", quality_of(flags))
 

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import Session
 
+from shared.quality.compact import kinds_of
 from shared.queries.assets import range_start, resolve_asset
 from shared.queries.candles import CANDLE_FIELDS, CandleRange, candle_range, candle_rows
 from shared.queries.data import DATA_RECORD_FIELDS, DataFilters, current_quotes_query
@@ -37,11 +38,14 @@ _OHLC = ("open_usd", "high_usd", "low_usd", "close_usd")
 DATA_EXPORT_FIELDS = (*DATA_RECORD_FIELDS, "flags")
 
 # Same rows and order as GET /data/<asset>/history pages (newest first, ties by source desc),
-# read along the quotes primary key; flags from the sparse quote_flags table.
+# read along the quotes primary key; the kinds of a quote's stored flags from its flag set
+# (shared.quality.compact), its flag documents from the sparse quote_flags table.
 _HISTORY_SQL = text(f"""
 SELECT q.asset_id, q.source, q.source_asset_id, q.observed_at,
        {", ".join(f"CAST(q.{c} AS text)" for c in _MONEY)}, q.rank,
-       {", ".join(f"CAST(q.{c} AS text)" for c in _OHLC)}, q.run_id, f.flags
+       {", ".join(f"CAST(q.{c} AS text)" for c in _OHLC)}, q.run_id,
+       CASE WHEN q.flag_set IS NOT NULL
+            THEN (SELECT s.kinds FROM flag_sets s WHERE s.id = q.flag_set) END, f.flags
 FROM quotes q
 LEFT JOIN quote_flags f
   ON f.asset_id = q.asset_id AND f.source = q.source AND f.observed_at = q.observed_at
@@ -66,19 +70,21 @@ class Export:
     records: Callable[[Connection], Iterator[dict[str, Any]]]
 
 
-_ROW_FIELDS = HISTORY_FIELDS[:-2]  # the select's columns before quote_flags.flags
+_ROW_FIELDS = HISTORY_FIELDS[:-2]  # the select's columns before the flag set's kinds
 
 
-def _quality_columns(flags: Sequence[dict[str, Any]] | None) -> tuple[str, str]:
-    """A quote's `quality` (ok or flagged) and its distinct flag kinds, `;`-separated."""
-    kinds = sorted({f.get("flag", "") for f in flags or ()})
+def _quality_columns(flags: Sequence[dict[str, Any]] | None,
+                     stored: int | None = None) -> tuple[str, str]:
+    """A quote's `quality` (ok or flagged) and its distinct flag kinds, `;`-separated: those
+    of its flag documents and of its flag set's bits (`stored`)."""
+    kinds = sorted({f.get("flag", "") for f in flags or ()}.union(kinds_of(stored or 0)))
     return ("flagged" if kinds else "ok"), ";".join(kinds)
 
 
 def _history_record(row: Sequence[Any]) -> dict[str, Any]:
     record = dict(zip(_ROW_FIELDS, row))  # zip stops before the trailing flags
     record["observed_at"] = iso_utc(record["observed_at"])
-    record["quality"], record["flags"] = _quality_columns(row[-1])
+    record["quality"], record["flags"] = _quality_columns(row[-1], row[-2])
     return record
 
 

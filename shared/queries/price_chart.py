@@ -36,13 +36,19 @@ SELECT min(observed_at), max(observed_at) FROM quotes
 WHERE asset_id = :asset AND price_usd IS NOT NULL
 """)
 
+# Flagged quotes: flags stored in the quote's row (flag_set) or as flag documents.
 _FLAGS_SQL = text("""
-SELECT f.source, f.observed_at, q.price_usd FROM quote_flags f
-JOIN quotes q ON q.asset_id = f.asset_id AND q.source = f.source
-    AND q.observed_at = f.observed_at
-WHERE f.asset_id = :asset AND q.price_usd IS NOT NULL
-  AND f.observed_at >= :since AND f.observed_at <= :until
-ORDER BY f.observed_at LIMIT :limit
+SELECT source, observed_at, price_usd FROM (
+    SELECT q.source, q.observed_at, q.price_usd FROM quotes q
+    WHERE q.asset_id = :asset AND q.flag_set IS NOT NULL AND q.price_usd IS NOT NULL
+      AND q.observed_at >= :since AND q.observed_at <= :until
+    UNION
+    SELECT f.source, f.observed_at, q.price_usd FROM quote_flags f
+    JOIN quotes q ON q.asset_id = f.asset_id AND q.source = f.source
+        AND q.observed_at = f.observed_at
+    WHERE f.asset_id = :asset AND q.price_usd IS NOT NULL
+      AND f.observed_at >= :since AND f.observed_at <= :until
+) flagged ORDER BY observed_at LIMIT :limit
 """)
 
 

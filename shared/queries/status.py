@@ -36,9 +36,13 @@ FROM (
 ) ranked WHERE pos <= :limit ORDER BY source, finished_at, id
 """)
 
-# Each count is an index-only or small scan: anomalies and flags are sparse by design.
+# Each count is an index-only or small scan: anomalies and flag documents are sparse by design,
+# and quotes flagged in their own row are counted per flag set as their batches store them.
 _QUALITY_SQL = text("""
-SELECT (SELECT count(*) FROM quote_flags) AS flagged_quotes,
+SELECT (SELECT coalesce(sum(quotes), 0) FROM flag_sets)
+       + (SELECT count(*) FROM quote_flags f WHERE NOT EXISTS (
+            SELECT 1 FROM quotes q WHERE q.asset_id = f.asset_id AND q.source = f.source
+            AND q.observed_at = f.observed_at AND q.flag_set IS NOT NULL)) AS flagged_quotes,
        (SELECT count(*) FROM current_quotes WHERE quality IS NOT NULL) AS flagged_current,
        (SELECT count(*) FROM drift_events) AS drift_events,
        (SELECT count(*) FROM rejected_records) AS rejects,

@@ -13,7 +13,8 @@ from typing import Any, BinaryIO, Iterator
 from shared.bounds import CELL_MAX_CHARS, NUMERIC_INTEGER_DIGITS, NUMERIC_SCALE, asset_text_problem
 from shared.config import Settings
 from shared.sources.parsing import ValueParseError
-from shared.batch.copy_format import BYTEA_HEX, OHLC_ABSENT_CELLS, quote_line_head
+from shared.batch.copy_format import (
+    BYTEA_HEX, CLEAN_FLAG_CELLS, OHLC_ABSENT_CELLS, quote_line_head)
 from shared.batch.types import Batch, LineBlock, QuoteBlock, Rejected, content_hash
 from shared.sources.base import RunContext
 from shared.sources.csv_formats import CsvFormat, detect_format, req_timestamp
@@ -53,6 +54,7 @@ _KAGGLE_FAST = re.compile(
 # The fast path's COPY text pieces (shared.batch.copy_format owns the layout; see quote_line).
 _ABSENT = OHLC_ABSENT_CELLS  # circulating_supply, total_supply, max_supply, rank
 _HASH_CELL = "\t" + BYTEA_HEX  # before raw_hash, in hex
+_LINE_END = CLEAN_FLAG_CELLS + "\n"  # no flags (the loader rewrites a flagged line's)
 # Lines in a file's first batch (when CSV_BATCH_ROWS is larger); each next batch doubles.
 FIRST_BATCH_ROWS = 2_000
 # Bounds the per-file caches of rendered dates and identities (a file has few of each).
@@ -286,7 +288,7 @@ class _LineReader:
                     # shared.batch.copy_format): price_usd and close_usd are both Close.
                     entry[1].append(
                         f"{quote_prefix}{stamp}\t{sid}\t{close}\t{mcap}\t{volume}\t{_ABSENT}"
-                        f"{open_}\t{high}\t{low}\t{close}{_HASH_CELL}{hex_hash}\n"
+                        f"{open_}\t{high}\t{low}\t{close}{_HASH_CELL}{hex_hash}{_LINE_END}"
                     )
                     entry[2].append(stamp)
                     # The price's text, for the jump check (shared.quality.flags).

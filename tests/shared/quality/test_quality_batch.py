@@ -9,7 +9,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from shared.quality.checks import QualityThresholds
-from shared.quality.flags import apply_outliers, batch_flags
+from shared.quality.flags import batch_flags
+from shared.quality.outliers import apply_outliers
 from shared.batch.types import Batch, ParsedQuote
 
 T0 = datetime(2025, 2, 9, 17, 44, tzinfo=timezone.utc)
