@@ -24,6 +24,7 @@ class CsvFormat:
 
 
 def req_timestamp(value: str, field: str) -> Any:
+    """A required timestamp cell as an aware UTC datetime (ValueParseError when missing)."""
     if not value.strip():
         raise ValueParseError(f"missing {field}")
     return parse_timestamp(value)
