@@ -10,7 +10,7 @@ from sqlalchemy import Engine, text
 
 from shared.models import Base
 from shared.storage.partitions import include_name
-from tests.helpers.migrations import flask_db as _flask_db, scratch_database
+from tests.helpers.migrations import flask_db, scratch_database
 
 
 def test_upgrade_leaves_nothing_for_autogenerate(engine: Engine) -> None:
@@ -31,7 +31,7 @@ def test_0006_moves_csv_lines_into_blocks_and_back() -> None:
     rows = [("csv", f"a:b.csv:{n}", f"{n},Coin,C,2020-01-0{n},1,1,1,1,1,1", 7) for n in (2, 3)]
     rows += [("csv", "other.csv:2", "x,y", 8), ("coingecko", "bitcoin", '{"id": "bitcoin"}', 7)]
     with scratch_database() as (url, engine):
-        _flask_db(url, "upgrade", "0005")
+        flask_db(url, "upgrade", "0005")
         with engine.begin() as conn:
             for source, key, payload, run in rows:
                 conn.execute(text(
@@ -41,14 +41,14 @@ def test_0006_moves_csv_lines_into_blocks_and_back() -> None:
         stored = "SELECT source, source_key, payload, run_id, content_hash FROM {} ORDER BY 2"
         with engine.connect() as conn:
             before = conn.execute(text(stored.format("raw_records"))).all()
-        _flask_db(url, "upgrade")
+        flask_db(url, "upgrade")
         with engine.connect() as conn:
             lines = conn.execute(text(stored.format("raw_lines"))).all()
             api = conn.execute(text(stored.format("raw_records"))).all()
             blocks = conn.execute(text("SELECT count(*) FROM raw_line_blocks")).scalar_one()
         assert sorted(lines + api) == sorted(before)
         assert [row.source for row in api] == ["coingecko"] and blocks == 2
-        _flask_db(url, "downgrade", "0005")
+        flask_db(url, "downgrade", "0005")
         with engine.connect() as conn:
             assert sorted(conn.execute(text(stored.format("raw_records"))).all()) == \
                 sorted(before)
