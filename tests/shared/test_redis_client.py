@@ -122,6 +122,10 @@ def test_kombu_and_celerys_sentinel_backend_read_what_we_give_them() -> None:
     params = backend.connparams
     assert [(h["host"], h["port"]) for h in params["hosts"]] == [("s1", 1), ("s2", 2)]
     assert (params["db"], params["password"]) == (3, "m-pw")
+    # A client of the broker an app's configuration names (the notification probe's).
+    probe = redis_client.from_celery_conf(app.conf, socket_timeout=0.5).connection_pool
+    assert isinstance(probe, SentinelConnectionPool) and probe.service_name == MASTER
+    assert (probe.connection_kwargs["db"], probe.connection_kwargs["password"]) == (3, "m-pw")
 
 
 def test_kombus_redis_schemes_get_the_guarded_channel() -> None:
