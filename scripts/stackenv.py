@@ -21,8 +21,10 @@ KEYS = ("DATABASE_URL", "REDIS_URL", "REDIS_SENTINEL_MASTER", "BROKER_KEY_PREFIX
         "API_PORT", "API_URL", FROM_ENV)
 # The settings that are secrets (shared.config.Settings' repr=False fields, by their variable):
 # the banner names the ones set, never their values.
+# The replica and LISTEN URLs may carry passwords: named, never shown, never written.
 SECRET_ENV = ("API_TOKEN", "COINGECKO_API_KEY", "COINPAPRIKA_API_KEY", "SLACK_WEBHOOK_URL",
-              "ALERT_WEBHOOK_URL", "APPRISE_URLS", "REDIS_SENTINEL_PASSWORD")
+              "ALERT_WEBHOOK_URL", "APPRISE_URLS", "REDIS_SENTINEL_PASSWORD",
+              "DATABASE_READ_URLS", "DATABASE_LISTEN_URL")
 _URL_KEYS = ("DATABASE_URL", "REDIS_URL")
 # Written only when the launcher set them (the replay upstream of `make demo`).
 _ONLY_WHEN_SET = ("REDIS_SENTINEL_MASTER", "BROKER_KEY_PREFIX", "ASSET_ALIASES_FILE",
