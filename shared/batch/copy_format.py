@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import struct
 from datetime import datetime
+from itertools import chain
 from decimal import Decimal
 from typing import Any, Iterable, Sequence
 
@@ -52,6 +53,7 @@ OHLC_ABSENT_CELLS = f"{NULL}\t" * len(OHLC_ABSENT)
 # quote; a flagged one's are flag_cells(...).
 FLAG_COLUMNS: tuple[str, ...] = QUOTE_COPY_COLUMNS[QUOTE_COPY_COLUMNS.index("raw_hash") + 1:]
 CLEAN_FLAG_CELLS = f"\t{NULL}" * len(FLAG_COLUMNS)
+CLEAN_LINE_END = CLEAN_FLAG_CELLS + "\n"
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -98,13 +100,18 @@ def quote_line(asset_id: int | str, source: str, run_id: int, q: ParsedQuote,
     ))
 
 
-def with_flag_cells(text: str, cells: dict[int, str]) -> str:
-    """COPY text of quote lines with these lines' (by index) flag cells in place of the clean."""
-    lines = text.split("\n")
-    cut = -len(CLEAN_FLAG_CELLS)
-    for row, flagged in cells.items():
-        lines[row] = lines[row][:cut] + flagged
-    return "\n".join(lines)
+def with_flag_cells(text: str, rows: list[int], cells: Iterable[str]) -> str:
+    """COPY text of quote lines (each ending in CLEAN_LINE_END) with these lines' (by index)
+    flag cells, newline included, in place of the clean ones: one split and one join, the
+    endings set in one pass when the rows are one run (a block whose every line is flagged)."""
+    pieces = text.split(CLEAN_LINE_END)
+    endings = [CLEAN_LINE_END] * (len(pieces) - 1)
+    if rows and rows == list(range(rows[0], rows[0] + len(rows))):
+        endings[rows[0]:rows[-1] + 1] = cells
+    else:
+        for row, cell in zip(rows, cells):
+            endings[row] = cell
+    return "".join(chain.from_iterable(zip(pieces, endings))) + pieces[-1]
 
 
 def flag_cells(flag_set: int, jump_base_price: Any, jump_base_us: Any) -> str:

@@ -286,7 +286,7 @@ class BatchWriter:
         for index, block in enumerate(batch.quote_blocks):
             text = block.text
             if index in quality.jumps:
-                text = with_flag_cells(text, block_cells(quality, index, jump_set))
+                text = with_flag_cells(text, *block_cells(quality, index, jump_set))
             parts.append(text.replace(ASSET_SLOT, str(assets[block.source_asset_id])))
         for index, q in enumerate(batch.quotes):
             stored = quality.quotes.get(index)

@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from itertools import islice
-from operator import le, lt, truediv
+from itertools import compress, islice, repeat
+from operator import ge, le, lt, mul, or_, sub, truediv
 from typing import Any, Iterable, Mapping, Sequence
 
 from shared.quality.checks import (
@@ -113,28 +113,34 @@ def compact(observed_at: datetime, flags: Sequence[Flag]) -> Compact | None:
 
 
 def block_jumps(times: Sequence[str], prices: Sequence[float], factor: float,
-                previous: tuple[str, float] | None) -> list[tuple[int, int]]:
-    """The jumps among one coin's rows: (row, the row it was judged against; -1: `previous`).
+                previous: tuple[str, float] | None) -> tuple[list[int], list[int]]:
+    """The jumps among one coin's rows: (rows, the row each was judged against; -1: `previous`).
 
     The rule of shared.quality.checks.check_columns over one key: rows in time order, each
     against the last priced one before it (a price at or below zero is no base, a row at the
     base's time is not compared). Rows in strictly increasing time with every price above
-    zero (a CSV block) take C-level passes: their base is the row before.
+    zero (a CSV block) take C-level passes: their base is the row before, and a file whose
+    every line jumps costs a few list passes, not a loop.
     """
     count = len(prices)
+    rows: list[int] = []
+    bases: list[int] = []
     if not count:
-        return []
-    found: list[tuple[int, int]] = []
+        return rows, bases
     if all(map(lt, times, islice(times, 1, None))) and min(prices) > 0:
         if previous is not None and previous[0] < times[0] and previous[1] > 0:
             move = prices[0] / previous[1]
             if move >= factor or move * factor <= 1:
-                found.append((0, -1))
+                rows.append(0)
+                bases.append(-1)
         moves = list(map(truediv, islice(prices, 1, None), prices))
         if moves and (max(moves) >= factor or min(moves) * factor <= 1):
-            found.extend((row, row - 1) for row, move in enumerate(moves, 1)
-                         if move >= factor or move * factor <= 1)
-        return found
+            high = map(ge, moves, repeat(factor))
+            low = map(le, map(mul, moves, repeat(factor)), repeat(1))
+            jumped = list(compress(range(1, count), map(or_, high, low)))
+            rows.extend(jumped)
+            bases.extend(map(sub, jumped, repeat(1)))
+        return rows, bases
     order: Iterable[int] = range(count)
     if not all(map(le, times, islice(times, 1, None))):
         order = sorted(order, key=times.__getitem__)
@@ -147,9 +153,10 @@ def block_jumps(times: Sequence[str], prices: Sequence[float], factor: float,
         if last is not None and last[0] < at and last[1] > 0:
             move = price / last[1]
             if move >= factor or move * factor <= 1:
-                found.append((row, last[2]))
+                rows.append(row)
+                bases.append(last[2])
         last = (at, price, row)
-    return found
+    return rows, bases
 
 
 _SET_COLUMNS = "id, source, kinds, fetched_at, thresholds"

@@ -16,6 +16,8 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from itertools import repeat
+from operator import add, sub
 from typing import Any, NamedTuple, Sequence
 
 from shared.quality.checks import (
@@ -75,9 +77,9 @@ class BatchQuality:
 
     source: str
     thresholds: QualityThresholds
-    # Per quote block (index in batch.quote_blocks): its jumps, (row, base row; -1 = the
-    # block's stored previous quote, in `previous`).
-    jumps: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    # Per quote block (index in batch.quote_blocks): its jumps, (rows, each one's base row;
+    # -1 = the block's stored previous quote, in `previous`).
+    jumps: dict[int, tuple[list[int], list[int]]] = field(default_factory=dict)
     previous: dict[int, tuple[str, float]] = field(default_factory=dict)
     # Per flagged ParsedQuote (index in batch.quotes): its stored form, or its flags as
     # documents when the stored form would not rebuild them (kept in quote_flags).
@@ -93,6 +95,8 @@ class BatchQuality:
     outlier_assets: list[int] = field(default_factory=list)
     batch: Batch | None = None
     assets: dict[str, int] = field(default_factory=dict)
+    # ISO stamp -> microseconds since the epoch (a batch holds few distinct days).
+    micros: dict[str, int] = field(default_factory=dict)
 
     def set_key(self, bits: int) -> SetKey:
         """The flag set a quote with these kinds belongs to."""
@@ -121,11 +125,11 @@ class BatchQuality:
         """Every flagged quote with its flags as served (rebuilt from the stored form)."""
         assert self.batch is not None
         found: list[Flagged] = []
-        for index, rows in self.jumps.items():
+        for index, (rows, bases) in self.jumps.items():
             block = self.batch.quote_blocks[index]
             asset_id = self.assets[block.source_asset_id]
-            found.extend((asset_id, block.stamps[row],
-                          [self.block_flag(index, row, base)]) for row, base in rows)
+            found.extend((asset_id, block.stamps[row], [self.block_flag(index, row, base)])
+                         for row, base in zip(rows, bases))
         for index, stored in sorted(self.quotes.items()):
             quote = self.batch.quotes[index]
             found.append((self.assets[quote.source_asset_id], quote.observed_at,
@@ -143,6 +147,13 @@ class BatchQuality:
                                else (block.stamps[base], float(block.prices[base])))
         return jump_flag(float(block.prices[row]), block.stamps[row], base_at, base_price,
                          self.thresholds)
+
+    def stamp_micros(self, stamps: Sequence[str]) -> list[int]:
+        """Each ISO stamp as microseconds since the epoch (parsed once per distinct stamp)."""
+        cache = self.micros
+        for stamp in set(stamps).difference(cache):
+            cache[stamp] = (datetime.fromisoformat(stamp) - _EPOCH) // _MICROSECOND
+        return list(map(cache.__getitem__, stamps))
 
     def quote_flags(self, index: int, stored: Compact) -> list[Flag]:
         """The flags of a ParsedQuote from its stored form."""
@@ -190,9 +201,9 @@ def batch_flags(cursor: Any, source: str, batch: Batch, assets: dict[str, int],
             continue
         prev = previous.get(assets[block.source_asset_id])
         stored = (_iso(prev[0]), prev[1]) if prev is not None else None
-        rows = block_jumps(block.stamps, list(map(float, block.prices)), factor, stored)
+        rows, bases = block_jumps(block.stamps, list(map(float, block.prices)), factor, stored)
         if rows:
-            quality.jumps[index] = rows
+            quality.jumps[index] = (rows, bases)
             if stored is not None:
                 quality.previous[index] = stored
     if batch.quotes:
@@ -265,18 +276,18 @@ def flag_writes(quality: BatchQuality, set_ids: dict[SetKey, int]) -> FlagWrites
         if not block.stamps:
             continue
         asset_id = assets[block.source_asset_id]
-        rows = quality.jumps.get(index, [])
+        rows, bases = quality.jumps.get(index, ([], []))
         last = block.stamps.index(max(block.stamps))
-        flagged = dict(rows)
         offer(asset_id, datetime.fromisoformat(block.stamps[last]),
-              [quality.block_flag(index, last, flagged[last])] if last in flagged else None)
+              [quality.block_flag(index, last, bases[rows.index(last)])] if last in rows
+              else None)
         if rows:
             assert jump_set is not None
             writes.set_counts[jump_set] = writes.set_counts.get(jump_set, 0) + len(rows)
-            first, base = rows[0]
+            first = rows[0]
             groups[(JUMP, asset_id)].append(_Group(
-                block.stamps[first], block.stamps[first], quality.block_flag(index, first, base),
-                len(rows), block.stamps[rows[-1][0]]))
+                block.stamps[first], block.stamps[first],
+                quality.block_flag(index, first, bases[0]), len(rows), block.stamps[rows[-1]]))
     for index, quote in enumerate(batch.quotes):
         asset_id = assets[quote.source_asset_id]
         flags: list[Flag] | None = None
@@ -311,28 +322,35 @@ def flag_writes(quality: BatchQuality, set_ids: dict[SetKey, int]) -> FlagWrites
     return writes
 
 
-def block_cells(quality: BatchQuality, index: int, set_id: int) -> dict[int, str]:
-    """The flag cells (COPY text: flag set, jump base price and age) of a block's flagged rows."""
+def block_cells(quality: BatchQuality, index: int, set_id: int) -> tuple[list[int], list[str]]:
+    """A block's flagged rows and their flag cells (COPY text: flag set, jump base price and
+    age), built in C-level passes over the rows."""
     assert quality.batch is not None
     block = quality.batch.quote_blocks[index]
-    stamps, prices = block.stamps, block.prices
-    micros: dict[str, int] = {}
+    rows, bases = quality.jumps[index]
+    micros, prices = quality.stamp_micros(block.stamps), block.prices
+    if index in quality.previous:
+        # Base -1, the stored previous quote: the last item of both lists.
+        at, price = quality.previous[index]
+        micros = micros + quality.stamp_micros([at])
+        prices = [*prices, repr(price)]
+    ages = map(sub, map(micros.__getitem__, rows), map(micros.__getitem__, bases))
+    # Each line's end: set, base price (its text), age; a daily file has few distinct ages.
+    heads = map(add, repeat(f"\t{set_id}\t"), map(prices.__getitem__, bases))
+    return rows, list(map(add, heads, map(_AGE_CELLS.__getitem__, ages)))
 
-    def us(stamp: str) -> int:
-        value = micros.get(stamp)
-        if value is None:
-            value = micros[stamp] = (datetime.fromisoformat(stamp) - _EPOCH) // _MICROSECOND
-        return value
 
-    cells: dict[int, str] = {}
-    for row, base in quality.jumps.get(index, ()):
-        if base < 0:
-            base_at, base_price = quality.previous[index]
-            price_text = repr(base_price)
-        else:
-            base_at, price_text = stamps[base], prices[base]
-        cells[row] = f"\t{set_id}\t{price_text}\t{us(stamps[row]) - us(base_at)}"
-    return cells
+class _AgeCells(dict[int, str]):
+    """Age (microseconds) -> its cell text and the line's end, made once per distinct age."""
+
+    def __missing__(self, age: int) -> str:
+        if len(self) > 100_000:
+            self.clear()
+        cell = self[age] = f"\t{age}\n"
+        return cell
+
+
+_AGE_CELLS = _AgeCells()
 
 
 # One data anomaly per flag kind and asset of the batch, keyed and shaped like its first flagged

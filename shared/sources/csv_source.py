@@ -14,7 +14,7 @@ from shared.bounds import CELL_MAX_CHARS, NUMERIC_INTEGER_DIGITS, NUMERIC_SCALE,
 from shared.config import Settings
 from shared.sources.parsing import ValueParseError
 from shared.batch.copy_format import (
-    BYTEA_HEX, CLEAN_FLAG_CELLS, OHLC_ABSENT_CELLS, quote_line_head)
+    BYTEA_HEX, CLEAN_LINE_END, OHLC_ABSENT_CELLS, quote_line_head)
 from shared.batch.types import Batch, LineBlock, QuoteBlock, Rejected, content_hash
 from shared.sources.base import RunContext
 from shared.sources.csv_formats import CsvFormat, detect_format, req_timestamp
@@ -54,7 +54,7 @@ _KAGGLE_FAST = re.compile(
 # The fast path's COPY text pieces (shared.batch.copy_format owns the layout; see quote_line).
 _ABSENT = OHLC_ABSENT_CELLS  # circulating_supply, total_supply, max_supply, rank
 _HASH_CELL = "\t" + BYTEA_HEX  # before raw_hash, in hex
-_LINE_END = CLEAN_FLAG_CELLS + "\n"  # no flags (the loader rewrites a flagged line's)
+_LINE_END = CLEAN_LINE_END  # no flags (the loader rewrites a flagged line's)
 # Lines in a file's first batch (when CSV_BATCH_ROWS is larger); each next batch doubles.
 FIRST_BATCH_ROWS = 2_000
 # Bounds the per-file caches of rendered dates and identities (a file has few of each).

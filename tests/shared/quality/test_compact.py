@@ -45,9 +45,10 @@ def test_block_jumps_find_what_check_columns_finds_on_any_block() -> None:
         if case % 2:
             previous = (_stamps([rng.randint(-5, 3)])[0], rng.choice((0.01, 1.0, 0.0)))
         expected = _reference(stamps, prices, previous)
-        found = block_jumps(stamps, prices, T.jump_factor, previous)
+        rows, bases = block_jumps(stamps, prices, T.jump_factor, previous)
         got = {row: ((previous[0], previous[1]) if base < 0 and previous
-                     else (stamps[base], prices[base])) for row, base in found}
+                     else (stamps[base], prices[base])) for row, base in zip(rows, bases)}
+        assert len(got) == len(rows)
         assert got == expected, (stamps, prices, previous)
 
 
