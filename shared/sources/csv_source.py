@@ -55,8 +55,10 @@ _KAGGLE_FAST = re.compile(
 _ABSENT = OHLC_ABSENT_CELLS  # circulating_supply, total_supply, max_supply, rank
 _HASH_CELL = "\t" + BYTEA_HEX  # before raw_hash, in hex
 _LINE_END = CLEAN_LINE_END  # no flags (the loader rewrites a flagged line's)
-# Lines in a file's first batch (when CSV_BATCH_ROWS is larger); each next batch doubles.
+# Lines in a file's first batch (when CSV_BATCH_ROWS is larger); each next batch doubles, or
+# is full size after a batch of fewer than WIDE_ROWS_PER_COIN rows per coin.
 FIRST_BATCH_ROWS = 2_000
+WIDE_ROWS_PER_COIN = 8
 # Bounds the per-file caches of rendered dates and identities (a file has few of each).
 _CACHE_LIMIT = 100_000
 
@@ -191,7 +193,9 @@ class CsvSource:
         reader = _LineReader(key, fmt, ctx.run_id)
         # Batches start small and double up to CSV_BATCH_ROWS: writing starts while the
         # rest is still parsed, and a short append spans several batches that the writers
-        # can commit side by side (shared.ingest.pipeline).
+        # can commit side by side (shared.ingest.pipeline). A batch of a few rows per coin
+        # (an append of a few days to a file of many coins) costs its writer per coin, not per
+        # row (each coin's identity, jump check and publish): the next one is full size.
         batch_rows = min(self.batch_rows, FIRST_BATCH_ROWS)
         while True:
             limit = batch_rows
@@ -205,10 +209,12 @@ class CsvSource:
                 if offset != recorded:
                     yield Batch(key, self._checkpoint(handle, offset, scanner.line_no, fmt))
                 return
-            yield reader.batch(lines, flagged,
-                               self._checkpoint(handle, offset, scanner.line_no, fmt))
+            batch = reader.batch(lines, flagged,
+                                 self._checkpoint(handle, offset, scanner.line_no, fmt))
+            wide = batch.quote_count < WIDE_ROWS_PER_COIN * len(batch.quote_blocks)
+            yield batch
             recorded = offset
-            batch_rows = min(self.batch_rows, batch_rows * 2)
+            batch_rows = self.batch_rows if wide else min(self.batch_rows, batch_rows * 2)
             handle.seek(offset)
 
     def _checkpoint(

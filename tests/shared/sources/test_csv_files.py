@@ -267,3 +267,22 @@ def test_an_oversize_header_rejects_the_file_until_it_changes(
     assert reject.payload.endswith(OVERSIZE_MARK) and len(reject.payload) < 1100
     assert batch.checkpoint["offset"] == (folder / "wide.csv").stat().st_size
     assert source.partial_reason is None  # read, just not usable: like an unknown header
+
+
+def test_batches_double_and_a_batch_of_few_rows_per_coin_is_followed_by_a_full_one(
+    settings: Settings, folder: Path
+) -> None:
+    """Coin after coin (many rows per coin): 2,000, 4,000, 8,000, ... lines; day after day of
+    1,000 coins (2 rows per coin in the first batch): the rest in one full batch."""
+    def line(n: int, coin: int, day: int) -> str:
+        return f"{n},Coin{coin},C{coin},2021-01-{day:02d} 23:59:59,2,1,1,1.5,3,4\n"
+
+    source = CsvSource(settings)
+    source.directory, source.batch_rows = folder, 25_000
+    (folder / "tall.csv").write_text(HEADER + "".join(
+        line(n, n // 28, n % 28 + 1) for n in range(20_000)))
+    assert [b.quote_count for b in source.batches(_ctx(settings))] == [2000, 4000, 8000, 6000]
+    (folder / "tall.csv").unlink()
+    (folder / "wide.csv").write_text(HEADER + "".join(
+        line(n, n % 1000, n // 1000 + 1) for n in range(10_000)))
+    assert [b.quote_count for b in source.batches(_ctx(settings))] == [2000, 8000]
