@@ -16,7 +16,7 @@ from itertools import chain
 from decimal import Decimal
 from typing import Any, Iterable, Sequence
 
-from shared.batch.types import ParsedQuote, RawItem
+from shared.batch.types import ParsedQuote, QuoteBlock, RawItem
 
 # Column -> type of the COPY text of raw API records (raw_records) and of quotes. Raw rows
 # start with the hash so that sorting them orders the unique index's inserts.
@@ -100,18 +100,19 @@ def quote_line(asset_id: int | str, source: str, run_id: int, q: ParsedQuote,
     ))
 
 
-def with_flag_cells(text: str, rows: list[int], cells: Iterable[str]) -> str:
-    """COPY text of quote lines (each ending in CLEAN_LINE_END) with these lines' (by index)
-    flag cells, newline included, in place of the clean ones: one split and one join, the
-    endings set in one pass when the rows are one run (a block whose every line is flagged)."""
-    pieces = text.split(CLEAN_LINE_END)
-    endings = [CLEAN_LINE_END] * (len(pieces) - 1)
-    if rows and rows == list(range(rows[0], rows[0] + len(rows))):
+def block_copy_text(block: QuoteBlock, rows: Sequence[int] = (),
+                    cells: Iterable[str] = ()) -> str:
+    """A QuoteBlock's COPY text, with these rows' (by index) flag cells and newline in place of
+    the clean ones: the lines and their ends joined once, the ends set in one pass when the
+    rows are one run (a block whose every line is flagged)."""
+    lines = block.lines if block.lines or not block.text else block.text.split(CLEAN_LINE_END)[:-1]
+    endings = [CLEAN_LINE_END] * len(lines)
+    if rows and list(rows) == list(range(rows[0], rows[0] + len(rows))):
         endings[rows[0]:rows[-1] + 1] = cells
     else:
         for row, cell in zip(rows, cells):
             endings[row] = cell
-    return "".join(chain.from_iterable(zip(pieces, endings))) + pieces[-1]
+    return "".join(chain.from_iterable(zip(lines, endings)))
 
 
 def flag_cells(flag_set: int, jump_base_price: Any, jump_base_us: Any) -> str:

@@ -65,7 +65,8 @@ class QuoteBlock:
     A source that reads text (CSV) renders the lines itself and lets PostgreSQL parse the
     numbers and timestamps, instead of building a ParsedQuote per row. Each line holds
     shared.batch.copy_format.QUOTE_COPY_COLUMNS, tab-separated and escaped, and starts with
-    ASSET_SLOT in place of the asset id.
+    ASSET_SLOT in place of the asset id: as one `text`, or as `lines` without their ends (the
+    flag cells and newline, which the loader adds: shared.batch.copy_format.block_copy_text).
     """
 
     source_asset_id: str
@@ -78,6 +79,7 @@ class QuoteBlock:
     # Each row's price as the line's text, for the jump check (shared.quality.flags parses
     # them with one map(float)); empty: not checked.
     prices: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

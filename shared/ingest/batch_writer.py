@@ -29,7 +29,7 @@ from shared.batch.copy_format import (
     STAGING_DDL,
     quote_line,
     raw_line,
-    with_flag_cells,
+    block_copy_text,
 )
 from shared.db import unit_of_work
 from shared.identity.resolve import Alias, IdentityHint, resolve_assets
@@ -149,6 +149,8 @@ class BatchWriter:
     thresholds: QualityThresholds = field(default_factory=QualityThresholds)
     # The run's flag sets (shared.quality.compact), by kinds and page clock: their ids.
     flag_sets: dict[SetKey, int] = field(default_factory=dict)
+    # ISO stamps of the run's quotes as microseconds (for their jump bases' ages).
+    stamp_micros: dict[str, int] = field(default_factory=dict)
 
     def write(
         self,
@@ -210,7 +212,7 @@ class BatchWriter:
                 batch.prepared = self._render_quotes(session, batch)
             # The rendered data replaces the blocks' text: drop it now, not when the batch is
             # written (several batches wait in memory while two are written).
-            batch.quote_blocks = [replace(block, text="", stamps=[], prices=[])
+            batch.quote_blocks = [replace(block, text="", stamps=[], prices=[], lines=[])
                                   for block in batch.quote_blocks]
         return batch
 
@@ -279,14 +281,13 @@ class BatchWriter:
         assets = resolve_assets(session, self.source, list(hints.values()), self.aliases,
                                 self.asset_cache)
         quality = batch_flags(session.connection().connection.cursor(), self.source, batch,
-                              assets, self.thresholds)
+                              assets, self.thresholds, self.stamp_micros)
         set_ids = self._flag_set_ids(session, quality)
         jump_set = set_ids.get(quality.set_key(KIND_BITS[JUMP]), 0)
         parts = []
         for index, block in enumerate(batch.quote_blocks):
-            text = block.text
-            if index in quality.jumps:
-                text = with_flag_cells(text, *block_cells(quality, index, jump_set))
+            text = (block_copy_text(block, *block_cells(quality, index, jump_set))
+                    if index in quality.jumps else block_copy_text(block))
             parts.append(text.replace(ASSET_SLOT, str(assets[block.source_asset_id])))
         for index, q in enumerate(batch.quotes):
             stored = quality.quotes.get(index)

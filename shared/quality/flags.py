@@ -151,9 +151,14 @@ class BatchQuality:
     def stamp_micros(self, stamps: Sequence[str]) -> list[int]:
         """Each ISO stamp as microseconds since the epoch (parsed once per distinct stamp)."""
         cache = self.micros
-        for stamp in set(stamps).difference(cache):
-            cache[stamp] = (datetime.fromisoformat(stamp) - _EPOCH) // _MICROSECOND
-        return list(map(cache.__getitem__, stamps))
+        try:
+            return list(map(cache.__getitem__, stamps))
+        except KeyError:
+            if len(cache) > 100_000:
+                cache.clear()
+            for stamp in set(stamps).difference(cache):
+                cache[stamp] = (datetime.fromisoformat(stamp) - _EPOCH) // _MICROSECOND
+            return list(map(cache.__getitem__, stamps))
 
     def quote_flags(self, index: int, stored: Compact) -> list[Flag]:
         """The flags of a ParsedQuote from its stored form."""
@@ -166,7 +171,8 @@ class BatchQuality:
 
 
 def batch_flags(cursor: Any, source: str, batch: Batch, assets: dict[str, int],
-                thresholds: QualityThresholds) -> BatchQuality:
+                thresholds: QualityThresholds,
+                micros: dict[str, int] | None = None) -> BatchQuality:
     """The flagged quotes of a batch whose coins resolved to `assets` (one query).
 
     CSV blocks (the fast path's lines) are checked for jumps, one pass per coin over the
@@ -176,9 +182,11 @@ def batch_flags(cursor: Any, source: str, batch: Batch, assets: dict[str, int],
     An API page's quotes are judged stale against the page's own clock, the median of its
     quotes' times (at most now): a page recorded in 2022 is not stale as a whole, its coins
     hours behind the rest are, so a replayed page judges as it did live; one coin dated in
-    the future cannot make the rest of its page stale.
+    the future cannot make the rest of its page stale. `micros`: a run's cache of its stamps'
+    microseconds (a file's days repeat from batch to batch).
     """
-    quality = BatchQuality(source, thresholds, batch=batch, assets=assets)
+    quality = BatchQuality(source, thresholds, batch=batch, assets=assets,
+                           micros=micros if micros is not None else {})
     # `assets` is the run's whole identity cache: only this batch's coins are looked up.
     ids = {assets[b.source_asset_id] for b in batch.quote_blocks}
     ids.update(assets[q.source_asset_id] for q in batch.quotes)

@@ -13,8 +13,7 @@ from typing import Any, BinaryIO, Iterator
 from shared.bounds import CELL_MAX_CHARS, NUMERIC_INTEGER_DIGITS, NUMERIC_SCALE, asset_text_problem
 from shared.config import Settings
 from shared.sources.parsing import ValueParseError
-from shared.batch.copy_format import (
-    BYTEA_HEX, CLEAN_LINE_END, OHLC_ABSENT_CELLS, quote_line_head)
+from shared.batch.copy_format import BYTEA_HEX, OHLC_ABSENT_CELLS, quote_line_head
 from shared.batch.types import Batch, LineBlock, QuoteBlock, Rejected, content_hash
 from shared.sources.base import RunContext
 from shared.sources.csv_formats import CsvFormat, detect_format, req_timestamp
@@ -54,7 +53,6 @@ _KAGGLE_FAST = re.compile(
 # The fast path's COPY text pieces (shared.batch.copy_format owns the layout; see quote_line).
 _ABSENT = OHLC_ABSENT_CELLS  # circulating_supply, total_supply, max_supply, rank
 _HASH_CELL = "\t" + BYTEA_HEX  # before raw_hash, in hex
-_LINE_END = CLEAN_LINE_END  # no flags (the loader rewrites a flagged line's)
 # Lines in a file's first batch (when CSV_BATCH_ROWS is larger); each next batch doubles, or
 # is full size after a batch of fewer than WIDE_ROWS_PER_COIN rows per coin.
 FIRST_BATCH_ROWS = 2_000
@@ -290,11 +288,12 @@ class _LineReader:
                     entry = blocks.get(sid)
                     if entry is None:
                         entry = blocks[sid] = (identity, [], [], [])
-                    # QUOTE_COPY_COLUMNS from observed_at on; inline for speed (see
-                    # shared.batch.copy_format): price_usd and close_usd are both Close.
+                    # QUOTE_COPY_COLUMNS from observed_at to raw_hash; inline for speed (see
+                    # shared.batch.copy_format): price_usd and close_usd are both Close. The
+                    # flag cells and newline are the loader's (block_copy_text).
                     entry[1].append(
                         f"{quote_prefix}{stamp}\t{sid}\t{close}\t{mcap}\t{volume}\t{_ABSENT}"
-                        f"{open_}\t{high}\t{low}\t{close}{_HASH_CELL}{hex_hash}{_LINE_END}"
+                        f"{open_}\t{high}\t{low}\t{close}{_HASH_CELL}{hex_hash}"
                     )
                     entry[2].append(stamp)
                     # The price's text, for the jump check (shared.quality.flags).
@@ -320,7 +319,7 @@ class _LineReader:
                                     "\n".join([text for _, text in lines]),
                                     bytes.fromhex("".join(hashes)))
         batch.quote_blocks = [
-            QuoteBlock(sid, symbol, name, "".join(rows), len(rows), stamps, prices)
+            QuoteBlock(sid, symbol, name, "", len(rows), stamps, prices, rows)
             for (sid, symbol, name), rows, stamps, prices in blocks.values()
         ]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from sqlalchemy import Engine, text
 
 from shared.batch import copy_format
-from shared.batch.copy_format import ASSET_SLOT, QUOTE_COPY_COLUMNS, quote_line
+from shared.batch.copy_format import ASSET_SLOT, QUOTE_COPY_COLUMNS, block_copy_text, quote_line
 from shared.ingest.line_blocks import copy_line_block
 from shared.batch.types import LineBlock, content_hash
 from shared.sources.csv_formats import detect_format
@@ -36,8 +36,8 @@ def test_fast_path_lines_equal_quote_line_of_the_general_path() -> None:
         (block,) = batch.quote_blocks
         raw_hash = content_hash("csv", "prices.csv", line)
         parsed = fmt.parse(line.split(","), f"prices.csv:{number}", raw_hash)
-        assert block.text == quote_line(ASSET_SLOT, "csv", 42, parsed), line
-        assert block.text.count("\t") == len(QUOTE_COPY_COLUMNS) - 1
+        assert block_copy_text(block) == quote_line(ASSET_SLOT, "csv", 42, parsed), line
+        assert block_copy_text(block).count("\t") == len(QUOTE_COPY_COLUMNS) - 1
 
 
 def test_staging_tables_have_the_tables_column_types(clean_db: Engine) -> None:
