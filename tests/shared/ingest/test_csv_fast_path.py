@@ -30,7 +30,11 @@ LINES = [
     "13,Bitcoin,,2013-05-05 23:59:59,1,1,1,1,1,1",                                 # no symbol
     "14,Bitcoin,BTC,2013-05-06 23:59:59,1,1,1,1_000,1,1",                          # underscore
     "15,Bitcoin,BTC,2013-05-07 23:59:59,1,1,1,1,1",                                # 9 columns
+    "16,Bitcoin,BTC,2013-05-08 23:59:59,5.8e-05,1E+05,1e-09,8.15e-05,58.06,9e+05",  # 0-padded
 ]
+# Python's float repr pads exponents to two digits: still the fast path (one-digit value).
+PADDED = LINES[-1]
+FAST = csv_source._KAGGLE_FAST
 BODY = HEADER + "\r\n".join(LINES[:7]) + "\r\n\r\n" + "\n".join(LINES[7:]) + "\n"
 
 QUOTES = ("SELECT a.symbol, q.source_asset_id, q.observed_at, q.price_usd::text, "
@@ -62,10 +66,15 @@ def test_fast_path_stores_what_the_general_path_stores(
     assert fast == slow
     assert (fast_run["fetched"], fast_run["inserted"], fast_run["rejected"]) == \
         (slow_run["fetched"], slow_run["inserted"], slow_run["rejected"])
-    assert len(fast["quotes"]) == 10 and len(fast["rejects"]) == 5
+    assert len(fast["quotes"]) == 11 and len(fast["rejects"]) == 5
     assert len(fast["raw"]) == len(LINES)
     exponents = next(q for q in fast["quotes"] if q[3] == "100.10")
     assert exponents[6:9] == ("0.000000123", "1500", "0.0000001")
+    assert FAST.match(PADDED) is not None
+    assert FAST.match(PADDED.replace("9e+05", "9e+16")) is None
+    padded = next(q for q in fast["quotes"] if q[3] == "0.0000815")
+    assert padded[4:10] == ("900000", "58.06", "0.000000001", "0.000058", "100000",
+                            "0.0000815")
 
 
 def test_repeated_rows_in_one_batch_fall_back_to_on_conflict(
