@@ -44,6 +44,7 @@ Flagged = tuple[int, Any, list[Flag]]
 UTC = timezone.utc
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+_ZERO = timedelta(0)
 # Flag set keys: (kind bits, page clock for a set holding `stale`, else None).
 SetKey = tuple[int, "datetime | None"]
 
@@ -54,7 +55,7 @@ def _float(value: Any) -> float | None:
 
 def _iso(value: datetime) -> str:
     # The CSV blocks' stamps are UTC isoformat() text; the previous quote's time must compare.
-    return value.astimezone(UTC).isoformat()
+    return (value if value.utcoffset() == _ZERO else value.astimezone(UTC)).isoformat()
 
 
 # Per asset of a batch, one query: the source's published quote (the previous quote a jump is
@@ -272,9 +273,10 @@ def flag_writes(quality: BatchQuality, set_ids: dict[SetKey, int]) -> FlagWrites
         return writes
     assets = quality.assets
     groups: dict[tuple[str, int], list[_Group]] = defaultdict(list)
-    newest: dict[int, tuple[datetime, list[Flag] | None]] = {}
+    # Per asset, its newest quote in the batch: (UTC ISO time, which sorts as time does, flags).
+    newest: dict[int, tuple[str, list[Flag] | None]] = {}
 
-    def offer(asset_id: int, at: datetime, flags: list[Flag] | None) -> None:
+    def offer(asset_id: int, at: str, flags: list[Flag] | None) -> None:
         known = newest.get(asset_id)
         if known is None or at > known[0]:
             newest[asset_id] = (at, flags)
@@ -286,7 +288,7 @@ def flag_writes(quality: BatchQuality, set_ids: dict[SetKey, int]) -> FlagWrites
         asset_id = assets[block.source_asset_id]
         rows, bases = quality.jumps.get(index, ([], []))
         last = block.stamps.index(max(block.stamps))
-        offer(asset_id, datetime.fromisoformat(block.stamps[last]),
+        offer(asset_id, block.stamps[last],
               [quality.block_flag(index, last, bases[rows.index(last)])] if last in rows
               else None)
         if rows:
@@ -307,7 +309,7 @@ def flag_writes(quality: BatchQuality, set_ids: dict[SetKey, int]) -> FlagWrites
         elif index in quality.documents:
             flags = quality.documents[index]
             writes.documents.append((asset_id, quote.observed_at, flags))
-        offer(asset_id, quote.observed_at, flags)
+        offer(asset_id, _iso(quote.observed_at), flags)
         stamp = _stamp(quote.observed_at)
         for flag in flags or ():
             groups[(flag["flag"], asset_id)].append(
