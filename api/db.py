@@ -67,6 +67,16 @@ def init_db(app: Flask, database_url: str) -> None:
             log.warning("closing the request's session failed: %s", type(exc).__name__)
 
 
+def release_connections(app: Flask) -> None:
+    """Close the app's database connections: its pools' idle ones, its replicas' and its
+    version watch's. Each reopens on first use. For a process that builds many apps (the test
+    suite): an app it drops would hold them until garbage collection."""
+    app.extensions["db_version_watch"].close()
+    app.extensions["db_engine"].dispose()
+    app.extensions["db_version_engine"].dispose()
+    app.extensions["db_replicas"].dispose()
+
+
 def get_session() -> Session:
     """The current request's session (created on first use), on a replica for most reads."""
     if "db_session" not in g:
@@ -198,6 +208,14 @@ class _VersionWatch:
                     if fresh or attempt == 2:
                         raise
         return None  # pragma: no cover - the loop returns or raises
+
+    def close(self) -> None:
+        """Drop the connection (the next read connects afresh); a forked child leaves the
+        parent's alone."""
+        with self._lock:
+            if self.connection is not None and self.pid == os.getpid():
+                self.connection.invalidate()
+            self.connection = self.listener = None
 
     def _connect(self, engine: Engine) -> None:
         connection = engine.raw_connection()

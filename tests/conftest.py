@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -17,6 +18,8 @@ import redis
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
+import api
+from api.db import release_connections
 from shared import task_names
 from shared.config import Settings, load_settings, normalize_database_url, reset_settings
 from shared.models import Base
@@ -51,10 +54,27 @@ def _admin_engine() -> Engine:
     return create_engine(url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
 
 
-def _redis_url() -> str:
+def xdist_worker_index() -> int:
+    """This pytest-xdist worker's number (gw0 -> 0, gw3 -> 3); 0 without xdist."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return int(name[2:]) if name.startswith("gw") and name[2:].isdigit() else 0
+
+
+def redis_db_url(offset: int = 0) -> str:
+    """REDIS_URL on a database index reserved for this session: 15 - offset without xdist,
+    two indexes lower per xdist worker (gw1: 13 - offset), so concurrent workers never share
+    keys outside the broker prefix (the sources' quota windows, the API's rate limits) nor
+    empty each other's database (tests/shared/sources flushes its own). TEST_REDIS_DB fixes
+    the main index."""
     base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    db = os.environ.get("TEST_REDIS_DB", "15")
+    fixed = os.environ.get("TEST_REDIS_DB")
+    db = int(fixed) - offset if fixed else 15 - offset - 2 * xdist_worker_index()
+    assert db >= 0, f"no Redis database index left for xdist worker {xdist_worker_index()}"
     return base.rsplit("/", 1)[0] + f"/{db}" if base.count("/") >= 3 else f"{base}/{db}"
+
+
+def _redis_url() -> str:
+    return redis_db_url()
 
 
 @pytest.fixture(scope="session")
@@ -154,6 +174,32 @@ def clean_db(engine: Engine, redis_url: str) -> Engine:
         client.delete(key)
     client.close()
     return engine
+
+
+# Every Flask app built in this process (api.create_app, wrapped here: fixtures, test modules and
+# helpers all call it as api.create_app). A test that drops its app would leave its connections
+# open until garbage collection; with several sessions at once (pytest-xdist, other test runs)
+# that reaches the server's max_connections. They are closed after each test instead; an app
+# still in use (a module's) reconnects on its next request.
+_APPS: weakref.WeakSet[Any] = weakref.WeakSet()
+_create_app = api.create_app
+
+
+def _create_tracked_app(*args: Any, **kwargs: Any) -> Any:
+    app = _create_app(*args, **kwargs)
+    _APPS.add(app)
+    return app
+
+
+api.create_app = _create_tracked_app  # type: ignore[assignment]
+
+
+@pytest.fixture(autouse=True)
+def _release_app_connections() -> Iterator[None]:
+    """After each test, close the database connections of every app built so far."""
+    yield
+    for built in list(_APPS):
+        release_connections(built)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Fixtures for source-client tests: a replay upstream, Redis db 14, fast Settings."""
+"""Fixtures for source-client tests: a replay upstream, a Redis db of their own, fast Settings."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,14 +11,16 @@ from shared.config import Settings, load_settings
 from shared.batch.types import Batch
 from shared.sources.base import RunContext
 from shared.sources.coingecko import CHECKPOINT_KEY, CoinGeckoSource
+from tests.conftest import redis_db_url
 from tests.upstream import ReplayUpstream
 
-REDIS_URL = "redis://127.0.0.1:6379/14"
+# The index below the session's own (14 without xdist): these tests empty it.
+REDIS_URL = redis_db_url(offset=1)
 
 
 @pytest.fixture
 def redis_db() -> Iterator[redis.Redis]:
-    """Redis db 14, emptied before and after (rate-limit windows and blocks live there)."""
+    """REDIS_URL's db, emptied before and after (rate-limit windows and blocks live there)."""
     client = redis.Redis.from_url(REDIS_URL)
     client.flushdb()
     yield client
