@@ -40,8 +40,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "global_keyprefix": settings.broker_key_prefix,
             **redis["transport_options"],
         },
-        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout,
-                                             **redis["transport_options"]},
+        # Each result-backend call (the chord counter a job's send sets first) is retried
+        # while Redis does not answer, 1 s apart: a restart or failover is waited out, and a
+        # send with Redis down fails after that long (RESULT_BACKEND_MAX_RETRIES).
+        "result_backend_transport_options": {
+            "visibility_timeout": settings.visibility_timeout,
+            "retry_policy": {"max_retries": settings.result_backend_max_retries,
+                             "interval_start": 0, "interval_step": 1, "interval_max": 1},
+            **redis["transport_options"]},
         "broker_connection_retry_on_startup": True,
         "result_expires": 24 * 3600,
         "task_track_started": True,

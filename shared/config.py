@@ -28,6 +28,7 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "API_READ_RATE_LIMIT": "600/minute", "API_JOBS_RATE_LIMIT": "10/minute",
     "API_AUTH_FAIL_RATE_LIMIT": "20/minute",
     "API_STATEMENT_TIMEOUT_MS": 5000, "API_EXPORT_STATEMENT_TIMEOUT_MS": 25000,
+    "STATUS_CACHE_SECONDS": 10,
     "REPLICA_MAX_LAG_SECONDS": 5.0,
     "COINGECKO_BASE_URL": "https://api.coingecko.com/api/v3",
     "COINPAPRIKA_BASE_URL": "https://api.coinpaprika.com/v1", "COINPAPRIKA_AUTH_SCHEME": "",
@@ -41,6 +42,7 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "CSV_BATCH_ROWS": 25_000,
     "ETL_TASK_TIME_LIMIT": 900,
     "BROKER_RESTORE_INTERVAL_SECONDS": 10, "BROKER_RESTORE_THROTTLE": 10,
+    "RESULT_BACKEND_MAX_RETRIES": 20,
     "BROKER_KEY_PREFIX": "",
     "ETL_MAX_TASK_ATTEMPTS": 3,
     "ETL_REAPER_INTERVAL_SECONDS": 60,
@@ -228,6 +230,7 @@ class Settings:
     broker_restore_interval: int
     broker_key_prefix: str
     broker_restore_throttle: int
+    result_backend_max_retries: int
     run_stale_seconds: int
     reaper_interval_seconds: int
     consensus_disagreement_share: float
@@ -281,6 +284,9 @@ class Settings:
     # the client gets a 503 rather than a dropped connection.
     api_statement_timeout_ms: int
     api_export_statement_timeout_ms: int
+    # A status page is built at most once per this many seconds per API process and data
+    # version (api/resources/status.py); 0 = every request.
+    status_cache_seconds: int
     # Replicas of the API's reads, their lag bound; LISTEN's direct primary (docs/scaling.md).
     database_read_urls: tuple[str, ...] = field(repr=False)
     database_listen_url: str = field(repr=False)
@@ -382,6 +388,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         # every interval * throttle seconds); lower it together with the visibility timeout.
         broker_restore_interval=_int(env, "BROKER_RESTORE_INTERVAL_SECONDS", minimum=1),
         broker_restore_throttle=_int(env, "BROKER_RESTORE_THROTTLE", minimum=1),
+        # Celery retries a result-backend call (the chord counter a job's send sets, a
+        # task's result) this often, 1 s apart, while Redis does not answer.
+        result_backend_max_retries=_int(env, "RESULT_BACKEND_MAX_RETRIES"),
         # Prefix of every broker key: lets several stacks (or test sessions) share one Redis
         # database without consuming each other's tasks.
         broker_key_prefix=_text(env, "BROKER_KEY_PREFIX"),
@@ -424,6 +433,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         api_statement_timeout_ms=_int(env, "API_STATEMENT_TIMEOUT_MS", maximum=2**31 - 1),
         api_export_statement_timeout_ms=_int(env, "API_EXPORT_STATEMENT_TIMEOUT_MS",
                                              maximum=2**31 - 1),
+        status_cache_seconds=_int(env, "STATUS_CACHE_SECONDS"),
         database_read_urls=tuple(normalize_database_url(url, "DATABASE_READ_URLS") for url
                                  in env.get("DATABASE_READ_URLS", "").split(",") if url.strip()),
         database_listen_url=normalize_database_url(

@@ -20,9 +20,9 @@ from shared.queries.price_chart import DEFAULT_RANGE, RANGES, price_chart
 
 blp = Blueprint("status", __name__, url_prefix="/status")
 
-# A page is rebuilt at most once per this many seconds per process and data version: a wall
-# of browsers refreshing costs a dictionary lookup each, and runs' ends show within it.
-STATUS_CACHE_SECONDS = 10
+# A page is rebuilt at most once per STATUS_CACHE_SECONDS (the setting; the app's config of
+# that name overrides it) per process and data version: a wall of browsers refreshing costs a
+# dictionary lookup each, and runs' ends show within it.
 STATUS_CACHE_MAX_BYTES = 4 * 1024 * 1024
 STATUS_CACHE_MAX_ENTRIES = 200
 ASSET_PARAMS = frozenset({"range", "since", "until", "scale"})
@@ -30,7 +30,8 @@ ASSET_PARAMS = frozenset({"range", "since", "until", "scale"})
 
 @blp.record_once
 def _init_cache(state: BlueprintSetupState) -> None:
-    seconds = state.app.config.setdefault("STATUS_CACHE_SECONDS", STATUS_CACHE_SECONDS)
+    seconds = state.app.config.setdefault("STATUS_CACHE_SECONDS",
+                                          state.app.config["SETTINGS"].status_cache_seconds)
     state.app.extensions["status_cache"] = VersionedCache(
         STATUS_CACHE_MAX_BYTES, STATUS_CACHE_MAX_ENTRIES, count_keys=True) if seconds else None
 

@@ -41,7 +41,8 @@ def test_post_backfills_with_redis_stopped_is_503_fails_the_backfill_then_works_
 ) -> None:
     env = {"REDIS_URL": own_redis.url, "COINGECKO_BASE_URL": upstream.coingecko_base_url,
            "CSV_DIR": str(csv_dir)}
-    settings = replay_settings(base_env, csv_dir, upstream, **env)
+    # The send with Redis stopped fails after one result-backend retry, not 20 s of them.
+    settings = replay_settings(base_env, csv_dir, upstream, **env, RESULT_BACKEND_MAX_RETRIES="1")
     run_sources(clean_db, settings, ["coingecko"])  # the coins the request names
     client = create_app({"TESTING": True, "RATELIMIT_ENABLED": False},
                         settings=settings).test_client()

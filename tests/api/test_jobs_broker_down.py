@@ -11,11 +11,9 @@ from shared.config import Settings, load_settings
 from shared.jobs.submit import NOT_QUEUED
 from tests.conftest import count
 
-# About 20 s a test (measured): not in the fast subset.
-pytestmark = pytest.mark.slow
-
-# Nothing listens on port 1: every send is refused at once.
-DEAD_REDIS = "redis://127.0.0.1:1/0"
+# Nothing listens on port 1: every send is refused at once. The result backend's retries
+# (RESULT_BACKEND_MAX_RETRIES, 1 s apart: 20 s by default) come down to one.
+DEAD_REDIS = {"REDIS_URL": "redis://127.0.0.1:1/0", "RESULT_BACKEND_MAX_RETRIES": "1"}
 
 
 @pytest.fixture
@@ -23,8 +21,7 @@ def broker_down_app(base_env: dict[str, str], csv_dir: Path) -> Any:
     """The app on the test database with a broker that refuses connections."""
     from api import create_app
 
-    settings: Settings = load_settings({**base_env, "CSV_DIR": str(csv_dir),
-                                        "REDIS_URL": DEAD_REDIS})
+    settings: Settings = load_settings({**base_env, "CSV_DIR": str(csv_dir), **DEAD_REDIS})
     return create_app({"TESTING": True, "RATELIMIT_ENABLED": False}, settings=settings)
 
 

@@ -33,6 +33,9 @@ CHROMIUM_FLAGS = (
     "--window-size=1280,1600",
 )
 LOCAL_HOSTS = {"127.0.0.1"}
+# The served API's status-page slot (STATUS_CACHE_SECONDS, 10 by default): a test that changes
+# what a page shows waits for the next slot, at most this long.
+STATUS_SLOT_SECONDS = 1
 # URLs that never touch the network.
 LOCAL_SCHEMES = {"data", "blob", "about", "chrome", "chrome-error"}
 
@@ -44,7 +47,8 @@ def live_server(base_env: dict[str, str], tmp_path_factory: pytest.TempPathFacto
                 ) -> Iterator[str]:
     """The API under gunicorn (api/serving/gunicorn_conf.py, as `make run`) on a loopback port."""
     log = tmp_path_factory.mktemp("live-server") / "api.log"
-    env = {**os.environ, **base_env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **base_env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
+           "STATUS_CACHE_SECONDS": str(STATUS_SLOT_SECONDS)}
     server = Gunicorn(env, log)
     try:
         yield server.base

@@ -17,7 +17,9 @@ from selenium.webdriver.support.ui import WebDriverWait
 from sqlalchemy import Engine, text
 
 from tests.browser.accessibility import accessibility_problems, contrast
-from tests.browser.conftest import network_events, off_machine, requests_seen, save_screenshot
+from tests.browser.conftest import (
+    STATUS_SLOT_SECONDS, network_events, off_machine, requests_seen, save_screenshot,
+)
 from tests.conftest import ROOT, TEST_TOKEN, WorkerProcess, truncate_tables
 from tests.helpers.waiting import wait_for_job
 from tests.upstream import ReplayUpstream
@@ -185,8 +187,8 @@ def test_a_busy_day_opens_on_its_newest_runs(stack: dict[str, Any], browser: Any
             "FROM j CROSS JOIN unnest(ARRAY['coingecko', 'csv']) AS s(source) "
             "RETURNING job_id")).scalars().all()
     try:
-        # The page is built at most once per 10 s slot (STATUS_CACHE_SECONDS): the next one.
-        time.sleep(10 - time.time() % 10 + 0.2)
+        # The page is built at most once per slot (STATUS_CACHE_SECONDS): the next one.
+        time.sleep(STATUS_SLOT_SECONDS - time.time() % STATUS_SLOT_SECONDS + 0.2)
         browser.get(f"{stack['base']}/status")
         cells = browser.find_elements(By.CSS_SELECTOR, "svg a rect.cell")
         assert len(cells) == 6 + 2 * 287

@@ -41,7 +41,8 @@ def test_tick_queues_a_beat_job_for_every_enabled_source(
 def test_tick_with_the_broker_down_fails_its_job(
     clean_db: Engine, base_env: dict[str, str]
 ) -> None:
-    done = _tick(base_env, ETL_SOURCES="csv", REDIS_URL="redis://127.0.0.1:1/0")
+    done = _tick(base_env, ETL_SOURCES="csv", REDIS_URL="redis://127.0.0.1:1/0",
+                 RESULT_BACKEND_MAX_RETRIES="1")
     assert done.returncode != 0
     assert "JobNotQueued" in done.stderr
     assert count(clean_db, "jobs", "trigger = 'beat' AND status = 'failed' AND error = :e",
