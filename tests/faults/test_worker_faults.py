@@ -10,7 +10,9 @@ from sqlalchemy import text
 import pytest
 
 from tests.conftest import count
-from tests.faults.conftest import COINS, ROWS, Fault, unpublished_quotes, worker_children
+from tests.faults.conftest import (
+    COINS, ROWS, SWEEPER_ENV, Fault, unpublished_quotes, worker_children,
+)
 
 pytestmark = pytest.mark.faults
 
@@ -41,7 +43,8 @@ def test_f3_whole_worker_killed_and_restarted(fault: Fault, fault_worker: Any) -
     # The dead run's committed batches are served already: each published at its commit.
     assert unpublished_quotes(fault.engine) == []
     assert count(fault.engine, "current_quotes") == COINS
-    fault_worker(concurrency=1)  # the message comes back after the visibility timeout + sweep
+    # The message comes back after the new worker's visibility timeout + a sweep.
+    fault_worker(SWEEPER_ENV, concurrency=1)
     fault.assert_resumed_once(job_id)
 
 
@@ -70,7 +73,7 @@ def test_f6_worker_paused_past_visibility_timeout_is_harmless(
     fault: Fault, fault_worker: Any
 ) -> None:
     # The paused worker's own limits are long (a hard time limit would otherwise kill the task
-    # on SIGCONT); the second worker sweeps with the short visibility timeout.
+    # on SIGCONT); the second worker sweeps with a short visibility timeout (SWEEPER_ENV).
     paused = fault_worker({"ETL_TASK_TIME_LIMIT": "120", "ETL_TASK_SOFT_TIME_LIMIT": "110",
                            "CELERY_VISIBILITY_TIMEOUT": "150"}, concurrency=1)
     job_id = fault.post_job()
@@ -83,8 +86,8 @@ def test_f6_worker_paused_past_visibility_timeout_is_harmless(
         # paused execution still holds the source lock, so the duplicate must do nothing. Wait
         # for the duplicate to have run (not for a guessed number of seconds): then nothing
         # may have changed.
-        second = fault_worker(concurrency=1)
-        deadline = time.monotonic() + 25 + 60
+        second = fault_worker(SWEEPER_ENV, concurrency=1)
+        deadline = time.monotonic() + int(SWEEPER_ENV["CELERY_VISIBILITY_TIMEOUT"]) + 60
         while f"[{task_id}] ignored" not in second.log_text():
             assert time.monotonic() < deadline, second.log_text()[-3000:]
             time.sleep(0.25)
