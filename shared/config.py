@@ -17,19 +17,15 @@ FRESHNESS_SCHEDULE_PERIODS = 3
 # (ETL_TASK_SOFT_TIME_LIMIT, CELERY_VISIBILITY_TIMEOUT, ...) are in load_settings; secrets
 # have none.
 DEFAULTS: Mapping[str, Any] = MappingProxyType({
-    # In the order of the README's table, a line per row.
+    # In the order of the README's table.
     "DATABASE_URL": "postgresql+psycopg2://postgres@127.0.0.1:5432/kasparro",
     "REDIS_URL": "redis://127.0.0.1:6379/0",
-    "CSV_DIR": "data",
-    "ETL_SOURCES": ",".join(SOURCES),
-    "ETL_SCHEDULE_SECONDS": 300,
-    "API_PORT": 8000,
-    "LOG_LEVEL": "INFO",
+    "CSV_DIR": "data", "ETL_SOURCES": ",".join(SOURCES), "ETL_SCHEDULE_SECONDS": 300,
+    "API_PORT": 8000, "LOG_LEVEL": "INFO",
     "API_READ_RATE_LIMIT": "600/minute", "API_JOBS_RATE_LIMIT": "10/minute",
     "API_AUTH_FAIL_RATE_LIMIT": "20/minute",
     "API_STATEMENT_TIMEOUT_MS": 5000, "API_EXPORT_STATEMENT_TIMEOUT_MS": 25000,
-    "STATUS_CACHE_SECONDS": 10,
-    "REPLICA_MAX_LAG_SECONDS": 5.0,
+    "STATUS_CACHE_SECONDS": 10, "REPLICA_MAX_LAG_SECONDS": 5.0,
     "COINGECKO_BASE_URL": "https://api.coingecko.com/api/v3",
     "COINPAPRIKA_BASE_URL": "https://api.coinpaprika.com/v1", "COINPAPRIKA_AUTH_SCHEME": "",
     # Free plans: CoinGecko demo ~30 calls/min, CoinPaprika free 20,000 calls/month (we stay
@@ -42,10 +38,8 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "CSV_BATCH_ROWS": 25_000,
     "ETL_TASK_TIME_LIMIT": 900,
     "BROKER_RESTORE_INTERVAL_SECONDS": 10, "BROKER_RESTORE_THROTTLE": 10,
-    "RESULT_BACKEND_MAX_RETRIES": 20,
-    "BROKER_KEY_PREFIX": "",
-    "ETL_MAX_TASK_ATTEMPTS": 3,
-    "ETL_REAPER_INTERVAL_SECONDS": 60,
+    "RESULT_BACKEND_MAX_RETRIES": 20, "BROKER_KEY_PREFIX": "",
+    "ETL_MAX_TASK_ATTEMPTS": 3, "ETL_REAPER_INTERVAL_SECONDS": 60,
     "CONSENSUS_DISAGREEMENT_SHARE": 0.02,
     "NOTIFY_REMINDER_SECONDS": 3600, "NOTIFY_ESCALATE_AFTER": 3, "NOTIFY_TIMEOUT_SECONDS": 5.0,
     "NOTIFY_EVALUATE_SECONDS": 60,
@@ -83,10 +77,8 @@ def normalize_database_url(raw: str | None, name: str = "DATABASE_URL") -> str:
     if not sep or backend not in _POSTGRES_SCHEMES or driver not in _POSTGRES_DRIVERS:
         # Only the scheme is echoed: the rest may hold a password.
         got = f"scheme {scheme!r}" if sep else "no scheme://"
-        raise ConfigError(
-            f"{name} must be a PostgreSQL URL (postgres://, postgresql:// or "
-            f"postgresql+psycopg2://), got {got}"
-        )
+        raise ConfigError(f"{name} must be a PostgreSQL URL (postgres://, postgresql:// or "
+                          f"postgresql+psycopg2://), got {got}")
     try:
         url = make_url(DATABASE_DRIVERNAME + "://" + _rest)
     except (ArgumentError, ValueError):
@@ -169,8 +161,7 @@ def _text(env: Mapping[str, str], name: str) -> str:
 
 
 def _opt(env: Mapping[str, str], name: str) -> str | None:
-    value = env.get(name, "").strip()
-    return value or None
+    return env.get(name, "").strip() or None
 
 
 def _url_tail(url: str) -> str:
