@@ -444,6 +444,38 @@ def run_stack(var_dir: Path = VAR_DIR, tail: bool = True) -> int:
             signal.signal(s, handler)
 
 
+# The whole suite (or a selection by marker or keyword) runs in this many pytest-xdist sessions,
+# each with its own database, Redis databases and broker prefix (tests/conftest.py); most of a
+# test's time is spent waiting for the processes and servers it starts, so one more session than
+# cores keeps them busy. TEST_WORKERS=1: one process. Eight at most: the Redis indexes per
+# session (tests/conftest.py). A module's tests run in one session, in the file's order
+# (--dist loadscope): its module-scoped fixtures (a served API, a worker, servers of its own,
+# loaded data) are built once, and a test may read what the module's earlier ones counted
+# (tests/api/test_contract.py). Not loadgroup: with pytest 9.2 it no longer groups
+# (pytest-dev/pytest-xdist#1386).
+MAX_TEST_WORKERS = 8
+
+
+def xdist_workers(env: Mapping[str, str] = os.environ) -> int:
+    """How many pytest-xdist sessions `test` starts (TEST_WORKERS, default cores + 1)."""
+    raw = env.get("TEST_WORKERS", "").strip()
+    wanted = int(raw) if raw.isdigit() else (os.cpu_count() or 1) + 1
+    return max(1, min(MAX_TEST_WORKERS, wanted))
+
+
+def xdist_args(pytest_args: Sequence[str], workers: int) -> list[str]:
+    """`-n <workers> --dist loadscope`, or nothing: for one worker, or when the arguments name
+    test files or folders (a run of a few tests starts in one process, without a session per
+    worker to set up first) or choose themselves (-n, --dist, -p no:xdist)."""
+    args = list(pytest_args)
+    own = any(a in ("-n", "--numprocesses", "--dist", "no:xdist", "-pno:xdist")
+              or a.startswith(("-n", "--numprocesses=", "--dist=")) for a in args)
+    paths = any(not a.startswith("-") and (ROOT / a.split("::")[0]).exists() for a in args)
+    if workers <= 1 or own or paths:
+        return []
+    return ["-n", str(workers), "--dist", "loadscope"]
+
+
 def run_tests(pytest_args: Sequence[str], var_dir: Path = VAR_DIR) -> int:
     """Run pytest against the services found or started; 'no tests collected' counts as failure."""
     try:
@@ -453,11 +485,13 @@ def run_tests(pytest_args: Sequence[str], var_dir: Path = VAR_DIR) -> int:
         return 1
     env = dict(os.environ)
     env.update(services.env())
+    parallel = xdist_args(pytest_args, xdist_workers(env))
     # pytest shares our terminal's process group, so Ctrl-C reaches it directly; we wait for it
     # to finish and then stop the servers.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        code = subprocess.call([sys.executable, "-m", "pytest", *pytest_args], cwd=ROOT, env=env)
+        code = subprocess.call([sys.executable, "-m", "pytest", *parallel, *pytest_args],
+                               cwd=ROOT, env=env)
     finally:
         signal.signal(signal.SIGINT, previous)
         services.stop()

@@ -58,7 +58,11 @@ def test_csv_runs_only_on_the_csv_node_and_a_backfill_passes_a_held_csv_run(
         return int(response.get_json()["id"])
 
     first = post_job(["csv", "coingecko", "coinpaprika"])
-    # The CSV run is held mid-way on its node (the child executing it frozen, its lock held).
+    # The CSV run is held mid-way on its node (the child executing it frozen, its lock held),
+    # once marked running: its lock is taken just before, so a child frozen at once could
+    # hold a run still queued.
+    poll(lambda: count(clean_db, "runs", "source = 'csv' AND status = 'running'"),
+         lambda n: n == 1, 60, "the CSV run running", 0.05)
     frozen = freeze_source_run(clean_db, csv_node, "csv")
     try:
         assert count(clean_db, "runs", "source = 'csv' AND status = 'running'") == 1
