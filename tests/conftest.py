@@ -314,21 +314,37 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")
 
 
+def _worker_starter(base_env: dict[str, str], log_dir: Path, started: list[WorkerProcess]
+                    ) -> Callable[..., WorkerProcess]:
+    def start(env_overrides: dict[str, str] | None = None, **kwargs: Any) -> WorkerProcess:
+        env = {**os.environ, **base_env, **(env_overrides or {})}
+        env["PYTHONPATH"] = str(ROOT)
+        log_path = log_dir / f"worker-{len(started)}.log"
+        proc = WorkerProcess(env, log_path, **kwargs)
+        started.append(proc)
+        return proc.start()
+
+    return start
+
+
 @pytest.fixture
 def worker_factory(base_env: dict[str, str], tmp_path: Path
                    ) -> Iterator[Callable[..., WorkerProcess]]:
     """Start real worker subprocesses; all are stopped after the test."""
     started: list[WorkerProcess] = []
+    yield _worker_starter(base_env, tmp_path, started)
+    for proc in started:
+        proc.stop()
 
-    def start(env_overrides: dict[str, str] | None = None, **kwargs: Any) -> WorkerProcess:
-        env = {**os.environ, **base_env, **(env_overrides or {})}
-        env["PYTHONPATH"] = str(ROOT)
-        log_path = tmp_path / f"worker-{len(started)}.log"
-        proc = WorkerProcess(env, log_path, **kwargs)
-        started.append(proc)
-        return proc.start()
 
-    yield start
+@pytest.fixture(scope="module")
+def module_worker_factory(base_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+                          ) -> Iterator[Callable[..., WorkerProcess]]:
+    """Like worker_factory, but its workers serve the module's later tests too and stop after
+    its last: one start and stop per module, not per test. For tests that neither stop, kill
+    nor reconfigure the worker."""
+    started: list[WorkerProcess] = []
+    yield _worker_starter(base_env, tmp_path_factory.mktemp("module-workers"), started)
     for proc in started:
         proc.stop()
 

@@ -10,8 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 KEEP_OUT = frozenset({"e2e", "faults", "browser", "slow", "processes"})
 # Names whose use starts a process: the project's workers, servers and launcher children,
 # and a fresh interpreter (`sys.executable`) for the CLI, `flask db` or a task.
-STARTS_A_PROCESS = frozenset({"worker_factory", "WorkerProcess", "Gunicorn", "RedisServer",
-                              "Popen", "spawn", "executable"})
+STARTS_A_PROCESS = frozenset({"worker_factory", "module_worker_factory", "WorkerProcess",
+                              "Gunicorn", "RedisServer", "Popen", "spawn", "executable"})
 Function = ast.FunctionDef | ast.AsyncFunctionDef
 
 

@@ -1,12 +1,12 @@
 """End to end: POST /jobs -> Redis -> real celery worker subprocess -> Postgres -> GET /data."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+import shutil
+from typing import Any, Callable
 
 import pytest
 
-from tests.conftest import ALL_RAW, count
+from tests.conftest import ALL_RAW, ROOT, WorkerProcess, count
 from tests.helpers.waiting import wait_for_job
 
 pytestmark = pytest.mark.e2e
@@ -14,6 +14,15 @@ pytestmark = pytest.mark.e2e
 # Data rows in the three fixture CSVs copied into data/ (header and blank lines excluded).
 KAGGLE_ROWS, COINGECKO_EXPORT_ROWS, CMC_ROWS = 2991, 3776, 399
 ALL_ROWS = KAGGLE_ROWS + COINGECKO_EXPORT_ROWS + CMC_ROWS
+
+
+@pytest.fixture(scope="module")
+def csv_worker(module_worker_factory: Callable[..., WorkerProcess],
+               tmp_path_factory: pytest.TempPathFactory) -> WorkerProcess:
+    """One worker for the module's tests, on a copy of data/ that none of them changes."""
+    data = tmp_path_factory.mktemp("pipeline") / "data"
+    shutil.copytree(ROOT / "data", data)
+    return module_worker_factory({"CSV_DIR": str(data)})
 
 
 def _post_job(client: Any, auth_headers: dict[str, str], sources: list[str]) -> int:
@@ -26,9 +35,8 @@ def _post_job(client: Any, auth_headers: dict[str, str], sources: list[str]) -> 
 
 
 def test_csv_job_through_a_real_worker(
-    clean_db: Any, client: Any, auth_headers: dict[str, str], worker_factory: Any, csv_dir: Path
+    clean_db: Any, client: Any, auth_headers: dict[str, str], csv_worker: WorkerProcess
 ) -> None:
-    worker_factory({"CSV_DIR": str(csv_dir)})
     job = wait_for_job(client, _post_job(client, auth_headers, ["csv"]))
     assert job["status"] == "succeeded", job
     (run,) = job["runs"]
@@ -58,9 +66,8 @@ def test_csv_job_through_a_real_worker(
 
 
 def test_same_job_twice_changes_no_counts(
-    clean_db: Any, client: Any, auth_headers: dict[str, str], worker_factory: Any, csv_dir: Path
+    clean_db: Any, client: Any, auth_headers: dict[str, str], csv_worker: WorkerProcess
 ) -> None:
-    worker_factory({"CSV_DIR": str(csv_dir)})
     first = wait_for_job(client, _post_job(client, auth_headers, ["csv"]))
     assert first["status"] == "succeeded"
     before = {t: count(clean_db, t) for t in (ALL_RAW, "assets", "quotes")}
