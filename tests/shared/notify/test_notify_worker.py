@@ -1,7 +1,7 @@
 """notify.evaluate and notify.send in a real Celery worker: sent, and retried after a 500."""
 from __future__ import annotations
 
-import time
+import re
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -46,8 +46,12 @@ def test_worker_sends_and_retries(notify_db: Engine, base_env: dict[str, str],
     _wait(notify_db, "SELECT status, attempts, error FROM notifications", [("sent", 2, None)])
     bodies = [body for _, body in receiver.take()]
     assert len(bodies) == 2 and bodies[-1]["run_id"] == run and bodies[-1]["event"] == "failed"
-    # A second evaluation on the same failing state sends nothing new.
-    sender(settings).send_task(task_names.NOTIFY_EVALUATE)
-    time.sleep(2)
+    # A second evaluation on the same failing state sends nothing new: once it has run (its
+    # log line), it decided on no notification, none was added and the receiver got nothing.
+    again = sender(settings).send_task(task_names.NOTIFY_EVALUATE)
+    done = poll(worker.log_text, lambda log: f"[{again.id}] succeeded" in log, 30,
+                "the second evaluation")
+    assert re.search(rf"\[{again.id}\] succeeded in [0-9.e-]+s: \[\]", done), done[-2000:]
+    _wait(notify_db, "SELECT count(*) FROM notifications", [(1,)], timeout=0)
     assert receiver.take() == []
     assert receiver.url not in worker.log_text()
