@@ -4,66 +4,22 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Mapping
 
-SOURCES: tuple[str, ...] = ("coingecko", "coinpaprika", "csv")
+from shared.config_values import DEFAULTS as DEFAULTS
+from shared.config_values import SOURCES as SOURCES
+from shared.config_values import ConfigError as ConfigError
+from shared.config_values import (choice_value, float_value, int_value, opt_value, quota_value,
+                                  share_value, text_value, url_tail)
+
 # Default freshness objective: a source is stale after this many schedule periods.
 FRESHNESS_SCHEDULE_PERIODS = 3
 
-# The one place a setting's default is written, by its variable. Settings has none of its own,
-# the quality and anomaly thresholds take theirs from here, and tests/test_config_defaults.py
-# checks every default the README and docs/ state. Defaults computed from another setting
-# (ETL_TASK_SOFT_TIME_LIMIT, CELERY_VISIBILITY_TIMEOUT, ...) are in load_settings; secrets
-# have none.
-DEFAULTS: Mapping[str, Any] = MappingProxyType({
-    # In the order of the README's table.
-    "DATABASE_URL": "postgresql+psycopg2://postgres@127.0.0.1:5432/kasparro",
-    "REDIS_URL": "redis://127.0.0.1:6379/0",
-    "CSV_DIR": "data", "ETL_SOURCES": ",".join(SOURCES), "ETL_SCHEDULE_SECONDS": 300,
-    "API_PORT": 8000, "LOG_LEVEL": "INFO",
-    "API_READ_RATE_LIMIT": "600/minute", "API_JOBS_RATE_LIMIT": "10/minute",
-    "API_AUTH_FAIL_RATE_LIMIT": "20/minute",
-    "API_STATEMENT_TIMEOUT_MS": 5000, "API_EXPORT_STATEMENT_TIMEOUT_MS": 25000,
-    "STATUS_CACHE_SECONDS": 10, "REPLICA_MAX_LAG_SECONDS": 5.0,
-    "COINGECKO_BASE_URL": "https://api.coingecko.com/api/v3",
-    "COINPAPRIKA_BASE_URL": "https://api.coinpaprika.com/v1", "COINPAPRIKA_AUTH_SCHEME": "",
-    # Free plans: CoinGecko demo ~30 calls/min, CoinPaprika free 20,000 calls/month (we stay
-    # far below with 10/min).
-    "COINGECKO_RATE_LIMIT": 30, "COINGECKO_RATE_PERIOD_SECONDS": 60,
-    "COINPAPRIKA_RATE_LIMIT": 10, "COINPAPRIKA_RATE_PERIOD_SECONDS": 60,
-    "HTTP_TIMEOUT_SECONDS": 10.0, "HTTP_MAX_RETRIES": 5, "HTTP_BACKOFF_MAX_SECONDS": 60.0,
-    # 25,000 lines: the fastest of 10k/25k/50k in bench/ (fewer commits, better index
-    # locality; figures in docs/benchmarks.md).
-    "CSV_BATCH_ROWS": 25_000,
-    "ETL_TASK_TIME_LIMIT": 900,
-    "BROKER_RESTORE_INTERVAL_SECONDS": 10, "BROKER_RESTORE_THROTTLE": 10,
-    "RESULT_BACKEND_MAX_RETRIES": 20, "BROKER_KEY_PREFIX": "",
-    "ETL_MAX_TASK_ATTEMPTS": 3, "ETL_REAPER_INTERVAL_SECONDS": 60,
-    "CONSENSUS_DISAGREEMENT_SHARE": 0.02,
-    "NOTIFY_REMINDER_SECONDS": 3600, "NOTIFY_ESCALATE_AFTER": 3, "NOTIFY_TIMEOUT_SECONDS": 5.0,
-    "NOTIFY_EVALUATE_SECONDS": 60,
-    "BACKFILL_MAX_DAYS": 365, "BACKFILL_CHUNK_DAYS": 90, "BACKFILL_QUOTA_SHARE": 0.5,
-    "FAIL_MODE": "raise", "ETL_BATCH_DELAY_SECONDS": 0.0,
-    # Quality checks and anomaly rules (docs/quality.md). A quote observed this long before its
-    # fetch is stale; CSV rows are historical closes by nature, so the check is off for them.
-    "QUALITY_STALE_SECONDS_COINGECKO": 3600, "QUALITY_STALE_SECONDS_COINPAPRIKA": 3600,
-    "QUALITY_STALE_SECONDS_CSV": 0,
-    "QUALITY_JUMP_FACTOR": 10.0, "QUALITY_OUTLIER_PCT": 10.0, "CONSENSUS_WINDOW_SECONDS": 3600,
-    "QUALITY_MCAP_VOLUME_RATIO": 1e8, "QUALITY_MCAP_SUPPLY_FACTOR": 2.0,
-    "QUALITY_MAX_MARKET_CAP_USD": 1e13,
-    "ANOMALY_LOOKBACK_RUNS": 20, "ANOMALY_MIN_HISTORY": 5, "ANOMALY_RATIO": 5.0,
-    "ANOMALY_ROBUST_Z": 5.0, "ANOMALY_FAILURE_STREAK": 3, "ANOMALY_REJECT_RATE_JUMP": 0.1,
-})
 # The one PostgreSQL driver we ship. SQLAlchemy maps a bare `postgresql://` (and hosting
 # services' `postgres://`) to psycopg 3, which is not installed.
 DATABASE_DRIVERNAME = "postgresql+psycopg2"
 _POSTGRES_SCHEMES = ("postgres", "postgresql")
 _POSTGRES_DRIVERS = ("", "psycopg2", "psycopg", "psycopg2cffi")
-
-
-class ConfigError(ValueError):
-    """An environment variable holds a value we cannot use."""
 
 
 def normalize_database_url(raw: str | None, name: str = "DATABASE_URL") -> str:
@@ -98,78 +54,6 @@ def libpq_params(url: str) -> dict[str, str]:
     for key, value in parsed.query.items():
         params[key] = value[-1] if isinstance(value, tuple) else value
     return params
-
-
-def _int(env: Mapping[str, str], name: str, default: int | None = None, minimum: int = 0,
-         maximum: int | None = None) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return int(DEFAULTS[name] if default is None else default)
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
-    if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise ConfigError(f"{name} must be <= {maximum}, got {value}")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float | None = None,
-           above: float | None = None) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return float(DEFAULTS[name] if default is None else default)
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
-    if above is not None and not value > above:
-        raise ConfigError(f"{name} must be above {above:g}, got {value!r}")
-    return value
-
-
-def _share(env: Mapping[str, str], name: str) -> float:
-    value = _float(env, name)
-    if not 0 < value <= 1:
-        raise ConfigError(f"{name} must be above 0 and at most 1, got {value!r}")
-    return value
-
-
-def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
-    value = env.get(name, "").strip().lower() or str(DEFAULTS[name])
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
-def _quota(env: Mapping[str, str], name: str) -> str:
-    """A request quota in the `limits` notation ('600/minute', '10 per 1 second')."""
-    from limits import parse  # only here: the rest of this module needs no third party
-
-    value = env.get(name, "").strip() or str(DEFAULTS[name])
-    try:
-        parse(value)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be a quota such as '600/minute', got {value!r}") from exc
-    return value
-
-
-def _text(env: Mapping[str, str], name: str) -> str:
-    return env.get(name, str(DEFAULTS[name]))
-
-
-def _opt(env: Mapping[str, str], name: str) -> str | None:
-    return env.get(name, "").strip() or None
-
-
-def _url_tail(url: str) -> str:
-    """The path and query of `url` (`/services/T/B/x?y=z`)."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    return parts.path + (f"?{parts.query}" if parts.query else "")
 
 
 @dataclass(frozen=True)
@@ -297,7 +181,7 @@ class Settings:
         webhooks = [u for u in (self.slack_webhook_url, self.alert_webhook_url) if u]
         webhooks += (self.apprise_urls or "").replace(",", " ").split()
         # A webhook's path and query are its secret too (request logs show them alone).
-        tails = [t for t in (_url_tail(u) for u in webhooks) if len(t) >= 8]
+        tails = [t for t in (url_tail(u) for u in webhooks) if len(t) >= 8]
         return tuple(
             s for s in (self.api_token, self.coingecko_api_key, self.coinpaprika_api_key,
                         self.redis_sentinel_password, *webhooks, *tails) if s
@@ -311,125 +195,125 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     check against the README's configuration table than reads scattered over helpers.
     """
     env = os.environ if env is None else env
-    time_limit = _int(env, "ETL_TASK_TIME_LIMIT", minimum=1)
-    soft_limit = _int(env, "ETL_TASK_SOFT_TIME_LIMIT", max(1, time_limit - 30), 1)
+    time_limit = int_value(env, "ETL_TASK_TIME_LIMIT", minimum=1)
+    soft_limit = int_value(env, "ETL_TASK_SOFT_TIME_LIMIT", max(1, time_limit - 30), 1)
     # The visibility timeout must exceed the hard time limit, otherwise Redis hands a task
     # that is still running to a second worker (see docs/faults.md).
-    visibility = _int(env, "CELERY_VISIBILITY_TIMEOUT", time_limit + 300, 1)
+    visibility = int_value(env, "CELERY_VISIBILITY_TIMEOUT", time_limit + 300, 1)
     if visibility <= time_limit:
         raise ConfigError("CELERY_VISIBILITY_TIMEOUT must be greater than ETL_TASK_TIME_LIMIT")
     per_source: dict[str, int] = {}
     for source in SOURCES:
-        value = _int(env, f"FAIL_AFTER_N_RECORDS_{source.upper()}", -1, -1)
+        value = int_value(env, f"FAIL_AFTER_N_RECORDS_{source.upper()}", -1, -1)
         if value >= 0:
             per_source[source] = value
-    fail_all = _int(env, "FAIL_AFTER_N_RECORDS", -1, -1)
-    csv_dir = Path(_text(env, "CSV_DIR"))
+    fail_all = int_value(env, "FAIL_AFTER_N_RECORDS", -1, -1)
+    csv_dir = Path(text_value(env, "CSV_DIR"))
     enabled = tuple(
-        s.strip() for s in _text(env, "ETL_SOURCES").split(",") if s.strip()
+        s.strip() for s in text_value(env, "ETL_SOURCES").split(",") if s.strip()
     )
-    freshness = {source: _int(env, f"FRESHNESS_{source.upper()}_SECONDS", 0, 0)
+    freshness = {source: int_value(env, f"FRESHNESS_{source.upper()}_SECONDS", 0, 0)
                  for source in SOURCES}
     unknown = [s for s in enabled if s not in SOURCES]
     if unknown:
         raise ConfigError(f"ETL_SOURCES names unknown sources: {', '.join(unknown)}")
     return Settings(
         database_url=normalize_database_url(env.get("DATABASE_URL")),
-        redis_url=_text(env, "REDIS_URL"),
-        redis_sentinel_master=_opt(env, "REDIS_SENTINEL_MASTER"),
-        redis_sentinel_password=_opt(env, "REDIS_SENTINEL_PASSWORD"),
-        api_token=_opt(env, "API_TOKEN"),
+        redis_url=text_value(env, "REDIS_URL"),
+        redis_sentinel_master=opt_value(env, "REDIS_SENTINEL_MASTER"),
+        redis_sentinel_password=opt_value(env, "REDIS_SENTINEL_PASSWORD"),
+        api_token=opt_value(env, "API_TOKEN"),
         csv_dir=csv_dir,
         asset_aliases_file=Path(
             env.get("ASSET_ALIASES_FILE", str(csv_dir / "asset_aliases.csv"))
         ),
-        etl_schedule_seconds=_int(env, "ETL_SCHEDULE_SECONDS", minimum=1),
-        api_port=_int(env, "API_PORT", minimum=1),
-        log_level=_text(env, "LOG_LEVEL").upper(),
-        coingecko_base_url=_text(env, "COINGECKO_BASE_URL").rstrip("/"),
-        coingecko_api_key=_opt(env, "COINGECKO_API_KEY"),
-        coinpaprika_base_url=_text(env, "COINPAPRIKA_BASE_URL").rstrip("/"),
-        coinpaprika_api_key=_opt(env, "COINPAPRIKA_API_KEY"),
-        coinpaprika_auth_scheme=_text(env, "COINPAPRIKA_AUTH_SCHEME"),
+        etl_schedule_seconds=int_value(env, "ETL_SCHEDULE_SECONDS", minimum=1),
+        api_port=int_value(env, "API_PORT", minimum=1),
+        log_level=text_value(env, "LOG_LEVEL").upper(),
+        coingecko_base_url=text_value(env, "COINGECKO_BASE_URL").rstrip("/"),
+        coingecko_api_key=opt_value(env, "COINGECKO_API_KEY"),
+        coinpaprika_base_url=text_value(env, "COINPAPRIKA_BASE_URL").rstrip("/"),
+        coinpaprika_api_key=opt_value(env, "COINPAPRIKA_API_KEY"),
+        coinpaprika_auth_scheme=text_value(env, "COINPAPRIKA_AUTH_SCHEME"),
         coingecko_rate=RateLimit(
-            _int(env, "COINGECKO_RATE_LIMIT", minimum=1),
-            _int(env, "COINGECKO_RATE_PERIOD_SECONDS", minimum=1),
+            int_value(env, "COINGECKO_RATE_LIMIT", minimum=1),
+            int_value(env, "COINGECKO_RATE_PERIOD_SECONDS", minimum=1),
         ),
         coinpaprika_rate=RateLimit(
-            _int(env, "COINPAPRIKA_RATE_LIMIT", minimum=1),
-            _int(env, "COINPAPRIKA_RATE_PERIOD_SECONDS", minimum=1),
+            int_value(env, "COINPAPRIKA_RATE_LIMIT", minimum=1),
+            int_value(env, "COINPAPRIKA_RATE_PERIOD_SECONDS", minimum=1),
         ),
-        http_timeout_seconds=_float(env, "HTTP_TIMEOUT_SECONDS"),
-        http_max_retries=_int(env, "HTTP_MAX_RETRIES"),
-        http_backoff_max_seconds=_float(env, "HTTP_BACKOFF_MAX_SECONDS"),
+        http_timeout_seconds=float_value(env, "HTTP_TIMEOUT_SECONDS"),
+        http_max_retries=int_value(env, "HTTP_MAX_RETRIES"),
+        http_backoff_max_seconds=float_value(env, "HTTP_BACKOFF_MAX_SECONDS"),
         fail_after_n_records=fail_all if fail_all >= 0 else None,
         fail_after_n_records_by_source=per_source,
         # Fault injection only: 'raise' fails the run cleanly, 'kill' SIGKILLs the worker
         # child (a crash mid-run); a batch delay makes runs slow enough to interrupt.
-        fail_mode=_choice(env, "FAIL_MODE", ("raise", "kill")),
-        batch_delay_seconds=_float(env, "ETL_BATCH_DELAY_SECONDS"),
+        fail_mode=choice_value(env, "FAIL_MODE", ("raise", "kill")),
+        batch_delay_seconds=float_value(env, "ETL_BATCH_DELAY_SECONDS"),
         # A batch's lines form one raw block; line ids keep 20 bits for the index
         # (shared.models.RAW_LINE_ID_BITS).
-        csv_batch_rows=_int(env, "CSV_BATCH_ROWS", minimum=1, maximum=1 << 20),
+        csv_batch_rows=int_value(env, "CSV_BATCH_ROWS", minimum=1, maximum=1 << 20),
         task_soft_time_limit=soft_limit,
         task_time_limit=time_limit,
         visibility_timeout=visibility,
-        max_task_attempts=_int(env, "ETL_MAX_TASK_ATTEMPTS", minimum=1),
+        max_task_attempts=int_value(env, "ETL_MAX_TASK_ATTEMPTS", minimum=1),
         # How often a live worker re-queues messages whose consumer died (kombu's sweep runs
         # every interval * throttle seconds); lower it together with the visibility timeout.
-        broker_restore_interval=_int(env, "BROKER_RESTORE_INTERVAL_SECONDS", minimum=1),
-        broker_restore_throttle=_int(env, "BROKER_RESTORE_THROTTLE", minimum=1),
+        broker_restore_interval=int_value(env, "BROKER_RESTORE_INTERVAL_SECONDS", minimum=1),
+        broker_restore_throttle=int_value(env, "BROKER_RESTORE_THROTTLE", minimum=1),
         # Celery retries a result-backend call (the chord counter a job's send sets, a
         # task's result) this often, 1 s apart, while Redis does not answer.
-        result_backend_max_retries=_int(env, "RESULT_BACKEND_MAX_RETRIES"),
+        result_backend_max_retries=int_value(env, "RESULT_BACKEND_MAX_RETRIES"),
         # Prefix of every broker key: lets several stacks (or test sessions) share one Redis
         # database without consuming each other's tasks.
-        broker_key_prefix=_text(env, "BROKER_KEY_PREFIX"),
+        broker_key_prefix=text_value(env, "BROKER_KEY_PREFIX"),
         # A run is only declared lost after a redelivery had its chance (visibility timeout
         # plus kombu's ~100 s restore sweep).
-        run_stale_seconds=_int(env, "ETL_RUN_STALE_SECONDS", visibility + 120, 1),
-        reaper_interval_seconds=_int(env, "ETL_REAPER_INTERVAL_SECONDS", minimum=1),
-        consensus_disagreement_share=_float(env, "CONSENSUS_DISAGREEMENT_SHARE"),
-        backfill_max_days=_int(env, "BACKFILL_MAX_DAYS", minimum=1),
-        backfill_chunk_days=_int(env, "BACKFILL_CHUNK_DAYS", minimum=1, maximum=3650),
-        backfill_quota_share=_share(env, "BACKFILL_QUOTA_SHARE"),
+        run_stale_seconds=int_value(env, "ETL_RUN_STALE_SECONDS", visibility + 120, 1),
+        reaper_interval_seconds=int_value(env, "ETL_REAPER_INTERVAL_SECONDS", minimum=1),
+        consensus_disagreement_share=float_value(env, "CONSENSUS_DISAGREEMENT_SHARE"),
+        backfill_max_days=int_value(env, "BACKFILL_MAX_DAYS", minimum=1),
+        backfill_chunk_days=int_value(env, "BACKFILL_CHUNK_DAYS", minimum=1, maximum=3650),
+        backfill_quota_share=share_value(env, "BACKFILL_QUOTA_SHARE"),
         quality_stale_seconds_by_source={
-            source: _int(env, f"QUALITY_STALE_SECONDS_{source.upper()}")
+            source: int_value(env, f"QUALITY_STALE_SECONDS_{source.upper()}")
             for source in SOURCES},
-        quality_jump_factor=_float(env, "QUALITY_JUMP_FACTOR"),
-        quality_outlier_pct=_float(env, "QUALITY_OUTLIER_PCT"),
-        quality_mcap_volume_ratio=_float(env, "QUALITY_MCAP_VOLUME_RATIO"),
-        quality_mcap_supply_factor=_float(env, "QUALITY_MCAP_SUPPLY_FACTOR"),
-        quality_max_market_cap_usd=_float(env, "QUALITY_MAX_MARKET_CAP_USD"),
-        consensus_window_seconds=_int(env, "CONSENSUS_WINDOW_SECONDS", minimum=1),
-        anomaly_lookback_runs=_int(env, "ANOMALY_LOOKBACK_RUNS", minimum=1),
-        anomaly_min_history=_int(env, "ANOMALY_MIN_HISTORY", minimum=1),
-        anomaly_ratio=_float(env, "ANOMALY_RATIO"),
-        anomaly_robust_z=_float(env, "ANOMALY_ROBUST_Z"),
-        anomaly_failure_streak=_int(env, "ANOMALY_FAILURE_STREAK", minimum=1),
-        anomaly_reject_rate_jump=_float(env, "ANOMALY_REJECT_RATE_JUMP"),
+        quality_jump_factor=float_value(env, "QUALITY_JUMP_FACTOR"),
+        quality_outlier_pct=float_value(env, "QUALITY_OUTLIER_PCT"),
+        quality_mcap_volume_ratio=float_value(env, "QUALITY_MCAP_VOLUME_RATIO"),
+        quality_mcap_supply_factor=float_value(env, "QUALITY_MCAP_SUPPLY_FACTOR"),
+        quality_max_market_cap_usd=float_value(env, "QUALITY_MAX_MARKET_CAP_USD"),
+        consensus_window_seconds=int_value(env, "CONSENSUS_WINDOW_SECONDS", minimum=1),
+        anomaly_lookback_runs=int_value(env, "ANOMALY_LOOKBACK_RUNS", minimum=1),
+        anomaly_min_history=int_value(env, "ANOMALY_MIN_HISTORY", minimum=1),
+        anomaly_ratio=float_value(env, "ANOMALY_RATIO"),
+        anomaly_robust_z=float_value(env, "ANOMALY_ROBUST_Z"),
+        anomaly_failure_streak=int_value(env, "ANOMALY_FAILURE_STREAK", minimum=1),
+        anomaly_reject_rate_jump=float_value(env, "ANOMALY_REJECT_RATE_JUMP"),
         enabled_sources=enabled,
-        api_read_rate_limit=_quota(env, "API_READ_RATE_LIMIT"),
-        api_jobs_rate_limit=_quota(env, "API_JOBS_RATE_LIMIT"),
-        api_auth_fail_rate_limit=_quota(env, "API_AUTH_FAIL_RATE_LIMIT"),
+        api_read_rate_limit=quota_value(env, "API_READ_RATE_LIMIT"),
+        api_jobs_rate_limit=quota_value(env, "API_JOBS_RATE_LIMIT"),
+        api_auth_fail_rate_limit=quota_value(env, "API_AUTH_FAIL_RATE_LIMIT"),
         freshness_seconds_by_source={k: v for k, v in freshness.items() if v > 0},
-        slack_webhook_url=_opt(env, "SLACK_WEBHOOK_URL"),
-        alert_webhook_url=_opt(env, "ALERT_WEBHOOK_URL"),
-        apprise_urls=_opt(env, "APPRISE_URLS"),
-        notify_reminder_seconds=_int(env, "NOTIFY_REMINDER_SECONDS", minimum=1),
-        notify_escalate_after=_int(env, "NOTIFY_ESCALATE_AFTER", minimum=1),
-        notify_timeout_seconds=_float(env, "NOTIFY_TIMEOUT_SECONDS"),
-        notify_evaluate_seconds=_int(env, "NOTIFY_EVALUATE_SECONDS", minimum=1),
+        slack_webhook_url=opt_value(env, "SLACK_WEBHOOK_URL"),
+        alert_webhook_url=opt_value(env, "ALERT_WEBHOOK_URL"),
+        apprise_urls=opt_value(env, "APPRISE_URLS"),
+        notify_reminder_seconds=int_value(env, "NOTIFY_REMINDER_SECONDS", minimum=1),
+        notify_escalate_after=int_value(env, "NOTIFY_ESCALATE_AFTER", minimum=1),
+        notify_timeout_seconds=float_value(env, "NOTIFY_TIMEOUT_SECONDS"),
+        notify_evaluate_seconds=int_value(env, "NOTIFY_EVALUATE_SECONDS", minimum=1),
         # PostgreSQL takes statement_timeout up to INT_MAX milliseconds.
-        api_statement_timeout_ms=_int(env, "API_STATEMENT_TIMEOUT_MS", maximum=2**31 - 1),
-        api_export_statement_timeout_ms=_int(env, "API_EXPORT_STATEMENT_TIMEOUT_MS",
-                                             maximum=2**31 - 1),
-        status_cache_seconds=_int(env, "STATUS_CACHE_SECONDS"),
+        api_statement_timeout_ms=int_value(env, "API_STATEMENT_TIMEOUT_MS", maximum=2**31 - 1),
+        api_export_statement_timeout_ms=int_value(env, "API_EXPORT_STATEMENT_TIMEOUT_MS",
+                                                  maximum=2**31 - 1),
+        status_cache_seconds=int_value(env, "STATUS_CACHE_SECONDS"),
         database_read_urls=tuple(normalize_database_url(url, "DATABASE_READ_URLS") for url
                                  in env.get("DATABASE_READ_URLS", "").split(",") if url.strip()),
         database_listen_url=normalize_database_url(
             env.get("DATABASE_LISTEN_URL") or env.get("DATABASE_URL"), "DATABASE_LISTEN_URL"),
-        replica_max_lag_seconds=_float(env, "REPLICA_MAX_LAG_SECONDS", above=0),
+        replica_max_lag_seconds=float_value(env, "REPLICA_MAX_LAG_SECONDS", above=0),
     )
 
 

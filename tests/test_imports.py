@@ -9,8 +9,8 @@ from typing import Iterator
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("api", "shared", "worker")
 # shared's ground: what every domain package stands on; it imports none of them.
-GROUND = frozenset({"config", "db", "errors", "logging_setup", "bounds", "models", "locks",
-                    "celery_config", "task_names", "redis_client", "pool_mode"})
+GROUND = frozenset({"config", "config_values", "db", "errors", "logging_setup", "bounds",
+                    "models", "locks", "celery_config", "task_names", "redis_client", "pool_mode"})
 Graph = dict[str, set[str]]
 
 
