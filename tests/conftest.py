@@ -222,9 +222,9 @@ def auth_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {TEST_TOKEN}"}
 
 
-# Every raw record, one row each: API records and CSV lines (kept in blocks, shown per line by
-# the raw_lines view). Usable wherever a table name is (count, FROM).
-ALL_RAW = ("(SELECT id, source, source_key, content_hash, payload, run_id FROM raw_records "
+# Every raw record, one row each: API items and CSV lines (kept in blocks, shown one row each by
+# the views raw_items and raw_lines). Usable wherever a table name is (count, FROM).
+ALL_RAW = ("(SELECT id, source, source_key, content_hash, payload, run_id FROM raw_items "
            "UNION ALL SELECT id, source, source_key, content_hash, payload, run_id "
            "FROM raw_lines) AS all_raw")
 

@@ -27,7 +27,7 @@ def test_upgrade_leaves_nothing_for_autogenerate(engine: Engine) -> None:
 @pytest.mark.processes
 def test_0006_moves_csv_lines_into_blocks_and_back() -> None:
     # Lines stored one row each (before 0006) come out of raw_lines unchanged, hashes and all;
-    # API records stay where they are; the downgrade puts the lines back.
+    # API records stay API records (in item blocks since 0021); the downgrade puts both back.
     rows = [("csv", f"a:b.csv:{n}", f"{n},Coin,C,2020-01-0{n},1,1,1,1,1,1", 7) for n in (2, 3)]
     rows += [("csv", "other.csv:2", "x,y", 8), ("coingecko", "bitcoin", '{"id": "bitcoin"}', 7)]
     with scratch_database() as (url, engine):
@@ -44,7 +44,7 @@ def test_0006_moves_csv_lines_into_blocks_and_back() -> None:
         flask_db(url, "upgrade")
         with engine.connect() as conn:
             lines = conn.execute(text(stored.format("raw_lines"))).all()
-            api = conn.execute(text(stored.format("raw_records"))).all()
+            api = conn.execute(text(stored.format("raw_items"))).all()  # blocks since 0021
             blocks = conn.execute(text("SELECT count(*) FROM raw_line_blocks")).scalar_one()
         assert sorted(lines + api) == sorted(before)
         assert [row.source for row in api] == ["coingecko"] and blocks == 2

@@ -1,12 +1,12 @@
 """The one owner of the bulk writes' COPY formats: columns, text escaping, binary rows, staging.
 
-Raw API records and quotes go in as PostgreSQL COPY text; CSV raw lines as binary COPY (one
-raw_line_blocks row per batch). Every module that renders or reads such data takes the column
-order, the cell encoding and the staging tables from here. The CSV fast path
-(shared.sources.csv_source) renders its lines with one inline f-string built from the pieces
-below (QUOTE_LINE_HEAD, NULL, BYTEA_HEX, OHLC_ABSENT), because a call per line would cost
-about a tenth of its parse time; tests/shared/batch/test_csv_copy_format.py checks that its lines
-equal quote_line's.
+Quotes go in as PostgreSQL COPY text; CSV raw lines and API items as binary COPY (one
+raw_line_blocks row per batch, one raw_item_blocks row per page). Every module that renders or
+reads such data takes the column order, the cell encoding and the staging table from here. The
+CSV fast path (shared.sources.csv_source) renders its lines with one inline f-string built from
+the pieces below (QUOTE_LINE_HEAD, NULL, BYTEA_HEX, OHLC_ABSENT), because a call per line would
+cost about a tenth of its parse time; tests/shared/batch/test_csv_copy_format.py checks that its
+lines equal quote_line's.
 """
 from __future__ import annotations
 
@@ -16,14 +16,9 @@ from itertools import chain
 from decimal import Decimal
 from typing import Any, Iterable, Sequence
 
-from shared.batch.types import ParsedQuote, QuoteBlock, RawItem
+from shared.batch.types import ParsedQuote, QuoteBlock
 
-# Column -> type of the COPY text of raw API records (raw_records) and of quotes. Raw rows
-# start with the hash so that sorting them orders the unique index's inserts.
-RAW_COLUMN_TYPES: dict[str, str] = {
-    "content_hash": "bytea", "source": "text", "source_key": "text", "payload": "text",
-    "run_id": "bigint",
-}
+# Column -> type of the COPY text of quotes.
 QUOTE_COLUMN_TYPES: dict[str, str] = {
     "asset_id": "bigint", "source": "text", "run_id": "bigint", "observed_at": "timestamptz",
     "source_asset_id": "text", "price_usd": "numeric", "market_cap_usd": "numeric",
@@ -33,9 +28,7 @@ QUOTE_COLUMN_TYPES: dict[str, str] = {
     # A flagged quote's flags in stored form (shared.quality.compact); NULL when clean.
     "flag_set": "bigint", "jump_base_price": "double precision", "jump_base_us": "bigint",
 }
-RAW_COPY_COLUMNS: tuple[str, ...] = tuple(RAW_COLUMN_TYPES)
 QUOTE_COPY_COLUMNS: tuple[str, ...] = tuple(QUOTE_COLUMN_TYPES)
-RAW_COLUMNS_SQL = ", ".join(RAW_COPY_COLUMNS)
 QUOTE_COLUMNS_SQL = ", ".join(QUOTE_COPY_COLUMNS)
 
 # Starts every line of a QuoteBlock: the loader replaces it with the asset id it resolves.
@@ -83,11 +76,6 @@ def text_line(values: Iterable[Any]) -> str:
     return "\t".join(cell(v) for v in values) + "\n"
 
 
-def raw_line(source: str, run_id: int, item: RawItem) -> str:
-    """A raw API record as a line of RAW_COPY_COLUMNS."""
-    return text_line((item.hash, source, item.source_key, item.payload, run_id))
-
-
 def quote_line(asset_id: int | str, source: str, run_id: int, q: ParsedQuote,
                flags: tuple[int, float | None, int | None] | None = None) -> str:
     """A quote as a line of QUOTE_COPY_COLUMNS; `flags`: its (flag set, jump base price, jump
@@ -130,18 +118,16 @@ def _staging_table(name: str, types: dict[str, str]) -> str:
     return f"CREATE TEMP TABLE IF NOT EXISTS {name} ({columns}) ON COMMIT DELETE ROWS;"
 
 
-# Session-local staging tables with the layout of the COPY text: rows vanish at commit, the
-# definitions stay for the connection's life. Only used when a batch repeats stored rows.
-STAGE_RAW = "stage_raw"
+# A session-local staging table with the layout of the COPY text: rows vanish at commit, the
+# definition stays for the connection's life. Only used when a batch repeats stored quotes.
 STAGE_QUOTES = "stage_quotes"
-STAGING_DDL = "\n".join((_staging_table(STAGE_RAW, RAW_COLUMN_TYPES),
-                         _staging_table(STAGE_QUOTES, QUOTE_COLUMN_TYPES)))
+STAGING_DDL = _staging_table(STAGE_QUOTES, QUOTE_COLUMN_TYPES)
 
 # Big reads: each read of the COPY data takes the GIL from the read-ahead thread, and every
 # hand-over can wait a whole switch interval (5 ms) while PostgreSQL sits idle.
 COPY_CHUNK_BYTES = 16 << 20
 
-# -- binary COPY (raw_line_blocks) ------------------------------------------------------------
+# -- binary COPY (raw blocks) --------------------------------------------------------------
 
 LINE_BLOCK_COLUMNS: tuple[str, ...] = (
     "source", "file_key", "line_numbers", "payload", "line_hashes", "run_id")
@@ -150,6 +136,9 @@ PGCOPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
 PGCOPY_TRAILER = struct.pack("!h", -1)
 INT8 = struct.Struct("!q")
 _INT4_OID = 23
+_TEXT_OID = 25
+ITEM_BLOCK_COLUMNS: tuple[str, ...] = (
+    "source", "items", "source_keys", "payloads", "item_hashes", "run_id")
 
 
 def binary_row(*fields: bytes) -> bytes:
@@ -167,6 +156,13 @@ def int4_array(values: Sequence[int]) -> bytes:
     flat = [4] * (2 * count)  # each element: its length (4), then its value
     flat[1::2] = values
     return struct.pack("!5i", 1, 0, _INT4_OID, count, 1) + struct.pack(f"!{2 * count}i", *flat)
+
+
+def text_array(values: Sequence[str]) -> bytes:
+    """A one-dimensional text[] in binary COPY form (no NULLs, lower bound 1)."""
+    encoded = [value.encode() for value in values]
+    head = struct.pack("!5i", 1, 0, _TEXT_OID, len(encoded), 1)
+    return head + b"".join(struct.pack("!i", len(e)) + e for e in encoded)
 
 
 def binary_copy(*rows: bytes) -> bytes:

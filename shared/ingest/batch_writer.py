@@ -1,12 +1,10 @@
 """Bulk writes of one batch: COPY straight into the tables, via staging when rows repeat.
 
-Raw records are deduplicated by content in two ways. API records (a few thousand per run,
-mostly repeats) carry a unique index on (source, content_hash) and go through ON CONFLICT.
-CSV lines (millions, nearly all new) are stored one block per batch (raw_line_blocks,
-migration 0006) with no index on their hashes: a line is read once because the file offset
-that covers it commits with it, and when lines do repeat (a replaced file, a re-appended day)
-their quotes collide on the quotes' primary key, which says whether the identical line is
-stored already (quotes.raw_hash); the blocks are written by shared.ingest.line_blocks.
+Raw records are stored one block per batch, with no index on their hashes: CSV lines in
+raw_line_blocks (migration 0006, shared.ingest.line_blocks), API items in raw_item_blocks
+(migration 0021, shared.ingest.item_blocks). When records repeat (a replaced file, an API
+item fetched again) their quotes collide on the quotes' primary key, which says whether the
+identical record is stored already (quotes.raw_hash).
 """
 from __future__ import annotations
 
@@ -23,16 +21,14 @@ from shared.batch.copy_format import (
     ASSET_SLOT,
     COPY_CHUNK_BYTES,
     QUOTE_COLUMNS_SQL,
-    RAW_COLUMNS_SQL,
     STAGE_QUOTES,
-    STAGE_RAW,
     STAGING_DDL,
     quote_line,
-    raw_line,
     block_copy_text,
 )
 from shared.db import unit_of_work
 from shared.identity.resolve import Alias, IdentityHint, resolve_assets
+from shared.ingest.item_blocks import StoredItems, copy_item_block, repeated_reject_payloads
 from shared.ingest.line_blocks import StoredLines, copy_line_block
 from shared.ingest.publish import PUBLISH_SQL
 from shared.jobs.lifecycle import BATCH_PROGRESS_SQL
@@ -77,11 +73,6 @@ class LoadState:
     always_stage: set[str] = field(default_factory=set)
 
 
-_RAW_FROM_STAGING = (
-    f"INSERT INTO raw_records ({RAW_COLUMNS_SQL}) "
-    f"SELECT DISTINCT ON (content_hash) {RAW_COLUMNS_SQL} FROM {STAGE_RAW} "
-    "ON CONFLICT (source, content_hash) WHERE source <> 'csv' DO NOTHING"
-)
 # The staged quotes not stored yet; per flag set (NULL: clean), how many went in.
 _QUOTES_FROM_STAGING = (
     f"WITH new AS (INSERT INTO quotes ({QUOTE_COLUMNS_SQL}) SELECT {QUOTE_COLUMNS_SQL} "
@@ -162,7 +153,7 @@ class BatchWriter:
     ) -> BatchResult:
         """Write a batch's raw rows, quotes, rejects and checkpoint in the caller's transaction.
 
-        The rows only this batch can hold come first (quotes, rejects, raw lines);
+        The rows only this batch can hold come first (quotes, rejects, raw blocks);
         `wait_turn()`, when given, is called after them and before anything another in-flight
         batch may also touch (current_quotes, the checkpoint, the run's counters), so that two
         batches can be written at once on two connections and still commit in order
@@ -173,15 +164,16 @@ class BatchWriter:
         ensure_for_batch(session, batch)
         result = BatchResult(fetched=batch.raw_count, rejected=len(batch.rejects))
         cursor = session.connection().connection.cursor()
-        if batch.raw:
-            result.raw_inserted = self._write_raw(cursor, state, batch)
-        # Which of this batch's lines are stored already (line sources only).
+        # Which of this batch's lines or API items are stored already.
         stored_lines = StoredLines(self.source, batch.checkpoint_key)
+        stored_items = StoredItems()
         prepared = batch.prepared
         if batch.quote_count:
             if prepared is None:
                 prepared = self._render_quotes(session, batch)
-            result.inserted = self._write_quotes(cursor, state, batch, prepared, stored_lines)
+            result.inserted = self._write_quotes(
+                cursor, state, prepared, stored_lines.find if batch.raw_lines is not None
+                else stored_items.find if batch.raw else None)
             result.unchanged = batch.quote_count - result.inserted
             store_batch_flags(cursor, self.source, self.run_id, prepared.writes)
         repeated_rejects = self._write_rejects(cursor, batch) if batch.rejects else set()
@@ -189,6 +181,10 @@ class BatchWriter:
             result.raw_inserted = copy_line_block(cursor, self.source, self.run_id,
                                                   batch.raw_lines, stored_lines.hashes,
                                                   repeated_rejects)
+        if batch.raw:
+            result.raw_inserted = copy_item_block(
+                cursor, self.source, self.run_id, batch.raw, stored_items.hashes,
+                repeated_reject_payloads(batch.rejects, repeated_rejects))
         if wait_turn is not None:
             wait_turn()
         if batch.drift:
@@ -216,18 +212,9 @@ class BatchWriter:
                                   for block in batch.quote_blocks]
         return batch
 
-    def _write_raw(self, cursor: Any, state: LoadState, batch: Batch) -> int:
-        """API records into raw_records; returns how many were new."""
-        lines = [raw_line(self.source, self.run_id, item) for item in batch.raw]
-        lines.sort()  # by content hash, as the unique index wants them
-        # API pages (a few hundred records) mostly repeat what an earlier run stored: always
-        # staged, which costs about a millisecond and never fails a statement.
-        return _copy_new_rows(cursor, state, "raw_records", RAW_COLUMNS_SQL, "".join(lines),
-                              STAGE_RAW, _RAW_FROM_STAGING, stage=True)
-
     def _write_quotes(
-        self, cursor: Any, state: LoadState, batch: Batch, prepared: PreparedQuotes,
-        stored_lines: StoredLines,
+        self, cursor: Any, state: LoadState, prepared: PreparedQuotes,
+        on_staged: Callable[[Any], None] | None,
     ) -> int:
         """The batch's quotes; returns how many were new (staged only if keys may repeat)."""
         writes = prepared.writes
@@ -242,7 +229,7 @@ class BatchWriter:
         return _copy_new_rows(
             cursor, state, "quotes", QUOTE_COLUMNS_SQL, prepared.data, STAGE_QUOTES,
             _QUOTES_FROM_STAGING,
-            on_staged=stored_lines.find if batch.raw_lines is not None else None,
+            on_staged=on_staged,
             stage=_may_hold_keys(cursor, self.source, prepared), inserted=inserted)
 
     def _write_rejects(self, cursor: Any, batch: Batch) -> set[str]:

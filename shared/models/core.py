@@ -87,29 +87,38 @@ class AssetSourceId(Base):
     asset: Mapped[Asset] = relationship(back_populates="source_ids")
 
 
-class RawRecord(Base):
-    """A record of an API source exactly as received: the JSON item text.
+class RawItemBlock(Base):
+    """The raw items of one fetched page of an API source, exactly as received, in one row.
 
-    Unique by content hash through a partial unique index (its predicate dates from when CSV
-    lines were stored here too; they live in raw_line_blocks since migration 0006).
+    One row per page instead of per item (migration 0021): a row per item cost ~1,080 B on
+    disk, its ~980 B of JSON too small for TOAST to compress; a page's items together compress
+    (lz4). `payloads`, `source_keys` and `item_hashes` (32 bytes of SHA-256 per item, the
+    values quotes.raw_hash holds) run in the same order, `items` long. Ids as for raw lines:
+    block id * 2^20 + index in the block (RAW_LINE_ID_BITS); the view `raw_items` shows one row
+    per item. Which items are stored: shared.ingest.item_blocks. Block ids come from
+    raw_line_blocks' sequence, so one record id never names records of two sources.
     """
 
-    __tablename__ = "raw_records"
+    __tablename__ = "raw_item_blocks"
     __table_args__ = (
-        Index("uq_raw_records_api_content", "source", "content_hash", unique=True,
-              postgresql_where=text("source <> 'csv'")),
+        CheckConstraint("cardinality(payloads) = items AND cardinality(source_keys) = items "
+                        "AND octet_length(item_hashes) = 32 * items", name="one_per_item"),
+        Index("ix_raw_item_blocks_source_id", "source", "id"),
+        Index("ix_raw_item_blocks_run_id", "run_id"),
+        {"postgresql_partition_by": "RANGE (fetched_at)"},
     )
 
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     source: Mapped[str] = mapped_column(String(32))
-    source_key: Mapped[str] = mapped_column(Text)
-    content_hash: Mapped[bytes] = mapped_column(LargeBinary)
-    payload: Mapped[str] = mapped_column(Text)
-    # The run that stored it. Not a foreign key: a per-row check costs more than the COPY of
-    # the row itself, the loader takes the id from the run it executes, and runs are never
-    # deleted (see migration 0003).
+    items: Mapped[int] = mapped_column(Integer)
+    source_keys: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    payloads: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    item_hashes: Mapped[bytes] = mapped_column(LargeBinary)
+    # Not a foreign key: a per-row check costs more than the COPY of the row, the loader
+    # takes the id from the run it executes, and runs are never deleted (migration 0003).
     run_id: Mapped[int | None] = mapped_column(BigInteger)
-    fetched_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    fetched_at: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True,
+                                                 server_default=func.now())
 
 
 class RawLineBlock(Base):
@@ -145,7 +154,7 @@ class RawLineBlock(Base):
 # A raw line's id is its block id shifted by this many bits plus its index in the block, so
 # a block holds at most 2^20 lines (CSV_BATCH_ROWS is bounded below that).
 RAW_LINE_ID_BITS = 20
-# Sources whose raw records are lines kept in raw_line_blocks (the others use raw_records).
+# Sources whose raw records are lines kept in raw_line_blocks (the others: raw_item_blocks).
 LINE_SOURCES = frozenset({"csv"})
 
 
@@ -159,7 +168,7 @@ class Quote(Base):
     __tablename__ = "quotes"
     __table_args__ = {"postgresql_partition_by": "RANGE (observed_at)"}
 
-    # asset_id and run_id are not foreign keys, for the reason given at RawRecord.run_id; the
+    # asset_id and run_id are not foreign keys, for the reason given at RawItemBlock.run_id; the
     # loader takes asset ids from asset_source_ids (which has the foreign key) in the same
     # transaction, and assets are never deleted. run_id has no index: no query selects by it
     # (each batch publishes its own assets through the primary key).

@@ -1,12 +1,13 @@
-"""Time partitions of quotes and raw_line_blocks: which exist, and the missing ones created.
+"""Time partitions of quotes and the raw blocks: which exist, and the missing ones created.
 
-Both tables are range-partitioned on their time column (migration 0018, docs/storage.md):
-quotes on observed_at, raw_line_blocks on fetched_at. There is no DEFAULT partition (it would
-block `DETACH ... CONCURRENTLY` and make every new partition scan it), so a row can only be
-written once the partition for its time exists. Partitions come from three places, all
-through `create_missing`: the migration (the existing data's and the next weeks'), beat's
-maintenance task (`maintain`: from now to each table's `ahead`), and each batch the writer
-stores (`ensure_for_batch`: its quotes' times, reaching back to 2013 in the CSV history files).
+The tables are range-partitioned on their time column (migration 0018, docs/storage.md):
+quotes on observed_at, raw_line_blocks and raw_item_blocks (0021) on fetched_at. There is no
+DEFAULT partition (it would block `DETACH ... CONCURRENTLY` and make every new partition
+scan it), so a row can only be written once the partition for its time exists. Partitions
+come from three places, all through `create_missing`: the migration (the existing data's and
+the next weeks'), beat's maintenance task (`maintain`: from now to each table's `ahead`), and
+each batch the writer stores (`ensure_for_batch`: its quotes' times, reaching back to 2013 in
+the CSV history files).
 
 What one partition covers depends on where the time falls. Within RECENT of now (and in the
 future) one unit of the table's grain: a week of quotes (the default schedule writes ~5.5M
@@ -91,7 +92,9 @@ class PartitionedTable:
 
 QUOTES = PartitionedTable("quotes", "observed_at", "week", timedelta(days=8))
 RAW_LINE_BLOCKS = PartitionedTable("raw_line_blocks", "fetched_at", "month", timedelta(days=32))
-PARTITIONED_TABLES = (QUOTES, RAW_LINE_BLOCKS)
+# API items, one row per fetched page (migration 0021): partitioned like the CSV lines' blocks.
+RAW_ITEM_BLOCKS = PartitionedTable("raw_item_blocks", "fetched_at", "month", timedelta(days=32))
+PARTITIONED_TABLES = (QUOTES, RAW_LINE_BLOCKS, RAW_ITEM_BLOCKS)
 _PARTITION_NAME = re.compile(
     rf"^({'|'.join(t.name for t in PARTITIONED_TABLES)})_p\d{{8}}_\d{{8}}$")
 
@@ -317,8 +320,8 @@ def ensure_for_batch(session: Session, batch: Batch) -> None:
     now = datetime.now(UTC)
     ensure(engine, QUOTES, _spans_of(batch), now, conn)
     # Raw blocks take now() of their transaction, which may have begun a moment before.
-    ensure(engine, RAW_LINE_BLOCKS, [(now - timedelta(days=1), now + timedelta(days=1))], now,
-           conn)
+    for raw in (RAW_LINE_BLOCKS, RAW_ITEM_BLOCKS):
+        ensure(engine, raw, [(now - timedelta(days=1), now + timedelta(days=1))], now, conn)
 
 
 def maintain(engine: Engine, now: datetime | None = None) -> dict[str, list[str]]:

@@ -80,7 +80,7 @@ def test_records_keep_their_fields_and_exact_upstream_decimals(loaded: Loaded) -
         assert record["observed_at"].endswith("+00:00")
     with loaded.engine.connect() as conn:
         payloads = conn.execute(text(
-            "SELECT payload FROM raw_records WHERE source = 'coingecko'")).scalars().all()
+            "SELECT payload FROM raw_items WHERE source = 'coingecko'")).scalars().all()
     (payload,) = [p for p in payloads if json.loads(p)["id"] == "bitcoin"]
     item = json.loads(payload, parse_float=Decimal, parse_int=Decimal)
     assert Decimal(by_source["coingecko"]["price_usd"]) == item["current_price"]

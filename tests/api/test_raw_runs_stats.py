@@ -43,7 +43,7 @@ def test_raw_lists_detail_and_cursor(
     assert json.loads(record["payload"])["id"]
     assert len(record["content_hash"]) == 64 and int(record["content_hash"], 16) >= 0
     with clean_db.connect() as conn:
-        stored = conn.execute(text("SELECT content_hash, payload FROM raw_records WHERE id = :id"),
+        stored = conn.execute(text("SELECT content_hash, payload FROM raw_items WHERE id = :id"),
                               {"id": record["id"]}).one()
     assert bytes(stored.content_hash).hex() == record["content_hash"]
     assert stored.payload == record["payload"]

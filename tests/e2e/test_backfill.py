@@ -112,7 +112,7 @@ def test_backfill_chunks_by_rules_survives_kill_9_respects_quota_and_serves_hist
             " (PARTITION BY asset_id ORDER BY observed_at) AS step FROM quotes "
             " WHERE run_id = :run) s GROUP BY source_asset_id"),
             {"run": body["run_id"]}).all()
-        raw = conn.execute(text("SELECT count(*) FROM raw_records WHERE run_id = :run"),
+        raw = conn.execute(text("SELECT count(*) FROM raw_items WHERE run_id = :run"),
                            {"run": body["run_id"]}).scalar()
     first = datetime.fromisoformat(body["since"])
     last = datetime.fromisoformat(body["until"])

@@ -155,4 +155,4 @@ def test_f28_same_item_on_two_pages_is_stored_once(
             "SELECT count(*) - count(DISTINCT source_asset_id) FROM quotes "
             "WHERE source = 'coingecko'")).scalar_one()
     assert dups == 0
-    assert count(clean_db, "raw_records", "source = 'coingecko'") == 600
+    assert count(clean_db, "raw_items", "source = 'coingecko'") == 600

@@ -54,7 +54,7 @@ def test_backfill_writes_chunks_once_and_resubmission_makes_no_duplicate(
             "(PARTITION BY asset_id ORDER BY observed_at) AS step FROM quotes "
             f"WHERE {where}) s WHERE step <> interval '1 hour'"),
             {"run": progress["run_id"]}).scalar()
-        raw = conn.execute(text("SELECT count(*) FROM raw_records WHERE source_key LIKE "
+        raw = conn.execute(text("SELECT count(*) FROM raw_items WHERE source_key LIKE "
                                 "'market_chart:%'")).scalar()
     assert gaps == 0
     assert raw == len(chunks)

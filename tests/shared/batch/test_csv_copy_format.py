@@ -41,14 +41,13 @@ def test_fast_path_lines_equal_quote_line_of_the_general_path() -> None:
 
 
 def test_staging_tables_have_the_tables_column_types(clean_db: Engine) -> None:
-    """STAGING_DDL's tables match raw_records' and quotes' columns, name and type (staged text
+    """STAGING_DDL's table matches the quotes' columns, name and type (staged text
     is unbounded: the real table's varchar checks the length on the INSERT from staging)."""
     columns = ("SELECT column_name, data_type FROM information_schema.columns "
                "WHERE table_name = :t AND table_schema LIKE :schema")
     with clean_db.begin() as conn:
         conn.exec_driver_sql(copy_format.STAGING_DDL)
         for stage, table, wanted in (
-            (copy_format.STAGE_RAW, "raw_records", copy_format.RAW_COPY_COLUMNS),
             (copy_format.STAGE_QUOTES, "quotes", copy_format.QUOTE_COPY_COLUMNS),
         ):
             staged = dict(conn.execute(text(columns), {"t": stage, "schema": "pg_temp%"}).all())

@@ -1,0 +1,86 @@
+"""API raw items: one block per fetched page (raw_item_blocks, migration 0021); which are kept.
+
+A page's items are stored together in one row, which TOAST compresses (lz4): one row per item
+(~1,080 B, its ~980 B of JSON too small to compress) cost more than the quote it carries.
+There is no index on the items' hashes. An item is stored unless the identical item is stored
+already, which its quote tells, as for CSV lines: the same item text always parses to the same
+quote key, so a quote that goes in new brings an item never stored, and a quote that collides
+with a stored one carrying the same raw hash means its item was stored with it. Within a page
+an item repeated after its first is left out, and so is the item of a reject stored before
+with the same text (rejected_records dedupes those). What may be stored twice: an item without
+a quote (a coin's second sighting on a later page, a reject at another place) and an item
+that returns after its quote's stored item changed (A, B, A: the third is known, B again is
+not); docs/storage.md.
+"""
+from __future__ import annotations
+
+import io
+from typing import Any, Iterable, Sequence
+
+from shared.batch.copy_format import (
+    COPY_CHUNK_BYTES,
+    INT8,
+    ITEM_BLOCK_COLUMNS,
+    binary_copy,
+    binary_row,
+    text_array,
+)
+from shared.batch.types import RawItem, Rejected
+
+_COPY_ITEM_BLOCK = (f"COPY raw_item_blocks ({', '.join(ITEM_BLOCK_COLUMNS)}) "
+                    "FROM STDIN WITH (FORMAT binary)")
+
+# The staged quotes whose key is stored already with the same raw hash: their items are stored.
+_STAGED_SAME_ITEM = (
+    "SELECT s.raw_hash FROM stage_quotes s JOIN quotes q ON q.asset_id = s.asset_id "
+    "AND q.source = s.source AND q.observed_at = s.observed_at WHERE q.raw_hash = s.raw_hash"
+)
+
+
+class StoredItems:
+    """Which of an API batch's items are stored already, told by its staged quotes.
+
+    `find` runs only when the quotes went through staging (some keys may be stored); when
+    their COPY went straight in, every quote was new and so was every item.
+    """
+
+    def __init__(self) -> None:
+        self.hashes: set[bytes] = set()
+
+    def find(self, cursor: Any) -> None:
+        """Collect the hashes of staged quotes' items stored already (before the INSERT)."""
+        cursor.execute(_STAGED_SAME_ITEM)
+        self.hashes = {bytes(raw_hash) for raw_hash, in cursor.fetchall()}
+
+
+def repeated_reject_payloads(rejects: Iterable[Rejected], repeated: set[str]) -> set[str]:
+    """The texts of the rejects stored before at the same place (`repeated`: locations)."""
+    return {r.payload for r in rejects if r.location in repeated}
+
+
+def copy_item_block(
+    cursor: Any, source: str, run_id: int, items: Sequence[RawItem], stored: set[bytes],
+    repeated_rejects: set[str],
+) -> int:
+    """Store a page's items as one raw_item_blocks row, in page order; how many it holds.
+
+    Left out: items whose hash is in `stored`, an item repeated within the page after its
+    first, and items whose text is that of a reject stored before (`repeated_rejects`).
+    """
+    seen = set(stored)
+    keep: list[RawItem] = []
+    for item in items:
+        if item.hash in seen or item.payload in repeated_rejects:
+            continue
+        seen.add(item.hash)
+        keep.append(item)
+    if not keep:
+        return 0
+    row = binary_row(
+        source.encode(), len(keep).to_bytes(4, "big"),
+        text_array([item.source_key for item in keep]),
+        text_array([item.payload for item in keep]),
+        b"".join(item.hash for item in keep), INT8.pack(run_id),
+    )
+    cursor.copy_expert(_COPY_ITEM_BLOCK, io.BytesIO(binary_copy(row)), COPY_CHUNK_BYTES)
+    return len(keep)
