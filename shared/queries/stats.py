@@ -19,8 +19,8 @@ from shared.models import (
     CurrentQuote,
     DriftEvent,
     Quote,
+    RawItemBlock,
     RawLineBlock,
-    RawRecord,
     RejectedRecord,
     Run,
 )
@@ -72,8 +72,9 @@ def _counts_by_source(session: Session, column: Any, counted: Any = None) -> dic
 
 
 def _raw_counts(session: Session) -> dict[str, int]:
-    """Raw records per source: API records plus the lines in line blocks."""
-    counts = _counts_by_source(session, RawRecord.source)
+    """Raw records per source: the items in API item blocks plus the lines in line blocks."""
+    counts = {str(source): int(n) for source, n in session.execute(
+        select(RawItemBlock.source, func.sum(RawItemBlock.items)).group_by(RawItemBlock.source))}
     lines = session.execute(
         select(RawLineBlock.source, func.sum(func.cardinality(RawLineBlock.line_numbers)))
         .group_by(RawLineBlock.source)
