@@ -45,6 +45,7 @@ from shared.quality.flags import (
     store_batch_flags,
 )
 from shared.quality.outliers import apply_outliers
+from shared.storage.counters import add_batch
 from shared.storage.partitions import ensure_for_batch
 from shared.batch.types import Batch, PreparedQuotes, content_hash
 
@@ -191,6 +192,8 @@ class BatchWriter:
             self._write_drift(cursor, batch)
         _end_batch(cursor, self.source, self.run_id, batch, previous_checkpoint, prepared,
                    result)
+        # The exact counts /stats serves, kept in this transaction (shared.storage.counters).
+        add_batch(cursor, self.source, result.inserted, result.raw_inserted)
         if result.inserted and prepared is not None and prepared.outlier_assets:
             apply_outliers(session, cursor, prepared.outlier_assets, self.thresholds)
         return result

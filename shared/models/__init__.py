@@ -31,6 +31,7 @@ from shared.models.core import (  # noqa: F401
     Notification,
 )
 from shared.models.quality import FlagSet  # noqa: F401
+from shared.models.usage import LayerCount, StorageSample  # noqa: F401
 from shared.models.backfill import (  # noqa: F401
     Backfill,
     BackfillChunk,

@@ -1,16 +1,21 @@
-"""Operational statistics: layers, runs, durations, rejects, drift, checkpoints, freshness."""
+"""Operational statistics: layers, runs, durations, rejects, drift, checkpoints, storage.
+
+Nothing here counts a table that grows every day: counts of records, runs, rejects, drift
+events and anomalies are the writers' own (shared.storage.counters, exact), the rest reads
+bounded ranges (a source's newest runs, the newest rejects, the last day's notifications).
+"""
 from __future__ import annotations
 
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
-from typing import Any, Sequence
+from decimal import Decimal
+from typing import Any, Mapping, Sequence
 
 from sqlalchemy import Row, func, select, text
 from sqlalchemy.orm import Session
 
 from shared.config import SOURCES
 from shared.queries.notifications import notification_counts, recent_notifications
-from shared.queries.anomalies import anomaly_counts
 from shared.models import (
     RUN_STATUSES,
     Asset,
@@ -18,12 +23,8 @@ from shared.models import (
     Checkpoint,
     CurrentQuote,
     DriftEvent,
-    Quote,
-    RawItemBlock,
-    RawLineBlock,
-    RejectedRecord,
-    Run,
 )
+from shared.storage import counters
 
 LAYERS: tuple[str, ...] = ("raw", "quotes", "current", "assets", "source_ids", "rejected")
 # What each layer counts, per source and in `totals` (served with the figures).
@@ -37,19 +38,31 @@ LAYER_MEANINGS: dict[str, str] = {
                   "to one asset, e.g. one coin in two CSV formats); totals: their sum",
     "rejected": "rejected records; totals: their sum",
 }
+# The layers the writers count (exact, shared.storage.counters); the others grow with the
+# number of assets only, not with history, and are counted here.
+KEPT_LAYERS = ("raw", "quotes", "rejected")
 CHECKPOINT_LIMIT = 500
 TOP_REJECT_REASONS = 10
+# Reject reasons are ranked among the newest rejects only (a read of the primary key's end).
+REJECT_REASON_WINDOW = 10_000
 RECENT_DRIFT_EVENTS = 20
 RECENT_NOTIFICATIONS = 10
 
-# A source's own figures (last outcomes, durations, runs per status) are its extract runs'; a
-# backfill's run counts in the totals only (GET /backfills shows backfills).
+# A source's last run in each status: one probe of ix_runs_source_status per (source, status),
+# newest created first (one run of a source and kind runs at a time, so the newest created
+# of a status is the newest finished). Extract runs only: a backfill's run counts in the
+# totals only (GET /backfills shows backfills).
 _LAST_RUN_SQL = text(
     """
-    SELECT DISTINCT ON (source) source, id, status, finished_at, error
-    FROM runs
-    WHERE status = ANY(:statuses) AND finished_at IS NOT NULL AND kind = 'extract'
-    ORDER BY source, finished_at DESC, id DESC
+    SELECT s.source, r.id, r.status, r.finished_at, r.error
+    FROM unnest(CAST(:sources AS text[])) AS s(source)
+    CROSS JOIN unnest(CAST(:statuses AS text[])) AS st(status)
+    CROSS JOIN LATERAL (
+        SELECT id, status, finished_at, error FROM runs
+        WHERE source = s.source AND status = st.status AND kind = 'extract'
+          AND finished_at IS NOT NULL
+        ORDER BY created_at DESC, id DESC LIMIT 1
+    ) r
     """
 )
 
@@ -58,47 +71,55 @@ _TOP_REASONS_SQL = text(
     SELECT source, reason, n FROM (
         SELECT source, reason, count(*) AS n,
                row_number() OVER (PARTITION BY source ORDER BY count(*) DESC, reason) AS pos
-        FROM rejected_records GROUP BY source, reason
+        FROM (SELECT source, reason FROM rejected_records ORDER BY id DESC LIMIT :window) newest
+        GROUP BY source, reason
     ) ranked WHERE pos <= :top ORDER BY source, n DESC, reason
     """
 )
 
 
 def _counts_by_source(session: Session, column: Any, counted: Any = None) -> dict[str, int]:
-    """Rows per source, or distinct values of `counted` per source."""
+    """Rows per source, or distinct values of `counted` per source (tables of assets only)."""
     measure = func.count() if counted is None else func.count(func.distinct(counted))
     rows = session.execute(select(column, measure).group_by(column)).all()
     return {str(source): int(n) for source, n in rows}
 
 
-def _raw_counts(session: Session) -> dict[str, int]:
-    """Raw records per source: the items in API item blocks plus the lines in line blocks."""
-    counts = {str(source): int(n) for source, n in session.execute(
-        select(RawItemBlock.source, func.sum(RawItemBlock.items)).group_by(RawItemBlock.source))}
-    lines = session.execute(
-        select(RawLineBlock.source, func.sum(func.cardinality(RawLineBlock.line_numbers)))
-        .group_by(RawLineBlock.source)
-    ).all()
-    for source, n in lines:
-        counts[str(source)] = counts.get(str(source), 0) + int(n)
-    return counts
+def _ints(kept: Mapping[str, Decimal]) -> dict[str, int]:
+    return {source: int(n) for source, n in kept.items()}
 
 
-def records_by_layer(session: Session) -> dict[str, dict[str, int]]:
-    """Per source, every layer of LAYERS (see LAYER_MEANINGS for what each counts)."""
+def records_by_layer(session: Session, kept: Mapping[str, Mapping[str, Decimal]] | None = None
+                     ) -> dict[str, dict[str, int]]:
+    """Per source, every layer of LAYERS (see LAYER_MEANINGS for what each counts); `kept`:
+    counters.totals() when the caller has it."""
+    kept = counters.totals(session) if kept is None else kept
     return {
-        "raw": _raw_counts(session),
-        "quotes": _counts_by_source(session, Quote.source),
+        **{layer: _ints(kept.get(layer, {})) for layer in KEPT_LAYERS},
         "current": _counts_by_source(session, CurrentQuote.source),
         "assets": _counts_by_source(session, AssetSourceId.source, AssetSourceId.asset_id),
         "source_ids": _counts_by_source(session, AssetSourceId.source),
-        "rejected": _counts_by_source(session, RejectedRecord.source),
     }
 
 
-def _last_runs(session: Session, statuses: Sequence[str]) -> dict[str, Row[Any]]:
-    rows = session.execute(_LAST_RUN_SQL, {"statuses": list(statuses)}).all()
-    return {row.source: row for row in rows}
+def _prefixed(kept: Mapping[str, Mapping[str, Decimal]], prefix: str
+              ) -> dict[tuple[str, str], Decimal]:
+    """{(rest of the layer name, source): n} for the layers named `prefix` + something."""
+    return {(layer[len(prefix):], source): n for layer, by_source in kept.items()
+            if layer.startswith(prefix) for source, n in by_source.items() if n}
+
+
+def _last_runs(session: Session, sources: Sequence[str], statuses: Sequence[str]
+               ) -> dict[str, Row[Any]]:
+    """Per source, its newest finished extract run in one of `statuses`."""
+    rows = session.execute(_LAST_RUN_SQL, {"sources": list(sources),
+                                           "statuses": list(statuses)}).all()
+    newest: dict[str, Row[Any]] = {}
+    for row in rows:
+        kept = newest.get(row.source)
+        if kept is None or (row.finished_at, row.id) > (kept.finished_at, kept.id):
+            newest[row.source] = row
+    return newest
 
 
 def _run_ref(row: Row[Any] | None) -> dict[str, Any] | None:
@@ -108,72 +129,66 @@ def _run_ref(row: Row[Any] | None) -> dict[str, Any] | None:
             "error": row.error}
 
 
-def _runs_by_status(session: Session) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+def _runs_by_status(kept: Mapping[str, Mapping[str, Decimal]]
+                    ) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
     """Runs per status overall (every kind) and per source (its extract runs)."""
     runs_by_status = {status: 0 for status in RUN_STATUSES}
     per_source_status: dict[str, dict[str, int]] = defaultdict(dict)
-    for source, kind, status, n in session.execute(
-        select(Run.source, Run.kind, Run.status, func.count())
-        .group_by(Run.source, Run.kind, Run.status)
-    ).all():
+    for (kind_status, source), n in _prefixed(kept, "runs:").items():
+        kind, _, status = kind_status.partition(":")
         runs_by_status[status] = runs_by_status.get(status, 0) + int(n)
         if kind == "extract":
             per_source_status[source][status] = int(n)
     return runs_by_status, per_source_status
 
 
-def _durations(session: Session) -> dict[str, tuple[float | None, int]]:
-    """Per source: the average duration (ms) of succeeded extract runs and how many."""
-    return {
-        source: (float(avg) if avg is not None else None, int(n))
-        for source, avg, n in session.execute(
-            select(
-                Run.source,
-                func.avg(func.extract("epoch", Run.finished_at - Run.started_at) * 1000),
-                func.count(),
-            ).where(Run.status == "succeeded", Run.kind == "extract", Run.started_at.is_not(None),
-                    Run.finished_at.is_not(None))
-            .group_by(Run.source)
-        ).all()
-    }
+def _durations(kept: Mapping[str, Mapping[str, Decimal]]) -> dict[str, float | None]:
+    """Per source: the average duration (ms) of its succeeded extract runs."""
+    timed = kept.get("succeeded_timed:extract", {})
+    total = kept.get("succeeded_ms:extract", {})
+    return {source: float(total.get(source, 0) / n) if n else None
+            for source, n in timed.items()}
 
 
 def _reject_reasons(session: Session) -> dict[str, list[dict[str, Any]]]:
-    """Per source: the most frequent reject reasons with their counts."""
+    """Per source: the most frequent reasons among the newest REJECT_REASON_WINDOW rejects."""
     reasons: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for source, reason, n in session.execute(
-        _TOP_REASONS_SQL, {"top": TOP_REJECT_REASONS}
+        _TOP_REASONS_SQL, {"top": TOP_REJECT_REASONS, "window": REJECT_REASON_WINDOW}
     ).all():
         reasons[source].append({"reason": reason, "count": int(n)})
     return reasons
 
 
-def _drift_counts(session: Session) -> dict[str, dict[str, int]]:
+def _drift_counts(kept: Mapping[str, Mapping[str, Decimal]]) -> dict[str, dict[str, int]]:
     """Per source: drift events mapped automatically and not."""
     counts: dict[str, dict[str, int]] = defaultdict(lambda: {"mapped": 0, "unmapped": 0})
-    for source, mapped, n in session.execute(
-        select(DriftEvent.source, DriftEvent.mapped, func.count())
-        .group_by(DriftEvent.source, DriftEvent.mapped)
-    ).all():
-        counts[source]["mapped" if mapped else "unmapped"] += int(n)
+    for (mapped, source), n in _prefixed(kept, "drift:").items():
+        counts[source][mapped] += int(n)
     return counts
+
+
+def anomaly_counts(kept: Mapping[str, Mapping[str, Decimal]]) -> dict[tuple[str, str], int]:
+    """{(kind, source): how many anomalies are recorded}, as their writers counted them."""
+    return {key: int(n) for key, n in _prefixed(kept, "anomaly:").items()}
 
 
 def collect_stats(session: Session) -> dict[str, Any]:
     """Everything `GET /stats` shows: layers, runs, outcomes, durations, rejects, drift."""
-    layers = records_by_layer(session)
-    runs_by_status, per_source_status = _runs_by_status(session)
-    durations = _durations(session)
-    successes = _last_runs(session, ["succeeded"])
-    failures = _last_runs(session, ["failed", "partial"])
+    kept = counters.totals(session)
+    layers = records_by_layer(session, kept)
+    runs_by_status, per_source_status = _runs_by_status(kept)
+    durations = _durations(kept)
     reasons = _reject_reasons(session)
-    drift_counts = _drift_counts(session)
-    anomalies = anomaly_counts(session)
+    drift_counts = _drift_counts(kept)
+    anomalies = anomaly_counts(kept)
     sources = sorted(set(SOURCES) | {s for layer in layers.values() for s in layer}
                      | set(per_source_status))
+    successes = _last_runs(session, sources, ["succeeded"])
+    failures = _last_runs(session, sources, ["failed", "partial"])
     per_source = []
     for source in sources:
-        avg_ms, _succeeded = durations.get(source, (None, 0))
+        avg_ms = durations.get(source)
         per_source.append({
             "source": source,
             "records": {layer: layers[layer].get(source, 0) for layer in LAYERS},
@@ -219,37 +234,16 @@ def notification_stats(session: Session, since: datetime) -> dict[str, Any]:
             "recent": recent_notifications(session, RECENT_NOTIFICATIONS)}
 
 
-def source_freshness(
-    session: Session, sources: Sequence[str], max_age: timedelta, now: datetime
-) -> dict[str, dict[str, Any]]:
-    """Per source: when its last run succeeded and whether that is younger than `max_age`."""
-    last = _last_runs(session, ["succeeded"])
-    result: dict[str, dict[str, Any]] = {}
-    for source in sources:
-        row = last.get(source)
-        finished = row.finished_at if row is not None else None
-        age = (now - finished).total_seconds() if finished is not None else None
-        result[source] = {
-            "fresh": age is not None and age <= max_age.total_seconds(),
-            "last_success_at": finished,
-            "age_seconds": round(age, 1) if age is not None else None,
-        }
-    return result
-
-
 def http_totals(session: Session) -> dict[str, dict[str, float]]:
     """Per source: HTTP requests, retries, rate-limit waits and seconds waited, over all runs.
 
     A backfill's requests count as its source's: they spend the same upstream quota.
     """
-    rows = session.execute(
-        select(Run.source, func.sum(Run.http_requests), func.sum(Run.http_retries),
-               func.sum(Run.rate_limit_waits), func.sum(Run.rate_limit_wait_seconds))
-        .group_by(Run.source)
-    ).all()
-    return {
-        source: {"requests": float(req or 0), "retries": float(ret or 0),
-                 "rate_limit_waits": float(waits or 0),
-                 "rate_limit_wait_seconds": float(secs or 0)}
-        for source, req, ret, waits, secs in rows
-    }
+    kept = counters.totals(session)
+    names = ("requests", "retries", "rate_limit_waits", "rate_limit_wait_seconds")
+    layers = {name: kept.get(name if name.startswith("rate") else f"http_{name}", {})
+              for name in names}
+    # Every source with a run, as when these were sums over its runs.
+    sources = {source for _, source in _prefixed(kept, "runs:")}
+    return {source: {name: float(layers[name].get(source, 0)) for name in names}
+            for source in sorted(sources)}

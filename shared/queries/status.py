@@ -36,17 +36,19 @@ FROM (
 ) ranked WHERE pos <= :limit ORDER BY source, finished_at, id
 """)
 
-# Each count is an index-only or small scan: anomalies and flag documents are sparse by design,
-# and quotes flagged in their own row are counted per flag set as their batches store them.
+# Flagged quotes: anomalies and flag documents are sparse by design, and quotes flagged in
+# their own row are counted per flag set as their batches store them. Drift events, rejects
+# and anomalies of all time are the writers' counts (shared.storage.counters); the recent
+# anomalies a range of ix_anomalies_created.
 _QUALITY_SQL = text("""
 SELECT (SELECT coalesce(sum(quotes), 0) FROM flag_sets)
        + (SELECT count(*) FROM quote_flags f WHERE NOT EXISTS (
             SELECT 1 FROM quotes q WHERE q.asset_id = f.asset_id AND q.source = f.source
             AND q.observed_at = f.observed_at AND q.flag_set IS NOT NULL)) AS flagged_quotes,
        (SELECT count(*) FROM current_quotes WHERE quality IS NOT NULL) AS flagged_current,
-       (SELECT count(*) FROM drift_events) AS drift_events,
-       (SELECT count(*) FROM rejected_records) AS rejects,
-       (SELECT count(*) FROM anomalies) AS anomalies,
+       (SELECT coalesce(sum(n), 0) FROM layer_counts WHERE layer LIKE 'drift:%') AS drift_events,
+       (SELECT coalesce(sum(n), 0) FROM layer_counts WHERE layer = 'rejected') AS rejects,
+       (SELECT coalesce(sum(n), 0) FROM layer_counts WHERE layer LIKE 'anomaly:%') AS anomalies,
        (SELECT count(*) FROM anomalies WHERE created_at >= :since) AS anomalies_recent
 """)
 
