@@ -1,0 +1,141 @@
+"""Migration 0021 on a populated database: raw_records' API items moved into raw_item_blocks in
+chunks (every item kept exactly, one written mid-migration too), served by GET /raw's queries
+under new ids (old ids not found), and back down."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
+
+from shared.errors import NotFound
+from shared.models import RAW_LINE_ID_BITS
+from shared.queries.raw import get_raw_record, list_raw_records
+from shared.storage.partitions import existing_partitions
+from tests.conftest import ROOT
+from tests.helpers.migrations import flask_db, scratch_database
+from tests.helpers.waiting import poll
+
+# Starts real processes (`flask db` on a scratch database): not in the fast subset.
+pytestmark = pytest.mark.processes
+
+# 24 pages of 250 items of two sources, one fetch time per page, every 3 days back from now
+# (three or four monthly partitions); item texts carry a tab and a newline now and then.
+_RECORDS = """
+INSERT INTO raw_records (source, source_key, content_hash, payload, run_id, fetched_at)
+SELECT CASE WHEN p % 2 = 0 THEN 'coingecko' ELSE 'coinpaprika' END, 'coin-' || i,
+       sha256(convert_to(p || ':' || i, 'UTF8')),
+       '{"id": "coin-' || i || '", "page": ' || p || ', "price": ' || (i * 1.25 + p)
+           || CASE WHEN i % 50 = 0 THEN E', "note": "a\\tb\\nc"' ELSE '' END || '}',
+       100 + p / 4, now() - p * interval '3 days'
+FROM generate_series(0, 23) p, generate_series(1, 250) i
+ORDER BY p, i
+"""
+_ITEMS = ("SELECT source, source_key, payload, content_hash, run_id, fetched_at FROM {} "
+          "ORDER BY source, fetched_at, source_key")
+_LATE = ("INSERT INTO raw_records (source, source_key, content_hash, payload, run_id) "
+         "VALUES ('coingecko', 'late', sha256('late'), '{\"id\": \"late\"}', 999)")
+
+
+def _upgrade_with_a_write_in_the_middle(url: str, engine: Engine) -> str:
+    """flask db upgrade 0021 in chunks of 700 ids; an item inserted into raw_records once the
+    blocks' table exists and committed only when the last step waits for it. The output."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "api", "db", "upgrade", "-x", "chunk_rows=700",
+         "0021"],
+        cwd=ROOT, env=dict(os.environ, DATABASE_URL=url), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        def created() -> bool:
+            with engine.connect() as conn:
+                return conn.execute(text("SELECT to_regclass('raw_item_blocks')")
+                                    ).scalar() is not None
+
+        poll(created, bool, 120, "the migration's raw_item_blocks")
+        with engine.connect() as writer:
+            writer.execute(text(_LATE))
+
+            def swap_waiting() -> int:
+                with engine.connect() as conn:
+                    return int(conn.execute(text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND query LIKE 'LOCK TABLE raw_records IN ACCESS EXCLUSIVE%'")
+                    ).scalar_one())
+
+            poll(swap_waiting, lambda n: n == 1, 240, "the last step waiting for the writer")
+            writer.commit()
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def test_0021_moves_api_items_into_blocks_keeping_every_item_and_goes_down() -> None:
+    with scratch_database() as (url, engine):
+        flask_db(url, "upgrade", "0020")
+        with engine.begin() as conn:
+            conn.execute(text(_RECORDS))
+            conn.execute(text(
+                "INSERT INTO raw_line_blocks (source, file_key, line_numbers, payload, "
+                "line_hashes, run_id) VALUES ('csv', 'f.csv', ARRAY[2], 'a,b', sha256('x'), 1)"))
+            old_ids = conn.execute(text(
+                "SELECT id FROM raw_records ORDER BY id")).scalars().all()
+            before = conn.execute(text(_ITEMS.format("raw_records"))).all()
+        assert len(before) == 6000
+
+        out = _upgrade_with_a_write_in_the_middle(url, engine)
+        assert out.count("raw_records: ") > 8 and "raw_records: 100% (" in out
+
+        with engine.connect() as conn:
+            after = conn.execute(text(_ITEMS.format("raw_items"))).all()
+            assert conn.execute(text("SELECT to_regclass('raw_records')")).scalar() is None
+            blocks = conn.execute(text("SELECT count(*) FROM raw_item_blocks")).scalar_one()
+            compression = set(conn.execute(text(
+                "SELECT pg_column_compression(payloads) FROM raw_item_blocks")).scalars())
+            new_ids = conn.execute(text("SELECT id FROM raw_items ORDER BY id")).scalars().all()
+            line_block = conn.execute(text("SELECT id FROM raw_line_blocks")).scalar_one()
+        late = [row for row in after if row.source_key == "late"]
+        assert len(late) == 1 and late[0].run_id == 999
+        assert sorted(row for row in after if row.source_key != "late") == sorted(before)
+        # One block per page (a page cut by a chunk's edge makes two), each with its fetch
+        # time; the texts compressed with lz4 where TOAST compressed them at all.
+        assert 24 < blocks <= 24 + 6000 // 700 + 2
+        assert compression <= {"lz4", None}
+        with engine.begin() as conn:
+            months = existing_partitions(conn, "raw_item_blocks")
+        assert 3 <= len(months) <= 6
+
+        # Ids: block id * 2^20 + index, every one above every old id and apart from the CSV
+        # lines' (one sequence); an old id is not found, a new one is the same item.
+        assert min(new_ids) > max(old_ids)
+        assert line_block not in {i >> RAW_LINE_ID_BITS for i in new_ids}
+        with Session(engine) as session:
+            with pytest.raises(NotFound):
+                get_raw_record(session, "coingecko", old_ids[-1])
+            page = list_raw_records(session, "coingecko", limit=100)
+            assert page.total == 3001
+            seen = list(page.rows)
+            while page.next_cursor is not None:
+                page = list_raw_records(session, "coingecko", limit=100,
+                                        cursor=page.next_cursor)
+                seen.extend(page.rows)
+            assert [r.id for r in seen] == sorted({r.id for r in seen}, reverse=True)
+            assert len(seen) == 3001
+            one = get_raw_record(session, "coingecko", seen[1234].id)
+            assert one == seen[1234]
+            stored = next(row for row in after if row.source_key == one.source_key
+                          and row.fetched_at == one.fetched_at and row.source == "coingecko")
+            assert (one.payload, one.content_hash) == (stored.payload, bytes(stored.content_hash))
+            by_run = list_raw_records(session, "coinpaprika", run_id=101, limit=1000)
+            assert by_run.total == len(by_run.rows) == 500
+
+        # Back down: one row per item again, the same items.
+        flask_db(url, "downgrade", "0020")
+        with engine.connect() as conn:
+            back = conn.execute(text(_ITEMS.format("raw_records"))).all()
+        assert sorted(back) == sorted(after)
