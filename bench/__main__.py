@@ -27,7 +27,9 @@ from bench.common import (
 )
 from bench.gen import append_days, kaggle_file
 from bench.history import history_cases, history_notes
+from bench.longrun import add_longrun_arguments, longrun_cases
 from bench.sources import sources_cases
+from bench.storage import add_storage_arguments, storage_cases
 from bench.worker_ingest import worker_ingest_cases
 from scripts.stack import ROOT, VAR_DIR, ensure_services, free_port
 
@@ -375,7 +377,7 @@ def render(rows: list[Row], notes: list[str]) -> str:
     return "\n".join(lines + [""] + [f"- {note}" for note in notes]) + "\n"
 
 
-CASES = ("ingest", "inproc", "memory", "data", "sources", "history")
+CASES = ("ingest", "inproc", "memory", "data", "sources", "history", "storage", "longrun")
 DEFAULT_CASES = ("ingest", "memory", "data", "sources", "history")
 
 
@@ -408,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="ingest: also run every round on this commit (its own worker, "
                         "database and migrations), alternating with the code under test")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    add_storage_arguments(parser)
+    add_longrun_arguments(parser)
     parser.add_argument("--keep-db", action="store_true",
                         help="leave the database in place (for EXPLAIN ANALYZE afterwards)")
     args = parser.parse_args(argv)
@@ -436,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         steps: list[tuple[str, Callable[..., tuple[list[Row], dict[str, Any]]]]] = [
             ("ingest", worker_ingest_cases), ("inproc", inproc_cases),
             ("memory", memory_cases), ("data", data_cases), ("sources", sources_cases),
-            ("history", history_cases)]
+            ("history", history_cases), ("storage", storage_cases), ("longrun", longrun_cases)]
         for name, step in steps:
             if name in cases:
                 new_rows, new_facts = step(db, env, args)
@@ -486,8 +490,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"({setup}); bench.wsgi lifts only the per-client read quota")
         notes.append(f"/data data set: {d['current_rows']:,} current rows, {d['quotes']:,} "
                      f"quotes; the extra coins took {d['wide_run']['seconds']:.1f} s to load")
-    if "sources" in facts:
-        notes += facts["sources"].get("notes", [])
+    for name in ("sources", "storage", "longrun"):
+        notes += facts.get(name, {}).get("notes", [])
     table = render(rows, notes)
     print(table)
     args.output.parent.mkdir(parents=True, exist_ok=True)
