@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 DAY_SECONDS = 86_400
 GB = 1e9
-# Partition widths: a week of quotes, a month of raw blocks (shared/storage/partitions.py);
-# rollups are counted at their horizon plus a month (their tables' grain is their own).
+# Partition widths (shared/storage/partitions.py): a week of quotes, a month of raw blocks,
+# a year of rollups; the most a layer keeps past its horizon (the worst case is counted).
 QUOTES_GRAIN_DAYS = 7
 RAW_GRAIN_DAYS = 31
-ROLLUP_GRAIN_DAYS = 31
+ROLLUP_GRAIN_DAYS = 366
 
 
 @dataclass(frozen=True)
@@ -33,10 +33,11 @@ class Profile:
     note: str = ""
 
     def env(self) -> dict[str, str]:
-        """The profile as settings (0 = keep for ever, as the settings read it)."""
-        return {"RAW_RETENTION_DAYS": str(self.raw_days or 0),
-                "QUOTES_FULL_RESOLUTION_DAYS": str(self.full_days or 0),
-                "QUOTES_HOURLY_DAYS": str(self.hourly_days or 0)}
+        """The profile as settings (a layer kept for ever: its setting left unset)."""
+        pairs = (("RAW_RETENTION_DAYS", self.raw_days),
+                 ("QUOTES_FULL_RESOLUTION_DAYS", self.full_days),
+                 ("QUOTES_HOURLY_DAYS", self.hourly_days))
+        return {name: str(days) for name, days in pairs if days is not None}
 
 
 PROFILES = {p.name: p for p in (
@@ -95,8 +96,8 @@ def disk_bytes(profile: Profile, schedule: Schedule, per_row: Bytes, elapsed: in
     """Bytes on disk per layer after `elapsed` days of `schedule` under `profile`, and `all`.
 
     Full-resolution quotes are kept `full_days` (+ a week's partition); hourly rollups cover
-    what is older than that up to `hourly_days` (+ a month); daily rollups whatever is older
-    (for ever). With no full-resolution horizon no rollup is needed: every quote is kept.
+    what is older than that up to `hourly_days` (+ a year's partition); daily rollups whatever
+    is older (for ever). With no full-resolution horizon no rollup is needed: every quote is kept.
     """
     full = kept_days(profile.full_days, QUOTES_GRAIN_DAYS, elapsed)
     out = {"quotes": schedule.quotes_per_day * per_row.quote * full,

@@ -89,10 +89,10 @@ def retention_step(engine: Engine, settings: Settings) -> Callable[[datetime], A
         module = importlib.import_module("shared.storage.retention")
     except ImportError:
         return None
-    run = getattr(module, "run_retention", None) or getattr(module, "maintain", None)
-    if run is None:
+    expire = getattr(module, "expire", None)
+    if expire is None:
         return None
-    return lambda now: run(engine, settings, now=now)
+    return lambda now: expire(engine, settings, now=now)
 
 
 def time_requests(client: Any, paths: dict[str, str], samples: int) -> dict[str, float]:

@@ -141,11 +141,16 @@ def test_capacity_profiles() -> None:
     q = 19_000 * 288
     assert year["quotes"] == q * 250 * 21
     assert year["raw"] == q * 100 * (7 + RAW_GRAIN_DAYS)
-    assert year["hourly"] == 19_000 * 24 * 150 * (90 + 31 - 21)
-    assert year["daily"] == 19_000 * 150 * (365 - 121)
+    # Hourly rollups sit in yearly partitions: within a year none is dropped yet.
+    assert year["hourly"] == 19_000 * 24 * 150 * (365 - 21)
+    assert year["daily"] == 0
+    later = disk_bytes(PROFILES["year-100gb"], DEFAULT_SCHEDULE, per_row, 3 * 365)
+    assert later["hourly"] == 19_000 * 24 * 150 * (90 + 366 - 21)
+    assert later["daily"] == 19_000 * 150 * (3 * 365 - 90 - 366)
     assert year["all"] == pytest.approx(sum(v for k, v in year.items() if k != "all"))
     keep = disk_bytes(PROFILES["keep-all"], DEFAULT_SCHEDULE, per_row, 365)
     assert keep["all"] == q * 350 * 365 and keep["hourly"] == 0
+    assert PROFILES["keep-all"].env() == {}
     # An hourly schedule makes one hourly row per coin a day, not 24.
     assert Schedule(100, 3_600).hourly_per_day == 2_400
     assert PROFILES["year-100gb"].env() == {
