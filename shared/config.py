@@ -166,6 +166,12 @@ class Settings:
     database_read_urls: tuple[str, ...] = field(repr=False)
     database_listen_url: str = field(repr=False)
     replica_max_lag_seconds: float
+    # Retention (shared.storage.retention, docs/storage.md), in days, None = keep: raw blocks'
+    # partitions dropped past raw_retention_days; quotes folded into hourly rollups past
+    # quotes_full_resolution_days, hourly rollups into daily ones past quotes_hourly_days.
+    raw_retention_days: int | None
+    quotes_full_resolution_days: int | None
+    quotes_hourly_days: int | None
 
     def freshness_objective(self, source: str) -> int:
         """Seconds after its last success at which `source` is stale (default 3 schedules)."""
@@ -214,6 +220,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     )
     freshness = {source: int_value(env, f"FRESHNESS_{source.upper()}_SECONDS", 0, 0)
                  for source in SOURCES}
+    full_days, hourly_days = (_days(env, "QUOTES_FULL_RESOLUTION_DAYS"),
+                              _days(env, "QUOTES_HOURLY_DAYS"))
+    # Hourly rollups are made from the full rows, so they must outlive them.
+    if hourly_days is not None and (full_days is None or hourly_days <= full_days):
+        raise ConfigError("QUOTES_HOURLY_DAYS must be greater than QUOTES_FULL_RESOLUTION_DAYS "
+                          "(and needs it set)")
     unknown = [s for s in enabled if s not in SOURCES]
     if unknown:
         raise ConfigError(f"ETL_SOURCES names unknown sources: {', '.join(unknown)}")
@@ -314,7 +326,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         database_listen_url=normalize_database_url(
             env.get("DATABASE_LISTEN_URL") or env.get("DATABASE_URL"), "DATABASE_LISTEN_URL"),
         replica_max_lag_seconds=float_value(env, "REPLICA_MAX_LAG_SECONDS", above=0),
+        raw_retention_days=_days(env, "RAW_RETENTION_DAYS"),
+        quotes_full_resolution_days=full_days,
+        quotes_hourly_days=hourly_days,
     )
+
+
+def _days(env: Mapping[str, str], name: str) -> int | None:
+    """A number of days >= 1, or None (keep everything) when unset or blank."""
+    return int_value(env, name, 0, 1) if opt_value(env, name) else None
 
 
 _settings: Settings | None = None

@@ -32,6 +32,12 @@ from shared.models.core import (  # noqa: F401
 )
 from shared.models.quality import FlagSet  # noqa: F401
 from shared.models.usage import LayerCount, StorageSample  # noqa: F401
+from shared.models.rollups import (  # noqa: F401
+    QuoteDaily,
+    QuoteHourly,
+    RetentionHorizon,
+    RollupFold,
+)
 from shared.models.backfill import (  # noqa: F401
     Backfill,
     BackfillChunk,
@@ -68,4 +74,8 @@ __all__ = [
     "Notification",
     "Backfill",
     "BackfillChunk",
+    "QuoteHourly",
+    "QuoteDaily",
+    "RetentionHorizon",
+    "RollupFold",
 ]

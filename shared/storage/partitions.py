@@ -95,8 +95,13 @@ RAW_LINE_BLOCKS = PartitionedTable("raw_line_blocks", "fetched_at", "month", tim
 # API items, one row per fetched page (migration 0021): partitioned like the CSV lines' blocks.
 RAW_ITEM_BLOCKS = PartitionedTable("raw_item_blocks", "fetched_at", "month", timedelta(days=32))
 PARTITIONED_TABLES = (QUOTES, RAW_LINE_BLOCKS, RAW_ITEM_BLOCKS)
+# Quote rollups (migration 0022): a year each, made by the fold that writes into them
+# (shared.storage.retention), so neither beat nor the writer makes theirs.
+QUOTES_HOURLY = PartitionedTable("quotes_hourly", "bucket_start", "year", timedelta(days=32))
+QUOTES_DAILY = PartitionedTable("quotes_daily", "bucket_start", "year", timedelta(days=32))
+ROLLUP_TABLES = (QUOTES_HOURLY, QUOTES_DAILY)
 _PARTITION_NAME = re.compile(
-    rf"^({'|'.join(t.name for t in PARTITIONED_TABLES)})_p\d{{8}}_\d{{8}}$")
+    rf"^({'|'.join(t.name for t in PARTITIONED_TABLES + ROLLUP_TABLES)})_p\d{{8}}_\d{{8}}$")
 
 
 def is_partition_name(name: str) -> bool:
