@@ -91,8 +91,8 @@ def kept_days(horizon: int | None, grain: int, elapsed: int) -> float:
     return float(min(elapsed, horizon + grain))
 
 
-def disk_bytes(profile: Profile, schedule: Schedule, per_row: Bytes, elapsed: int
-               ) -> dict[str, float]:
+def disk_bytes(profile: Profile, schedule: Schedule, per_row: Bytes, elapsed: int,
+               raw_grain: int = RAW_GRAIN_DAYS) -> dict[str, float]:
     """Bytes on disk per layer after `elapsed` days of `schedule` under `profile`, and `all`.
 
     Full-resolution quotes are kept `full_days` (+ a week's partition); hourly rollups cover
@@ -102,7 +102,7 @@ def disk_bytes(profile: Profile, schedule: Schedule, per_row: Bytes, elapsed: in
     full = kept_days(profile.full_days, QUOTES_GRAIN_DAYS, elapsed)
     out = {"quotes": schedule.quotes_per_day * per_row.quote * full,
            "raw": schedule.quotes_per_day * per_row.raw
-           * kept_days(profile.raw_days, RAW_GRAIN_DAYS, elapsed)}
+           * kept_days(profile.raw_days, raw_grain, elapsed)}
     if profile.full_days is None:
         out["hourly"] = out["daily"] = 0.0
     else:
@@ -134,12 +134,13 @@ def render(per_row: Bytes, schedules: list[Schedule], elapsed: int) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| profile | raw | full resolution | hourly | daily | "
               + " | ".join(f"{layer} GB" for layer in ("quotes", "raw", "hourly", "daily", "all"))
-              + " |", "|---|---|---|---|---|---|---|---|---|---|"]
+              + " | all GB, weekly raw partitions |", "|---" * 11 + "|"]
     for p in PROFILES.values():
         disk = disk_bytes(p, DEFAULT_SCHEDULE, per_row, elapsed)
         days = [f"{d} d" if d else "for ever" for d in (p.raw_days, p.full_days, p.hourly_days)]
         lines.append("| " + " | ".join([f"`{p.name}`", *days, "for ever"] + [
-            f"{disk[layer] / GB:,.1f}" for layer in ("quotes", "raw", "hourly", "daily", "all")])
+            f"{disk[layer] / GB:,.1f}" for layer in ("quotes", "raw", "hourly", "daily", "all")]
+            + [f"{disk_bytes(p, DEFAULT_SCHEDULE, per_row, elapsed, 7)['all'] / GB:,.1f}"])
             + " |")
     return "\n".join(lines) + "\n"
 

@@ -51,7 +51,7 @@ def add_longrun_arguments(parser: argparse.ArgumentParser) -> None:
                         help="longrun: CoinPaprika tickers served (2,500: real size)")
     parser.add_argument("--longrun-profile", default="year-100gb", choices=sorted(PROFILES),
                         help="longrun: retention profile (bench/capacity.py, docs/capacity.md)")
-    parser.add_argument("--longrun-samples", type=int, default=7,
+    parser.add_argument("--longrun-samples", type=int, default=15,
                         help="longrun: requests per endpoint timed on the first and last day")
 
 
@@ -175,10 +175,29 @@ def simulate(db: BenchDatabase, env: dict[str, str], args: argparse.Namespace,
                 api[number] = time_requests(client, api_paths(engine), args.longrun_samples)
                 say(f"longrun: day {number} API ms: " + ", ".join(
                     f"{k} {v:.1f}" for k, v in api[number].items()))
+        per_row = bytes_per_row(engine)
     finally:
         upstream.stop()
-    return {"records": records, "api": api, "raw_table": raw_table, "raw_moved": moved,
+    return {"per_row": per_row, "records": records, "api": api, "raw_table": raw_table,
+            "raw_moved": moved,
             "retention": retention is not None, "upkeep_seconds": upkeep_seconds}
+
+
+ROW_TABLES = ("quotes", "quotes_hourly", "quotes_daily")
+
+
+def bytes_per_row(engine: Engine, tables: tuple[str, ...] = ROW_TABLES) -> dict[str, float]:
+    """Bytes on disk per row (after VACUUM) of each of these tables that holds rows."""
+    vacuum(engine)
+    sizes = table_sizes(engine)
+    out = {}
+    with engine.connect() as conn:
+        for name in tables:
+            if name in sizes:
+                rows = int(conn.execute(text(f"SELECT count(*) FROM {name}")).scalar_one())
+                if rows:
+                    out[name] = sizes[name]["total"] / rows
+    return out
 
 
 def growth_per_day(records: list[dict[str, Any]], first: int, last: int) -> float:
@@ -230,6 +249,8 @@ def longrun_cases(db: BenchDatabase, env: dict[str, str], args: argparse.Namespa
             f"{n} {b / 1e6:,.1f}"
             for n, b in sorted(records[-1]["tables"].items(), key=lambda kv: -kv[1])
             if b >= 1e6),
+        "longrun: bytes per row on the last day: " + ", ".join(
+            f"{n} {b:.0f}" for n, b in sim["per_row"].items()),
         f"longrun: upkeep per day (maintain + retention) median "
         f"{statistics.median(sim['upkeep_seconds']):.2f} s",
     ]

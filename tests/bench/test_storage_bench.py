@@ -15,7 +15,9 @@ from sqlalchemy import Engine, text
 from bench.capacity import (
     DEFAULT_SCHEDULE, PROFILES, RAW_GRAIN_DAYS, Bytes, Schedule, disk_bytes, kept_days, render,
 )
-from bench.longrun import growth_per_day, move_raw, raw_item_table, simulated_days, tick_times
+from bench.longrun import (
+    bytes_per_row, growth_per_day, move_raw, raw_item_table, simulated_days, tick_times,
+)
 from bench.ticks import MovingUpstream, grown, per_unit, run_job, stamp, table_sizes, vacuum
 from shared.config import load_settings
 
@@ -66,6 +68,8 @@ def test_ticks_store_a_quote_per_coin_at_the_simulated_time(
     for d in delta.values():
         assert d["total"] == d["heap"] + d["index"] + d["toast"]
     assert 100 < shares["quotes"] < 2000  # a quote row and its key, not a page per quote
+    rows = bytes_per_row(clean_db)
+    assert rows["quotes"] == pytest.approx(table_sizes(clean_db)["quotes"]["total"] / 1020)
 
 
 def test_partitions_are_summed_under_their_table(clean_db: Engine) -> None:
@@ -148,6 +152,8 @@ def test_capacity_profiles() -> None:
     assert later["hourly"] == 19_000 * 24 * 150 * (90 + 366 - 21)
     assert later["daily"] == 19_000 * 150 * (3 * 365 - 90 - 366)
     assert year["all"] == pytest.approx(sum(v for k, v in year.items() if k != "all"))
+    weekly = disk_bytes(PROFILES["year-100gb"], DEFAULT_SCHEDULE, per_row, 365, raw_grain=7)
+    assert weekly["raw"] == q * 100 * 14 and weekly["quotes"] == year["quotes"]
     keep = disk_bytes(PROFILES["keep-all"], DEFAULT_SCHEDULE, per_row, 365)
     assert keep["all"] == q * 350 * 365 and keep["hourly"] == 0
     assert PROFILES["keep-all"].env() == {}
