@@ -162,6 +162,10 @@ class Settings:
     # A status page is built at most once per this many seconds per API process and data
     # version (api/resources/status.py); 0 = every request.
     status_cache_seconds: int
+    # Storage in sight (shared.storage.usage): the disk budget and the days left under which
+    # the notification targets are told.
+    storage_budget_bytes: int
+    storage_alert_days: int
     # Replicas of the API's reads, their lag bound; LISTEN's direct primary (docs/scaling.md).
     database_read_urls: tuple[str, ...] = field(repr=False)
     database_listen_url: str = field(repr=False)
@@ -321,6 +325,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         api_export_statement_timeout_ms=int_value(env, "API_EXPORT_STATEMENT_TIMEOUT_MS",
                                                   maximum=2**31 - 1),
         status_cache_seconds=int_value(env, "STATUS_CACHE_SECONDS"),
+        storage_budget_bytes=int_value(env, "STORAGE_BUDGET_BYTES", minimum=1),
+        storage_alert_days=int_value(env, "STORAGE_ALERT_DAYS"),
         database_read_urls=tuple(normalize_database_url(url, "DATABASE_READ_URLS") for url
                                  in env.get("DATABASE_READ_URLS", "").split(",") if url.strip()),
         database_listen_url=normalize_database_url(

@@ -21,6 +21,10 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "API_AUTH_FAIL_RATE_LIMIT": "20/minute",
     "API_STATEMENT_TIMEOUT_MS": 5000, "API_EXPORT_STATEMENT_TIMEOUT_MS": 25000,
     "STATUS_CACHE_SECONDS": 10, "REPLICA_MAX_LAG_SECONDS": 5.0,
+    # The issue's disk budget (100 GB: at the measured ~240 B per quote, weeks of the default
+    # schedule plus the CSV history, docs/storage.md); two weeks' warning leaves time to add
+    # disk or shorten retention, and is more than one weekly partition's growth.
+    "STORAGE_BUDGET_BYTES": 100_000_000_000, "STORAGE_ALERT_DAYS": 14,
     "COINGECKO_BASE_URL": "https://api.coingecko.com/api/v3",
     "COINPAPRIKA_BASE_URL": "https://api.coinpaprika.com/v1", "COINPAPRIKA_AUTH_SCHEME": "",
     # Free plans: CoinGecko demo ~30 calls/min, CoinPaprika free 20,000 calls/month (we stay

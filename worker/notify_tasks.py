@@ -11,6 +11,8 @@ from shared.config import get_settings
 from shared.db import get_engine, unit_of_work
 from shared.notify import evaluate, send_notification
 from shared.notify.slot import SendSlot
+from shared.notify.budget import check_budget
+from shared.storage import usage
 
 log = logging.getLogger(__name__)
 
@@ -54,3 +56,15 @@ def notify_send(self: Task, notification_id: int, failures: int = 0) -> str:
         self.apply_async((notification_id,), {"failures": failures + 1},
                          countdown=5 * 2 ** failures)
     return result.status
+
+
+def storage_upkeep() -> list[int]:
+    """Fold the kept counts, sample the database's size and tell the targets when the disk
+    budget is near (shared.storage.usage); each notification sent after commit."""
+    now = datetime.now(timezone.utc)
+    with unit_of_work(get_engine()) as session:
+        usage.maintain(session, now)
+        ids = check_budget(session, get_settings(), now)
+    for notification_id in ids:
+        notify_send.apply_async((notification_id,))
+    return ids

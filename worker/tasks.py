@@ -15,6 +15,7 @@ from shared.jobs.schedule import submit_tick_job, tick_time
 from shared.notify import configured_targets, request_evaluation
 from shared.ingest.execute import ExtractFailed, TransientDatabaseError, execute_run, run_outcome
 from shared.storage.partitions import maintain
+from worker.notify_tasks import storage_upkeep
 from shared.storage.retention import expire
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ def maintain_partitions() -> dict[str, int]:
     """Create the time partitions of the next weeks (shared.storage.partitions), then expire
     those past the retention settings (shared.storage.retention): how many of each."""
     created = maintain(get_engine())
+    storage_upkeep()  # hourly too: counts folded, size sampled, budget checked
     dropped = expire(get_engine(), get_settings())
     return {**{table: len(names) for table, names in created.items()},
             **{f"{table}_dropped": len(names) for table, names in dropped.items()}}

@@ -4,6 +4,9 @@ The ETL runs in worker processes, so in-process counters in the API would only e
 API's own work; reading the run records instead makes every API replica report the same,
 complete figures.
 
+Nothing here counts a table that grows every day: counts are the writers' own
+(shared.storage.counters) and storage figures catalog reads (shared.storage.usage).
+
 Types follow Prometheus' conventions: a gauge for a current state (rows per layer, runs in
 each status now: a run leaves `queued` and `running`, so those counts go down), a counter
 (exposed with `_total`) only for what never goes down (finished runs by outcome, drift events,
@@ -29,6 +32,7 @@ from shared.queries.freshness import STATES, SourceState, source_states
 from shared.queries.notifications import notification_counts
 from shared.models import TERMINAL_STATUSES
 from shared.queries.stats import collect_stats, http_totals
+from shared.storage.usage import storage_figures
 
 blp = Blueprint("metrics", __name__)
 # The scrape's reads have the probes' own bound (api/http/read_timeout.py), and what times out is
@@ -166,6 +170,42 @@ class _OpsCollector:
             yield timeouts
 
 
+class _StorageCollector:
+    """Storage in sight (shared.storage.usage): catalog figures and the samples' growth."""
+
+    def __init__(self, figures: dict[str, Any]) -> None:
+        self.figures = figures
+
+    def collect(self) -> Iterator[Metric]:
+        """Bytes per table and partition, the database, per quote, growth and days left."""
+        f = self.figures
+        tables = GaugeMetricFamily("kasparro_storage_bytes",
+                                   "Bytes of a table (indexes and TOAST included)",
+                                   labels=["table"])
+        parts = GaugeMetricFamily("kasparro_storage_partition_bytes", "Bytes of a partition",
+                                  labels=["table", "partition"])
+        for entry in f["tables"]:
+            tables.add_metric([entry["table"]], entry["bytes"])
+            for part in entry["partitions"]:
+                parts.add_metric([entry["table"], part["partition"]], part["bytes"])
+        yield from (tables, parts)
+        singles = [
+            ("kasparro_storage_database_bytes", "pg_database_size", f["database_bytes"]),
+            ("kasparro_storage_budget_bytes", "STORAGE_BUDGET_BYTES", f["budget_bytes"]),
+            ("kasparro_storage_bytes_per_quote", "Bytes of quotes and raw tables per quote",
+             f["bytes_per_quote"]),
+            ("kasparro_storage_growth_bytes_per_day", "Database growth per day (hourly samples)",
+             f["growth_bytes_per_day"]),
+            ("kasparro_storage_days_left", "Days until the budget at that growth",
+             f["days_left"]),
+        ]
+        for name, doc, value in singles:
+            if value is not None:  # absent, not 0, while unknown (no growth measured yet)
+                gauge = GaugeMetricFamily(name, doc)
+                gauge.add_metric([], value)
+                yield gauge
+
+
 def _workers_online() -> int | None:
     """The health check's cached worker ping count; None when the broker did not answer."""
     result = check_workers()
@@ -196,6 +236,9 @@ def metrics() -> Response:
         _within_limit(session, lambda: collect_stats(session), None),
         _within_limit(session, lambda: http_totals(session), None)))
     settings = current_app.config["SETTINGS"]
+    storage = _within_limit(session, lambda: storage_figures(session, settings), None)
+    if storage is not None:
+        registry.register(_StorageCollector(storage))
     now = datetime.now(timezone.utc)
     states = _within_limit(session, lambda: source_states(session, settings, now), {})
     notifications = _within_limit(

@@ -102,6 +102,43 @@ class NotificationStatsSchema(ma.Schema):
     recent = ma.fields.List(ma.fields.Nested(NotificationSchema), required=True)
 
 
+class PartitionBytesSchema(ma.Schema):
+    """One partition's bytes (table, indexes, TOAST)."""
+
+    partition = ma.fields.String(required=True)
+    bytes = ma.fields.Integer(required=True)
+
+
+class TableBytesSchema(ma.Schema):
+    """A table's bytes with its partitions' (a partitioned table: their sum), largest first."""
+
+    table = ma.fields.String(required=True)
+    bytes = ma.fields.Integer(required=True)
+    partitions = ma.fields.List(ma.fields.Nested(PartitionBytesSchema), required=True)
+
+
+class StorageSchema(ma.Schema):
+    """Storage in sight: catalog figures (no data read) and growth from hourly samples."""
+
+    database_bytes = ma.fields.Integer(required=True, metadata={
+        "description": "pg_database_size of the database"})
+    budget_bytes = ma.fields.Integer(required=True, metadata={
+        "description": "STORAGE_BUDGET_BYTES"})
+    alert_days = ma.fields.Integer(required=True, metadata={
+        "description": "STORAGE_ALERT_DAYS: fewer days left are notified"})
+    bytes_per_quote = ma.fields.Float(allow_none=True, required=True, metadata={
+        "description": "bytes of quotes and raw tables per stored quote; null with none"})
+    growth_bytes_per_day = ma.fields.Integer(allow_none=True, required=True, metadata={
+        "description": "database growth per day over the last day of hourly samples (the "
+                       "samples there are while younger); null before two an hour apart"})
+    growth_span_hours = ma.fields.Float(allow_none=True, required=True, metadata={
+        "description": "hours between the samples growth is measured over"})
+    days_left = ma.fields.Float(allow_none=True, required=True, metadata={
+        "description": "days until database_bytes reaches budget_bytes at that growth; "
+                       "null when not growing, 0 past the budget"})
+    tables = ma.fields.List(ma.fields.Nested(TableBytesSchema), required=True)
+
+
 class StatsSchema(ma.Schema):
     """GET /stats."""
 
@@ -118,3 +155,4 @@ class StatsSchema(ma.Schema):
     checkpoints = ma.fields.List(ma.fields.Nested(CheckpointSchema), required=True)
     recent_drift = ma.fields.List(ma.fields.Nested(DriftEventSchema), required=True)
     notifications = ma.fields.Nested(NotificationStatsSchema, required=True)
+    storage = ma.fields.Nested(StorageSchema, required=True)

@@ -15,6 +15,7 @@ from shared.queries.freshness import FAILING, FRESH, STALE, source_states
 from shared.queries.notifications import notification_counts, recent_notifications
 from shared.queries.backfills import recent_backfills
 from shared.queries.price_chart import PriceChart
+from shared.storage.usage import storage_figures
 from shared.queries.status import (
     anomaly_assets, quality_counts, run_trends, runs_since, top_assets,
 )
@@ -81,6 +82,42 @@ def _sources(session: Session, settings: Settings, now: datetime) -> list[dict[s
     return rows
 
 
+STORAGE_TABLES = 8
+
+
+def size_text(n: float | None) -> str:
+    """Bytes for people: '512 B', '3.2 MiB', '1.4 GiB' (an em dash for unknown)."""
+    if n is None:
+        return "\u2014"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"  # not reached: TiB ends the loop
+
+
+def _storage(figures: Mapping[str, Any]) -> dict[str, Any]:
+    """The storage panel: the figures of shared.storage.usage, written for people."""
+    left = figures["days_left"]
+    return {
+        "used": size_text(figures["database_bytes"]), "budget": size_text(figures["budget_bytes"]),
+        "growth": size_text(figures["growth_bytes_per_day"]),
+        "span": figures["growth_span_hours"],
+        "days_left": "\u2014" if left is None else f"{left:,.1f}",
+        "low": left is not None and left < figures["alert_days"],
+        "alert_days": figures["alert_days"],
+        "per_quote": "\u2014" if figures["bytes_per_quote"] is None
+        else f"{figures['bytes_per_quote']:,.0f}",
+        "tables": [{"table": t["table"], "size": size_text(t["bytes"]),
+                    "partitions": len(t["partitions"]),
+                    "largest": (f"{t['partitions'][0]['partition']}, "
+                                f"{size_text(t['partitions'][0]['bytes'])}")
+                    if t["partitions"] else "\u2014"}
+                   for t in figures["tables"][:STORAGE_TABLES]],
+    }
+
+
 def status_context(session: Session, settings: Settings, now: datetime,
                    broker: Callable[[], Mapping[str, Any]]) -> dict[str, Any]:
     """Everything /status shows, `broker()` giving workers online and queue depths."""
@@ -113,6 +150,7 @@ def status_context(session: Session, settings: Settings, now: datetime,
         "notification_counts": counts,
         "assets": top_assets(session),
         "backfills": recent_backfills(session),
+        "storage": _storage(storage_figures(session, settings)),
         "colours": STATUS_COLOURS, "ago": ago, "stamp": stamp,
     }
 

@@ -12,6 +12,7 @@ _HEADLINES = {
     "stale": "{source} is stale", "recovered": "{source} recovered",
     "escalated": "{source} keeps failing ({failures} in a row)",
     "reminder": "{source} is still {state}",
+    "storage_low": "{source} is running low: the disk budget is near",
 }
 _EMOJI = {"critical": ":rotating_light:", "warning": ":warning:", "info": ":white_check_mark:"}
 
