@@ -143,6 +143,8 @@ class BatchWriter:
     flag_sets: dict[SetKey, int] = field(default_factory=dict)
     # ISO stamps of the run's quotes as microseconds (for their jump bases' ages).
     stamp_micros: dict[str, int] = field(default_factory=dict)
+    # The API items the run knows are stored (shared.ingest.item_blocks).
+    stored_items: StoredItems = field(default_factory=StoredItems)
 
     def write(
         self,
@@ -167,7 +169,7 @@ class BatchWriter:
         cursor = session.connection().connection.cursor()
         # Which of this batch's lines or API items are stored already.
         stored_lines = StoredLines(self.source, batch.checkpoint_key)
-        stored_items = StoredItems()
+        stored_items = self.stored_items
         prepared = batch.prepared
         if batch.quote_count:
             if prepared is None:
@@ -184,7 +186,7 @@ class BatchWriter:
                                                   repeated_rejects)
         if batch.raw:
             result.raw_inserted = copy_item_block(
-                cursor, self.source, self.run_id, batch.raw, stored_items.hashes,
+                cursor, self.source, self.run_id, batch.raw, stored_items,
                 repeated_reject_payloads(batch.rejects, repeated_rejects))
         if wait_turn is not None:
             wait_turn()

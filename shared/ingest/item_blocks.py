@@ -5,12 +5,13 @@ A page's items are stored together in one row, which TOAST compresses (lz4): one
 There is no index on the items' hashes. An item is stored unless the identical item is stored
 already, which its quote tells, as for CSV lines: the same item text always parses to the same
 quote key, so a quote that goes in new brings an item never stored, and a quote that collides
-with a stored one carrying the same raw hash means its item was stored with it. Within a page
-an item repeated after its first is left out, and so is the item of a reject stored before
-with the same text (rejected_records dedupes those). What may be stored twice: an item without
-a quote (a coin's second sighting on a later page, a reject at another place) and an item
-that returns after its quote's stored item changed (A, B, A: the third is known, B again is
-not); docs/storage.md.
+with a stored one carrying the same raw hash means its item was stored with it. A run also
+remembers the items it found stored or stored itself, so an item met again in the run (a coin
+served on two pages while ranks shift) is left out, and so is the item of a reject stored
+before with the same text (rejected_records dedupes those). What may be stored twice: an item
+without a quote met in another run (a reject at another place) and an item that returns after
+its quote's stored item changed (A, B, A: the third is known, B again is not);
+docs/storage.md.
 """
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ _STAGED_SAME_ITEM = (
 
 
 class StoredItems:
-    """Which of an API batch's items are stored already, told by its staged quotes.
+    """The items one run knows are stored: found through its batches' staged quotes, or
+    stored by its batches (one per writer, so per run: a failed batch ends the run).
 
     `find` runs only when the quotes went through staging (some keys may be stored); when
     their COPY went straight in, every quote was new and so was every item.
@@ -48,9 +50,9 @@ class StoredItems:
         self.hashes: set[bytes] = set()
 
     def find(self, cursor: Any) -> None:
-        """Collect the hashes of staged quotes' items stored already (before the INSERT)."""
+        """Add the hashes of staged quotes' items stored already (before the INSERT)."""
         cursor.execute(_STAGED_SAME_ITEM)
-        self.hashes = {bytes(raw_hash) for raw_hash, in cursor.fetchall()}
+        self.hashes.update(bytes(raw_hash) for raw_hash, in cursor.fetchall())
 
 
 def repeated_reject_payloads(rejects: Iterable[Rejected], repeated: set[str]) -> set[str]:
@@ -59,15 +61,16 @@ def repeated_reject_payloads(rejects: Iterable[Rejected], repeated: set[str]) ->
 
 
 def copy_item_block(
-    cursor: Any, source: str, run_id: int, items: Sequence[RawItem], stored: set[bytes],
+    cursor: Any, source: str, run_id: int, items: Sequence[RawItem], stored: StoredItems,
     repeated_rejects: set[str],
 ) -> int:
     """Store a page's items as one raw_item_blocks row, in page order; how many it holds.
 
-    Left out: items whose hash is in `stored`, an item repeated within the page after its
-    first, and items whose text is that of a reject stored before (`repeated_rejects`).
+    Left out: items known stored (`stored`, which learns the ones stored here), an item
+    repeated within the page after its first, and items whose text is that of a reject
+    stored before (`repeated_rejects`).
     """
-    seen = set(stored)
+    seen = stored.hashes
     keep: list[RawItem] = []
     for item in items:
         if item.hash in seen or item.payload in repeated_rejects:
