@@ -37,14 +37,17 @@ FROM (
 """)
 
 # Flagged quotes: anomalies and flag documents are sparse by design, and quotes flagged in
-# their own row are counted per flag set as their batches store them. Drift events, rejects
+# their own row are counted per flag set as their batches store them; a document counts when
+# its quote holds no flag set of its own, asked per document by primary key (a subquery, not
+# an anti-join, which the planner could answer with a scan of every quote). Drift events, rejects
 # and anomalies of all time are the writers' counts (shared.storage.counters); the recent
 # anomalies a range of ix_anomalies_created.
 _QUALITY_SQL = text("""
 SELECT (SELECT coalesce(sum(quotes), 0) FROM flag_sets)
-       + (SELECT count(*) FROM quote_flags f WHERE NOT EXISTS (
-            SELECT 1 FROM quotes q WHERE q.asset_id = f.asset_id AND q.source = f.source
-            AND q.observed_at = f.observed_at AND q.flag_set IS NOT NULL)) AS flagged_quotes,
+       + (SELECT count(*) FROM quote_flags f WHERE (
+            SELECT q.flag_set FROM quotes q WHERE q.asset_id = f.asset_id
+            AND q.source = f.source AND q.observed_at = f.observed_at) IS NULL
+         ) AS flagged_quotes,
        (SELECT count(*) FROM current_quotes WHERE quality IS NOT NULL) AS flagged_current,
        (SELECT coalesce(sum(n), 0) FROM layer_counts WHERE layer LIKE 'drift:%') AS drift_events,
        (SELECT coalesce(sum(n), 0) FROM layer_counts WHERE layer = 'rejected') AS rejects,
