@@ -25,6 +25,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
 
 from bench.capacity import PROFILES, Profile
 from bench.common import BenchDatabase, Row, say
@@ -95,21 +96,50 @@ def retention_step(engine: Engine, settings: Settings) -> Callable[[datetime], A
     return lambda now: expire(engine, settings, now=now)
 
 
-def time_requests(client: Any, paths: dict[str, str], samples: int) -> dict[str, float]:
-    """Median ms per path (one unmeasured request first); every answer must be 200."""
-    out = {}
+def time_requests(clients: dict[str, Any], paths: dict[str, str], samples: int
+                  ) -> dict[str, dict[str, float]]:
+    """Median ms per client and path, the clients' requests alternating (so a slow spell of
+    the shared machine hits both); one unmeasured request each first; all must be 200."""
+    out: dict[str, dict[str, float]] = {label: {} for label in clients}
     for name, path in paths.items():
-        if client.get(path).status_code != 200:
-            raise RuntimeError(f"GET {path}: not 200")
-        times = []
+        times: dict[str, list[float]] = {label: [] for label in clients}
+        for label, client in clients.items():
+            if client.get(path).status_code != 200:
+                raise RuntimeError(f"GET {path} ({label}): not 200")
         for _ in range(samples):
-            started = time.perf_counter()
-            response = client.get(path)
-            times.append((time.perf_counter() - started) * 1000)
-            if response.status_code != 200:
-                raise RuntimeError(f"GET {path}: {response.status_code}")
-        out[name] = statistics.median(times)
+            for label, client in clients.items():
+                started = time.perf_counter()
+                response = client.get(path)
+                times[label].append((time.perf_counter() - started) * 1000)
+                if response.status_code != 200:
+                    raise RuntimeError(f"GET {path} ({label}): {response.status_code}")
+        for label in clients:
+            out[label][name] = statistics.median(times[label])
     return out
+
+
+def snapshot(db: BenchDatabase, app: Any) -> str | None:
+    """A copy of the bench database as it is now (CREATE DATABASE ... TEMPLATE), so day 1 can
+    be timed again beside the last day; None when the server refuses (a session still on it)."""
+    from api.db import release_connections
+
+    release_connections(app)
+    db.engine.dispose()
+    name = f"{db.name}_day1"
+    try:
+        with db.admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{db.name}"'))
+    except Exception as exc:  # noqa: BLE001 - reported; day 1 is then timed in place only
+        say(f"longrun: no copy of day 1 ({exc}); day 1 timed in place only")
+        return None
+    return name
+
+
+def drop_snapshot(db: BenchDatabase, name: str | None) -> None:
+    """Drop the day-1 copy."""
+    if name:
+        with db.admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def api_paths(engine: Engine) -> dict[str, str]:
@@ -140,14 +170,17 @@ def simulate(db: BenchDatabase, env: dict[str, str], args: argparse.Namespace,
              profile: Profile) -> dict[str, Any]:
     """The simulation: days of ticks, upkeep per day, sizes per day, API times first/last."""
     from api import create_app
+    from api.db import release_connections
 
     upstream = MovingUpstream(args.longrun_coins, args.longrun_tickers).start()
     engine = db.engine
+    config = {"RATELIMIT_READS": "100000000/minute", "DATA_CACHE_MAX_BYTES": 0}
+    copy, apps = None, []
     try:
         run_env = {**env, **upstream.env(), **profile.env(), "REDIS_URL": redis_env(env)}
         settings = load_settings(run_env)
-        client = create_app({"RATELIMIT_READS": "100000000/minute", "DATA_CACHE_MAX_BYTES": 0},
-                            settings=settings).test_client()
+        apps.append(create_app(config, settings=settings))
+        client = apps[0].test_client()
         raw_table = raw_item_table(engine)
         retention = retention_step(engine, settings)
         days = simulated_days(datetime.now(timezone.utc), args.longrun_days)
@@ -171,15 +204,25 @@ def simulate(db: BenchDatabase, env: dict[str, str], args: argparse.Namespace,
             records.append(day_record(engine, number, end))
             say(f"longrun: day {number}/{len(days)} ({end:%Y-%m-%d}): database "
                 f"{records[-1]['database'] / 1e6:,.0f} MB, {records[-1]['quotes']:,} quotes")
-            if number in (1, len(days)):
-                api[number] = time_requests(client, api_paths(engine), args.longrun_samples)
-                say(f"longrun: day {number} API ms: " + ", ".join(
-                    f"{k} {v:.1f}" for k, v in api[number].items()))
+            if number == 1:
+                api["in place"] = time_requests({"day 1": client}, api_paths(engine),
+                                                args.longrun_samples)["day 1"]
+                copy = snapshot(db, apps[0])
+        clients = {"last": client}
+        if copy is not None:
+            day1 = make_url(db.url).set(database=copy).render_as_string(hide_password=False)
+            apps.append(create_app(config, settings=load_settings(
+                {**run_env, "DATABASE_URL": day1})))
+            clients["day 1"] = apps[1].test_client()
+        api.update(time_requests(clients, api_paths(engine), args.longrun_samples))
         per_row = bytes_per_row(engine)
     finally:
         upstream.stop()
+        for app in apps:
+            release_connections(app)
+        drop_snapshot(db, copy)
     return {"per_row": per_row, "records": records, "api": api, "raw_table": raw_table,
-            "raw_moved": moved,
+            "raw_moved": moved, "day1_copy": copy is not None,
             "retention": retention is not None, "upkeep_seconds": upkeep_seconds}
 
 
@@ -221,12 +264,23 @@ def longrun_cases(db: BenchDatabase, env: dict[str, str], args: argparse.Namespa
     sim = simulate(db, env, args, profile)
     records, api = sim["records"], sim["api"]
     rows = []
+    # Day 1 from its copy, timed alternating with the last day; without a copy, as timed on
+    # day 1 itself (minutes earlier, so the machine's load may differ: said in the row).
+    first_day = api.get("day 1") or api["in place"]
+    how = ("alternating with a copy of day 1" if "day 1" in api else
+           "day 1 timed on day 1 (not alternating)")
     for name in ENDPOINTS:
-        first, last = api[1][name], api[days][name]
+        first, last = first_day[name], api["last"][name]
         rows.append(Row(f"L. {name} on simulated day {days} vs day 1 (median of "
-                        f"{args.longrun_samples}, in process, answer cache off)",
+                        f"{args.longrun_samples}, in process, answer cache off, {how})",
                         f"{last:.1f} ms", f"day 1 {first:.1f} ms", last / first,
                         f"<= {GOAL_API_RATIO}x", last / first <= GOAL_API_RATIO))
+    quotes = [r["quotes"] for r in records]
+    if days >= 28:
+        late, before = max(quotes[-14:]), max(quotes[-28:-14])
+        rows.append(Row("L. quotes at full resolution, most on a day of the last 14 vs of the "
+                        "14 before", f"{late:,}", f"{before:,}", late / before,
+                        "flat once retention starts", 0.9 <= late / before <= 1.1))
     window = max(1, days // 6)
     early = growth_per_day(records, 1, 1 + window)
     late = growth_per_day(records, days - window, days)
@@ -243,6 +297,8 @@ def longrun_cases(db: BenchDatabase, env: dict[str, str], args: argparse.Namespa
         f"longrun: {days} days x {args.longrun_ticks} ticks, {scale}; {raw}; retention "
         + ("run with now=<simulated day end>" if sim["retention"] else
            "NOT run (no shared.storage.retention in this tree): partitions.maintain only"),
+        "longrun: API ms on day 1, timed that day: " + ", ".join(
+            f"{k} {v:.1f}" for k, v in api["in place"].items()),
         "longrun: database MB per simulated day: " + ", ".join(
             f"{r['day']}: {r['database'] / 1e6:,.0f}" for r in records),
         "longrun: tables on the last day, MB: " + ", ".join(
