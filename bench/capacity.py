@@ -23,6 +23,20 @@ ROLLUP_GRAIN_DAYS = 366
 
 
 @dataclass(frozen=True)
+class Layout:
+    """Partition widths in days: what a layer may keep past its horizon."""
+
+    quotes: int = QUOTES_GRAIN_DAYS
+    raw: int = RAW_GRAIN_DAYS
+    rollups: int = ROLLUP_GRAIN_DAYS
+
+
+TODAY = Layout()
+# Raw blocks by the week and rollups by the month: what a year within 100 GB needs.
+PROPOSED = Layout(raw=7, rollups=31)
+
+
+@dataclass(frozen=True)
 class Profile:
     """Retention horizons in days; None keeps that layer for ever."""
 
@@ -92,22 +106,22 @@ def kept_days(horizon: int | None, grain: int, elapsed: int) -> float:
 
 
 def disk_bytes(profile: Profile, schedule: Schedule, per_row: Bytes, elapsed: int,
-               raw_grain: int = RAW_GRAIN_DAYS) -> dict[str, float]:
+               layout: Layout = TODAY) -> dict[str, float]:
     """Bytes on disk per layer after `elapsed` days of `schedule` under `profile`, and `all`.
 
     Full-resolution quotes are kept `full_days` (+ a week's partition); hourly rollups cover
     what is older than that up to `hourly_days` (+ a year's partition); daily rollups whatever
     is older (for ever). With no full-resolution horizon no rollup is needed: every quote is kept.
     """
-    full = kept_days(profile.full_days, QUOTES_GRAIN_DAYS, elapsed)
+    full = kept_days(profile.full_days, layout.quotes, elapsed)
     out = {"quotes": schedule.quotes_per_day * per_row.quote * full,
            "raw": schedule.quotes_per_day * per_row.raw
-           * kept_days(profile.raw_days, raw_grain, elapsed)}
+           * kept_days(profile.raw_days, layout.raw, elapsed)}
     if profile.full_days is None:
         out["hourly"] = out["daily"] = 0.0
     else:
         hourly_end = elapsed if profile.hourly_days is None else min(
-            elapsed, profile.hourly_days + ROLLUP_GRAIN_DAYS)
+            elapsed, profile.hourly_days + layout.rollups)
         out["hourly"] = schedule.hourly_per_day * per_row.hourly * max(0.0, hourly_end - full)
         out["daily"] = schedule.daily_per_day * per_row.daily * max(0.0, elapsed - hourly_end)
     out["all"] = sum(out.values())
@@ -134,13 +148,13 @@ def render(per_row: Bytes, schedules: list[Schedule], elapsed: int) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| profile | raw | full resolution | hourly | daily | "
               + " | ".join(f"{layer} GB" for layer in ("quotes", "raw", "hourly", "daily", "all"))
-              + " | all GB, weekly raw partitions |", "|---" * 11 + "|"]
+              + " | all GB, weekly raw and monthly rollup partitions |", "|---" * 11 + "|"]
     for p in PROFILES.values():
         disk = disk_bytes(p, DEFAULT_SCHEDULE, per_row, elapsed)
         days = [f"{d} d" if d else "for ever" for d in (p.raw_days, p.full_days, p.hourly_days)]
         lines.append("| " + " | ".join([f"`{p.name}`", *days, "for ever"] + [
             f"{disk[layer] / GB:,.1f}" for layer in ("quotes", "raw", "hourly", "daily", "all")]
-            + [f"{disk_bytes(p, DEFAULT_SCHEDULE, per_row, elapsed, 7)['all'] / GB:,.1f}"])
+            + [f"{disk_bytes(p, DEFAULT_SCHEDULE, per_row, elapsed, PROPOSED)['all'] / GB:,.1f}"])
             + " |")
     return "\n".join(lines) + "\n"
 

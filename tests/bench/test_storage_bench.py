@@ -13,7 +13,8 @@ import pytest
 from sqlalchemy import Engine, text
 
 from bench.capacity import (
-    DEFAULT_SCHEDULE, PROFILES, RAW_GRAIN_DAYS, Bytes, Schedule, disk_bytes, kept_days, render,
+    DEFAULT_SCHEDULE, PROFILES, PROPOSED, RAW_GRAIN_DAYS, Bytes, Schedule, disk_bytes, kept_days,
+    render,
 )
 from bench.longrun import (
     bytes_per_row, growth_per_day, move_raw, raw_item_table, simulated_days, tick_times,
@@ -152,8 +153,10 @@ def test_capacity_profiles() -> None:
     assert later["hourly"] == 19_000 * 24 * 150 * (90 + 366 - 21)
     assert later["daily"] == 19_000 * 150 * (3 * 365 - 90 - 366)
     assert year["all"] == pytest.approx(sum(v for k, v in year.items() if k != "all"))
-    weekly = disk_bytes(PROFILES["year-100gb"], DEFAULT_SCHEDULE, per_row, 365, raw_grain=7)
+    weekly = disk_bytes(PROFILES["year-100gb"], DEFAULT_SCHEDULE, per_row, 365, PROPOSED)
     assert weekly["raw"] == q * 100 * 14 and weekly["quotes"] == year["quotes"]
+    assert weekly["hourly"] == 19_000 * 24 * 150 * (90 + 31 - 21)
+    assert weekly["daily"] == 19_000 * 150 * (365 - 121)
     keep = disk_bytes(PROFILES["keep-all"], DEFAULT_SCHEDULE, per_row, 365)
     assert keep["all"] == q * 350 * 365 and keep["hourly"] == 0
     assert PROFILES["keep-all"].env() == {}
