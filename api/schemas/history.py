@@ -19,6 +19,7 @@ from api.schemas.data import HistoryArgsSchema, format_field
 from shared.config import SOURCES
 from shared.queries.as_of import AS_OF_BATCH_MAX
 from shared.queries.candles import INTERVALS
+from shared.storage.rollups import RESOLUTIONS
 
 
 class CandleArgsSchema(HistoryArgsSchema):
@@ -44,6 +45,9 @@ class CandleSchema(ma.Schema):
     quotes = ma.fields.Integer(required=True)
     first_observed_at = ma.fields.String(required=True)
     last_observed_at = ma.fields.String(required=True)
+    resolution = ma.fields.String(required=True, validate=validate.OneOf(RESOLUTIONS), metadata={
+        "description": "What answered: the full rows, or the hourly or daily rollups that "
+                       "replaced them past the retention horizon (docs/storage.md)"})
 
 
 class GapSchema(ma.Schema):
@@ -107,6 +111,9 @@ class AsOfQuoteSchema(ma.Schema):
     volume_24h_usd = ma.fields.String(required=True, allow_none=True, metadata=DECIMAL_DOC)
     age_seconds = ma.fields.Float(required=True,
                                   metadata={"description": "as_of minus observed_at"})
+    resolution = ma.fields.String(required=True, validate=validate.OneOf(RESOLUTIONS), metadata={
+        "description": "full: a stored quote; hourly or daily: past the retention horizon, "
+                       "the rollup bucket's close (its open when the bucket ends after as_of)"})
 
 
 class AsOfAssetSchema(AssetSchema):

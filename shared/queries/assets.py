@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Sequence
 
-from sqlalchemy import ColumnElement, func, select, tuple_
+from sqlalchemy import ColumnElement, func, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from shared.config import SOURCES
@@ -27,6 +27,7 @@ from shared.queries.paging import (
     fetch_page,
     time_bounds,
 )
+from shared.storage.rollups import horizons
 
 # The longest range of quotes one history, candle or export request may ask for.
 HISTORY_MAX_RANGE = timedelta(days=366)
@@ -184,11 +185,21 @@ def first_observed(session: Session, asset_id: int, source: str | None = None
     """When the asset's first quote (at `source`, or at any source) was observed."""
     # One primary-key probe per source: min() over (asset_id, source, observed_at) with the
     # source fixed reads one index entry; across sources it would scan the asset's quotes.
+    # Past retention the first may be in a rollup (shared.storage.rollups), probed likewise.
+    names = (source,) if source else SOURCES
+    marks = horizons(session.connection())
+    full_from = marks.get("quotes")
     firsts = [
         session.scalar(select(func.min(Quote.observed_at))
-                       .where(Quote.asset_id == asset_id, Quote.source == name))
-        for name in ((source,) if source else SOURCES)
+                       .where(Quote.asset_id == asset_id, Quote.source == name,
+                              *([Quote.observed_at >= full_from] if full_from else [])))
+        for name in names
     ]
+    if full_from is not None:
+        firsts += [session.scalar(text(
+            f"SELECT first_observed_at FROM {table} WHERE asset_id = :a AND source = :s "
+            "ORDER BY bucket_start LIMIT 1"), {"a": asset_id, "s": name})
+            for table in ("quotes_daily", "quotes_hourly") for name in names]
     known = [first for first in firsts if first is not None]
     return min(known) if known else None
 

@@ -8,6 +8,13 @@ where they carry them), volume = the 24h volume of the bucket's last quote: sour
 rolling 24h volume, so summing a bucket's quotes would count the same trades many times.
 Money is the stored NUMERIC's text, never a float. Empty buckets are not filled: they are
 listed as gaps.
+
+Across retention (shared.storage.rollups): buckets from the quotes' horizon on are computed
+from the full rows, older ones from the hourly rollups, and before the hourly horizon from the
+daily ones (1d candles only: a daily row cannot answer a 1h or 4h bucket, which is a gap
+there). Horizons fall on UTC midnights, so no bucket is split between two resolutions; each
+candle names the one that answered (`resolution`: full, hourly, daily). A rollup answers
+whole buckets: since and until select the rollup rows that overlap them.
 """
 from __future__ import annotations
 
@@ -15,18 +22,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, TextClause, text
 from sqlalchemy.orm import Session
 
 from shared.queries.assets import range_start, resolve_asset
 from shared.queries.paging import InvalidCursor, cursor_datetime, cursor_int, cursor_str
 from shared.queries.paging import decode_cursor, encode_cursor
+from shared.storage.rollups import ROLLUP_AGGREGATES, horizons
 
 INTERVALS: dict[str, timedelta] = {
     "1h": timedelta(hours=1), "4h": timedelta(hours=4), "1d": timedelta(days=1)}
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 CANDLE_FIELDS = ("bucket_start", "bucket_end", "open", "high", "low", "close", "volume",
-                 "quotes", "first_observed_at", "last_observed_at")
+                 "quotes", "first_observed_at", "last_observed_at", "resolution")
 
 # One statement per page: the WHERE is a range of the quotes primary key
 # (asset_id, source, observed_at), so the rows read are the page's, whatever the table's size.
@@ -50,6 +58,49 @@ WHERE asset_id = :asset_id AND source = :source
 GROUP BY bucket
 ORDER BY bucket
 """)
+
+
+# The same buckets from a rollup table: the fold's aggregates over its rows
+# (shared.storage.rollups), so a candle equals the one the full rows gave.
+_ROLLUP_CANDLES = f"""
+SELECT date_bin(CAST(:step AS interval), bucket_start, TIMESTAMPTZ '1970-01-01 00:00:00+00')
+         AS bucket, {ROLLUP_AGGREGATES}
+FROM {{table}}
+WHERE asset_id = :asset_id AND source = :source
+  AND bucket_start >= :low AND bucket_start < :high
+  AND last_observed_at >= :since AND first_observed_at <= :until
+GROUP BY bucket
+ORDER BY bucket
+"""
+
+
+def _rollup_candles(table: str) -> TextClause:
+    """_ROLLUP_CANDLES over `table`, money as text like the full rows' candles."""
+    return text(f"""
+SELECT bucket, CAST(open_usd AS text) AS open, CAST(high_usd AS text) AS high,
+       CAST(low_usd AS text) AS low, CAST(close_usd AS text) AS close,
+       CAST(volume_24h_usd AS text) AS volume, quotes, first_observed_at, last_observed_at
+FROM ({_ROLLUP_CANDLES.format(table=table)}) c
+""")
+
+
+_ROLLUP_SQL = {"hourly": _rollup_candles("quotes_hourly"),
+               "daily": _rollup_candles("quotes_daily")}
+_MIN = datetime.min.replace(tzinfo=timezone.utc)
+
+
+def resolution_ranges(conn: Connection, low: datetime, high: datetime, step: timedelta
+                      ) -> list[tuple[str, datetime, datetime]]:
+    """[low, high) cut where each resolution answers, oldest first: (resolution, low, high).
+
+    Daily rows answer only buckets of a day or more."""
+    marks = horizons(conn)
+    full_from = marks.get("quotes", _MIN)
+    hourly_from = marks.get("quotes_hourly", _MIN)
+    ranges = [("daily", low, min(high, hourly_from)) if step >= timedelta(days=1) else None,
+              ("hourly", max(low, hourly_from), min(high, full_from)),
+              ("full", max(low, full_from), high)]
+    return [r for r in ranges if r is not None and r[1] < r[2]]
 
 
 def floor_bucket(moment: datetime, step: timedelta) -> datetime:
@@ -108,20 +159,24 @@ def candle_range(session: Session, ref: str, source: str, interval: str,
 
 def candle_rows(conn: Connection, span: CandleRange, low: datetime, high: datetime
                 ) -> Iterator[dict[str, Any]]:
-    """The candles of buckets in [low, high), oldest first, as dicts of CANDLE_FIELDS."""
-    rows = conn.execute(_CANDLES_SQL, {
-        "step": f"{int(span.step.total_seconds())} seconds", "asset_id": span.asset_id,
-        "source": span.source, "low": low, "high": high, "since": span.since,
-        "until": span.until})
-    for row in rows:
-        bucket = row.bucket.astimezone(timezone.utc)
-        yield {
-            "bucket_start": bucket.isoformat(), "bucket_end": (bucket + span.step).isoformat(),
-            "open": row.open, "high": row.high, "low": row.low, "close": row.close,
-            "volume": row.volume, "quotes": row.quotes,
-            "first_observed_at": row.first_observed_at.astimezone(timezone.utc).isoformat(),
-            "last_observed_at": row.last_observed_at.astimezone(timezone.utc).isoformat(),
-        }
+    """The candles of buckets in [low, high), oldest first, as dicts of CANDLE_FIELDS: from
+    the full rows, or the rollups where retention replaced them."""
+    for resolution, start, end in resolution_ranges(conn, low, high, span.step):
+        rows = conn.execute(_ROLLUP_SQL.get(resolution, _CANDLES_SQL), {
+            "step": f"{int(span.step.total_seconds())} seconds", "asset_id": span.asset_id,
+            "source": span.source, "low": start, "high": end, "since": span.since,
+            "until": span.until})
+        for row in rows:
+            bucket = row.bucket.astimezone(timezone.utc)
+            yield {
+                "bucket_start": bucket.isoformat(),
+                "bucket_end": (bucket + span.step).isoformat(),
+                "open": row.open, "high": row.high, "low": row.low, "close": row.close,
+                "volume": row.volume, "quotes": int(row.quotes),
+                "first_observed_at": row.first_observed_at.astimezone(timezone.utc).isoformat(),
+                "last_observed_at": row.last_observed_at.astimezone(timezone.utc).isoformat(),
+                "resolution": resolution,
+            }
 
 
 def gaps_of(candles: list[dict[str, Any]], low: datetime, high: datetime, step: timedelta

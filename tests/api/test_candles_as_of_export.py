@@ -65,7 +65,7 @@ def test_hourly_candles_edges_convention_and_gaps(coin: Engine, client: Any) -> 
         "open": "100.10", "high": "105.5", "low": "99.000000000000000000001",
         "close": "99.000000000000000000001", "volume": "7", "quotes": 3,
         "first_observed_at": "2025-01-01T00:00:00+00:00",
-        "last_observed_at": "2025-01-01T00:59:59.999999+00:00"}
+        "last_observed_at": "2025-01-01T00:59:59.999999+00:00", "resolution": "full"}
     assert (second["bucket_start"], second["open"], second["close"], second["quotes"]) == (
         "2025-01-01T01:00:00+00:00", "101", "101", 1)
     assert last["bucket_start"] == "2025-01-01T04:00:00+00:00" and last["volume"] is None

@@ -1,0 +1,133 @@
+"""Reads across retention's horizons: candles, as_of, history and their exports give what the
+full rows gave, from the rollups past the horizon, and say which resolution answered."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterator
+from urllib.parse import quote
+
+import pytest
+from sqlalchemy import Engine, text
+
+from shared.config import Settings
+from shared.storage.partitions import KNOWN, QUOTES, maintain, unit
+from shared.storage.retention import expire
+from tests.helpers.partitions import ensure_quote_partitions
+
+UTC = timezone.utc
+NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+FULL_DAYS = 30
+# The quotes' horizon after expiry: the start of the week partition holding the cutoff.
+HORIZON = unit(QUOTES, NOW - timedelta(days=FULL_DAYS), NOW)[0]
+AROUND = HORIZON - timedelta(hours=3)  # 6 hours of quotes: 3 folded, 3 kept whole
+OLD = datetime(NOW.year - 6, 3, 4, tzinfo=UTC)  # a year's partition, folded twice (daily)
+
+
+def _fill(conn: Any, start: datetime, hours: int) -> None:
+    """Quotes every 7 minutes at two sources, prices that move, some rows with their own
+    OHLC (as CSV history rows carry), a few without a price."""
+    conn.execute(text("""
+        INSERT INTO quotes (asset_id, source, observed_at, source_asset_id, price_usd,
+                            volume_24h_usd, market_cap_usd, open_usd, high_usd, low_usd,
+                            close_usd)
+        SELECT 1, s, :start + n * interval '7 minutes', 'tst',
+               CASE WHEN n % 11 = 5 THEN NULL ELSE round((100 + 10 * sin(n / 3.0))::numeric, 4)
+               END, 1000 + n, 5000 + n,
+               CASE WHEN n % 4 = 0 THEN 99.5 END, CASE WHEN n % 4 = 0 THEN 130 END,
+               CASE WHEN n % 4 = 0 THEN 70 + n % 3 END, CASE WHEN n % 4 = 0 THEN 101 END
+        FROM generate_series(0, :hours * 60 / 7 - 1) n, unnest(ARRAY['coingecko', 'csv']) s
+        """), {"start": start, "hours": hours})
+
+
+@pytest.fixture
+def coin(clean_db: Engine) -> Iterator[Engine]:
+    ensure_quote_partitions(clean_db, AROUND, AROUND + timedelta(hours=6), OLD,
+                            OLD + timedelta(days=2))
+    with clean_db.begin() as conn:
+        conn.execute(text("INSERT INTO assets (id, slug, symbol, name) "
+                          "VALUES (1, 'testcoin', 'TST', 'Test Coin')"))
+        _fill(conn, AROUND, 6)
+        _fill(conn, OLD, 48)
+    yield clean_db
+    with clean_db.begin() as conn:
+        conn.execute(text("TRUNCATE retention_horizons, rollup_folds, quotes_hourly, "
+                          "quotes_daily"))
+    KNOWN.forget()
+    maintain(clean_db)
+
+
+def _expire(engine: Engine, settings: Settings, hourly_days: int | None = None) -> None:
+    expire(engine, dataclasses.replace(settings, quotes_full_resolution_days=FULL_DAYS,
+                                       quotes_hourly_days=hourly_days), NOW)
+
+
+def _get(client: Any, url: str) -> Any:
+    response = client.get(url)
+    assert response.status_code == 200, (url, response.get_data(as_text=True)[:500])
+    return response.get_json()
+
+
+def _ndjson(client: Any, url: str) -> list[dict[str, Any]]:
+    response = client.get(url + "&format=ndjson")
+    assert response.status_code == 200, response.get_data(as_text=True)[:500]
+    return [json.loads(line) for line in response.get_data(as_text=True).splitlines()]
+
+
+def _q(moment: datetime) -> str:
+    return quote(moment.isoformat())
+
+
+def _without(rows: list[dict[str, Any]], key: str = "resolution") -> list[dict[str, Any]]:
+    return [{k: v for k, v in row.items() if k != key} for row in rows]
+
+
+def test_candles_across_the_horizon_equal_the_full_rows_and_name_their_resolution(
+        coin: Engine, client: Any, settings: Settings) -> None:
+    around = (f"/data/testcoin/candles?source=coingecko&since={_q(AROUND)}"
+              f"&until={_q(AROUND + timedelta(hours=6) - timedelta(seconds=1))}")
+    old = f"/data/testcoin/candles?source=csv&since={_q(OLD)}&until={_q(OLD + timedelta(2))}"
+    before = {interval: _get(client, f"{around}&interval={interval}")
+              for interval in ("1h", "4h")}
+    old_before = _ndjson(client, f"{old}&interval=1d")
+    assert [c["quotes"] for c in before["1h"]["data"]] == [9, 9, 8, 9, 8, 8]
+    assert {c["resolution"] for c in before["1h"]["data"]} == {"full"}
+
+    _expire(coin, settings)
+    after = {interval: _get(client, f"{around}&interval={interval}")
+             for interval in ("1h", "4h")}
+    # The same candles, pages and gaps; the three hours before the horizon from the rollup.
+    for interval in ("1h", "4h"):
+        for key in ("data", "gaps", "pagination", "interval"):
+            was, now = before[interval][key], after[interval][key]
+            assert (_without(now) if key == "data" else now) == (
+                _without(was) if key == "data" else was), (interval, key)
+    assert [c["resolution"] for c in after["1h"]["data"]] == ["hourly"] * 3 + ["full"] * 3
+    # 4h buckets start at 00, 04, ... UTC: the horizon (a midnight) never splits one.
+    assert [(c["bucket_start"], c["resolution"]) for c in after["4h"]["data"]] == [
+        ((HORIZON - timedelta(hours=4)).isoformat(), "hourly"), (HORIZON.isoformat(), "full")]
+
+    # Hourly rollups a year past: folded again into days, which answer 1d candles.
+    _expire(coin, settings, hourly_days=365)
+    old_after = _ndjson(client, f"{old}&interval=1d")
+    assert _without(old_after) == _without(old_before)
+    assert [c["resolution"] for c in old_after] == ["daily", "daily", None]  # None: empty
+    assert _get(client, f"{old}&interval=1h")["data"] == []  # a day cannot answer an hour
+
+
+def test_as_of_across_the_horizon(coin: Engine, client: Any, settings: Settings) -> None:
+    moments = [HORIZON - timedelta(hours=1), HORIZON - timedelta(minutes=50),
+               HORIZON + timedelta(hours=1)]
+    urls = [f"/data/testcoin/as_of?at={_q(at)}&source=coingecko" for at in moments]
+    before = [_get(client, url)["quotes"] for url in urls]
+    _expire(coin, settings)
+    after = [_get(client, url)["quotes"] for url in urls]
+    # An hour's end: its last quote, as stored (its close, price, volume and cap).
+    assert _without(after[0]) == _without(before[0]) and after[0][0]["resolution"] == "hourly"
+    # Inside an hour: what the rollup knows by then is the hour's open, at its first time.
+    (inside,) = after[1]
+    first = HORIZON - timedelta(minutes=54)  # the first quote of that hour (7-minute steps)
+    assert (inside["observed_at"], inside["resolution"]) == (first.isoformat(), "hourly")
+    assert inside["price_usd"] is not None and inside["volume_24h_usd"] is None
+    assert after[2] == before[2] and after[2][0]["resolution"] == "full"
