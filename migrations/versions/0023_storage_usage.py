@@ -11,7 +11,8 @@ records are added by the batch writer (it knows how many went in); rejects, anom
 events and runs (per kind and status, upstream requests, durations) by triggers on their
 tables, so every writer of those counts, whatever its code. The upgrade seeds the counts from
 the tables once (a scan of each, under a SHARE lock so that no write slips between the count
-and the triggers: writers wait for it). `storage_samples` keeps the database's size each hour.
+and the triggers: writers wait for it). `storage_samples` keeps the database's size each hour. Three indexes of runs let the reads of
+a source's newest runs and errors and of the last day's runs take ranges, not the table.
 """
 from __future__ import annotations
 
@@ -115,6 +116,11 @@ def upgrade() -> None:
         sa.Column("database_bytes", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("sampled_at", name=op.f("pk_storage_samples")),
     )
+    # A source's newest runs and errors, the last day's runs: reads of bounded ranges.
+    op.create_index("ix_runs_source_created", "runs", ["source", "created_at"])
+    op.create_index("ix_runs_source_errors", "runs", ["source", "created_at"],
+                    postgresql_where=sa.text("error IS NOT NULL"))
+    op.create_index("ix_runs_created", "runs", ["created_at"])
     conn = op.get_bind()
     tables = ["quotes", "raw_line_blocks", "runs", *_COUNTED]
     tables += [t for t in ("raw_records", "raw_item_blocks")
@@ -139,5 +145,7 @@ def downgrade() -> None:
     op.execute("DROP TRIGGER IF EXISTS layer_counts ON runs")
     op.execute("DROP FUNCTION IF EXISTS layer_counts_runs()")
     op.execute("DROP FUNCTION IF EXISTS layer_counts_run_figures(runs)")
+    for index in ("ix_runs_source_created", "ix_runs_source_errors", "ix_runs_created"):
+        op.drop_index(index, table_name="runs")
     op.drop_table("storage_samples")
     op.drop_table("layer_counts")

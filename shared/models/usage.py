@@ -4,10 +4,10 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, Numeric, String
+from sqlalchemy import BigInteger, Index, Numeric, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from shared.models.core import Base, UTCDateTime
+from shared.models.core import Base, Run, UTCDateTime
 
 
 class LayerCount(Base):
@@ -35,3 +35,15 @@ class StorageSample(Base):
 
     sampled_at: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
     database_bytes: Mapped[int] = mapped_column(BigInteger)
+
+
+# Indexes of runs for the reads that must not grow with history (migration 0023): a source's
+# newest runs (shared.queries.freshness, the status page's trends), its newest errors, and
+# the last day's runs (the status page's timeline). Declared here, beside the counts they
+# serve, on Run's table.
+RUN_INDEXES = (
+    Index("ix_runs_source_created", Run.__table__.c.source, Run.__table__.c.created_at),
+    Index("ix_runs_source_errors", Run.__table__.c.source, Run.__table__.c.created_at,
+          postgresql_where=text("error IS NOT NULL")),
+    Index("ix_runs_created", Run.__table__.c.created_at),
+)

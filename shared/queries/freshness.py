@@ -15,41 +15,48 @@ FRESH, STALE, FAILING = "fresh", "stale", "failing"
 STATES = (FRESH, STALE, FAILING)
 # Runs that count against a source: an error stopped them or part of their work.
 FAILURE_STATUSES = ("failed", "partial")
+BEAT_LOOKBACK_PERIODS = 3
 
-# One pass over `runs` per call: the newest success, the failures since it, the newest error
-# and the newest beat job per source. ix_runs_source_status serves the per-source filters.
+# Per source, bounded reads of `runs` (each a short range of an index of migration 0023 or of
+# ix_runs_source_status, however many runs history holds): the newest success, the failures
+# since it, the newest finished run, the newest error and the newest beat job. The newest
+# created of a status is the newest finished: one run of a source and kind runs at a time.
 # Extract runs only: a backfill loads history, so it says nothing of the source's freshness.
 _RUNS_SQL = text("""
-WITH ok AS (
-    SELECT source, max(finished_at) AS at FROM runs
-    WHERE status = 'succeeded' AND source = ANY(:sources) AND kind = 'extract' GROUP BY source
-), fails AS (
-    SELECT r.source, count(*) AS n FROM runs r LEFT JOIN ok ON ok.source = r.source
-    WHERE r.source = ANY(:sources) AND r.kind = 'extract' AND r.status IN ('failed', 'partial')
-      AND (ok.at IS NULL OR r.finished_at > ok.at)
-    GROUP BY r.source
-), last_run AS (
-    SELECT DISTINCT ON (source) source, id, job_id, status, finished_at FROM runs
-    WHERE source = ANY(:sources) AND kind = 'extract' AND finished_at IS NOT NULL
-    ORDER BY source, finished_at DESC, id DESC
-), last_err AS (
-    SELECT DISTINCT ON (source) source, id, error, finished_at FROM runs
-    WHERE source = ANY(:sources) AND kind = 'extract' AND error IS NOT NULL
-    ORDER BY source, finished_at DESC NULLS LAST, id DESC
-), beat AS (
-    SELECT r.source, max(j.created_at) AS at FROM runs r JOIN jobs j ON j.id = r.job_id
-    WHERE r.source = ANY(:sources) AND r.kind = 'extract' AND j.trigger = 'beat'
-    GROUP BY r.source
-)
-SELECT s.source, ok.at AS last_success_at, coalesce(fails.n, 0) AS consecutive_failures,
+SELECT s.source, ok.finished_at AS last_success_at,
+       coalesce(fails.n, 0) AS consecutive_failures,
        last_run.id AS last_run_id, last_run.job_id AS last_job_id,
        last_run.status AS last_run_status,
        last_err.id AS last_error_run_id, last_err.error AS last_error,
-       last_err.finished_at AS last_error_at, beat.at AS last_beat_at
+       last_err.finished_at AS last_error_at, beat.created_at AS last_beat_at
 FROM unnest(CAST(:sources AS text[])) AS s(source)
-LEFT JOIN ok ON ok.source = s.source LEFT JOIN fails ON fails.source = s.source
-LEFT JOIN last_run ON last_run.source = s.source LEFT JOIN last_err ON last_err.source = s.source
-LEFT JOIN beat ON beat.source = s.source
+LEFT JOIN LATERAL (
+    SELECT created_at, finished_at FROM runs
+    WHERE source = s.source AND status = 'succeeded' AND kind = 'extract'
+    ORDER BY created_at DESC LIMIT 1
+) ok ON true
+LEFT JOIN LATERAL (
+    SELECT count(*) AS n FROM runs r
+    WHERE r.source = s.source AND r.kind = 'extract' AND r.status IN ('failed', 'partial')
+      AND (ok.created_at IS NULL OR (r.created_at >= ok.created_at
+                                     AND r.finished_at > ok.finished_at))
+) fails ON true
+LEFT JOIN LATERAL (
+    SELECT id, job_id, status FROM runs
+    WHERE source = s.source AND kind = 'extract' AND finished_at IS NOT NULL
+    ORDER BY created_at DESC, id DESC LIMIT 1
+) last_run ON true
+LEFT JOIN LATERAL (
+    SELECT id, error, finished_at FROM runs
+    WHERE source = s.source AND kind = 'extract' AND error IS NOT NULL
+    ORDER BY created_at DESC, id DESC LIMIT 1
+) last_err ON true
+LEFT JOIN LATERAL (
+    SELECT j.created_at FROM runs r JOIN jobs j ON j.id = r.job_id
+    WHERE r.source = s.source AND r.kind = 'extract' AND j.trigger = 'beat'
+      AND r.created_at >= :beat_since
+    ORDER BY r.created_at DESC LIMIT 1
+) beat ON true
 """)
 
 _DATA_SQL = text("""
@@ -108,7 +115,10 @@ def source_states(session: Session, settings: Settings, now: datetime,
     names = list(settings.enabled_sources if sources is None else sources)
     if not names:
         return {}
-    rows = session.execute(_RUNS_SQL, {"sources": names}).mappings().all()
+    # Beat's newest job among the last few periods' runs (older says nothing of the next).
+    beat_since = now - timedelta(seconds=BEAT_LOOKBACK_PERIODS * settings.etl_schedule_seconds)
+    rows = session.execute(_RUNS_SQL, {"sources": names,
+                                       "beat_since": beat_since}).mappings().all()
     newest: dict[str, datetime] = {
         source: at for source, at in session.execute(_DATA_SQL, {"sources": names}).all()}
     by_source = {row["source"]: row for row in rows}

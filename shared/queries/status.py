@@ -12,28 +12,30 @@ from shared.errors import safe_error_text
 from shared.queries.job_progress import elapsed_seconds
 
 # A 24 h grid at the default 5-minute schedule is 288 runs per source; more is a backlog.
-# runs has no created_at index: at ~900 runs a day a scan stays in the milliseconds for
-# years, and the page is cached (an index would come with its own migration).
 TIMELINE_MAX_RUNS = 2000
 TREND_RUNS = 30
 
 # Extract runs only, here and in the trends: the page's Backfills section shows backfills.
+# A range of ix_runs_created (migration 0023): the last day's runs, not the table.
 _TIMELINE_SQL = text("""
 SELECT id, job_id, source, status, created_at, started_at, finished_at, inserted, error
 FROM runs WHERE created_at >= :since AND kind = 'extract'
 ORDER BY created_at DESC, id DESC LIMIT :limit
 """)
 
-# The newest finished runs per source (succeeded or not: a failing source's trend shows it).
+# The newest finished runs per source (succeeded or not: a failing source's trend shows it),
+# each source's read backwards along ix_runs_source_created and stopped at :limit.
 _TREND_SQL = text("""
-SELECT source, id, status, inserted,
-       extract(epoch FROM finished_at - started_at) AS seconds
-FROM (
-    SELECT r.*, row_number() OVER (PARTITION BY source ORDER BY finished_at DESC, id DESC) AS pos
-    FROM runs r
-    WHERE source = ANY(:sources) AND kind = 'extract' AND finished_at IS NOT NULL
+SELECT s.source, r.id, r.status, r.inserted, r.seconds
+FROM unnest(CAST(:sources AS text[])) AS s(source)
+CROSS JOIN LATERAL (
+    SELECT id, status, inserted, created_at,
+           extract(epoch FROM finished_at - started_at) AS seconds
+    FROM runs
+    WHERE source = s.source AND kind = 'extract' AND finished_at IS NOT NULL
       AND started_at IS NOT NULL
-) ranked WHERE pos <= :limit ORDER BY source, finished_at, id
+    ORDER BY created_at DESC, id DESC LIMIT :limit
+) r ORDER BY s.source, r.created_at, r.id
 """)
 
 # Flagged quotes: anomalies and flag documents are sparse by design, and quotes flagged in
