@@ -25,6 +25,7 @@ from shared.config import SOURCES
 from shared.quality.checks import FLAG_KINDS
 from shared.queries.assets import RangeTooLong, check_history_range
 from shared.queries.data import DATA_SORT_FIELDS
+from shared.storage.rollups import RESOLUTIONS
 
 ASSET_LIST_MAX = 100
 
@@ -235,6 +236,13 @@ class HistoryRecordSchema(ma.Schema):
     close_usd = DecimalString(metadata=DECIMAL_DOC)
     run_id = ma.fields.Integer(allow_none=True)
     quality = QualityField()
+    resolution = ma.fields.String(required=True, validate=validate.OneOf(RESOLUTIONS), metadata={
+        "description": "full: a stored quote; hourly or daily: past the retention horizon, a "
+                       "rollup bucket (docs/storage.md): observed_at its last time, price_usd "
+                       "its close, open/high/low/close its own"})
+    bucket_start = ma.fields.String(metadata={"description": "A rollup row's bucket, UTC"})
+    bucket_end = ma.fields.String(metadata={"description": "A rollup row's bucket end"})
+    quotes = ma.fields.Integer(metadata={"description": "The quotes a rollup row folds"})
 
 
 class HistoryEnvelopeSchema(EnvelopeSchema):

@@ -26,7 +26,9 @@ from shared.queries.paging import (
     decode_cursor,
     fetch_page,
     time_bounds,
+    trim_page,
 )
+from shared.queries import rollup_history
 from shared.storage.rollups import horizons
 
 # The longest range of quotes one history, candle or export request may ask for.
@@ -142,23 +144,42 @@ def asset_history(
     if source:
         conditions.append(Quote.source == source)
     conditions += time_bounds(Quote.observed_at, since, until)
+    # Past retention's horizon the rollups answer (shared.queries.rollup_history); a row
+    # written there later is not read until it is folded.
+    horizon = rollup_history.full_from(session.connection())
+    if horizon is not None:
+        conditions.append(Quote.observed_at >= horizon)
     base = select(Quote).where(*conditions)
     query = base
+    after: tuple[datetime, str] | None = None
     if cursor is not None:
         payload = decode_cursor(cursor, "history")
         if cursor_int(payload, "a") != asset.id:
             raise InvalidCursor("cursor was issued for another asset")
-        observed, last_source = cursor_datetime(payload, "o"), cursor_str(payload, "r", 32)
-        query = query.where(tuple_(Quote.observed_at, Quote.source) < tuple_(observed, last_source))
+        after = cursor_datetime(payload, "o"), cursor_str(payload, "r", 32)
+        query = query.where(tuple_(Quote.observed_at, Quote.source) < tuple_(*after))
         offset = 0
     query = query.order_by(Quote.observed_at.desc(), Quote.source.desc())
 
-    def cursor_of(row: Quote) -> dict[str, Any]:
+    def cursor_of(row: Any) -> dict[str, Any]:
         return {"t": "history", "a": asset.id, "o": row.observed_at.isoformat(), "r": row.source}
 
     page = fetch_page(session, query, base, offset=offset, limit=limit, cursor_of=cursor_of)
     _attach_quality(session, asset.id, page.rows)
-    return page
+    for quote in page.rows:
+        setattr(quote, "resolution", "full")  # read by the history schema, as quality
+    if horizon is None or (since is not None and since >= horizon):
+        return page
+    conn = session.connection()
+    total = (page.total or 0) + rollup_history.count(conn, asset.id, source, since, until)
+    if page.next_cursor is not None:  # the page is all full rows
+        return Page(page.rows, total, page.next_cursor)
+    older = rollup_history.rows(
+        conn, asset.id, source, since, until, after=after,
+        offset=0 if after else max(0, offset - (page.total or 0)),
+        limit=limit + 1 - len(page.rows))
+    rows, next_cursor = trim_page([*page.rows, *older], limit, cursor_of)
+    return Page(rows, total, next_cursor)
 
 
 def _attach_quality(session: Session, asset_id: int, quotes: Sequence[Quote]) -> None:

@@ -22,6 +22,7 @@ from shared.quality.compact import kinds_of
 from shared.queries.assets import range_start, resolve_asset
 from shared.queries.candles import CANDLE_FIELDS, CandleRange, candle_range, candle_rows
 from shared.queries.data import DATA_RECORD_FIELDS, DataFilters, current_quotes_query
+from shared.queries import rollup_history
 
 EXPORT_FORMATS = ("csv", "ndjson")
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson"}
@@ -31,7 +32,7 @@ CHUNK_ROWS = 2000
 HISTORY_FIELDS = (
     "asset_id", "source", "source_asset_id", "observed_at", "price_usd", "market_cap_usd",
     "volume_24h_usd", "circulating_supply", "total_supply", "max_supply", "rank", "open_usd",
-    "high_usd", "low_usd", "close_usd", "run_id", "quality", "flags")
+    "high_usd", "low_usd", "close_usd", "run_id", "quality", "flags", "resolution")
 _MONEY = ("price_usd", "market_cap_usd", "volume_24h_usd", "circulating_supply",
           "total_supply", "max_supply")
 _OHLC = ("open_usd", "high_usd", "low_usd", "close_usd")
@@ -51,7 +52,7 @@ LEFT JOIN quote_flags f
   ON f.asset_id = q.asset_id AND f.source = q.source AND f.observed_at = q.observed_at
 WHERE q.asset_id = :asset_id
   AND (CAST(:source AS text) IS NULL OR q.source = :source)
-  AND q.observed_at >= :since AND q.observed_at <= :until
+  AND q.observed_at >= :since AND q.observed_at <= :until AND q.observed_at >= :full_from
 ORDER BY q.observed_at DESC, q.source DESC
 """)
 
@@ -70,7 +71,7 @@ class Export:
     records: Callable[[Connection], Iterator[dict[str, Any]]]
 
 
-_ROW_FIELDS = HISTORY_FIELDS[:-2]  # the select's columns before the flag set's kinds
+_ROW_FIELDS = HISTORY_FIELDS[:-3]  # the select's columns before the flag set's kinds
 
 
 def _quality_columns(flags: Sequence[dict[str, Any]] | None,
@@ -85,6 +86,7 @@ def _history_record(row: Sequence[Any]) -> dict[str, Any]:
     record = dict(zip(_ROW_FIELDS, row))  # zip stops before the trailing flags
     record["observed_at"] = iso_utc(record["observed_at"])
     record["quality"], record["flags"] = _quality_columns(row[-1], row[-2])
+    record["resolution"] = "full"
     return record
 
 
@@ -101,10 +103,23 @@ def _streamed_rows(conn: Connection, query: Any, params: dict[str, Any] | None =
 # the process by ~1.2 KB per row (300k rows: +360 MB, measured), fetchmany stays flat.
 def history_records(conn: Connection, asset_id: int, source: str | None,
                     since: datetime, until: datetime) -> Iterator[dict[str, Any]]:
-    """Every quote of the range, newest first, read through a server-side cursor."""
-    params = {"asset_id": asset_id, "source": source, "since": since, "until": until}
+    """Every quote of the range, newest first, read through a server-side cursor; past
+    retention's horizon, the rollup rows (shared.queries.rollup_history) after them."""
+    horizon = rollup_history.full_from(conn)
+    params = {"asset_id": asset_id, "source": source, "since": since, "until": until,
+              "full_from": horizon or datetime.min.replace(tzinfo=timezone.utc)}
     for row in _streamed_rows(conn, _HISTORY_SQL, params):
         yield _history_record(row)
+    if horizon is None or since >= horizon:
+        return
+    streamed = conn.execution_options(stream_results=True, yield_per=CHUNK_ROWS)
+    for older in rollup_history.rows(streamed, asset_id, source, since, until):
+        record = {name: getattr(older, name, None) for name in HISTORY_FIELDS}
+        record["observed_at"] = iso_utc(record["observed_at"])
+        # Plain notation with the stored scale, as PostgreSQL's numeric text is.
+        record.update({name: None if record[name] is None else format(record[name], "f")
+                       for name in (*_MONEY, *_OHLC)}, quality="ok", flags="")
+        yield record
 
 
 def data_records(conn: Connection, filters: DataFilters, sort: str

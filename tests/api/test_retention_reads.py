@@ -131,3 +131,49 @@ def test_as_of_across_the_horizon(coin: Engine, client: Any, settings: Settings)
     assert (inside["observed_at"], inside["resolution"]) == (first.isoformat(), "hourly")
     assert inside["price_usd"] is not None and inside["volume_24h_usd"] is None
     assert after[2] == before[2] and after[2][0]["resolution"] == "full"
+
+
+def _pages(client: Any, url: str, size: int, by_cursor: bool) -> tuple[list[Any], int]:
+    """Every item of a history listing, page by page (cursor or page numbers); its total."""
+    items: list[Any] = []
+    body = _get(client, f"{url}&page_size={size}")
+    while True:
+        items += body["data"]
+        following = body["pagination"].get("next_cursor")
+        if not following:
+            return items, body["pagination"]["total"]
+        page = 1 + len(items) // size
+        body = _get(client, f"{url}&page_size={size}&" + (
+            f"cursor={following}" if by_cursor else f"page={page}"))
+
+
+def test_history_pages_and_export_go_on_past_the_horizon_with_one_row_per_bucket(
+        coin: Engine, client: Any, settings: Settings) -> None:
+    url = (f"/data/testcoin/history?since={_q(AROUND)}"
+           f"&until={_q(AROUND + timedelta(hours=6))}")
+    before, total_before = _pages(client, url, 500, True)
+    _expire(coin, settings)
+    after, total = _pages(client, url, 7, True)
+    assert _pages(client, url, 7, False) == (after, total)
+    assert _ndjson(client, url) and [
+        (r["observed_at"], r["source"], r["price_usd"], r["resolution"])
+        for r in _ndjson(client, url)] == [
+        (datetime.fromisoformat(r["observed_at"]).isoformat(), r["source"], r["price_usd"],
+         r["resolution"]) for r in after]
+    kept = [r for r in before if datetime.fromisoformat(r["observed_at"]) >= HORIZON]
+    folded = [r for r in after if r["resolution"] == "hourly"]
+    # The full rows as they were, then one row per hour and source, newest first.
+    assert after[:len(kept)] == [{**r, "resolution": "full"} for r in kept]
+    assert after[len(kept):] == folded and total == len(after) == len(kept) + 6
+    assert [(r["bucket_start"], r["source"]) for r in folded] == [
+        ((HORIZON - timedelta(hours=h)).isoformat(), s) for h in (1, 2, 3)
+        for s in ("csv", "coingecko")]
+    for row in folded:  # the hour's last quote's time, its close as the price
+        last = max((r for r in before if r["source"] == row["source"]
+                    and row["bucket_start"] <= r["observed_at"] < row["bucket_end"]),
+                   key=lambda r: r["observed_at"])
+        assert row["observed_at"] == last["observed_at"]
+        assert row["price_usd"] == (last["close_usd"] or last["price_usd"])
+        assert row["quotes"] == len([r for r in before if r["source"] == row["source"] and
+                                     row["bucket_start"] <= r["observed_at"] < row["bucket_end"]])
+    assert total_before == len(before)
