@@ -30,6 +30,7 @@ from sqlalchemy import Connection, Engine, text
 
 from shared.config import Settings
 from shared.locks import partition_lock, try_lock, unlock
+from shared.storage import counters
 from shared.storage.partitions import (
     DDL_LOCK_TIMEOUT,
     KNOWN,
@@ -126,6 +127,7 @@ def _last_fold(engine: Engine, spec: Fold, part: Part, merge: bool) -> None:
         fold(tx, spec, part.name, merge=merge)
         if spec.source is QUOTES:
             _forget_flags(tx, part)
+            counters.subtract_dropped(tx, QUOTES.name, part.name)  # /stats' kept counts
         advance_horizon(tx, spec.source.name, part.high)
         tx.execute(text(f'DROP TABLE "{part.name}"'))
         tx.execute(text("DELETE FROM rollup_folds WHERE relid = :r"), {"r": part.relid})
@@ -186,7 +188,9 @@ def expire_raw(engine: Engine, table: PartitionedTable, cutoff: datetime) -> lis
         for part in expiring(conn, table, cutoff):
             if part.attached:
                 _detach(conn, table, part)
-            conn.execute(text(f'DROP TABLE "{part.name}"'))
+            with engine.begin() as tx:  # its rows off /stats' kept counts, with the drop
+                counters.subtract_dropped(tx, table.name, part.name)
+                tx.execute(text(f'DROP TABLE "{part.name}"'))
             dropped.append(part.name)
         if dropped:
             log.info("retention: dropped %s", ", ".join(dropped))

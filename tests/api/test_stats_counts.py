@@ -2,15 +2,17 @@
 every kind of load (API and CSV runs, a re-run with nothing new, rejects), a fold and a drop."""
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, text
 
-from shared.config import Settings
+from shared.config import Settings, load_settings
 from shared.storage import counters
 from shared.storage.partitions import KNOWN
+from shared.storage.retention import expire
 from tests.api.helpers import run_sources
 from tests.helpers.csv_runs import HEADER, csv_row, run_csv
 
@@ -106,3 +108,19 @@ def test_a_dropped_partition_is_taken_off_the_counts(
         conn.execute(text(f'DROP TABLE "{partition}"'))
     KNOWN.forget()  # this process's writers made their list of partitions before the drop
     assert _assert_exact(clean_db)["quotes"]["csv"] > 0
+
+
+def test_retention_keeps_the_counts_exact(clean_db: Engine, api_settings: Settings,
+                                          base_env: dict[str, str], csv_dir: Path) -> None:
+    """Quote partitions folded into rollups and dropped (the CSV history is years old) and
+    raw partitions dropped: both taken off the kept counts in the dropping transaction."""
+    assert run_sources(clean_db, api_settings, ["csv"])["status"] == "succeeded"
+    before = _assert_exact(clean_db)
+    settings = load_settings({**base_env, "CSV_DIR": str(csv_dir),
+                              "QUOTES_FULL_RESOLUTION_DAYS": "365", "RAW_RETENTION_DAYS": "1"})
+    dropped = expire(clean_db, settings, datetime.now(timezone.utc) + timedelta(days=60))
+    KNOWN.forget()
+    assert dropped["quotes"] and any(dropped[t] for t in dropped if t.startswith("raw_")), dropped
+    after = _assert_exact(clean_db)
+    assert after.get("quotes", {}).get("csv", 0) < before["quotes"]["csv"]
+    assert after.get("raw", {}).get("csv", 0) < before["raw"]["csv"]
