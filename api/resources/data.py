@@ -182,7 +182,8 @@ class DataHistory(MethodView):
         Filter by `source` and `since`/`until` (at most 366 days apart; an open `until`
         counts as now, an open `since` as the asset's first quote); page with
         `page`/`page_size` or `cursor`. `format=csv|ndjson` (or that Accept) streams every
-        quote of the range instead (the range cap then holds with an open since too).
+        quote of the range instead (the range cap then holds with an open since too). Past
+        retention's horizon a row per rollup bucket follows (`resolution` hourly or daily).
         """
         fmt = export_format(args)
         if fmt is not None:

@@ -45,7 +45,8 @@ class Candles(MethodView):
         `gaps` lists the page's empty buckets, never filled. `since`/`until` as history
         (at most 366 days; an open since is the first quote at `source`). With
         `format=csv|ndjson` every bucket of the range is streamed, empty ones as rows with
-        `quotes` = 0.
+        `quotes` = 0. Past retention's horizon the hourly or daily rollups answer whole
+        buckets; each candle names its `resolution`.
         """
         fmt = export_format(args)
         if fmt is not None:
