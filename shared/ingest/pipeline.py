@@ -19,8 +19,10 @@ it is written only after that one has ended. Everything two batches may both tou
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
+import gc
 import itertools
 import queue
 import threading
@@ -39,6 +41,11 @@ WRITERS = 2
 # arenas keep the peak RSS flat at no measured cost in speed (docs/benchmarks.md).
 MALLOC_ARENAS = 2
 _M_ARENA_MAX = -8  # mallopt() parameter number, from glibc's malloc.h
+# CPython's cyclic GC collects its young generation every 700 new containers and promotes what
+# is alive then, so the line tuples and lists of the batches in flight (none of them cycles) were
+# traversed again and again by older collections: ~0.4 us a line of the read-ahead thread
+# (docs/benchmarks.md). While a run is pipelined, a young collection waits for this many.
+GC_YOUNG_THRESHOLD = 50_000
 # Waits wake up this often so that a signal (Celery's soft time limit) reaches the main thread.
 _POLL_SECONDS = 0.2
 
@@ -93,6 +100,34 @@ def _limit_malloc_arenas() -> None:
         ctypes.CDLL(None).mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
     except (OSError, AttributeError):
         pass
+
+
+class _Collections:
+    """Raises the young GC threshold while at least one pipelined run is going (process-wide)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.runs = 0
+        self.saved: tuple[int, int, int] = gc.get_threshold()
+
+    @contextlib.contextmanager
+    def fewer(self) -> Iterator[None]:
+        """Fewer collections for the `with` block (the previous thresholds after the last)."""
+        with self.lock:
+            if self.runs == 0:
+                self.saved = gc.get_threshold()
+                gc.set_threshold(max(self.saved[0], GC_YOUNG_THRESHOLD), *self.saved[1:])
+            self.runs += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.runs -= 1
+                if self.runs == 0:
+                    gc.set_threshold(*self.saved)
+
+
+_COLLECTIONS = _Collections()
 
 
 class _Writers:
@@ -185,6 +220,14 @@ def write_in_order(
     are handed out, since each batch's compare-and-set expects the value of the batch before.
     """
     _limit_malloc_arenas()
+    with _COLLECTIONS.fewer():
+        _write_all(engine, batches, write, checkpoints, after_submit)
+
+
+def _write_all(
+    engine: Engine, batches: Iterable[Batch], write: WriteBatch,
+    checkpoints: dict[str, dict[str, Any]], after_submit: Callable[[Batch], None] | None,
+) -> None:
     writers = _Writers(engine, write)
     before: _Slot | None = None
     pending = iter(batches)

@@ -1,6 +1,7 @@
 """Two batches in flight on two real connections: side by side, yet committed in order."""
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -10,7 +11,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from shared.ingest.batch_writer import LoadState
-from shared.ingest.pipeline import write_in_order
+from shared.ingest.pipeline import GC_YOUNG_THRESHOLD, write_in_order
 from shared.batch.types import Batch, PreparedQuotes, QuoteBlock
 
 
@@ -92,6 +93,23 @@ def test_a_failed_batch_rolls_back_the_batch_written_beside_it(probe: Engine) ->
     assert "1 bulk done" in write.events and "1 turn" not in write.events
     assert not any(event.startswith("2 ") for event in write.events)
     assert _stored(probe) == []
+
+
+def test_young_collections_wait_during_a_run_and_the_thresholds_come_back(probe: Engine) -> None:
+    before = gc.get_threshold()
+    seen: list[tuple[int, int, int]] = []
+    write = Recorder(fail=1)
+
+    def batches() -> Iterator[Batch]:
+        for index in range(2):
+            seen.append(gc.get_threshold())
+            yield _batch(index)
+
+    # Failed or not, the process gets its own thresholds back.
+    with pytest.raises(RuntimeError, match="batch 1 broke"):
+        write_in_order(probe, batches(), write, {})
+    assert seen == [(max(before[0], GC_YOUNG_THRESHOLD), *before[1:])] * 2
+    assert gc.get_threshold() == before
 
 
 def test_batches_that_may_share_a_quote_key_are_not_written_side_by_side(
