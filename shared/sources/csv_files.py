@@ -178,17 +178,24 @@ class LineScanner:
             # chunk; splitting on "\n" only keeps other separators inside their line.
             if not self._skipping and b"\x00" not in block and max(map(len, chunk)) < PIECE_BYTES:
                 try:
-                    texts = block.decode("utf-8").split("\n")
+                    decoded = block.decode("utf-8")
                 except UnicodeDecodeError:
                     pass
                 else:
+                    texts = decoded.split("\n")
                     if texts[-1] == "":
                         texts.pop()  # the chunk ended with a newline
-                    for text in texts:
-                        self.line_no += 1
+                    start = self.line_no + 1
+                    self.line_no += len(texts)
+                    # The usual chunk has no carriage return and no blank line: numbered in C.
+                    if "\r" not in decoded and "" not in texts and not any(
+                            map(str.isspace, texts)):
+                        lines.extend(zip(range(start, self.line_no + 1), texts))
+                        continue
+                    for line_no, text in enumerate(texts, start):
                         text = text.rstrip("\r")
                         if text and not text.isspace():
-                            lines.append((self.line_no, text))
+                            lines.append((line_no, text))
                     continue
             self._scan(chunk, lines, flagged)
         while self._skipping:  # end on a line boundary: the checkpoint's offset

@@ -8,7 +8,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from shared.bounds import CELL_MAX_CHARS, NUMERIC_INTEGER_DIGITS, NUMERIC_SCALE, asset_text_problem
 from shared.config import Settings
@@ -58,6 +58,7 @@ _HASH_CELL = "\t" + BYTEA_HEX  # before raw_hash, in hex
 # is full size after a batch of fewer than WIDE_ROWS_PER_COIN rows per coin.
 FIRST_BATCH_ROWS = 2_000
 WIDE_ROWS_PER_COIN = 8
+_UNSEEN: Any = object()  # not in a cache yet (None is a cached answer: the general path)
 # Bounds the per-file caches of rendered dates and identities (a file has few of each).
 _CACHE_LIMIT = 100_000
 
@@ -262,12 +263,19 @@ class _LineReader:
         slow: list[tuple[int, str, str]] = []
         fast, dates, identities = self.fast, self.dates, self.identities
         hash_base, quote_prefix = self.hash_base, self.quote_prefix
+        add_hash, add_slow = hashes.append, slow.append
+        # A file's lines mostly come a coin at a time: the last coin's cells and its block's
+        # list appends are reused while they repeat (no tuple, lookups or method lookups).
+        last_name = last_symbol = ""
+        head = ""
+        add_row: Callable[[str], None] | None = None
+        add_stamp = add_price = add_hash
         for line_no, text in lines:
             digest = hash_base.copy()
             digest.update(text.encode())
             digest.update(b"\x1f")
             hex_hash = digest.hexdigest()
-            hashes.append(hex_hash)
+            add_hash(hex_hash)
             if flagged and line_no in flagged:
                 batch.rejects.append(Rejected(f"{self.key}:{line_no}", flagged[line_no], text))
                 continue
@@ -276,31 +284,35 @@ class _LineReader:
             match = fast(text) if fast is not None and len(text) <= CELL_MAX_CHARS else None
             if match is not None:
                 name, symbol, date, high, low, open_, close, volume, mcap = match.groups()
-                if date in dates:
-                    stamp = dates[date]
-                else:
+                stamp = dates.get(date, _UNSEEN)
+                if stamp is _UNSEEN:
                     stamp = dates[date] = _render_timestamp(date)
-                if (name, symbol) in identities:
-                    identity = identities[(name, symbol)]
-                else:
-                    identity = identities[(name, symbol)] = _kaggle_identity(name, symbol)
-                if stamp is not None and identity is not None:
-                    sid = identity[0]
-                    entry = blocks.get(sid)
-                    if entry is None:
-                        entry = blocks[sid] = (identity, [], [], [])
+                if add_row is None or symbol != last_symbol or name != last_name:
+                    key = (name, symbol)
+                    identity = identities.get(key, _UNSEEN)
+                    if identity is _UNSEEN:
+                        identity = identities[key] = _kaggle_identity(name, symbol)
+                    if identity is None:
+                        add_row = None
+                    else:
+                        sid = identity[0]
+                        entry = blocks.get(sid)
+                        if entry is None:
+                            entry = blocks[sid] = (identity, [], [], [])
+                        last_name, last_symbol, head = name, symbol, f"\t{sid}\t"
+                        add_row, add_stamp, add_price = (
+                            entry[1].append, entry[2].append, entry[3].append)
+                if stamp is not None and add_row is not None:
                     # QUOTE_COPY_COLUMNS from observed_at to raw_hash; inline for speed (see
                     # shared.batch.copy_format): price_usd and close_usd are both Close. The
                     # flag cells and newline are the loader's (block_copy_text).
-                    entry[1].append(
-                        f"{quote_prefix}{stamp}\t{sid}\t{close}\t{mcap}\t{volume}\t{_ABSENT}"
-                        f"{open_}\t{high}\t{low}\t{close}{_HASH_CELL}{hex_hash}"
-                    )
-                    entry[2].append(stamp)
+                    add_row(f"{quote_prefix}{stamp}{head}{close}\t{mcap}\t{volume}\t{_ABSENT}"
+                            f"{open_}\t{high}\t{low}\t{close}{_HASH_CELL}{hex_hash}")
+                    add_stamp(stamp)
                     # The price's text, for the jump check (shared.quality.flags).
-                    entry[3].append(close)
+                    add_price(close)
                     continue
-            slow.append((line_no, text, hex_hash))
+            add_slow((line_no, text, hex_hash))
         self._fill(batch, lines, hashes, blocks)
         if slow:
             self._parse_slow(batch, slow)
