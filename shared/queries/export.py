@@ -114,7 +114,7 @@ def history_records(conn: Connection, asset_id: int, source: str | None,
         return
     streamed = conn.execution_options(stream_results=True, yield_per=CHUNK_ROWS)
     for older in rollup_history.rows(streamed, asset_id, source, since, until):
-        record = {name: getattr(older, name, None) for name in HISTORY_FIELDS}
+        record: dict[str, Any] = {name: getattr(older, name, None) for name in HISTORY_FIELDS}
         record["observed_at"] = iso_utc(record["observed_at"])
         # Plain notation with the stored scale, as PostgreSQL's numeric text is.
         record.update({name: None if record[name] is None else format(record[name], "f")

@@ -90,8 +90,9 @@ def _candle_of(row: Any) -> dict[str, Any]:
 
 
 def _same(candles: dict[Any, list[dict[str, Any]]]) -> dict[Any, list[dict[str, Any]]]:
-    """The candles without bucket_end (a rollup row has its start only)."""
-    return {key: [{k: v for k, v in c.items() if k != "bucket_end"} for c in rows]
+    """The candles without bucket_end and resolution (a rollup row has its start only)."""
+    return {key: [{k: v for k, v in c.items() if k not in ("bucket_end", "resolution")}
+                  for c in rows]
             for key, rows in candles.items()}
 
 

@@ -14,10 +14,10 @@ from sqlalchemy import Engine, text
 
 from shared.config import Settings
 from shared.queries.candles import INTERVALS, CandleRange, candle_rows, floor_bucket
-from shared.storage.partitions import KNOWN, maintain
+from shared.storage.partitions import KNOWN, QUOTES, maintain, unit
 from shared.storage.retention import expire
 from tests.conftest import ROOT
-from tests.helpers.partitions import ensure_quote_partitions
+from tests.helpers.partitions import drop_partitions, ensure_quote_partitions
 from tests.helpers.waiting import poll
 
 # Starts a maintenance process in a fresh interpreter: not in the fast subset.
@@ -54,7 +54,8 @@ def _rows(engine: Engine, query: Any, **params: Any) -> list[Any]:
 def _hourly_candles(engine: Engine) -> dict[Any, list[dict[str, Any]]]:
     step, end = INTERVALS["1h"], START + timedelta(days=1)
     with engine.connect() as conn:
-        return {key: [{k: v for k, v in c.items() if k not in ("bucket_end", "volume")}
+        return {key: [{k: v for k, v in c.items()
+                       if k not in ("bucket_end", "volume", "resolution")}
                       for c in candle_rows(conn, CandleRange(*key, step, START, end, START, 24),
                                            START, end)]
                 for key in KEYS}
@@ -79,7 +80,10 @@ def _rollups(engine: Engine) -> dict[Any, list[dict[str, Any]]]:
 
 @pytest.fixture
 def old_quotes(clean_db: Engine) -> Iterator[Engine]:
-    """A day of quotes every 10 minutes, 60 days back; horizons and rollups emptied after."""
+    """A day of quotes every 10 minutes, 60 days back, in the oldest partition (older empty
+    ones other tests left are dropped, so the run expires this one first); horizons and
+    rollups emptied after."""
+    drop_partitions(clean_db, "quotes", before=unit(QUOTES, START, NOW)[0])
     ensure_quote_partitions(clean_db, START, START + timedelta(days=1))
     with clean_db.begin() as conn:
         for asset, source in KEYS:
