@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from shared.config import ConfigError, Settings, load_settings
+from shared.locks import partition_lock, try_lock, unlock
 from shared.queries.candles import INTERVALS, CandleRange, candle_rows, floor_bucket
 from shared.storage.partitions import KNOWN, RAW_LINE_BLOCKS, ensure, maintain
 from shared.storage.retention import expire
@@ -261,3 +262,18 @@ def test_retention_settings_default_to_keeping_everything() -> None:
     unset = load_settings({})
     assert (unset.quotes_full_resolution_days, unset.quotes_hourly_days,
             unset.raw_retention_days) == (None, None, None)
+
+
+def test_a_busy_partition_lock_leaves_the_table_for_the_next_run(
+        quotes_db: Engine, settings: Settings) -> None:
+    before = _partitions(quotes_db, "quotes")
+    with quotes_db.connect() as holder:  # a writer making a partition, as retention sees it
+        assert try_lock(holder, partition_lock("quotes"))
+        try:
+            dropped = expire(quotes_db, _with(settings, quotes_full_resolution_days=30), NOW)
+        finally:
+            unlock(holder, partition_lock("quotes"))
+    assert dropped == {"quotes": []}
+    assert _partitions(quotes_db, "quotes") == before
+    with quotes_db.connect() as conn:
+        assert horizons(conn) == {}
