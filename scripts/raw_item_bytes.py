@@ -1,21 +1,27 @@
 """Bytes on disk per API item: a raw_records row each (before migration 0021) against one
-raw_item_blocks row per page (lz4, and pglz for comparison), on a scratch database.
+raw_item_blocks row per page: its texts packed by shared.batch.item_texts (bzip2, as stored),
+or as text[] compressed by TOAST (lz4, pglz), on a scratch database.
 
 `python -m scripts.raw_item_bytes --ticks 40`: the recorded CoinGecko page (250 coins,
 tests/fixtures/coingecko) fetched `--ticks` times, every coin's moving fields (price, market
 cap, volume, 24 h figures) drawn afresh and last_updated set to the tick each time, so every
 item is new (as upstream every 300 s). Each layout gets the same items; sizes are read
-after VACUUM (heap, indexes, TOAST); insert time is the client's wall clock per layout.
-docs/benchmarks.md has the figures.
+after VACUUM (heap, indexes, TOAST); insert time is the client's wall clock per layout. Then,
+in Python alone, each page's texts compressed by zlib at several levels, lzma and bz2, and
+lzma over two consecutive pages (what a page adds given the one before). docs/benchmarks.md
+has the figures.
 """
 from __future__ import annotations
 
 import argparse
+import bz2
 import json
+import lzma
 import os
 import random
 import time
 import uuid
+import zlib
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -23,6 +29,7 @@ from typing import Any
 from psycopg2.extras import execute_values
 from sqlalchemy import create_engine, make_url, text
 
+from shared.batch.item_texts import SEPARATOR, pack_item_texts
 from shared.batch.types import content_hash
 
 PAGE = (Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "coingecko"
@@ -38,16 +45,17 @@ CREATE TABLE raw_records (
 CREATE UNIQUE INDEX uq_raw_records_api_content ON raw_records (source, content_hash)
     WHERE source <> 'csv';
 """
-# One partition's layout (migration 0021), compressed with `{method}`.
+# One partition's layout (migration 0021, `payload bytea` stored as packed); the
+# alternatives: the texts as text[], compressed by TOAST with `{method}`.
 _BLOCKS = """
 CREATE TABLE {name} (
     id bigserial, source varchar(32) NOT NULL, items integer NOT NULL,
-    source_keys text[] NOT NULL, payloads text[] NOT NULL, item_hashes bytea NOT NULL,
+    source_keys text[] NOT NULL, payload {payload} NOT NULL, item_hashes bytea NOT NULL,
     run_id bigint, fetched_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (id, fetched_at));
 CREATE INDEX ON {name} (source, id);
 CREATE INDEX ON {name} (run_id);
 ALTER TABLE {name} ALTER item_hashes SET STORAGE EXTERNAL,
-    ALTER payloads SET COMPRESSION {method}, ALTER source_keys SET COMPRESSION {method};
+    ALTER payload SET {storage}, ALTER source_keys SET COMPRESSION lz4;
 """
 _SIZES = """
 SELECT pg_relation_size(c.oid) AS heap, pg_indexes_size(c.oid) AS index,
@@ -88,12 +96,16 @@ def measure(url: str, ticks: int) -> dict[str, dict[str, float]]:
     try:
         fetched = pages(ticks)
         items = sum(len(page) for page in fetched)
-        tables = {"raw_records": None, "blocks_lz4": "lz4", "blocks_pglz": "pglz"}
+        tables = {"raw_records": None, "blocks_packed": "packed", "blocks_lz4": "lz4",
+                  "blocks_pglz": "pglz"}
         with engine.connect() as conn:
             conn.execute(text(_RECORDS))
             for table, method in tables.items():
                 if method:
-                    conn.execute(text(_BLOCKS.format(name=table, method=method)))
+                    conn.execute(text(_BLOCKS.format(
+                        name=table, payload="bytea" if method == "packed" else "text[]",
+                        storage="STORAGE EXTERNAL" if method == "packed"
+                        else f"COMPRESSION {method}")))
             cursor = conn.connection.cursor()
             hashes = [[content_hash("coingecko", item) for _, item in page] for page in fetched]
             seconds: dict[str, float] = {}
@@ -107,10 +119,11 @@ def measure(url: str, ticks: int) -> dict[str, dict[str, float]]:
                                         for (key, item), h in zip(page, hashes[run - 1])])
                     else:
                         cursor.execute(
-                            f"INSERT INTO {table} (source, items, source_keys, payloads, "
+                            f"INSERT INTO {table} (source, items, source_keys, payload, "
                             "item_hashes, run_id) VALUES ('coingecko', %s, %s, %s, %s, %s)",
-                            (len(page), [key for key, _ in page], [item for _, item in page],
-                             b"".join(hashes[run - 1]), run))
+                            (len(page), [key for key, _ in page],
+                             pack_item_texts([item for _, item in page]) if method == "packed"
+                             else [item for _, item in page], b"".join(hashes[run - 1]), run))
                 seconds[table] = time.perf_counter() - started
             conn.execute(text("VACUUM ANALYZE"))
             text_bytes = sum(len(item.encode()) for page in fetched for _, item in page)
@@ -127,6 +140,33 @@ def measure(url: str, ticks: int) -> dict[str, dict[str, float]]:
         admin.dispose()
 
 
+def codecs(ticks: int) -> dict[str, tuple[float, float, float]]:
+    """Per item: bytes and compression microseconds of each codec over whole pages; per page:
+    milliseconds to decompress."""
+    joined = [SEPARATOR.join(item for _, item in page).encode() for page in pages(ticks)]
+    items = sum(len(page) for page in pages(ticks))
+    ways: dict[str, tuple[Any, Any]] = {
+        f"zlib-{level}": ((lambda b, level=level: zlib.compress(b, level)), zlib.decompress)
+        for level in (1, 3, 6, 9)}
+    ways.update({"lzma": (lzma.compress, lzma.decompress),
+                 "bz2": (bz2.compress, bz2.decompress)})
+    found = {}
+    for name, (compress, decompress) in ways.items():
+        started = time.perf_counter()
+        packed = [compress(page) for page in joined]
+        spent = time.perf_counter() - started
+        started = time.perf_counter()
+        for blob in packed:
+            decompress(blob)
+        found[name] = (sum(map(len, packed)) / items, spent / items * 1e6,
+                       (time.perf_counter() - started) / len(packed) * 1e3)
+    added = sum(len(lzma.compress(before + after)) - len(lzma.compress(before))
+                for before, after in zip(joined, joined[1:]))
+    found["lzma, given the page before"] = (added / (items - items // ticks), float("nan"),
+                                            float("nan"))
+    return found
+
+
 def main() -> None:
     """Print bytes per item of each layout."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -141,6 +181,9 @@ def main() -> None:
         print(f"{table}: {sizes['total']:.0f} B/item (heap {sizes['heap']:.0f}, "
               f"index {sizes['index']:.0f}, TOAST {sizes['toast']:.0f}); "
               f"{sizes['us']:.0f} us/item to insert")
+    for name, (size, us, ms) in codecs(args.ticks).items():
+        print(f"{name}: {size:.0f} B/item ({us:.0f} us/item to compress, {ms:.1f} ms/page "
+              "to decompress)")
 
 
 if __name__ == "__main__":

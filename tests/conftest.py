@@ -223,9 +223,10 @@ def auth_headers() -> dict[str, str]:
 
 
 # Every raw record, one row each: API items and CSV lines (kept in blocks, shown one row each by
-# the views raw_items and raw_lines). Usable wherever a table name is (count, FROM).
-ALL_RAW = ("(SELECT id, source, source_key, content_hash, payload, run_id FROM raw_items "
-           "UNION ALL SELECT id, source, source_key, content_hash, payload, run_id "
+# the views raw_items and raw_lines; an item's text: tests/helpers/raw_items.py). Usable
+# wherever a table name is (count, FROM).
+ALL_RAW = ("(SELECT id, source, source_key, content_hash, run_id FROM raw_items "
+           "UNION ALL SELECT id, source, source_key, content_hash, run_id "
            "FROM raw_lines) AS all_raw")
 
 

@@ -6,11 +6,12 @@ from typing import Any
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from shared.models import Base
 from shared.storage.partitions import include_name
 from tests.helpers.migrations import flask_db, scratch_database
+from tests.helpers.raw_items import stored_items
 
 
 def test_upgrade_leaves_nothing_for_autogenerate(engine: Engine) -> None:
@@ -39,16 +40,20 @@ def test_0006_moves_csv_lines_into_blocks_and_back() -> None:
                     "VALUES (:s, :k, sha256(convert_to(:p, 'UTF8')), :p, :r)"),
                     {"s": source, "k": key, "p": payload, "r": run})
         stored = "SELECT source, source_key, payload, run_id, content_hash FROM {} ORDER BY 2"
+
+        def rows(conn: Connection, table: str) -> list[tuple[Any, ...]]:
+            return [(*row[:4], bytes(row[4])) for row in conn.execute(text(stored.format(table)))]
+
         with engine.connect() as conn:
-            before = conn.execute(text(stored.format("raw_records"))).all()
+            before = rows(conn, "raw_records")
         flask_db(url, "upgrade")
         with engine.connect() as conn:
-            lines = conn.execute(text(stored.format("raw_lines"))).all()
-            api = conn.execute(text(stored.format("raw_items"))).all()  # blocks since 0021
+            lines = rows(conn, "raw_lines")
+            api = [(i.source, i.source_key, i.payload, i.run_id, i.content_hash)
+                   for i in stored_items(conn)]  # in blocks since 0021
             blocks = conn.execute(text("SELECT count(*) FROM raw_line_blocks")).scalar_one()
         assert sorted(lines + api) == sorted(before)
-        assert [row.source for row in api] == ["coingecko"] and blocks == 2
+        assert [row[0] for row in api] == ["coingecko"] and blocks == 2
         flask_db(url, "downgrade", "0005")
         with engine.connect() as conn:
-            assert sorted(conn.execute(text(stored.format("raw_records"))).all()) == \
-                sorted(before)
+            assert sorted(rows(conn, "raw_records")) == sorted(before)

@@ -4,11 +4,13 @@ Revision ID: 0021
 Revises: 0020
 Create Date: 2026-12-07 19:40:00.000000
 
-raw_records held one row per API item (~1,080 B on disk: ~980 B of JSON, too small for TOAST
-to compress, plus a unique index on (source, content_hash)). raw_item_blocks holds one row per
-fetched page, as raw_line_blocks does for CSV lines: the items' texts, source keys and hashes,
-compressed together (lz4; hashes kept out of the compressor), partitioned monthly on
-fetched_at (shared.storage.partitions). Which items are stored: shared.ingest.item_blocks.
+raw_records held one row per API item (~1,300 B on disk for ~1,030 B of JSON, too small for
+TOAST to compress, plus a unique index on (source, content_hash)). raw_item_blocks holds one row
+per fetched page, as raw_line_blocks does for CSV lines: the items' texts compressed together
+(shared.batch.item_texts: bzip2, ~190 B an item; TOAST leaves the value as it is), their source
+keys (lz4) and hashes, partitioned monthly on fetched_at (shared.storage.partitions). The view
+raw_items shows one row per item, without its text (SQL cannot inflate it; GET /raw does).
+Which items are stored: shared.ingest.item_blocks.
 
 The upgrade moves the rows online, in chunks of CHUNK_ROWS ids (`-x chunk_rows=N`), each chunk
 one transaction that writes its blocks (one per source, run and fetch time, so every item
@@ -28,6 +30,7 @@ from datetime import datetime, timedelta, timezone
 import sqlalchemy as sa
 from alembic import context, op
 
+from shared.batch.item_texts import pack_item_texts, unpack_item_texts
 from shared.storage.partitions import RAW_ITEM_BLOCKS, create_missing
 
 # revision identifiers, used by Alembic.
@@ -49,17 +52,18 @@ CREATE TABLE IF NOT EXISTS raw_item_blocks (
     source varchar(32) NOT NULL,
     items integer NOT NULL,
     source_keys text[] NOT NULL,
-    payloads text[] NOT NULL,
+    payload bytea NOT NULL,
     item_hashes bytea NOT NULL,
     run_id bigint,
     fetched_at timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT pk_raw_item_blocks PRIMARY KEY (id, fetched_at),
-    CONSTRAINT ck_raw_item_blocks_one_per_item CHECK (cardinality(payloads) = items
-        AND cardinality(source_keys) = items AND octet_length(item_hashes) = 32 * items)
+    CONSTRAINT ck_raw_item_blocks_one_per_item CHECK (cardinality(source_keys) = items
+        AND octet_length(item_hashes) = 32 * items)
 ) PARTITION BY RANGE (fetched_at);
 CREATE INDEX IF NOT EXISTS ix_raw_item_blocks_source_id ON raw_item_blocks (source, id);
 CREATE INDEX IF NOT EXISTS ix_raw_item_blocks_run_id ON raw_item_blocks (run_id);
-ALTER TABLE raw_item_blocks ALTER item_hashes SET STORAGE EXTERNAL;
+ALTER TABLE raw_item_blocks ALTER item_hashes SET STORAGE EXTERNAL,
+    ALTER payload SET STORAGE EXTERNAL;
 """
 _LZ4 = ("SELECT 'lz4' = ANY(enumvals) FROM pg_settings "
         "WHERE name = 'default_toast_compression'")
@@ -70,25 +74,18 @@ SELECT (b.id << 20) + i.n - 1 AS id,
        (i.n - 1)::integer AS item_index,
        b.source,
        i.source_key,
-       i.payload,
        substring(b.item_hashes FROM ((i.n - 1) * 32 + 1)::integer FOR 32) AS content_hash,
        b.run_id,
        b.fetched_at
 FROM raw_item_blocks b,
-     unnest(b.source_keys, b.payloads) WITH ORDINALITY AS i(source_key, payload, n)
+     unnest(b.source_keys) WITH ORDINALITY AS i(source_key, n)
 """
-# One chunk of raw_records into blocks, in id order, then out of raw_records.
-_MOVE = """
-WITH moved AS (
-    DELETE FROM raw_records WHERE id >= :low AND id < :high
-    RETURNING id, source, source_key, content_hash, payload, run_id, fetched_at
-)
-INSERT INTO raw_item_blocks (source, items, source_keys, payloads, item_hashes, run_id,
-                             fetched_at)
-SELECT source, count(*), array_agg(source_key ORDER BY id), array_agg(payload ORDER BY id),
-       string_agg(content_hash, ''::bytea ORDER BY id), run_id, fetched_at
-FROM moved GROUP BY source, run_id, fetched_at ORDER BY min(id)
-"""
+# One chunk of raw_records, in id order: moved into blocks, then deleted.
+_CHUNK = ("SELECT source, source_key, content_hash, payload, run_id, fetched_at "
+          "FROM raw_records WHERE id >= :low AND id < :high ORDER BY id")
+_INSERT_BLOCK = sa.text(
+    "INSERT INTO raw_item_blocks (source, items, source_keys, payload, item_hashes, run_id, "
+    "fetched_at) VALUES (:source, :items, :keys, :payload, :hashes, :run_id, :fetched_at)")
 _DAYS = ("SELECT DISTINCT date_trunc('day', fetched_at, 'UTC') FROM raw_records "
          "WHERE id >= :low AND id < :high")
 
@@ -109,8 +106,8 @@ def _create() -> None:
     with _engine().begin() as conn:
         conn.execute(sa.text(_CREATE))
         if conn.execute(sa.text(_LZ4)).scalar():
-            conn.execute(sa.text("ALTER TABLE raw_item_blocks ALTER payloads SET COMPRESSION "
-                                 "lz4, ALTER source_keys SET COMPRESSION lz4"))
+            conn.execute(sa.text("ALTER TABLE raw_item_blocks ALTER source_keys "
+                                 "SET COMPRESSION lz4"))
         else:
             log.warning("this PostgreSQL has no lz4: raw_item_blocks is compressed with pglz")
         create_missing(conn, RAW_ITEM_BLOCKS, [(now - timedelta(days=1),
@@ -129,11 +126,20 @@ def _move_range(conn: sa.Connection, low: int, high: int) -> int:
     days = conn.execute(sa.text(_DAYS), {"low": low, "high": high}).scalars().all()
     create_missing(conn, RAW_ITEM_BLOCKS,
                    [(day, day + timedelta(days=1, microseconds=-1)) for day in days])
-    moved = conn.execute(sa.text(
-        "SELECT count(*) FROM raw_records WHERE id >= :low AND id < :high"),
-        {"low": low, "high": high}).scalar_one()
-    conn.execute(sa.text(_MOVE), {"low": low, "high": high})
-    return int(moved)
+    rows = conn.execute(sa.text(_CHUNK), {"low": low, "high": high}).all()
+    # A block per (source, run, fetch time), in the order of their first ids.
+    pages: dict[tuple[str, int | None, datetime], list[sa.Row[tuple[object, ...]]]] = {}
+    for row in rows:
+        pages.setdefault((row.source, row.run_id, row.fetched_at), []).append(row)
+    if pages:
+        conn.execute(_INSERT_BLOCK, [{
+            "source": source, "items": len(page), "keys": [r.source_key for r in page],
+            "payload": pack_item_texts([r.payload for r in page]),
+            "hashes": b"".join(bytes(r.content_hash) for r in page), "run_id": run_id,
+            "fetched_at": fetched_at} for (source, run_id, fetched_at), page in pages.items()])
+    conn.execute(sa.text("DELETE FROM raw_records WHERE id >= :low AND id < :high"),
+                 {"low": low, "high": high})
+    return len(rows)
 
 
 def _move() -> int:
@@ -206,9 +212,19 @@ def downgrade():
     op.create_index('uq_raw_records_api_content', 'raw_records', ['source', 'content_hash'],
                     unique=True, postgresql_where=sa.text("source <> 'csv'"))
     # Oldest first, so the ids keep the order; an item stored twice goes back once.
-    op.execute("INSERT INTO raw_records (source, source_key, content_hash, payload, run_id, "
-               "fetched_at) SELECT source, source_key, content_hash, payload, run_id, "
-               "fetched_at FROM raw_items ORDER BY id "
-               "ON CONFLICT (source, content_hash) WHERE source <> 'csv' DO NOTHING")
+    conn = op.get_bind()
+    blocks = conn.execute(sa.text(
+        "SELECT source, source_keys, payload, item_hashes, run_id, fetched_at "
+        "FROM raw_item_blocks ORDER BY id")).all()
+    for block in blocks:
+        texts = unpack_item_texts(bytes(block.payload))
+        hashes = bytes(block.item_hashes)
+        conn.execute(sa.text(
+            "INSERT INTO raw_records (source, source_key, content_hash, payload, run_id, "
+            "fetched_at) VALUES (:source, :key, :hash, :payload, :run_id, :fetched_at) "
+            "ON CONFLICT (source, content_hash) WHERE source <> 'csv' DO NOTHING"),
+            [{"source": block.source, "key": key, "hash": hashes[i * 32:(i + 1) * 32],
+              "payload": texts[i], "run_id": block.run_id, "fetched_at": block.fetched_at}
+             for i, key in enumerate(block.source_keys)])
     op.execute("DROP VIEW raw_items")
     op.drop_table('raw_item_blocks')

@@ -138,7 +138,7 @@ INT8 = struct.Struct("!q")
 _INT4_OID = 23
 _TEXT_OID = 25
 ITEM_BLOCK_COLUMNS: tuple[str, ...] = (
-    "source", "items", "source_keys", "payloads", "item_hashes", "run_id")
+    "source", "items", "source_keys", "payload", "item_hashes", "run_id")
 
 
 def binary_row(*fields: bytes) -> bytes:

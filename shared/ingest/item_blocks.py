@@ -1,7 +1,8 @@
 """API raw items: one block per fetched page (raw_item_blocks, migration 0021); which are kept.
 
-A page's items are stored together in one row, which TOAST compresses (lz4): one row per item
-(~1,080 B, its ~980 B of JSON too small to compress) cost more than the quote it carries.
+A page's items are stored together in one row, their texts compressed together
+(shared.batch.item_texts): one row per item (~1,300 B, its JSON too small for TOAST to
+compress) cost several times the quote it carries.
 There is no index on the items' hashes. An item is stored unless the identical item is stored
 already, which its quote tells, as for CSV lines: the same item text always parses to the same
 quote key, so a quote that goes in new brings an item never stored, and a quote that collides
@@ -26,6 +27,7 @@ from shared.batch.copy_format import (
     binary_row,
     text_array,
 )
+from shared.batch.item_texts import pack_item_texts
 from shared.batch.types import RawItem, Rejected
 
 _COPY_ITEM_BLOCK = (f"COPY raw_item_blocks ({', '.join(ITEM_BLOCK_COLUMNS)}) "
@@ -82,7 +84,7 @@ def copy_item_block(
     row = binary_row(
         source.encode(), len(keep).to_bytes(4, "big"),
         text_array([item.source_key for item in keep]),
-        text_array([item.payload for item in keep]),
+        pack_item_texts([item.payload for item in keep]),
         b"".join(item.hash for item in keep), INT8.pack(run_id),
     )
     cursor.copy_expert(_COPY_ITEM_BLOCK, io.BytesIO(binary_copy(row)), COPY_CHUNK_BYTES)

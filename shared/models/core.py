@@ -90,18 +90,19 @@ class AssetSourceId(Base):
 class RawItemBlock(Base):
     """The raw items of one fetched page of an API source, exactly as received, in one row.
 
-    One row per page instead of per item (migration 0021): a row per item cost ~1,080 B on
-    disk, its ~980 B of JSON too small for TOAST to compress; a page's items together compress
-    (lz4). `payloads`, `source_keys` and `item_hashes` (32 bytes of SHA-256 per item, the
-    values quotes.raw_hash holds) run in the same order, `items` long. Ids as for raw lines:
-    block id * 2^20 + index in the block (RAW_LINE_ID_BITS); the view `raw_items` shows one row
-    per item. Which items are stored: shared.ingest.item_blocks. Block ids come from
-    raw_line_blocks' sequence, so one record id never names records of two sources.
+    One row per page instead of per item (migration 0021): a row per item cost ~1,300 B on
+    disk, its JSON too small for TOAST to compress; a page's items compress together.
+    `payload` holds the texts (shared.batch.item_texts: bzip2), `source_keys` and `item_hashes`
+    (32 bytes of SHA-256 per item, the values quotes.raw_hash holds) run in the same order,
+    `items` long. Ids as for raw lines: block id * 2^20 + index in the block
+    (RAW_LINE_ID_BITS); the view `raw_items` shows one row per item (without its text). Which
+    items are stored: shared.ingest.item_blocks. Block ids come from raw_line_blocks'
+    sequence, so one record id never names records of two sources.
     """
 
     __tablename__ = "raw_item_blocks"
     __table_args__ = (
-        CheckConstraint("cardinality(payloads) = items AND cardinality(source_keys) = items "
+        CheckConstraint("cardinality(source_keys) = items "
                         "AND octet_length(item_hashes) = 32 * items", name="one_per_item"),
         Index("ix_raw_item_blocks_source_id", "source", "id"),
         Index("ix_raw_item_blocks_run_id", "run_id"),
@@ -112,7 +113,7 @@ class RawItemBlock(Base):
     source: Mapped[str] = mapped_column(String(32))
     items: Mapped[int] = mapped_column(Integer)
     source_keys: Mapped[list[str]] = mapped_column(ARRAY(Text))
-    payloads: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
     item_hashes: Mapped[bytes] = mapped_column(LargeBinary)
     # Not a foreign key: a per-row check costs more than the COPY of the row, the loader
     # takes the id from the run it executes, and runs are never deleted (migration 0003).

@@ -9,6 +9,7 @@ from sqlalchemy import ColumnElement, func, select, text
 from sqlalchemy.orm import Session
 
 from shared.config import SOURCES
+from shared.batch.item_texts import unpack_item_texts
 from shared.errors import NotFound
 from shared.models import LINE_SOURCES, RAW_LINE_ID_BITS, RawItemBlock, RawLineBlock
 from shared.queries.paging import (
@@ -32,7 +33,7 @@ WHERE id = :block AND source = :source AND :i < cardinality(line_numbers)
 
 # Item `:i` (0-based) of one raw_item_blocks row, if the block is `:source`'s and holds it.
 _ONE_ITEM = text("""
-SELECT payloads[:i + 1] AS payload, source_keys[:i + 1] AS source_key,
+SELECT payload, source_keys[:i + 1] AS source_key,
        substring(item_hashes FROM :i * 32 + 1 FOR 32) AS content_hash, run_id, fetched_at
 FROM raw_item_blocks
 WHERE id = :block AND source = :source AND :i < items
@@ -122,7 +123,7 @@ def list_raw_records(
 def _cut(block: RawLineBlock | RawItemBlock, indexes: Sequence[int]) -> list[RawLine]:
     """The records at `indexes` of a block, as RawLine."""
     if isinstance(block, RawItemBlock):
-        payloads, hashes = block.payloads, bytes(block.item_hashes)
+        payloads, hashes = unpack_item_texts(bytes(block.payload)), bytes(block.item_hashes)
         keys = [block.source_keys[i] for i in indexes]
     else:
         payloads, hashes = block.payload.split("\n"), bytes(block.line_hashes)
@@ -140,18 +141,21 @@ def get_raw_record(session: Session, source: str, record_id: int) -> RawLine:
     record: RawLine | None = None
     if record_id <= BIGINT_MAX:
         block_id, index = record_id >> RAW_LINE_ID_BITS, record_id & _INDEX_MASK
-        # Cut in SQL: a block holds up to CSV_BATCH_ROWS lines or a page of items (MBs of
-        # text and hashes), and only one record of it travels to us.
-        found = session.execute(_ONE_LINE if source in LINE_SOURCES else _ONE_ITEM,
+        # A line is cut in SQL (a block holds up to CSV_BATCH_ROWS lines, MBs of text and
+        # hashes); an item's page travels compressed (a few tens of KB) and is cut here.
+        lines = source in LINE_SOURCES
+        found = session.execute(_ONE_LINE if lines else _ONE_ITEM,
                                 {"block": block_id, "i": index, "source": source}
                                 ).one_or_none()
         if found is not None:
             record = RawLine(
                 id=record_id, source=source,
-                source_key=(f"{found.file_key}:{found.line_number}"
-                            if source in LINE_SOURCES else found.source_key),
-                payload=found.payload, content_hash=bytes(found.content_hash),
-                run_id=found.run_id, fetched_at=found.fetched_at)
+                source_key=(f"{found.file_key}:{found.line_number}" if lines
+                            else found.source_key),
+                payload=(found.payload if lines
+                         else unpack_item_texts(bytes(found.payload))[index]),
+                content_hash=bytes(found.content_hash), run_id=found.run_id,
+                fetched_at=found.fetched_at)
     if record is None:
         raise NotFound(f"raw record {record_id} of {source} not found")
     return record

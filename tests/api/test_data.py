@@ -10,9 +10,9 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 
 from tests.api.helpers import Loaded
+from tests.helpers.raw_items import stored_items
 
 SORTS = ("asset_id", "symbol", "name", "source", "price_usd", "market_cap_usd",
          "volume_24h_usd", "rank", "observed_at")
@@ -79,8 +79,7 @@ def test_records_keep_their_fields_and_exact_upstream_decimals(loaded: Loaded) -
             "market_cap_usd", "volume_24h_usd", "rank", "observed_at", "quality"}
         assert record["observed_at"].endswith("+00:00")
     with loaded.engine.connect() as conn:
-        payloads = conn.execute(text(
-            "SELECT payload FROM raw_items WHERE source = 'coingecko'")).scalars().all()
+        payloads = [item.payload for item in stored_items(conn, "source = 'coingecko'")]
     (payload,) = [p for p in payloads if json.loads(p)["id"] == "bitcoin"]
     item = json.loads(payload, parse_float=Decimal, parse_int=Decimal)
     assert Decimal(by_source["coingecko"]["price_usd"]) == item["current_price"]

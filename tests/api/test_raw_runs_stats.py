@@ -12,6 +12,7 @@ from shared.config import Settings, load_settings
 from tests.api.helpers import coins_csv, run_sources
 from tests.conftest import ALL_RAW, count
 from tests.helpers.csv_runs import HEADER, only_file, run_csv
+from tests.helpers.raw_items import stored_items
 from tests.upstream import ReplayUpstream
 
 
@@ -43,8 +44,8 @@ def test_raw_lists_detail_and_cursor(
     assert json.loads(record["payload"])["id"]
     assert len(record["content_hash"]) == 64 and int(record["content_hash"], 16) >= 0
     with clean_db.connect() as conn:
-        stored = conn.execute(text("SELECT content_hash, payload FROM raw_items WHERE id = :id"),
-                              {"id": record["id"]}).one()
+        (stored,) = [i for i in stored_items(conn, "source = 'coingecko'")
+                     if i.id == record["id"]]
     assert bytes(stored.content_hash).hex() == record["content_hash"]
     assert stored.payload == record["payload"]
     assert _get(client, f"/raw/coingecko/{record['id']}") == record
