@@ -3,9 +3,9 @@
 Fills one weekly quotes partition 60 days back (`--assets` coins at one source, a quote every
 5 minutes for 7 days), then times the steps retention takes on it (shared.storage.retention:
 the fold alone in a rolled-back transaction, then the whole expiry: fold, DETACH
-CONCURRENTLY, fold again, DROP), and the reads before and after: a week of 1h candles and a
-history page of one coin, from the full rows and from the rollups. Prints bytes and times
-(medians of `--repeat`). Its own database on the local server, dropped at the end.
+CONCURRENTLY, count (a second fold only if the rows changed), DROP), and a week of 1h candles
+of one coin read from the full rows and from the rollup. Prints bytes and times (medians of
+`--repeat`). Its own database on the local server, dropped at the end.
 """
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             f"({rollup_bytes / (rows / 12):.0f} B/row, 1/{ratio:.1f} of the bytes) |",
             f"| fold alone (INSERT ... SELECT ... ON CONFLICT), median of 3 | "
             f"{fold_ms / 1000:.2f} s |",
-            f"| whole expiry: fold, DETACH CONCURRENTLY, fold again, DROP | {expire_s:.2f} s "
+            f"| whole expiry: fold, DETACH CONCURRENTLY, count, DROP | {expire_s:.2f} s "
             f"({', '.join(dropped['quotes'])}) |",
             f"| a week of 1h candles of one coin: full rows / rollup, median of {args.repeat} "
             f"| {full_ms:.2f} ms / {rollup_ms:.2f} ms |",

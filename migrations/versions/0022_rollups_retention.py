@@ -61,6 +61,7 @@ def upgrade() -> None:
         "rollup_folds",
         sa.Column("relid", sa.BigInteger(), nullable=False),
         sa.Column("name", sa.String(length=128), nullable=False),
+        sa.Column("rows", sa.BigInteger(), nullable=False),
         sa.Column("folded_at", sa.DateTime(timezone=True), server_default=sa.text("now()"),
                   nullable=False),
         sa.PrimaryKeyConstraint("relid", name="pk_rollup_folds"),

@@ -63,4 +63,7 @@ class RollupFold(Base):
 
     relid: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     name: Mapped[str] = mapped_column(String(128))
+    # The rows folded (quotes; for an hourly partition the quotes its rows hold): the same
+    # count after the detach spares the second fold.
+    rows: Mapped[int] = mapped_column(BigInteger)
     folded_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())

@@ -10,9 +10,11 @@ whose upper bound is at or before the cutoff, oldest first:
    folded (rollup_folds, by oid);
 2. `ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY` (no transaction; blocks no reader or
    writer), or `... FINALIZE` when a killed run left it pending;
-3. in one transaction: the detached, now unchanging table folded again (`replace`: the same
-   values, plus any row written between 1 and 2), its quote_flags rows deleted and its
-   flag_sets counts subtracted, the table dropped and its mark removed.
+3. in one transaction: the detached, now unchanging table folded again if it holds other
+   rows than step 1 folded (`replace`: the same values plus any row written between 1 and 2;
+   rows are only inserted, so an equal count means the same rows and no second fold), its
+   quote_flags rows deleted and its flag_sets counts subtracted, the table dropped and its
+   mark removed.
 A kill at any point leaves the rows whole somewhere: in the partition (before 1), in the
 rollup and the partition (after 1), or in the rollup and a detached table (after 2), which
 the next run finds by its name and finishes. A partition made again below the horizon (rows
@@ -99,8 +101,10 @@ def expiring(conn: Connection, table: PartitionedTable, cutoff: datetime) -> lis
     return sorted(parts, key=lambda p: (p.low, p.name))
 
 
-def _marked(conn: Connection) -> set[int]:
-    return {relid for relid, in conn.execute(text("SELECT relid FROM rollup_folds"))}
+def _marked(conn: Connection) -> dict[int, int]:
+    """Partitions folded and not yet dropped: oid -> the rows folded."""
+    return {relid: rows for relid, rows in conn.execute(
+        text("SELECT relid, rows FROM rollup_folds"))}
 
 
 def _detach(conn: Connection, table: PartitionedTable, part: Part) -> None:
@@ -116,18 +120,28 @@ def _first_fold(engine: Engine, spec: Fold, part: Part) -> None:
         # No write in flight into the partition is left out of the fold.
         tx.execute(text(f'LOCK TABLE "{part.name}" IN SHARE MODE'))
         create_missing(tx, spec.target, [(part.low, part.high - _TINY)])
-        fold(tx, spec, part.name, merge=False)
+        rows = fold(tx, spec, part.name, merge=False)
         advance_horizon(tx, spec.source.name, part.high)
-        tx.execute(text("INSERT INTO rollup_folds (relid, name) VALUES (:r, :n) "
-                        "ON CONFLICT DO NOTHING"), {"r": part.relid, "n": part.name})
+        tx.execute(text("INSERT INTO rollup_folds (relid, name, rows) VALUES (:r, :n, :c) "
+                        "ON CONFLICT DO NOTHING"), {"r": part.relid, "n": part.name, "c": rows})
 
 
-def _last_fold(engine: Engine, spec: Fold, part: Part, merge: bool) -> None:
-    """Step 3: the detached table folded again (or, made again late, merged), dropped."""
+def _rows(conn: Connection, spec: Fold, part: Part) -> int:
+    """What `fold` of `part` would count: a quotes partition's rows, or the quotes a rollup
+    partition's rows hold (their sum; a merge into one adds to it)."""
+    what = "coalesce(sum(quotes), 0)" if spec.source is not QUOTES else "count(*)"
+    return int(conn.execute(text(f'SELECT {what} FROM "{part.name}"')).scalar_one())
+
+
+def _last_fold(engine: Engine, spec: Fold, part: Part, folded: int | None) -> None:
+    """Step 3: the detached table folded again, unless it holds exactly the `folded` rows
+    of step 1 (rows are only ever inserted, so the same count is the same rows); merged when
+    it was not folded before (None: made again late); then dropped."""
     with engine.begin() as tx:
         tx.execute(text(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'"))
-        create_missing(tx, spec.target, [(part.low, part.high - _TINY)])
-        fold(tx, spec, part.name, merge=merge)
+        if folded is None or _rows(tx, spec, part) != folded:
+            create_missing(tx, spec.target, [(part.low, part.high - _TINY)])
+            fold(tx, spec, part.name, merge=folded is None)
         if spec.source is QUOTES:
             _forget_flags(tx, part)
             counters.subtract_dropped(tx, QUOTES.name, part.name)  # /stats' kept counts
@@ -171,7 +185,7 @@ def expire_folded(engine: Engine, spec: Fold, cutoff: datetime) -> list[str]:
                 if fresh and not part.pending and part.relid not in _marked(conn):
                     _first_fold(engine, spec, part)
                 _detach(conn, spec.source, part)
-            _last_fold(engine, spec, part, merge=part.relid not in _marked(conn))
+            _last_fold(engine, spec, part, _marked(conn).get(part.relid))
             dropped.append(part.name)
             log.info("retention: %s folded into %s and dropped", part.name, spec.target.name)
     finally:

@@ -103,12 +103,14 @@ TO_DAILY = Fold(QUOTES_HOURLY, QUOTES_DAILY, "daily", _FROM_HOURLY)
 
 def fold(conn: Connection, spec: Fold, table: str, merge: bool) -> int:
     """Fold the rows of `table` (a partition of spec.source, attached or detached) into
-    spec.target in the caller's transaction; the buckets written."""
+    spec.target in the caller's transaction; the source rows folded (with `replace`: the
+    written buckets' `quotes`, so it is also `table`'s row count of a quotes partition)."""
     on_conflict = _MERGE if merge else _REPLACE
-    result = conn.execute(text(
-        f"INSERT INTO {spec.target.name} AS r ({_COLUMNS}) {spec.select.format(table=table)} "
-        f"ON CONFLICT (asset_id, source, bucket_start) DO UPDATE SET {on_conflict}"))
-    return int(result.rowcount or 0)
+    return int(conn.execute(text(
+        f"WITH written AS (INSERT INTO {spec.target.name} AS r ({_COLUMNS}) "
+        f"{spec.select.format(table=table)} ON CONFLICT (asset_id, source, bucket_start) "
+        f"DO UPDATE SET {on_conflict} RETURNING quotes) "
+        "SELECT coalesce(sum(quotes), 0) FROM written")).scalar_one())
 
 
 def horizons(conn: Connection) -> dict[str, datetime]:

@@ -12,9 +12,10 @@ from sqlalchemy import Engine, text
 from shared.config import ConfigError, Settings, load_settings
 from shared.locks import partition_lock, try_lock, unlock
 from shared.queries.candles import INTERVALS, CandleRange, candle_rows, floor_bucket
-from shared.storage.partitions import KNOWN, RAW_LINE_BLOCKS, ensure, maintain
+from shared.storage import retention
+from shared.storage.partitions import KNOWN, QUOTES, RAW_LINE_BLOCKS, ensure, maintain
 from shared.storage.retention import expire
-from shared.storage.rollups import horizons
+from shared.storage.rollups import TO_HOURLY, horizons
 from tests.helpers.partitions import ensure_quote_partitions, partition_bounds
 
 UTC = timezone.utc
@@ -277,3 +278,24 @@ def test_a_busy_partition_lock_leaves_the_table_for_the_next_run(
     assert _partitions(quotes_db, "quotes") == before
     with quotes_db.connect() as conn:
         assert horizons(conn) == {}
+
+
+def test_a_row_written_between_the_fold_and_the_detach_is_folded_too(
+        quotes_db: Engine, settings: Settings) -> None:
+    with quotes_db.connect() as conn:
+        (part,) = [p for p in retention.expiring(conn, QUOTES, NOW - timedelta(days=30))
+                   if p.low <= MIDDLE < p.high]
+    retention._first_fold(quotes_db, TO_HOURLY, part)  # step 1 only, as a run killed after it
+    folded = _rollups(quotes_db, "quotes_hourly", MIDDLE)
+    with quotes_db.begin() as conn:  # a backfill writes into the still attached partition
+        conn.execute(text(
+            "INSERT INTO quotes (asset_id, source, observed_at, source_asset_id, price_usd) "
+            "VALUES (1, 'csv', :t, 'coin-1', 777)"), {"t": MIDDLE + timedelta(minutes=30)})
+    expire(quotes_db, _with(settings, quotes_full_resolution_days=30), NOW)
+    after = _rollups(quotes_db, "quotes_hourly", MIDDLE)
+    first, *rest = after[(1, "csv")]
+    assert (first["high"], first["quotes"]) == ("777", folded[(1, "csv")][0]["quotes"] + 1)
+    assert rest == folded[(1, "csv")][1:]
+    assert {k: v for k, v in after.items() if k != (1, "csv")} == {
+        k: v for k, v in folded.items() if k != (1, "csv")}
+    assert _leftovers(quotes_db) == []
