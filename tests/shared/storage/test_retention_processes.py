@@ -1,5 +1,6 @@
-"""Retention killed (kill -9) in the middle of a partition's expiry: nothing is lost, and the
-next run finishes it."""
+"""Retention in other processes: beat's maintenance task in a real worker folds and drops, and
+a run killed (kill -9) in the middle of a partition's expiry loses nothing, the next run
+finishing it."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,16 +8,18 @@ import os
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 from sqlalchemy import Engine, text
 
+from shared import task_names
 from shared.config import Settings
 from shared.queries.candles import INTERVALS, CandleRange, candle_rows, floor_bucket
 from shared.storage.partitions import KNOWN, QUOTES, maintain, unit
 from shared.storage.retention import expire
-from tests.conftest import ROOT
+from tests.conftest import ROOT, WorkerProcess
+from tests.helpers.broker import sender
 from tests.helpers.partitions import drop_partitions, ensure_quote_partitions
 from tests.helpers.waiting import poll
 
@@ -140,3 +143,18 @@ def test_kill_9_while_detaching_loses_nothing_and_the_next_run_finishes(
         assert conn.execute(_PART, {"day": day}).all() == []
         assert conn.execute(text("SELECT count(*) FROM rollup_folds")).scalar_one() == 0
     assert _rollups(old_quotes) == before
+
+
+@pytest.mark.e2e
+def test_beats_maintenance_task_expires_with_the_workers_settings(
+        old_quotes: Engine, settings: Settings,
+        worker_factory: Callable[..., WorkerProcess]) -> None:
+    before = _hourly_candles(old_quotes)
+    day = START.strftime("%Y%m%d")
+    assert _rows(old_quotes, _PART, day=day)  # the partition is there before the task
+    worker_factory({"QUOTES_FULL_RESOLUTION_DAYS": "30", "QUOTES_HOURLY_DAYS": "400"})
+    sender(settings).send_task(task_names.MAINTAIN_PARTITIONS)
+    poll(lambda: _rows(old_quotes, _PART, day=day), lambda rows: rows == [], 60,
+         "the expired partition dropped by the task")
+    assert _rollups(old_quotes) == before
+    assert _rows(old_quotes, text("SELECT name FROM retention_horizons")) == [("quotes",)]
