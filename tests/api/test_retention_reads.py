@@ -177,3 +177,25 @@ def test_history_pages_and_export_go_on_past_the_horizon_with_one_row_per_bucket
         assert row["quotes"] == len([r for r in before if r["source"] == row["source"] and
                                      row["bucket_start"] <= r["observed_at"] < row["bucket_end"]])
     assert total_before == len(before)
+
+
+def test_a_row_written_later_below_the_horizon_is_read_once_folded(
+        coin: Engine, client: Any, settings: Settings) -> None:
+    url = (f"/data/testcoin/history?source=coingecko&since={_q(AROUND)}"
+           f"&until={_q(AROUND + timedelta(hours=6))}&page_size=500")
+    _expire(coin, settings)
+    folded = _get(client, url)["data"]
+    late = AROUND + timedelta(minutes=30, seconds=1)
+    ensure_quote_partitions(coin, late)  # the writer makes the expired week's partition again
+    with coin.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO quotes (asset_id, source, observed_at, source_asset_id, price_usd) "
+            "VALUES (1, 'coingecko', :t, 'tst', 999)"), {"t": late})
+    assert _get(client, url)["data"] == folded  # not read until folded
+    _expire(coin, settings)
+    merged = _get(client, url)["data"]
+    hour = AROUND.isoformat()
+    (was,), (now,) = ([r for r in rows if r.get("bucket_start") == hour]
+                      for rows in (folded, merged))
+    assert (now["high_usd"], now["quotes"]) == ("999", was["quotes"] + 1)
+    assert [r for r in merged if r is not now] == [r for r in folded if r is not was]
