@@ -12,6 +12,7 @@ from shared.config import SOURCES
 from shared.batch.item_texts import unpack_item_texts
 from shared.errors import NotFound
 from shared.models import LINE_SOURCES, RAW_LINE_ID_BITS, RawItemBlock, RawLineBlock
+from shared.storage import counters
 from shared.queries.paging import (
     BIGINT_MAX,
     InvalidCursor,
@@ -84,8 +85,12 @@ def list_raw_records(
     conditions: list[ColumnElement[bool]] = [model.source == source]
     if run_id is not None:
         conditions.append(model.run_id == run_id)
-    total = session.execute(select(func.coalesce(func.sum(size), 0)).where(*conditions)
-                            ).scalar_one()
+    if run_id is None:
+        # The writers' exact count (shared.storage.counters), not a sum over every block.
+        total = int(counters.totals(session).get("raw", {}).get(source, 0))
+    else:
+        total = session.execute(select(func.coalesce(func.sum(size), 0)).where(*conditions)
+                                ).scalar_one()
     after_block, after_index = (
         (after >> RAW_LINE_ID_BITS, after & _INDEX_MASK) if after is not None else (None, None))
     if after_block is not None:
