@@ -32,9 +32,13 @@ from bench.common import BenchDatabase, Row, say
 from bench.storage import redis_env
 from bench.ticks import MovingUpstream, run_job, table_sizes, vacuum
 from shared.config import Settings, load_settings
+from shared.db import unit_of_work
 from shared.storage import partitions
 
-ENDPOINTS = ("/stats", "/metrics", "/data?page_size=100", "history")
+# The history pages: the newest 100 of one asset and source (with a few ticks a simulated
+# day that reaches past the full-resolution horizon into the rollups, which 288 ticks a day
+# would not) and the newest 10 (within the horizon, as a page of the real schedule is).
+ENDPOINTS = ("/stats", "/metrics", "/data?page_size=100", "history 100", "history 10")
 GOAL_API_RATIO = 1.2
 
 
@@ -96,6 +100,23 @@ def retention_step(engine: Engine, settings: Settings) -> Callable[[datetime], A
     return lambda now: expire(engine, settings, now=now)
 
 
+def usage_step(engine: Engine) -> Callable[[datetime], Any] | None:
+    """Beat's hourly usage upkeep (kept counts folded, size sampled) as a function of `now`,
+    or None when the tree has none: without it the counts' deltas pile up as they never do."""
+    try:
+        module = importlib.import_module("shared.storage.usage")
+    except ImportError:
+        return None
+    maintain = getattr(module, "maintain", None)
+    if maintain is None:
+        return None
+
+    def step(now: datetime) -> None:
+        with unit_of_work(engine) as session:
+            maintain(session, now)
+    return step
+
+
 def time_requests(clients: dict[str, Any], paths: dict[str, str], samples: int
                   ) -> dict[str, dict[str, float]]:
     """Median ms per client and path, the clients' requests alternating (so a slow spell of
@@ -147,8 +168,9 @@ def api_paths(engine: Engine) -> dict[str, str]:
     with engine.connect() as conn:
         asset = conn.execute(text("SELECT min(asset_id) FROM current_quotes "
                                   "WHERE source = 'coingecko'")).scalar_one()
-    paths = {name: name for name in ENDPOINTS if name != "history"}
-    paths["history"] = f"/data/{asset}/history?source=coingecko&page_size=100"
+    paths = {name: name for name in ENDPOINTS if not name.startswith("history")}
+    for size in (100, 10):
+        paths[f"history {size}"] = f"/data/{asset}/history?source=coingecko&page_size={size}"
     return paths
 
 
@@ -183,6 +205,7 @@ def simulate(db: BenchDatabase, env: dict[str, str], args: argparse.Namespace,
         client = apps[0].test_client()
         raw_table = raw_item_table(engine)
         retention = retention_step(engine, settings)
+        usage = usage_step(engine)
         days = simulated_days(datetime.now(timezone.utc), args.longrun_days)
         records, api, moved, upkeep_seconds = [], {}, 0, []
         for number, start in enumerate(days, 1):
@@ -198,6 +221,8 @@ def simulate(db: BenchDatabase, env: dict[str, str], args: argparse.Namespace,
             end = start + timedelta(days=1)
             started = time.perf_counter()
             partitions.maintain(engine, now=end)
+            if usage is not None:  # beat: maintain, then usage, then expire
+                usage(end)
             if retention is not None:
                 retention(end)
             upkeep_seconds.append(time.perf_counter() - started)
@@ -223,7 +248,8 @@ def simulate(db: BenchDatabase, env: dict[str, str], args: argparse.Namespace,
         drop_snapshot(db, copy)
     return {"per_row": per_row, "records": records, "api": api, "raw_table": raw_table,
             "raw_moved": moved, "day1_copy": copy is not None,
-            "retention": retention is not None, "upkeep_seconds": upkeep_seconds}
+            "retention": retention is not None, "usage": usage is not None,
+            "upkeep_seconds": upkeep_seconds}
 
 
 ROW_TABLES = ("quotes", "quotes_hourly", "quotes_daily")
@@ -296,7 +322,8 @@ def longrun_cases(db: BenchDatabase, env: dict[str, str], args: argparse.Namespa
     notes = [
         f"longrun: {days} days x {args.longrun_ticks} ticks, {scale}; {raw}; retention "
         + ("run with now=<simulated day end>" if sim["retention"] else
-           "NOT run (no shared.storage.retention in this tree): partitions.maintain only"),
+           "NOT run (no shared.storage.retention in this tree): partitions.maintain only")
+        + ("; usage upkeep (counts folded) daily" if sim["usage"] else "; no usage upkeep"),
         "longrun: API ms on day 1, timed that day: " + ", ".join(
             f"{k} {v:.1f}" for k, v in api["in place"].items()),
         "longrun: database MB per simulated day: " + ", ".join(
