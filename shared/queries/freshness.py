@@ -38,8 +38,9 @@ LEFT JOIN LATERAL (
 LEFT JOIN LATERAL (
     SELECT count(*) AS n FROM runs r
     WHERE r.source = s.source AND r.kind = 'extract' AND r.status IN ('failed', 'partial')
-      AND (ok.created_at IS NULL OR (r.created_at >= ok.created_at
-                                     AND r.finished_at > ok.finished_at))
+      -- an index range (no OR around it): the failures since the last success only
+      AND r.created_at >= coalesce(ok.created_at, '-infinity')
+      AND (ok.finished_at IS NULL OR r.finished_at > ok.finished_at)
 ) fails ON true
 LEFT JOIN LATERAL (
     SELECT id, job_id, status FROM runs

@@ -94,3 +94,74 @@ def test_the_check_sees_a_count_of_history(loaded: Loaded) -> None:
                              parents)
         assert caught and all(" quotes_" in c for c in caught), caught
         assert _full_reads(conn, "SELECT count(*) FROM rejected_records", parents)
+
+
+# A month-old history of runs: 5,000 jobs of one run each, half of them failed with an error.
+_OLD_RUNS = text("""
+WITH j AS (
+    INSERT INTO jobs (status, sources, trigger, created_at, started_at, finished_at)
+    SELECT 'succeeded', ARRAY['csv'], 'beat', t, t, t + interval '1 second'
+    FROM generate_series(1, :n) AS i,
+         LATERAL (SELECT now() - interval '30 days' - i * interval '5 minutes' AS t) at
+    RETURNING id, created_at
+)
+INSERT INTO runs (job_id, source, kind, status, error, created_at, started_at, finished_at)
+SELECT id, 'csv', 'extract', CASE WHEN id % 2 = 0 THEN 'failed' ELSE 'succeeded' END,
+       CASE WHEN id % 2 = 0 THEN 'old error' END, created_at, created_at,
+       created_at + interval '1 second'
+FROM j
+""")
+OLD_RUNS = 5000
+
+
+def _rows_read(plan: dict[str, Any], parents: dict[str, str], table: str) -> int:
+    """Rows the executed plan read from `table`: returned and filtered out, every loop."""
+    total = 0
+    for node, _limited in _nodes(plan):
+        relation = node.get("Relation Name") or node.get("Index Name", "")
+        if parents.get(relation, relation) == table and "Scan" in node["Node Type"]:
+            total += (node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)
+                      + node.get("Rows Removed by Index Recheck", 0)) * node.get("Actual Loops", 1)
+    return total
+
+
+def test_a_month_of_old_runs_is_not_read(loaded: Loaded) -> None:
+    """Runs and jobs grow every day (~900 runs at the default schedule): the four answers read
+    the newest ones by index ranges, so 5,000 runs of a month ago are never read, whatever
+    plan the planner picks (each statement executed by EXPLAIN ANALYZE, rows counted)."""
+    with loaded.engine.begin() as conn:
+        conn.execute(_OLD_RUNS, {"n": OLD_RUNS})
+        conn.execute(text("ANALYZE runs; ANALYZE jobs"))
+    app = loaded.client.application
+    if app.extensions.get("status_cache") is not None:
+        app.extensions["status_cache"]._entries.clear()
+    sent: list[str] = []
+
+    def capture(_conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        sent.append(cursor.mogrify(statement, parameters).decode())
+
+    api_engine = app.extensions["db_engine"]
+    event.listen(api_engine, "before_cursor_execute", capture)
+    try:
+        for path in PATHS:
+            assert loaded.client.get(path).status_code in (200, 503), path
+    finally:
+        event.remove(api_engine, "before_cursor_execute", capture)
+    reads = [s for s in sent if s.lstrip().upper().startswith(("SELECT", "WITH"))]
+    heavy = {}
+    with loaded.engine.connect() as conn:
+        parents = _parents(conn)
+        for sql in reads:
+            plan = conn.execute(text("EXPLAIN (ANALYZE, FORMAT JSON) "
+                                     + sql.replace(":", r"\:"))).scalar_one()
+            plan = json.loads(plan) if isinstance(plan, str) else plan
+            read = {t: _rows_read(plan[0]["Plan"], parents, t) for t in ("runs", "jobs")}
+            if max(read.values()) >= OLD_RUNS // 5:
+                heavy[" ".join(sql.split())[:120]] = read
+        conn.rollback()
+    assert heavy == {}
+    with loaded.engine.connect() as conn:  # the check sees a read of every run
+        plan = conn.execute(text("EXPLAIN (ANALYZE, FORMAT JSON) "
+                                 "SELECT status, count(*) FROM runs GROUP BY status")).scalar_one()
+        plan = json.loads(plan) if isinstance(plan, str) else plan
+        assert _rows_read(plan[0]["Plan"], _parents(conn), "runs") >= OLD_RUNS
