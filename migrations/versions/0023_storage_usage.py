@@ -5,14 +5,15 @@ Revises: 0022
 Create Date: 2026-12-07 19:40:00.000000
 
 /stats, /metrics, /status and /health read counts kept by the writers instead of counting the
-tables that grow every day (shared.storage.counters): `layer_counts` holds deltas per
-(source, layer), inserted in the writers' own transactions and folded hourly. Quotes and raw
-records are added by the batch writer (it knows how many went in); rejects, anomalies, drift
-events and runs (per kind and status, upstream requests, durations) by triggers on their
-tables, so every writer of those counts, whatever its code. The upgrade seeds the counts from
-the tables once (a scan of each, under a SHARE lock so that no write slips between the count
-and the triggers: writers wait for it). `storage_samples` keeps the database's size each hour. Three indexes of runs let the reads of
-a source's newest runs and errors and of the last day's runs take ranges, not the table.
+tables that grow every day (shared.storage.counters): `layer_counts` holds deltas per (source,
+layer), inserted in the writers' own transactions and folded hourly. Quotes and raw records are
+added by the batch writer (it knows how many went in); rejects, anomalies, drift events, runs
+(per kind and status, upstream requests, durations) and quotes stored with a flag set by
+triggers on their tables, so every writer of those counts, whatever its code. The upgrade seeds
+the counts from the tables once (a scan of each, under a SHARE lock so that no write slips
+between the count and the triggers: writers wait for it). `storage_samples` keeps the database's
+size each hour. Three indexes of runs let the reads of a source's newest runs and errors and of
+the last day's runs take ranges, not the table.
 """
 from __future__ import annotations
 
@@ -69,6 +70,22 @@ CREATE TRIGGER layer_counts AFTER INSERT OR DELETE OR UPDATE OF
     rate_limit_wait_seconds, started_at, finished_at
 ON runs FOR EACH ROW EXECUTE FUNCTION layer_counts_runs()
 """
+# Quotes stored with a flag set (the status page's flagged quotes): each change of a set's
+# `quotes` (a batch adding its quotes, retention subtracting dropped ones) moves the count.
+_FLAG_SETS_TRIGGER = """
+CREATE FUNCTION layer_counts_flag_sets() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO layer_counts (source, layer, n)
+    SELECT d.source, 'flagged', sum(d.n) FROM (
+        SELECT NEW.source AS source, NEW.quotes::numeric AS n WHERE TG_OP <> 'DELETE'
+        UNION ALL
+        SELECT OLD.source, -OLD.quotes::numeric WHERE TG_OP <> 'INSERT'
+    ) d GROUP BY d.source HAVING sum(d.n) <> 0;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER layer_counts AFTER INSERT OR DELETE OR UPDATE OF source, quotes
+ON flag_sets FOR EACH ROW EXECUTE FUNCTION layer_counts_flag_sets()
+"""
 _ROWS_TRIGGER = """
 CREATE FUNCTION layer_counts_{table}_{op}() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -94,6 +111,7 @@ def _seed_sql(conn: sa.Connection) -> str:
         parts.append("SELECT source, 'raw', sum(items) FROM raw_item_blocks GROUP BY 1")
     parts += [f"SELECT source, {layer}, count(*) FROM {table} GROUP BY 1, 2"
               for table, layer in _COUNTED.items()]
+    parts.append("SELECT source, 'flagged', sum(quotes) FROM flag_sets GROUP BY 1")
     parts.append("SELECT f.source, f.layer, sum(f.n) FROM runs r, "
                  "layer_counts_run_figures(r) f GROUP BY 1, 2")
     return ("INSERT INTO layer_counts (source, layer, n) SELECT source, layer, sum(n) FROM ("
@@ -122,13 +140,14 @@ def upgrade() -> None:
                     postgresql_where=sa.text("error IS NOT NULL"))
     op.create_index("ix_runs_created", "runs", ["created_at"])
     conn = op.get_bind()
-    tables = ["quotes", "raw_line_blocks", "runs", *_COUNTED]
+    tables = ["quotes", "raw_line_blocks", "runs", "flag_sets", *_COUNTED]
     tables += [t for t in ("raw_records", "raw_item_blocks")
                if conn.execute(sa.text(f"SELECT to_regclass('{t}')")).scalar() is not None]
     # No write may commit between the counts below and the triggers (or the new writers).
     op.execute(f"LOCK TABLE {', '.join(tables)} IN SHARE MODE")
     op.execute(_RUN_FIGURES)
     op.execute(_RUN_TRIGGER)
+    op.execute(_FLAG_SETS_TRIGGER)
     for table, layer in _COUNTED.items():
         for name, event, kind, sign in _OPS:
             op.execute(_ROWS_TRIGGER.format(table=table, op=name, event=event, kind=kind,
@@ -142,6 +161,8 @@ def downgrade() -> None:
         for name, *_rest in _OPS:
             op.execute(f"DROP TRIGGER IF EXISTS layer_counts_{name} ON {table}")
             op.execute(f"DROP FUNCTION IF EXISTS layer_counts_{table}_{name}()")
+    op.execute("DROP TRIGGER IF EXISTS layer_counts ON flag_sets")
+    op.execute("DROP FUNCTION IF EXISTS layer_counts_flag_sets()")
     op.execute("DROP TRIGGER IF EXISTS layer_counts ON runs")
     op.execute("DROP FUNCTION IF EXISTS layer_counts_runs()")
     op.execute("DROP FUNCTION IF EXISTS layer_counts_run_figures(runs)")

@@ -38,14 +38,15 @@ CROSS JOIN LATERAL (
 ) r ORDER BY s.source, r.created_at, r.id
 """)
 
-# Flagged quotes: anomalies and flag documents are sparse by design, and quotes flagged in
-# their own row are counted per flag set as their batches store them; a document counts when
-# its quote holds no flag set of its own, asked per document by primary key (a subquery, not
-# an anti-join, which the planner could answer with a scan of every quote). Drift events, rejects
-# and anomalies of all time are the writers' counts (shared.storage.counters); the recent
-# anomalies a range of ix_anomalies_created.
+# Flagged quotes: flag documents are sparse by design, and quotes flagged in their own row are
+# counted per flag set as their batches store them (flag_sets.quotes, whose changes a trigger adds
+# to layer_counts' `flagged`: flag_sets grows by a row per flagged run); a document counts when
+# its quote holds no flag set of its own, asked per document by primary key (a subquery, not an
+# anti-join, which the planner could answer with a scan of every quote). Drift events, rejects and
+# anomalies of all time are the writers' counts (shared.storage.counters); the recent anomalies a
+# range of ix_anomalies_created.
 _QUALITY_SQL = text("""
-SELECT (SELECT coalesce(sum(quotes), 0) FROM flag_sets)
+SELECT (SELECT coalesce(sum(n), 0) FROM layer_counts WHERE layer = 'flagged')
        + (SELECT count(*) FROM quote_flags f WHERE (
             SELECT q.flag_set FROM quotes q WHERE q.asset_id = f.asset_id
             AND q.source = f.source AND q.observed_at = f.observed_at) IS NULL

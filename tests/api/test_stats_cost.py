@@ -111,6 +111,11 @@ SELECT id, 'csv', 'extract', CASE WHEN id % 2 = 0 THEN 'failed' ELSE 'succeeded'
        created_at + interval '1 second'
 FROM j
 """)
+# As many old flag sets (a flagged run's kinds and clock), a quote each.
+_OLD_FLAG_SETS = text("""
+INSERT INTO flag_sets (source, kinds, thresholds, quotes, created_at)
+SELECT 'csv', 1, '{}', 1, now() - interval '30 days' FROM generate_series(1, :n)
+""")
 OLD_RUNS = 5000
 
 
@@ -126,12 +131,14 @@ def _rows_read(plan: dict[str, Any], parents: dict[str, str], table: str) -> int
 
 
 def test_a_month_of_old_runs_is_not_read(loaded: Loaded) -> None:
-    """Runs and jobs grow every day (~900 runs at the default schedule): the four answers read
-    the newest ones by index ranges, so 5,000 runs of a month ago are never read, whatever
-    plan the planner picks (each statement executed by EXPLAIN ANALYZE, rows counted)."""
+    """Runs, jobs and flag sets grow every day (~900 runs at the default schedule): the four
+    answers read the newest ones by index ranges, so 5,000 of each from a month ago are never
+    read, whatever plan the planner picks (each statement run by EXPLAIN ANALYZE, rows
+    counted)."""
     with loaded.engine.begin() as conn:
         conn.execute(_OLD_RUNS, {"n": OLD_RUNS})
-        conn.execute(text("ANALYZE runs; ANALYZE jobs"))
+        conn.execute(_OLD_FLAG_SETS, {"n": OLD_RUNS})
+        conn.execute(text("ANALYZE runs; ANALYZE jobs; ANALYZE flag_sets"))
     app = loaded.client.application
     if app.extensions.get("status_cache") is not None:
         app.extensions["status_cache"]._entries.clear()
@@ -155,7 +162,8 @@ def test_a_month_of_old_runs_is_not_read(loaded: Loaded) -> None:
             plan = conn.execute(text("EXPLAIN (ANALYZE, FORMAT JSON) "
                                      + sql.replace(":", r"\:"))).scalar_one()
             plan = json.loads(plan) if isinstance(plan, str) else plan
-            read = {t: _rows_read(plan[0]["Plan"], parents, t) for t in ("runs", "jobs")}
+            read = {t: _rows_read(plan[0]["Plan"], parents, t)
+                    for t in ("runs", "jobs", "flag_sets")}
             if max(read.values()) >= OLD_RUNS // 5:
                 heavy[" ".join(sql.split())[:120]] = read
         conn.rollback()

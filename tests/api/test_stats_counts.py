@@ -27,6 +27,7 @@ _SCANS = [
     "FROM drift_events GROUP BY 1, 2",
     "SELECT source, 'runs:' || kind || ':' || status, count(*) FROM runs GROUP BY 1, 2",
     "SELECT source, 'http_requests', sum(http_requests) FROM runs GROUP BY 1",
+    "SELECT source, 'flagged', sum(quotes) FROM flag_sets GROUP BY 1",
     "SELECT source, 'rate_limit_wait_seconds', sum(rate_limit_wait_seconds) FROM runs "
     "GROUP BY 1",
 ]
@@ -68,6 +69,7 @@ def test_kept_counts_equal_the_tables_after_loads_reruns_rejects_and_a_fold(
     scanned = _assert_exact(clean_db)
     assert {"coingecko", "coinpaprika", "csv"} <= set(scanned["quotes"])
     assert {"coingecko", "coinpaprika", "csv"} <= set(scanned["raw"])
+    assert scanned["flagged"], "the recorded pages hold flagged quotes (stored with a flag set)"
 
     # Nothing new: the counts move by the runs only.
     again = run_sources(clean_db, api_settings, ["coingecko", "coinpaprika", "csv"])
