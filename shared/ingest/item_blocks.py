@@ -29,6 +29,7 @@ from shared.batch.copy_format import (
 )
 from shared.batch.item_texts import pack_item_texts
 from shared.batch.types import RawItem, Rejected
+from shared.models import RAW_LINE_ID_BITS
 
 _COPY_ITEM_BLOCK = (f"COPY raw_item_blocks ({', '.join(ITEM_BLOCK_COLUMNS)}) "
                     "FROM STDIN WITH (FORMAT binary)")
@@ -81,6 +82,9 @@ def copy_item_block(
         keep.append(item)
     if not keep:
         return 0
+    if len(keep) >= 1 << RAW_LINE_ID_BITS:
+        # A record's id holds its index in the block in this many bits (shared.models).
+        raise ValueError(f"{source}: a page of {len(keep)} items is too large for one block")
     row = binary_row(
         source.encode(), len(keep).to_bytes(4, "big"),
         text_array([item.source_key for item in keep]),
