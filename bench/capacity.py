@@ -58,7 +58,7 @@ PROFILES = {p.name: p for p in (
     Profile("keep-all", None, None, None, "nothing expires (the default)"),
     Profile("year-100gb", 7, 14, 90, "a year of the default schedule within 100 GB"),
     Profile("audit", 30, 30, 365, "raw payloads a month, full resolution a month"),
-    Profile("lean", 3, 7, 30, "small disks, demos"),
+    Profile("lean", 1, 7, 30, "a year within 100 GB with today's partition widths"),
 )}
 
 
