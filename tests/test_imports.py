@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("api", "shared", "worker")
 # shared's ground: what every domain package stands on; it imports none of them.
 GROUND = frozenset({"config", "config_values", "db", "errors", "logging_setup", "bounds",
-                    "models", "locks", "celery_config", "task_names", "redis_client", "pool_mode"})
+                    "models", "locks", "celery_config", "task_names", "redis_client"})
 Graph = dict[str, set[str]]
 
 

@@ -13,7 +13,7 @@ from shared.config import get_settings
 from shared.db import dispose_engine
 from shared.jobs.schedule import ETL_ENTRY, tick_time
 from shared.logging_setup import configure_logging
-from shared.pool_mode import SessionPoolingRequired, require_session_pooling
+from shared.db import SessionPoolingRequired, require_session_pooling
 from shared.storage.partitions import MAINTENANCE_SECONDS
 from worker.beat_schedule import etl_entry
 
@@ -48,7 +48,7 @@ def create_celery_app() -> Celery:
 
 @worker_init.connect
 def _refuse_a_pool_without_sessions(**_: Any) -> None:
-    # The runs' session advisory locks need a server session per connection (shared.pool_mode):
+    # The runs' session advisory locks need a server session per connection (shared.db):
     # a transaction pool stops the worker here, before it takes a task. SystemExit, because
     # Celery logs and goes past any Exception a signal handler raises.
     try:

@@ -20,7 +20,7 @@ from shared.db import make_engine, unit_of_work
 from shared.jobs.close import finalize_job, reap_stale_runs
 from shared.jobs.submit import JobNotQueued, create_job, submit_job
 from shared.ingest.execute import execute_run
-from shared.pool_mode import SessionPoolingRequired, require_session_pooling
+from shared.db import SessionPoolingRequired, require_session_pooling
 
 etl = AppGroup("etl", help="Run, queue or reap ETL jobs.")
 
@@ -125,7 +125,7 @@ def reap() -> None:
 
 def _require_sessions(settings: Settings, who: str) -> None:
     """Exit 1 when DATABASE_URL is a transaction pool: runs and the reaper take session
-    advisory locks (shared.pool_mode)."""
+    advisory locks (shared.db)."""
     try:
         require_session_pooling(settings.database_url, who)
     except SessionPoolingRequired as exc:

@@ -19,7 +19,7 @@ from flask import Flask
 from sqlalchemy import Engine, text
 
 from shared.config import Settings
-from shared.pool_mode import check_pool
+from shared.db import check_pool
 from tests.api.helpers import coins_csv
 from tests.conftest import ROOT, TEST_TOKEN, WorkerProcess
 from tests.helpers.csv_runs import HEADER, only_file, run_csv
