@@ -14,7 +14,7 @@ from sqlalchemy import Engine, text
 from shared.config import Settings
 from shared.storage.partitions import KNOWN, QUOTES, maintain, unit
 from shared.storage.retention import expire
-from tests.helpers.partitions import ensure_quote_partitions
+from tests.helpers.partitions import drop_expirable_partitions, ensure_quote_partitions
 
 UTC = timezone.utc
 NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
@@ -43,6 +43,9 @@ def _fill(conn: Any, start: datetime, hours: int) -> None:
 
 @pytest.fixture
 def coin(clean_db: Engine) -> Iterator[Engine]:
+    """One asset's quotes around the horizon and a year back; horizons and rollups emptied
+    after (empty partitions other tests left, which retention would fold, dropped first)."""
+    drop_expirable_partitions(clean_db, unit(QUOTES, AROUND, NOW)[0])
     ensure_quote_partitions(clean_db, AROUND, AROUND + timedelta(hours=6), OLD,
                             OLD + timedelta(days=2))
     with clean_db.begin() as conn:

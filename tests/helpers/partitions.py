@@ -1,7 +1,7 @@
 """Partitions in tests: their bounds read from the catalog, empty ones dropped to be made again."""
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 
 from sqlalchemy import Engine, text
 
@@ -36,3 +36,11 @@ def drop_partitions(engine: Engine, table: str, *, after: datetime | None = None
                 dropped.append(name)
     KNOWN.forget()
     return dropped
+
+
+def drop_expirable_partitions(engine: Engine, before: datetime) -> None:
+    """Empty partitions other tests left that retention would expire: the quotes' ending by
+    `before` and every rollup partition (each must be empty)."""
+    drop_partitions(engine, "quotes", before=before)
+    for rollup in ("quotes_hourly", "quotes_daily"):
+        drop_partitions(engine, rollup, before=datetime.max.replace(tzinfo=timezone.utc))

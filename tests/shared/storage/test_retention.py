@@ -13,10 +13,14 @@ from shared.config import ConfigError, Settings, load_settings
 from shared.locks import partition_lock, try_lock, unlock
 from shared.queries.candles import INTERVALS, CandleRange, candle_rows, floor_bucket
 from shared.storage import retention
-from shared.storage.partitions import KNOWN, QUOTES, RAW_LINE_BLOCKS, ensure, maintain
+from shared.storage.partitions import KNOWN, QUOTES, RAW_LINE_BLOCKS, ensure, maintain, unit
 from shared.storage.retention import expire
 from shared.storage.rollups import TO_HOURLY, horizons
-from tests.helpers.partitions import ensure_quote_partitions, partition_bounds
+from tests.helpers.partitions import (
+    drop_expirable_partitions,
+    ensure_quote_partitions,
+    partition_bounds,
+)
 
 UTC = timezone.utc
 NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
@@ -113,6 +117,7 @@ def _leftovers(engine: Engine) -> list[str]:
 def quotes_db(clean_db: Engine) -> Iterator[Engine]:
     """Quotes in three partitions: a year of history, a week 60 days back, yesterday's week;
     a flag set and a flag document in the old ones. Horizons and rollups emptied after."""
+    drop_expirable_partitions(clean_db, unit(QUOTES, MIDDLE, NOW)[0])
     with clean_db.begin() as conn:
         flag_set = conn.execute(text(
             "INSERT INTO flag_sets (source, kinds, thresholds, quotes) VALUES "

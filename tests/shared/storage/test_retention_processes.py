@@ -20,7 +20,7 @@ from shared.storage.partitions import KNOWN, QUOTES, maintain, unit
 from shared.storage.retention import expire
 from tests.conftest import ROOT, WorkerProcess
 from tests.helpers.broker import sender
-from tests.helpers.partitions import drop_partitions, ensure_quote_partitions
+from tests.helpers.partitions import drop_expirable_partitions, ensure_quote_partitions
 from tests.helpers.waiting import poll
 
 # Starts a maintenance process in a fresh interpreter: not in the fast subset.
@@ -86,7 +86,7 @@ def old_quotes(clean_db: Engine) -> Iterator[Engine]:
     """A day of quotes every 10 minutes, 60 days back, in the oldest partition (older empty
     ones other tests left are dropped, so the run expires this one first); horizons and
     rollups emptied after."""
-    drop_partitions(clean_db, "quotes", before=unit(QUOTES, START, NOW)[0])
+    drop_expirable_partitions(clean_db, unit(QUOTES, START, NOW)[0])
     ensure_quote_partitions(clean_db, START, START + timedelta(days=1))
     with clean_db.begin() as conn:
         for asset, source in KEYS:
