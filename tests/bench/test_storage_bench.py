@@ -17,7 +17,8 @@ from bench.capacity import (
     render,
 )
 from bench.longrun import (
-    bytes_per_row, growth_per_day, move_raw, raw_item_table, simulated_days, tick_times,
+    bytes_per_row, growth_per_day, move_raw, raw_item_table, retention_step, simulated_days,
+    tick_times, usage_step,
 )
 from bench.ticks import MovingUpstream, grown, per_unit, run_job, stamp, table_sizes, vacuum
 from shared.config import load_settings
@@ -165,3 +166,12 @@ def test_capacity_profiles() -> None:
     assert PROFILES["year-100gb"].env() == {
         "RAW_RETENTION_DAYS": "7", "QUOTES_FULL_RESOLUTION_DAYS": "14", "QUOTES_HOURLY_DAYS": "90"}
     assert "`year-100gb`" in render(per_row, [DEFAULT_SCHEDULE], 365)
+
+
+def test_the_simulated_upkeep_is_beats(clean_db: Engine, base_env: dict[str, str]) -> None:
+    # The long run calls what beat's maintain_partitions calls, with the simulated now.
+    settings = load_settings({**base_env, **PROFILES["year-100gb"].env()})
+    expire, usage = retention_step(clean_db, settings), usage_step(clean_db)
+    assert expire is not None and usage is not None
+    usage(T0)
+    assert expire(T0) is not None
