@@ -43,7 +43,7 @@ MALLOC_ARENAS = 2
 _M_ARENA_MAX = -8  # mallopt() parameter number, from glibc's malloc.h
 # CPython's cyclic GC collects its young generation every 700 new containers and promotes what
 # is alive then, so the line tuples and lists of the batches in flight (none of them cycles) were
-# traversed again and again by older collections: ~0.4 us a line of the read-ahead thread
+# traversed again and again by older collections, a large share of the line scan's time
 # (docs/benchmarks.md). While a run is pipelined, a young collection waits for this many.
 GC_YOUNG_THRESHOLD = 50_000
 # Waits wake up this often so that a signal (Celery's soft time limit) reaches the main thread.
