@@ -25,7 +25,7 @@ from tests.helpers.waiting import poll
 pytestmark = pytest.mark.processes
 
 # 24 pages of 250 items of two sources, one fetch time per page, every 3 days back from now
-# (three or four monthly partitions); item texts carry a tab and a newline now and then.
+# (eleven or twelve weekly partitions); item texts carry a tab and a newline now and then.
 _RECORDS = """
 INSERT INTO raw_records (source, source_key, content_hash, payload, run_id, fetched_at)
 SELECT CASE WHEN p % 2 = 0 THEN 'coingecko' ELSE 'coinpaprika' END, 'coin-' || i,
@@ -118,8 +118,8 @@ def test_0021_moves_api_items_into_blocks_keeping_every_item_and_goes_down() -> 
         assert 24 < blocks <= 24 + 6000 // 700 + 2
         assert packed < sum(len(row[2]) for row in before) / 2
         with engine.begin() as conn:
-            months = existing_partitions(conn, "raw_item_blocks")
-        assert 3 <= len(months) <= 6
+            weeks = existing_partitions(conn, "raw_item_blocks")
+        assert 10 <= len(weeks) <= 14
 
         # Ids: block id * 2^20 + index, every one above every old id and apart from the CSV
         # lines' (one sequence); an old id is not found, a new one is the same item.

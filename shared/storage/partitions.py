@@ -11,7 +11,7 @@ the CSV history files).
 
 What one partition covers depends on where the time falls. Within RECENT of now (and in the
 future) one unit of the table's grain: a week of quotes (the default schedule writes ~5.5M
-quotes a day, ~38M a week) or a month of raw blocks (one row per batch). Older than that, a
+quotes a day, ~38M a week) or a week of raw blocks (one row per batch or page). Older than that, a
 calendar year: history is sparse (one row per coin per day) and every partition costs
 planning time on each statement that reads the table without a time bound (docs/storage.md
 has the figures), so 2013-2025 take 13 partitions, not 660 weeks. A new partition is clipped
@@ -91,14 +91,19 @@ class PartitionedTable:
 
 
 QUOTES = PartitionedTable("quotes", "observed_at", "week", timedelta(days=8))
-RAW_LINE_BLOCKS = PartitionedTable("raw_line_blocks", "fetched_at", "month", timedelta(days=32))
+# Raw blocks by the week: retention keeps its horizon plus up to one partition, and at the
+# default schedule a month of raw pages is ~30% of a 100 GB budget (docs/capacity.md).
+# Earlier monthly partitions stay as they are; new weeks are clipped around them.
+RAW_LINE_BLOCKS = PartitionedTable("raw_line_blocks", "fetched_at", "week", timedelta(days=8))
 # API items, one row per fetched page (migration 0021): partitioned like the CSV lines' blocks.
-RAW_ITEM_BLOCKS = PartitionedTable("raw_item_blocks", "fetched_at", "month", timedelta(days=32))
+RAW_ITEM_BLOCKS = PartitionedTable("raw_item_blocks", "fetched_at", "week", timedelta(days=8))
 PARTITIONED_TABLES = (QUOTES, RAW_LINE_BLOCKS, RAW_ITEM_BLOCKS)
-# Quote rollups (migration 0022): a year each, made by the fold that writes into them
-# (shared.storage.retention), so neither beat nor the writer makes theirs.
-QUOTES_HOURLY = PartitionedTable("quotes_hourly", "bucket_start", "year", timedelta(days=32))
-QUOTES_DAILY = PartitionedTable("quotes_daily", "bucket_start", "year", timedelta(days=32))
+# Quote rollups (migration 0022): a month each within the last year (a year before it), made
+# by the fold that writes into them (shared.storage.retention), so neither beat nor the writer
+# makes theirs. Monthly, so QUOTES_HOURLY_DAYS drops hourly rows within a month of the
+# horizon instead of keeping up to a year (docs/capacity.md).
+QUOTES_HOURLY = PartitionedTable("quotes_hourly", "bucket_start", "month", timedelta(days=32))
+QUOTES_DAILY = PartitionedTable("quotes_daily", "bucket_start", "month", timedelta(days=32))
 ROLLUP_TABLES = (QUOTES_HOURLY, QUOTES_DAILY)
 _PARTITION_NAME = re.compile(
     rf"^({'|'.join(t.name for t in PARTITIONED_TABLES + ROLLUP_TABLES)})_p\d{{8}}_\d{{8}}$")

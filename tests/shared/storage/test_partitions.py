@@ -51,7 +51,7 @@ def restore_partitions(engine: Engine) -> Iterator[None]:
 def test_recent_times_get_their_grain_older_ones_a_year_ending_where_recent_starts() -> None:
     assert unit(QUOTES, NOW, NOW) == (_day(2026, 12, 7), _day(2026, 12, 14))
     assert unit(QUOTES, _day(2027, 3, 1), NOW) == (_day(2027, 3, 1), _day(2027, 3, 8))
-    assert unit(RAW_LINE_BLOCKS, NOW, NOW) == (_day(2026, 12, 1), _day(2027, 1, 1))
+    assert unit(RAW_LINE_BLOCKS, NOW, NOW) == (_day(2026, 12, 7), _day(2026, 12, 14))
     assert unit(QUOTES, _day(2013, 4, 28), NOW) == (_day(2013, 1, 1), _day(2014, 1, 1))
     # Recent starts on the Monday of the week a year back (2025-12-09 is a Tuesday).
     assert unit(QUOTES, _day(2025, 6, 1), NOW) == (_day(2025, 1, 1), _day(2025, 12, 8))
