@@ -3,11 +3,13 @@
 The replay upstream (bench.ticks.MovingUpstream) is ticked a few times per simulated day,
 each tick's `last_updated` (so each quote's observed_at) on the simulated clock, days ending
 at today 00:00 UTC; each tick is a job through the task code (in process). After each day
-the storage upkeep runs with `now=` the day's end: `shared.storage.partitions.maintain` and,
-when the tree has it, retention (`shared.storage.retention`) with the named profile's
-settings (bench.capacity.PROFILES). Per day it records the database's size and each table's;
-on the first and the last day it times /stats, /metrics, /data?page_size=100 and a history
-page (the product app in process, answer cache off, median of a few requests).
+beat's storage upkeep runs with `now=` the day's end: `shared.storage.partitions.maintain`
+and, when the tree has them, `shared.storage.usage.maintain` and retention
+(`shared.storage.retention.expire`) with the named profile's settings
+(bench.capacity.PROFILES). Per day it records the database's size and each table's. It
+times /stats, /metrics, /data?page_size=100 and two history pages on the last day against a
+copy of day 1's database, requests alternating (the product app in process, answer cache
+off, medians).
 
 Raw rows take their time from the database clock (now()), not the simulated one. Bench-only,
 after each tick the raw item blocks it wrote are moved to the tick's simulated time with an
