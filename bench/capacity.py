@@ -18,8 +18,8 @@ GB = 1e9
 # Partition widths (shared/storage/partitions.py): a week of quotes, a month of raw blocks,
 # a year of rollups; the most a layer keeps past its horizon (the worst case is counted).
 QUOTES_GRAIN_DAYS = 7
-RAW_GRAIN_DAYS = 31
-ROLLUP_GRAIN_DAYS = 366
+RAW_GRAIN_DAYS = 7
+ROLLUP_GRAIN_DAYS = 31
 
 
 @dataclass(frozen=True)
@@ -31,9 +31,10 @@ class Layout:
     rollups: int = ROLLUP_GRAIN_DAYS
 
 
+# Raw blocks by the week and rollups by the month (shared.storage.partitions, since
+# 2026-12-07); before that a month and a year, which no useful profile fits in 100 GB.
 TODAY = Layout()
-# Raw blocks by the week and rollups by the month: what a year within 100 GB needs.
-PROPOSED = Layout(raw=7, rollups=31)
+EARLIER = Layout(raw=31, rollups=366)
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ PROFILES = {p.name: p for p in (
     Profile("keep-all", None, None, None, "nothing expires (the default)"),
     Profile("year-100gb", 7, 14, 90, "a year of the default schedule within 100 GB"),
     Profile("audit", 30, 30, 365, "raw payloads a month, full resolution a month"),
-    Profile("lean", 1, 7, 30, "a year within 100 GB with today's partition widths"),
+    Profile("lean", 1, 7, 30, "the least kept: raw a day, full resolution a week"),
 )}
 
 
@@ -110,7 +111,7 @@ def disk_bytes(profile: Profile, schedule: Schedule, per_row: Bytes, elapsed: in
     """Bytes on disk per layer after `elapsed` days of `schedule` under `profile`, and `all`.
 
     Full-resolution quotes are kept `full_days` (+ a week's partition); hourly rollups cover
-    what is older than that up to `hourly_days` (+ a year's partition); daily rollups whatever
+    what is older than that up to `hourly_days` (+ a month's partition); daily rollups whatever
     is older (for ever). With no full-resolution horizon no rollup is needed: every quote is kept.
     """
     full = kept_days(profile.full_days, layout.quotes, elapsed)
@@ -148,13 +149,13 @@ def render(per_row: Bytes, schedules: list[Schedule], elapsed: int) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| profile | raw | full resolution | hourly | daily | "
               + " | ".join(f"{layer} GB" for layer in ("quotes", "raw", "hourly", "daily", "all"))
-              + " | all GB, weekly raw and monthly rollup partitions |", "|---" * 11 + "|"]
+              + " | all GB, monthly raw and yearly rollup partitions (before) |", "|---" * 11 + "|"]
     for p in PROFILES.values():
         disk = disk_bytes(p, DEFAULT_SCHEDULE, per_row, elapsed)
         days = [f"{d} d" if d else "for ever" for d in (p.raw_days, p.full_days, p.hourly_days)]
         lines.append("| " + " | ".join([f"`{p.name}`", *days, "for ever"] + [
             f"{disk[layer] / GB:,.1f}" for layer in ("quotes", "raw", "hourly", "daily", "all")]
-            + [f"{disk_bytes(p, DEFAULT_SCHEDULE, per_row, elapsed, PROPOSED)['all'] / GB:,.1f}"])
+            + [f"{disk_bytes(p, DEFAULT_SCHEDULE, per_row, elapsed, EARLIER)['all'] / GB:,.1f}"])
             + " |")
     return "\n".join(lines) + "\n"
 

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from bench.capacity import (
-    DEFAULT_SCHEDULE, PROFILES, PROPOSED, RAW_GRAIN_DAYS, Bytes, Schedule, disk_bytes, kept_days,
+    DEFAULT_SCHEDULE, EARLIER, PROFILES, RAW_GRAIN_DAYS, Bytes, Schedule, disk_bytes, kept_days,
     render,
 )
 from bench.longrun import (
@@ -146,18 +146,19 @@ def test_capacity_profiles() -> None:
     year = disk_bytes(PROFILES["year-100gb"], DEFAULT_SCHEDULE, per_row, 365)
     q = 19_000 * 288
     assert year["quotes"] == q * 250 * 21
-    assert year["raw"] == q * 100 * (7 + RAW_GRAIN_DAYS)
-    # Hourly rollups sit in yearly partitions: within a year none is dropped yet.
-    assert year["hourly"] == 19_000 * 24 * 150 * (365 - 21)
-    assert year["daily"] == 0
+    assert year["raw"] == q * 100 * (7 + RAW_GRAIN_DAYS) == q * 100 * 14
+    # Hourly rollups in monthly partitions: kept up to 90 days + a month past the full 21.
+    assert year["hourly"] == 19_000 * 24 * 150 * (90 + 31 - 21)
+    assert year["daily"] == 19_000 * 150 * (365 - 121)
     later = disk_bytes(PROFILES["year-100gb"], DEFAULT_SCHEDULE, per_row, 3 * 365)
-    assert later["hourly"] == 19_000 * 24 * 150 * (90 + 366 - 21)
-    assert later["daily"] == 19_000 * 150 * (3 * 365 - 90 - 366)
+    assert later["hourly"] == year["hourly"]
+    assert later["daily"] == 19_000 * 150 * (3 * 365 - 121)
     assert year["all"] == pytest.approx(sum(v for k, v in year.items() if k != "all"))
-    weekly = disk_bytes(PROFILES["year-100gb"], DEFAULT_SCHEDULE, per_row, 365, PROPOSED)
-    assert weekly["raw"] == q * 100 * 14 and weekly["quotes"] == year["quotes"]
-    assert weekly["hourly"] == 19_000 * 24 * 150 * (90 + 31 - 21)
-    assert weekly["daily"] == 19_000 * 150 * (365 - 121)
+    # The earlier widths: a month of raw past its horizon, hourly rollups in yearly partitions
+    # (within a year none is dropped).
+    before = disk_bytes(PROFILES["year-100gb"], DEFAULT_SCHEDULE, per_row, 365, EARLIER)
+    assert before["raw"] == q * 100 * (7 + 31) and before["quotes"] == year["quotes"]
+    assert before["hourly"] == 19_000 * 24 * 150 * (365 - 21) and before["daily"] == 0
     keep = disk_bytes(PROFILES["keep-all"], DEFAULT_SCHEDULE, per_row, 365)
     assert keep["all"] == q * 350 * 365 and keep["hourly"] == 0
     assert PROFILES["keep-all"].env() == {}
