@@ -7,7 +7,7 @@ beat's storage upkeep runs with `now=` the day's end: `shared.storage.partitions
 and, when the tree has them, `shared.storage.usage.maintain` and retention
 (`shared.storage.retention.expire`) with the named profile's settings
 (bench.capacity.PROFILES). Per day it records the database's size and each table's. It
-times /stats, /metrics, /data?page_size=100 and two history pages on the last day against a
+times /stats, /metrics, /data?page_size=100 and three history pages on the last day against a
 copy of day 1's database, requests alternating (the product app in process, answer cache
 off, medians).
 
@@ -39,8 +39,12 @@ from shared.storage import partitions
 
 # The history pages: the newest 100 of one asset and source (with a few ticks a simulated
 # day that reaches past the full-resolution horizon into the rollups, which 288 ticks a day
-# would not) and the newest 10 (within the horizon, as a page of the real schedule is).
-ENDPOINTS = ("/stats", "/metrics", "/data?page_size=100", "history 100", "history 10")
+# would not) and the newest 10 (within the horizon, as a page of the real schedule is). Day 1
+# holds only a day's ticks of an asset and source, so those pages return fewer rows on day 1
+# than on the last day; "history 1 day" (page size = ticks a day) returns as many rows on both,
+# the like-for-like measure of a page's cost against the history kept.
+ENDPOINTS = ("/stats", "/metrics", "/data?page_size=100", "history 100", "history 10",
+             "history 1 day")
 GOAL_API_RATIO = 1.2
 
 
@@ -165,15 +169,23 @@ def drop_snapshot(db: BenchDatabase, name: str | None) -> None:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-def api_paths(engine: Engine) -> dict[str, str]:
-    """The timed requests; the history page of the first CoinGecko asset, newest 100."""
+def api_paths(engine: Engine, ticks: int) -> dict[str, str]:
+    """The timed requests; history pages of the first CoinGecko asset: newest 100, 10 and
+    `ticks` (a simulated day's)."""
     with engine.connect() as conn:
         asset = conn.execute(text("SELECT min(asset_id) FROM current_quotes "
                                   "WHERE source = 'coingecko'")).scalar_one()
     paths = {name: name for name in ENDPOINTS if not name.startswith("history")}
-    for size in (100, 10):
-        paths[f"history {size}"] = f"/data/{asset}/history?source=coingecko&page_size={size}"
+    for name, size in (("history 100", 100), ("history 10", 10), ("history 1 day", ticks)):
+        paths[name] = f"/data/{asset}/history?source=coingecko&page_size={size}"
     return paths
+
+
+def page_rows(clients: dict[str, Any], paths: dict[str, str]) -> dict[str, dict[str, int]]:
+    """Rows each client's history pages return (what a page's time is per)."""
+    return {label: {name: len(client.get(path).get_json()["data"])
+                    for name, path in paths.items() if name.startswith("history")}
+            for label, client in clients.items()}
 
 
 def day_record(engine: Engine, day: int, end: datetime) -> dict[str, Any]:
@@ -232,8 +244,9 @@ def simulate(db: BenchDatabase, env: dict[str, str], args: argparse.Namespace,
             say(f"longrun: day {number}/{len(days)} ({end:%Y-%m-%d}): database "
                 f"{records[-1]['database'] / 1e6:,.0f} MB, {records[-1]['quotes']:,} quotes")
             if number == 1:
-                api["in place"] = time_requests({"day 1": client}, api_paths(engine),
-                                                args.longrun_samples)["day 1"]
+                api["in place"] = time_requests(
+                    {"day 1": client}, api_paths(engine, args.longrun_ticks),
+                    args.longrun_samples)["day 1"]
                 copy = snapshot(db, apps[0])
         clients = {"last": client}
         if copy is not None:
@@ -241,14 +254,17 @@ def simulate(db: BenchDatabase, env: dict[str, str], args: argparse.Namespace,
             apps.append(create_app(config, settings=load_settings(
                 {**run_env, "DATABASE_URL": day1})))
             clients["day 1"] = apps[1].test_client()
-        api.update(time_requests(clients, api_paths(engine), args.longrun_samples))
+        paths = api_paths(engine, args.longrun_ticks)
+        api.update(time_requests(clients, paths, args.longrun_samples))
+        returned = page_rows(clients, paths)
         per_row = bytes_per_row(engine)
     finally:
         upstream.stop()
         for app in apps:
             release_connections(app)
         drop_snapshot(db, copy)
-    return {"per_row": per_row, "records": records, "api": api, "raw_table": raw_table,
+    return {"per_row": per_row, "records": records, "api": api, "returned": returned,
+            "raw_table": raw_table,
             "raw_moved": moved, "day1_copy": copy is not None,
             "retention": retention is not None, "usage": usage is not None,
             "upkeep_seconds": upkeep_seconds}
@@ -326,6 +342,9 @@ def longrun_cases(db: BenchDatabase, env: dict[str, str], args: argparse.Namespa
         + ("run with now=<simulated day end>" if sim["retention"] else
            "NOT run (no shared.storage.retention in this tree): partitions.maintain only")
         + ("; usage upkeep (counts folded) daily" if sim["usage"] else "; no usage upkeep"),
+        "longrun: rows the history pages returned, last day / day 1: " + ", ".join(
+            f"{name} {n} / {sim['returned'].get('day 1', {}).get(name, '?')}"
+            for name, n in sim["returned"]["last"].items()),
         "longrun: API ms on day 1, timed that day: " + ", ".join(
             f"{k} {v:.1f}" for k, v in api["in place"].items()),
         "longrun: database MB per simulated day: " + ", ".join(

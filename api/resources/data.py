@@ -181,9 +181,11 @@ class DataHistory(MethodView):
 
         Filter by `source` and `since`/`until` (at most 366 days apart; an open `until`
         counts as now, an open `since` as the asset's first quote); page with
-        `page`/`page_size` or `cursor`. `format=csv|ndjson` (or that Accept) streams every
-        quote of the range instead (the range cap then holds with an open since too). Past
-        retention's horizon a row per rollup bucket follows (`resolution` hourly or daily).
+        `page`/`page_size` or `cursor`; `total=true` adds the exact count of the range's rows
+        (`pagination.total`, `total_pages`; null otherwise). `format=csv|ndjson` (or that
+        Accept) streams every quote of the range instead (the range cap then holds with an
+        open since too). Past retention's horizon a row per rollup bucket follows
+        (`resolution` hourly or daily).
         """
         fmt = export_format(args)
         if fmt is not None:
@@ -191,6 +193,6 @@ class DataHistory(MethodView):
                                                 args.get("since"), args.get("until")))
         page = asset_history(
             get_session(), asset, source=args.get("source"), since=args.get("since"),
-            until=args.get("until"), **page_window(args),
+            until=args.get("until"), count=args["total"], **page_window(args),
         )
         return paged(page, args)

@@ -77,6 +77,11 @@ class HistoryArgsSchema(PageArgsSchema, TimeRangeMixin):
     """Filters and paging of GET /data/<asset>/history."""
 
     source = ma.fields.String(validate=validate.OneOf(SOURCES))
+    total = ma.fields.Boolean(
+        load_default=False,
+        metadata={"description": "Count every row of the range, full and rolled up: "
+                                 "`pagination.total` and `total_pages` (exact); null without "
+                                 "it"})
 
     @ma.validates_schema
     def _bounded(self, data: dict[str, Any], **_: Any) -> None:
@@ -245,10 +250,21 @@ class HistoryRecordSchema(ma.Schema):
     quotes = ma.fields.Integer(metadata={"description": "The quotes a rollup row folds"})
 
 
+class HistoryPaginationSchema(PaginationSchema):
+    """GET /data/<asset>/history's pagination: the totals only when asked for (`total=true`)."""
+
+    total = ma.fields.Integer(required=True, allow_none=True, metadata={
+        "description": "Rows of the range (full quotes and rollup buckets, exact), with "
+                       "`total=true`; else null"})
+    total_pages = ma.fields.Integer(required=True, allow_none=True, metadata={
+        "description": "Pages of `page_size` rows, with `total=true`; else null"})
+
+
 class HistoryEnvelopeSchema(EnvelopeSchema):
     """GET /data/<asset>/history."""
 
     data = ma.fields.List(ma.fields.Nested(HistoryRecordSchema), required=True)
+    pagination = ma.fields.Nested(HistoryPaginationSchema, required=True)
 
 
 class AssetSourceIdSchema(ma.Schema):

@@ -5,9 +5,9 @@ import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-from sqlalchemy import ColumnElement, func, select, text, tuple_
+from sqlalchemy import ColumnElement, Select, func, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from shared.config import SOURCES
@@ -23,8 +23,8 @@ from shared.queries.paging import (
     cursor_datetime,
     cursor_int,
     cursor_str,
+    count_rows,
     decode_cursor,
-    fetch_page,
     time_bounds,
     trim_page,
 )
@@ -131,22 +131,25 @@ def asset_history(
     offset: int = 0,
     limit: int = 50,
     cursor: str | None = None,
+    count: bool = False,
 ) -> Page:
     """One page of an asset's quotes, newest first (ties by source, descending).
 
     With neither since nor until, the whole series; RangeTooLong when an open since (the
-    first quote) is further than HISTORY_MAX_RANGE from `until`.
+    first quote) is further than HISTORY_MAX_RANGE from `until`. `total` only with `count`.
     """
     asset = resolve_asset(session, ref)
-    if until is not None:
-        range_start(session, asset.id, source, since, until)  # the cap with an open since
+    # Read once per request: the page, its cap check and its rollup rows share them.
+    marks = horizons(session.connection())
+    if until is not None:  # the cap with an open since
+        range_start(session, asset.id, source, since, until, marks=marks)
     conditions: list[ColumnElement[bool]] = [Quote.asset_id == asset.id]
     if source:
         conditions.append(Quote.source == source)
     conditions += time_bounds(Quote.observed_at, since, until)
     # Past retention's horizon the rollups answer (shared.queries.rollup_history); a row
     # written there later is not read until it is folded.
-    horizon = rollup_history.full_from(session.connection())
+    horizon = marks.get("quotes")
     if horizon is not None:
         conditions.append(Quote.observed_at >= horizon)
     base = select(Quote).where(*conditions)
@@ -164,22 +167,40 @@ def asset_history(
     def cursor_of(row: Any) -> dict[str, Any]:
         return {"t": "history", "a": asset.id, "o": row.observed_at.isoformat(), "r": row.source}
 
-    page = fetch_page(session, query, base, offset=offset, limit=limit, cursor_of=cursor_of)
-    _attach_quality(session, asset.id, page.rows)
-    for quote in page.rows:
+    # No count unless asked (as GET /data's `total=true`): it would read every row of the
+    # range, full and rolled up, which grow every day; a page reads only what it shows.
+    full, next_cursor = trim_page(list(session.scalars(query.offset(offset).limit(limit + 1))),
+                                  limit, cursor_of)
+    full_total = count_rows(session, base) if count else None
+    _attach_quality(session, asset.id, full)
+    for quote in full:
         setattr(quote, "resolution", "full")  # read by the history schema, as quality
     if horizon is None or (since is not None and since >= horizon):
-        return page
+        return Page(full, full_total, next_cursor)
     conn = session.connection()
-    total = (page.total or 0) + rollup_history.count(conn, asset.id, source, since, until)
-    if page.next_cursor is not None:  # the page is all full rows
-        return Page(page.rows, total, page.next_cursor)
+    total = None if full_total is None else full_total + rollup_history.count(
+        conn, asset.id, source, since, until, marks=marks)
+    if next_cursor is not None:  # the page is all full rows
+        return Page(full, total, next_cursor)
     older = rollup_history.rows(
-        conn, asset.id, source, since, until, after=after,
-        offset=0 if after else max(0, offset - (page.total or 0)),
-        limit=limit + 1 - len(page.rows))
-    rows, next_cursor = trim_page([*page.rows, *older], limit, cursor_of)
+        conn, asset.id, source, since, until, after=after, marks=marks,
+        offset=0 if after else max(0, offset - _full_before(session, base, offset, full,
+                                                            full_total)),
+        limit=limit + 1 - len(full))
+    rows, next_cursor = trim_page([*full, *older], limit, cursor_of)
     return Page(rows, total, next_cursor)
+
+
+def _full_before(session: Session, base: Select[Any], offset: int, page: Sequence[Any],
+                 counted: int | None) -> int:
+    """How many full rows the range has, on a page that reached their end (`page` from
+    `offset`): counted at most up to the offset, which the page's own read skipped anyway."""
+    if counted is not None:
+        return counted
+    if page or not offset:
+        return offset + len(page)
+    probe = base.order_by(None).with_only_columns(Quote.observed_at).limit(offset).subquery()
+    return int(session.scalar(select(func.count()).select_from(probe)) or 0)
 
 
 def _attach_quality(session: Session, asset_id: int, quotes: Sequence[Quote]) -> None:
@@ -201,14 +222,15 @@ def _attach_quality(session: Session, asset_id: int, quotes: Sequence[Quote]) ->
         setattr(quote, "quality", quality_of(flags))
 
 
-def first_observed(session: Session, asset_id: int, source: str | None = None
-                   ) -> datetime | None:
+def first_observed(session: Session, asset_id: int, source: str | None = None, *,
+                   marks: Mapping[str, datetime] | None = None) -> datetime | None:
     """When the asset's first quote (at `source`, or at any source) was observed."""
     # One primary-key probe per source: min() over (asset_id, source, observed_at) with the
     # source fixed reads one index entry; across sources it would scan the asset's quotes.
     # Past retention the first may be in a rollup (shared.storage.rollups), probed likewise.
     names = (source,) if source else SOURCES
-    marks = horizons(session.connection())
+    if marks is None:
+        marks = horizons(session.connection())
     full_from = marks.get("quotes")
     firsts = [
         session.scalar(select(func.min(Quote.observed_at))
@@ -259,7 +281,8 @@ def check_history_range(since: datetime | None, until: datetime | None, now: dat
 
 
 def range_start(session: Session, asset_id: int, source: str | None, since: datetime | None,
-                until: datetime | None) -> datetime | None:
+                until: datetime | None, *, marks: Mapping[str, datetime] | None = None
+                ) -> datetime | None:
     """`since`, or when open the asset's first quote at `source` (None: no quote yet).
 
     RangeTooLong when that first quote is further than HISTORY_MAX_RANGE from `until` (or
@@ -267,6 +290,6 @@ def range_start(session: Session, asset_id: int, source: str | None, since: date
     """
     if since is not None:
         return since
-    first = first_observed(session, asset_id, source)
+    first = first_observed(session, asset_id, source, marks=marks)
     check_history_range(None, until, datetime.now(timezone.utc), first)
     return first

@@ -23,6 +23,7 @@ from shared.queries.assets import range_start, resolve_asset
 from shared.queries.candles import CANDLE_FIELDS, CandleRange, candle_range, candle_rows
 from shared.queries.data import DATA_RECORD_FIELDS, DataFilters, current_quotes_query
 from shared.queries import rollup_history
+from shared.storage.rollups import horizons
 
 EXPORT_FORMATS = ("csv", "ndjson")
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson"}
@@ -105,7 +106,8 @@ def history_records(conn: Connection, asset_id: int, source: str | None,
                     since: datetime, until: datetime) -> Iterator[dict[str, Any]]:
     """Every quote of the range, newest first, read through a server-side cursor; past
     retention's horizon, the rollup rows (shared.queries.rollup_history) after them."""
-    horizon = rollup_history.full_from(conn)
+    marks = horizons(conn)  # once: the full rows and the rollup rows meet at the same mark
+    horizon = marks.get("quotes")
     params = {"asset_id": asset_id, "source": source, "since": since, "until": until,
               "full_from": horizon or datetime.min.replace(tzinfo=timezone.utc)}
     for row in _streamed_rows(conn, _HISTORY_SQL, params):
@@ -113,7 +115,8 @@ def history_records(conn: Connection, asset_id: int, source: str | None,
     if horizon is None or since >= horizon:
         return
     streamed = conn.execution_options(stream_results=True, yield_per=CHUNK_ROWS)
-    for older in rollup_history.rows(streamed, asset_id, source, since, until):
+    for older in rollup_history.rows(streamed, asset_id, source, since, until,
+                                     marks=marks):
         record: dict[str, Any] = {name: getattr(older, name, None) for name in HISTORY_FIELDS}
         record["observed_at"] = iso_utc(record["observed_at"])
         # Plain notation with the stored scale, as PostgreSQL's numeric text is.

@@ -228,19 +228,23 @@ def test_unknown_asset_is_404(loaded: Loaded, ref: str) -> None:
 
 
 def test_history_filters_and_cursor(loaded: Loaded) -> None:
-    everything = _get(loaded, "/data/bitcoin/history?page_size=1")
+    everything = _get(loaded, "/data/bitcoin/history?page_size=1&total=true")
     # 7,166 CSV rows + one CoinGecko and one CoinPaprika quote.
     assert everything["pagination"]["total"] == 7168
+    # Counted only when asked for (total=true), as GET /data.
+    uncounted = _get(loaded, "/data/bitcoin/history?page_size=1")["pagination"]
+    assert uncounted["total"] is None and uncounted["total_pages"] is None
+    assert uncounted["next_cursor"] == everything["pagination"]["next_cursor"]
     record = everything["data"][0]
     assert {"open_usd", "high_usd", "low_usd", "close_usd", "circulating_supply",
             "run_id", "source_asset_id"} <= set(record)
-    coingecko = _get(loaded, "/data/bitcoin/history?source=coingecko")
+    coingecko = _get(loaded, "/data/bitcoin/history?source=coingecko&total=true")
     assert coingecko["pagination"]["total"] == 1
     assert coingecko["data"][0]["price_usd"] == _get(
         loaded, "/data?asset=bitcoin&source=coingecko")["data"][0]["price_usd"]
 
     query = "source=csv&since=2021-01-01T00:00:00Z&until=2021-12-31T23:59:59.999999Z"
-    body = _get(loaded, f"/data/bitcoin/history?{query}&page_size=100")
+    body = _get(loaded, f"/data/bitcoin/history?{query}&page_size=100&total=true")
     total, seen = body["pagination"]["total"], []
     while True:
         seen.extend((r["observed_at"], r["source"], r["source_asset_id"]) for r in body["data"])
