@@ -7,7 +7,8 @@ Create Date: 2026-12-07 19:40:00.000000
 raw_records held one row per API item (~1,300 B on disk for ~1,030 B of JSON, too small for
 TOAST to compress, plus a unique index on (source, content_hash)). raw_item_blocks holds one row
 per fetched page, as raw_line_blocks does for CSV lines: the items' texts compressed together
-(shared.batch.item_texts: bzip2, ~190 B an item; TOAST leaves the value as it is), their source
+(shared.batch.item_texts: zstd, against a key frame of the day; TOAST leaves the value as it
+is), their source
 keys (lz4) and hashes, partitioned monthly on fetched_at (shared.storage.partitions). The view
 raw_items shows one row per item, without its text (SQL cannot inflate it; GET /raw does).
 Which items are stored: shared.ingest.item_blocks.
@@ -30,7 +31,13 @@ from datetime import datetime, timedelta, timezone
 import sqlalchemy as sa
 from alembic import context, op
 
-from shared.batch.item_texts import pack_item_texts, unpack_item_texts
+from shared.batch.item_texts import (
+    TAG_ALONE,
+    choose_key_frame,
+    join_texts,
+    pack_item_texts,
+    stored_texts,
+)
 from shared.storage.partitions import RAW_ITEM_BLOCKS, create_missing
 
 # revision identifiers, used by Alembic.
@@ -84,8 +91,9 @@ FROM raw_item_blocks b,
 _CHUNK = ("SELECT source, source_key, content_hash, payload, run_id, fetched_at "
           "FROM raw_records WHERE id >= :low AND id < :high ORDER BY id")
 _INSERT_BLOCK = sa.text(
-    "INSERT INTO raw_item_blocks (source, items, source_keys, payload, item_hashes, run_id, "
-    "fetched_at) VALUES (:source, :items, :keys, :payload, :hashes, :run_id, :fetched_at)")
+    "INSERT INTO raw_item_blocks (id, source, items, source_keys, payload, item_hashes, run_id, "
+    "fetched_at) VALUES (:id, :source, :items, :keys, :payload, :hashes, :run_id, :fetched_at)")
+_IDS = sa.text("SELECT nextval('raw_line_blocks_id_seq') FROM generate_series(1, :n)")
 _DAYS = ("SELECT DISTINCT date_trunc('day', fetched_at, 'UTC') FROM raw_records "
          "WHERE id >= :low AND id < :high")
 
@@ -131,12 +139,25 @@ def _move_range(conn: sa.Connection, low: int, high: int) -> int:
     pages: dict[tuple[str, int | None, datetime], list[sa.Row[tuple[object, ...]]]] = {}
     for row in rows:
         pages.setdefault((row.source, row.run_id, row.fetched_at), []).append(row)
-    if pages:
-        conn.execute(_INSERT_BLOCK, [{
-            "source": source, "items": len(page), "keys": [r.source_key for r in page],
-            "payload": pack_item_texts([r.payload for r in page]),
+    ids = sorted(conn.execute(_IDS, {"n": len(pages)}).scalars()) if pages else []
+    # Each page against a key frame of its source and UTC day written by this chunk, as the
+    # writer does (shared.ingest.item_blocks): (id, keys, joined texts) by (source, day).
+    frames: dict[tuple[str, object], list[tuple[int, list[str], bytes]]] = {}
+    blocks = []
+    for block_id, ((source, run_id, fetched_at), page) in zip(ids, pages.items()):
+        keys, texts = [r.source_key for r in page], [r.payload for r in page]
+        day = frames.setdefault((source, fetched_at.astimezone(timezone.utc).date()), [])
+        chosen = choose_key_frame(keys, ((i, bytes([TAG_ALONE]), k) for i, k, _ in day))
+        reference = next(((i, j) for i, _, j in day if i == chosen), None)
+        if reference is None:
+            day.append((block_id, keys, join_texts(texts)))
+        blocks.append({
+            "id": block_id, "source": source, "items": len(page), "keys": keys,
+            "payload": pack_item_texts(texts, reference),
             "hashes": b"".join(bytes(r.content_hash) for r in page), "run_id": run_id,
-            "fetched_at": fetched_at} for (source, run_id, fetched_at), page in pages.items()])
+            "fetched_at": fetched_at})
+    if blocks:
+        conn.execute(_INSERT_BLOCK, blocks)
     conn.execute(sa.text("DELETE FROM raw_records WHERE id >= :low AND id < :high"),
                  {"low": low, "high": high})
     return len(rows)
@@ -216,8 +237,10 @@ def downgrade():
     blocks = conn.execute(sa.text(
         "SELECT source, source_keys, payload, item_hashes, run_id, fetched_at "
         "FROM raw_item_blocks ORDER BY id")).all()
+    key_frames: dict[int, bytes] = {}
     for block in blocks:
-        texts = unpack_item_texts(bytes(block.payload))
+        texts = stored_texts(conn, bytes(block.payload), block.source, block.fetched_at,
+                             key_frames)
         hashes = bytes(block.item_hashes)
         conn.execute(sa.text(
             "INSERT INTO raw_records (source, source_key, content_hash, payload, run_id, "

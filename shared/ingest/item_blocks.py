@@ -2,7 +2,9 @@
 
 A page's items are stored together in one row, their texts compressed together
 (shared.batch.item_texts): one row per item (~1,300 B, its JSON too small for TOAST to
-compress) cost several times the quote it carries.
+compress) cost several times the quote it carries. A page is compressed against the key frame
+this process stored today that shares most of its items (the same page of an earlier fetch,
+shared.ingest.key_frames), or is stored alone and becomes one.
 There is no index on the items' hashes. An item is stored unless the identical item is stored
 already, which its quote tells, as for CSV lines: the same item text always parses to the same
 quote key, so a quote that goes in new brings an item never stored, and a quote that collides
@@ -29,6 +31,7 @@ from shared.batch.copy_format import (
 )
 from shared.batch.item_texts import pack_item_texts
 from shared.batch.types import RawItem, Rejected
+from shared.ingest import key_frames
 from shared.models import RAW_LINE_ID_BITS
 
 _COPY_ITEM_BLOCK = (f"COPY raw_item_blocks ({', '.join(ITEM_BLOCK_COLUMNS)}) "
@@ -85,11 +88,14 @@ def copy_item_block(
     if len(keep) >= 1 << RAW_LINE_ID_BITS:
         # A record's id holds its index in the block in this many bits (shared.models).
         raise ValueError(f"{source}: a page of {len(keep)} items is too large for one block")
+    keys = [item.source_key for item in keep]
+    frame = key_frames.find(cursor, source, keys)
+    payload = pack_item_texts([item.payload for item in keep], frame)
     row = binary_row(
-        source.encode(), len(keep).to_bytes(4, "big"),
-        text_array([item.source_key for item in keep]),
-        pack_item_texts([item.payload for item in keep]),
+        source.encode(), len(keep).to_bytes(4, "big"), text_array(keys), payload,
         b"".join(item.hash for item in keep), INT8.pack(run_id),
     )
     cursor.copy_expert(_COPY_ITEM_BLOCK, io.BytesIO(binary_copy(row)), COPY_CHUNK_BYTES)
+    if frame is None:
+        key_frames.remember(cursor, source, keys, keep[0].hash, payload)
     return len(keep)

@@ -9,7 +9,7 @@ from sqlalchemy import ColumnElement, func, select, text
 from sqlalchemy.orm import Session
 
 from shared.config import SOURCES
-from shared.batch.item_texts import unpack_item_texts
+from shared.batch.item_texts import stored_texts
 from shared.errors import NotFound
 from shared.models import LINE_SOURCES, RAW_LINE_ID_BITS, RawItemBlock, RawLineBlock
 from shared.storage import counters
@@ -115,20 +115,24 @@ def list_raw_records(
         spans.append((block_id, top, top - take + 1))
         needed -= take
     records: list[RawLine] = []
+    key_frames: dict[int, bytes] = {}  # the pages of a list mostly share one
     for block_id, top, bottom in spans:
         # By id alone: the key is (id, fetched_at) since the tables are partitioned.
         block = session.scalars(select(model).where(model.id == block_id)).first()
         if block is not None:
-            records.extend(_cut(block, range(top, bottom - 1, -1)))
+            records.extend(_cut(session, block, range(top, bottom - 1, -1), key_frames))
     rows, next_cursor = trim_page(records, limit,
                                   lambda record: {"t": "raw", "src": source, "id": record.id})
     return Page(rows=rows, total=int(total), next_cursor=next_cursor)
 
 
-def _cut(block: RawLineBlock | RawItemBlock, indexes: Sequence[int]) -> list[RawLine]:
-    """The records at `indexes` of a block, as RawLine."""
+def _cut(session: Session, block: RawLineBlock | RawItemBlock, indexes: Sequence[int],
+         key_frames: dict[int, bytes]) -> list[RawLine]:
+    """The records at `indexes` of a block, as RawLine (`key_frames`: read so far, by id)."""
     if isinstance(block, RawItemBlock):
-        payloads, hashes = unpack_item_texts(bytes(block.payload)), bytes(block.item_hashes)
+        payloads = stored_texts(session, bytes(block.payload), block.source, block.fetched_at,
+                                key_frames)
+        hashes = bytes(block.item_hashes)
         keys = [block.source_keys[i] for i in indexes]
     else:
         payloads, hashes = block.payload.split("\n"), bytes(block.line_hashes)
@@ -147,7 +151,8 @@ def get_raw_record(session: Session, source: str, record_id: int) -> RawLine:
     if record_id <= BIGINT_MAX:
         block_id, index = record_id >> RAW_LINE_ID_BITS, record_id & _INDEX_MASK
         # A line is cut in SQL (a block holds up to CSV_BATCH_ROWS lines, MBs of text and
-        # hashes); an item's page travels compressed (a few tens of KB) and is cut here.
+        # hashes); an item's page travels compressed (a few tens of KB, with its key frame's
+        # if it names one) and is cut here.
         lines = source in LINE_SOURCES
         found = session.execute(_ONE_LINE if lines else _ONE_ITEM,
                                 {"block": block_id, "i": index, "source": source}
@@ -158,7 +163,8 @@ def get_raw_record(session: Session, source: str, record_id: int) -> RawLine:
                 source_key=(f"{found.file_key}:{found.line_number}" if lines
                             else found.source_key),
                 payload=(found.payload if lines
-                         else unpack_item_texts(bytes(found.payload))[index]),
+                         else stored_texts(session, bytes(found.payload), source,
+                                           found.fetched_at)[index]),
                 content_hash=bytes(found.content_hash), run_id=found.run_id,
                 fetched_at=found.fetched_at)
     if record is None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
+from shared.batch.item_texts import key_frame_id
 from shared.config import Settings
 from tests.api.helpers import run_sources
 from tests.conftest import count
@@ -50,8 +51,12 @@ def test_items_fetched_again_are_kept_once_and_changed_ones_in_a_block_of_their_
     assert (moved["inserted"], moved["raw_inserted"]) == (10, 10)
     with clean_db.connect() as conn:
         blocks = conn.execute(text(
-            "SELECT id, items, run_id FROM raw_item_blocks ORDER BY id")).all()
+            "SELECT id, items, run_id, substring(payload FROM 1 FOR 9) AS head "
+            "FROM raw_item_blocks ORDER BY id")).all()
     assert [(b.items, b.run_id) for b in blocks] == [(250, first["id"]), (10, moved["id"])]
+    # Compressed against the first page, its key frame (shared.batch.item_texts): GET /raw
+    # reads both.
+    assert [key_frame_id(bytes(b.head)) for b in blocks] == [None, block]
     page = _get(client, "/raw/coingecko?page_size=12")
     assert page["pagination"]["total"] == 260
     newest = page["data"][:10]

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, text
 
-from shared.batch.item_texts import unpack_item_texts
+from shared.batch.item_texts import stored_texts
 from shared.models import RAW_LINE_ID_BITS
 
 
@@ -26,10 +26,13 @@ class StoredItem(NamedTuple):
 def stored_items(conn: Connection, where: str = "TRUE", **params: Any) -> list[StoredItem]:
     """Every item of the blocks matching `where` (SQL over raw_item_blocks), in id order."""
     items = []
+    key_frames: dict[int, bytes] = {}
     for block in conn.execute(text(
             "SELECT id, source, source_keys, payload, item_hashes, run_id, fetched_at "
             f"FROM raw_item_blocks WHERE {where} ORDER BY id"), params):
-        texts, hashes = unpack_item_texts(bytes(block.payload)), bytes(block.item_hashes)
+        texts = stored_texts(conn, bytes(block.payload), block.source, block.fetched_at,
+                             key_frames)
+        hashes = bytes(block.item_hashes)
         items += [StoredItem(block.source, key, texts[i], block.run_id,
                              hashes[i * 32:(i + 1) * 32], block.fetched_at,
                              (block.id << RAW_LINE_ID_BITS) + i)
