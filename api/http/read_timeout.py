@@ -10,7 +10,7 @@ any server connection. Writes (POST /jobs, /backfills) and the CLI run without i
 from __future__ import annotations
 
 import logging
-from typing import cast
+from typing import Any, cast
 
 import redis
 from flask import current_app, g, has_request_context, request
@@ -37,15 +37,48 @@ QUERY_CANCELED = "57014"
 COUNTS_KEY = "kasparro:api_statement_timeouts"
 
 
+# A connection with this execution option set sends its SET LOCAL in front of the transaction's
+# first statement (one query string, one round trip) instead of on its own. Only for code whose
+# first statement goes through SQLAlchemy (a raw DBAPI cursor would run before the limit):
+# GET /data's page (shared.queries.data.read_current_quotes). Under load each round trip waits
+# its turn for a core: ~8% of an uncached GET /data's time in a worker (docs/benchmarks.md).
+INLINE_OPTION = "statement_timeout_inline"
+_PENDING = "statement_timeout_pending"
+
+
 def install(engine: Engine) -> None:
     """Start each transaction of `engine` with the statement timeout in force for it."""
     event.listen(engine, "begin", _on_begin)
+    event.listen(engine, "before_cursor_execute", _prefix_pending, retval=True)
+
+
+def _prefix_pending(conn: Connection, cursor: Any, statement: str, parameters: Any,
+                    context: Any, executemany: bool) -> tuple[str, Any]:
+    milliseconds = conn.info.pop(_PENDING, None)
+    if milliseconds is None:
+        return statement, parameters
+    if executemany or getattr(cursor, "name", None):
+        # A named (server-side) cursor wraps the text in DECLARE: the SET goes on its own.
+        _set_local(conn, milliseconds)
+        return statement, parameters
+    # No '%' in the prefix: psycopg2's parameter interpolation leaves it as it is. The
+    # statement's result is the query string's last one, PostgreSQL (13+) times each
+    # statement of a query string on its own, with the value in force when it starts.
+    return f"SET LOCAL statement_timeout = {int(milliseconds)}; {statement}", parameters
 
 
 def _on_begin(conn: Connection) -> None:
+    conn.info.pop(_PENDING, None)  # one left by a transaction that ran no statement
     milliseconds = _timeout_for(conn)
     if not milliseconds:  # None or 0: no limit
         return
+    if conn.get_execution_options().get(INLINE_OPTION):
+        conn.info[_PENDING] = int(milliseconds)
+        return
+    _set_local(conn, milliseconds)
+
+
+def _set_local(conn: Connection, milliseconds: int) -> None:
     # On the DBAPI connection: psycopg2 sends BEGIN (with the connection's isolation level)
     # first, and no SQLAlchemy event or autobegin runs again from inside this one.
     cursor = conn.connection.cursor()

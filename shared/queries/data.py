@@ -7,8 +7,9 @@ from decimal import Decimal
 from typing import Any, Hashable, Protocol, Sequence
 
 from sqlalchemy import (
-    ColumnElement, Connection, Engine, Select, Text, and_, func, or_, select,
+    ColumnElement, Connection, Engine, Select, Text, and_, func, or_, select, table,
 )
+from sqlalchemy import column as table_column
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from shared.models import Asset, CurrentQuote
@@ -55,6 +56,11 @@ _DATA_RECORD_COLUMNS: tuple[Any, ...] = tuple(
 _DATA_SORT_POSITION = {name: DATA_RECORD_FIELDS.index(name) for name in DATA_SORT_FIELDS}
 
 DATA_VERSION_SQL = "SELECT version FROM data_version WHERE id = 1"
+_DATA_VERSION = table("data_version", table_column("id"), table_column("version"))
+# The data version as a last column of a page's rows (an InitPlan, read once per statement):
+# the page and the version its snapshot holds in one round trip.
+_VERSION_COLUMN = select(_DATA_VERSION.c.version).where(
+    _DATA_VERSION.c.id == 1).scalar_subquery().label("data_version")
 
 
 @dataclass(frozen=True)
@@ -193,7 +199,18 @@ def list_current_quotes(
     when the caller already knows it for these filters, saves the count; with `count` False
     and no `total`, nothing is counted and the page's total is None.
     """
-    filters = filters or DataFilters()
+    rows, next_cursor, _ = _page_rows(conn, filters or DataFilters(), sort, offset, limit,
+                                      cursor, with_version=False)
+    if total is None and count:
+        total = count_current_quotes(conn, filters)
+    return Page(rows=rows, total=total, next_cursor=next_cursor)
+
+
+def _page_rows(
+    conn: Connection | Session, filters: DataFilters, sort: str, offset: int, limit: int,
+    cursor: str | None, with_version: bool,
+) -> tuple[list[tuple[Any, ...]], str | None, int | None]:
+    """A page's rows, its next cursor and (`with_version`) the version its statement read."""
     name, descending = parse_sort(sort, DATA_SORT_FIELDS)
     column = _DATA_SORT_COLUMNS[name]
     clean_first = name in _CLEAN_FIRST_FIELDS
@@ -226,12 +243,14 @@ def list_current_quotes(
             payload["f"] = 1 if row[quality_at] is not None else 0
         return payload
 
-    rows, next_cursor = trim_page(
-        [tuple(row) for row in conn.execute(query.offset(offset).limit(limit + 1))],
-        limit, cursor_of)
-    if total is None and count:
-        total = count_current_quotes(conn, filters)
-    return Page(rows=rows, total=total, next_cursor=next_cursor)
+    if not with_version:
+        return (*trim_page([tuple(row) for row in conn.execute(
+            query.offset(offset).limit(limit + 1))], limit, cursor_of), None)
+    fetched = [tuple(row) for row in conn.execute(
+        query.add_columns(_VERSION_COLUMN).offset(offset).limit(limit + 1))]
+    version = None if not fetched or fetched[0][-1] is None else int(fetched[0][-1])
+    rows, next_cursor = trim_page([row[:-1] for row in fetched], limit, cursor_of)
+    return rows, next_cursor, version
 
 
 def _after_in_part(after: ColumnElement[bool], payload: dict[str, Any]) -> ColumnElement[bool]:
@@ -277,13 +296,25 @@ def read_current_quotes(
     client asks. The total of each filter set is kept in `totals` per data version, so a count
     runs once per (filters, version) and process instead of on every request.
     """
-    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
+    sort, offset, limit = window.get("sort", "asset_id"), window.get("offset", 0), \
+        window.get("limit", 50)
+    # statement_timeout_inline: the API's SET LOCAL statement_timeout goes in front of the
+    # page's statement, the first of the transaction (api.http.read_timeout.INLINE_OPTION).
+    with engine.connect().execution_options(isolation_level="REPEATABLE READ",
+                                            statement_timeout_inline=True) as conn:
         with conn.begin():
-            version = read_data_version(conn)
+            # The version comes with the page's rows: a round trip less per request (each one
+            # waits its turn for a core under load; docs/benchmarks.md). An empty page has no
+            # row to carry it: read it on its own then.
+            rows, next_cursor, version = _page_rows(
+                conn, filters, sort, offset, limit, window.get("cursor"), with_version=True)
+            if not rows:
+                version = read_data_version(conn)
             total = None
             if count and totals is not None and version is not None:
                 total = totals.get(version, ("total", filters))
-            page = list_current_quotes(conn, filters, total=total, count=count, **window)
-            if count and totals is not None and version is not None and total is None:
-                totals.put(version, ("total", filters), page.total, 200)
-    return DataSnapshot(version, page)
+            if count and total is None:
+                total = count_current_quotes(conn, filters)
+                if totals is not None and version is not None:
+                    totals.put(version, ("total", filters), total, 200)
+    return DataSnapshot(version, Page(rows=rows, total=total, next_cursor=next_cursor))

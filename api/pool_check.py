@@ -1,0 +1,29 @@
+"""Checkout check of the API's pooled connections: a look at the socket, not a round trip."""
+from __future__ import annotations
+
+import select
+from typing import Any
+
+from sqlalchemy import Engine, event
+from sqlalchemy.exc import DisconnectionError
+
+
+def install_socket_check(engine: Engine) -> None:
+    """Poll each connection's socket at checkout instead of a pre-ping (`pool_pre_ping=False`)."""
+    event.listen(engine, "checkout", _check_socket)
+
+
+def _check_socket(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    # An idle pooled connection has nothing to read: the server speaks only when asked. A
+    # restart, a crash or pg_terminate_backend leaves a FATAL message and EOF there, which
+    # shows as readable, as on the data-version watch (api/db.py). The pre-ping's SELECT 1
+    # was a round trip per request: ~12% of a worker's wall time on uncached GET /data under
+    # load (docs/benchmarks.md). Raising DisconnectionError makes the pool drop the
+    # connection and check out another (a fresh one if need be), as a failed pre-ping does.
+    try:
+        readable = bool(dbapi_connection.closed) or bool(
+            select.select([dbapi_connection], [], [], 0)[0])
+    except (OSError, ValueError):  # a closed descriptor
+        readable = True
+    if readable:
+        raise DisconnectionError("the server closed the pooled connection (or sent unasked)")
