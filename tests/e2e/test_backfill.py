@@ -134,7 +134,7 @@ def test_backfill_chunks_by_rules_survives_kill_9_respects_quota_and_serves_hist
 
     history = client.get("/data/bitcoin/history", query_string={
         "source": "coingecko", "since": (last - timedelta(days=30)).isoformat(),
-        "until": last.isoformat()}).get_json()
+        "until": last.isoformat(), "total": "true"}).get_json()
     assert history["pagination"]["total"] >= 30 * 24
     status = client.get("/status")
     assert status.status_code == 200

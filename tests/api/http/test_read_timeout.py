@@ -201,12 +201,15 @@ def test_health_and_metrics_answer_while_a_read_is_blocked(
     assert 1.9 < health_seconds < 10
     samples = _samples(metrics)
     sampled = {name for name, _labels in samples}
-    # Counting quotes and reading current_quotes timed out: those figures are left out, the
-    # rest (runs' HTTP totals, the queue, notifications) are served.
+    # Three reads timed out, each leaving its own figures out: the records (the current layer
+    # counts current_quotes), the storage sizes (a table's size waits for its lock) and the
+    # sources' states (current_quotes); the rest (runs' HTTP totals, the queue,
+    # notifications) are served.
     assert "kasparro_records" not in sampled and "kasparro_source_state" not in sampled
+    assert "kasparro_storage_bytes" not in _families(metrics)
     assert "kasparro_queue_depth" in sampled
     assert {"kasparro_http_requests", "kasparro_notifications_24h"} <= _families(metrics)
-    assert _timeouts(samples) == {"/data": 1, "/health": 1, "/metrics": 2}
+    assert _timeouts(samples) == {"/data": 1, "/health": 1, "/metrics": 3}
 
 
 def test_health_and_metrics_keep_their_bound_under_a_tiny_timeout(
