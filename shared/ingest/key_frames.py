@@ -49,9 +49,12 @@ _LOCK = threading.Lock()
 
 def find(cursor: Any, source: str, keys: Sequence[str]) -> tuple[int, bytes] | None:
     """The key frame for a page of `keys` (its id and joined texts), None to store it alone."""
+    frames: dict[int, KeyFrame] = {}
     with _LOCK:
-        # Newest first: of frames sharing as many keys, the latest page wins.
-        frames = {frame.id: frame for frame in reversed(_FRAMES.get(source, []))}
+        # Newest first: of frames sharing as many keys, the latest page wins; of two with one
+        # id (ids restarted: a new database), the newer one.
+        for frame in reversed(_FRAMES.get(source, [])):
+            frames.setdefault(frame.id, frame)
     while frames:
         chosen = choose_key_frame(keys, ((f.id, _TAG_ALONE_HEAD, f.keys)
                                          for f in frames.values()))
