@@ -1,4 +1,4 @@
-"""API items stored in compressed page blocks (issue 24)
+"""API items stored in compressed page blocks
 
 Revision ID: 0021
 Revises: 0020

@@ -1,4 +1,4 @@
-"""hourly and daily quote rollups for retention (issue 24)
+"""hourly and daily quote rollups for retention
 
 Revision ID: 0022
 Revises: 0021

@@ -1,4 +1,4 @@
-"""layer counters and storage samples for flat-cost stats (issue 24)
+"""layer counters and storage samples for flat-cost stats
 
 Revision ID: 0023
 Revises: 0022
