@@ -2,22 +2,17 @@
 kept (count and checksum), a row written mid-migration kept, reads working, and back down."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import Session
 
 from shared.ingest.publish import publish_assets
 from shared.queries.as_of import quotes_as_of
 from shared.queries.raw import get_raw_record
 from shared.storage.partitions import existing_partitions
-from tests.conftest import ROOT
-from tests.helpers.waiting import poll
-from tests.helpers.migrations import flask_db, scratch_database
+from tests.helpers.migrations import flask_db, scratch_database, upgrade_with_a_late_write
 
 # Starts real processes (`flask db` on a scratch database): not in the fast subset.
 pytestmark = pytest.mark.processes
@@ -67,41 +62,18 @@ def _checksums(engine: Engine) -> dict[str, tuple[int, str]]:
         return {name: tuple(conn.execute(text(sql)).one()) for name, sql in _CHECKSUMS.items()}
 
 
+def _still_the_old_table(writer: Connection) -> None:
+    assert writer.execute(text("SELECT relkind FROM pg_class WHERE relname = 'quotes'")
+                          ).scalar_one() == "r"
+
+
 def _upgrade_with_a_write_in_the_middle(url: str, engine: Engine) -> str:
     """flask db upgrade in small chunks; a quote inserted into the old table once the mirror
     is in place and committed only when the swap waits for it. The upgrade's output."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flask", "--app", "api", "db", "upgrade", "-x", "chunk_pages=64",
-         "0018"],
-        cwd=ROOT, env=dict(os.environ, DATABASE_URL=url), text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        def mirrored() -> int:
-            with engine.connect() as conn:
-                return int(conn.execute(text(
-                    "SELECT count(*) FROM pg_trigger WHERE tgname = 'quotes_mirror'")).scalar_one())
-
-        poll(mirrored, lambda n: n == 1, 120, "the migration's mirror trigger")
-        with engine.connect() as writer:
-            writer.execute(text(_LATE_QUOTE))
-            assert writer.execute(text("SELECT relkind FROM pg_class WHERE relname = 'quotes'")
-                                  ).scalar_one() == "r"  # still the old table
-
-            def swap_waiting() -> int:
-                with engine.connect() as conn:
-                    return int(conn.execute(text(
-                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                        "AND query LIKE 'LOCK TABLE quotes IN ACCESS EXCLUSIVE%'")).scalar_one())
-
-            # Held open until the copy is done and the swap waits for this transaction.
-            poll(swap_waiting, lambda n: n == 1, 240, "the swap waiting for the writer")
-            writer.commit()
-        out, _ = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, out[-3000:]
-    return out
+    return upgrade_with_a_late_write(
+        url, engine, ["-x", "chunk_pages=64", "0018"],
+        "SELECT count(*) FROM pg_trigger WHERE tgname = 'quotes_mirror'", _LATE_QUOTE,
+        "quotes", check=_still_the_old_table)
 
 
 def test_0018_partitions_a_populated_database_keeping_every_row_and_goes_down() -> None:

@@ -3,9 +3,6 @@ chunks (every item kept exactly, one written mid-migration too), served by GET /
 under new ids (old ids not found), and back down."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -16,10 +13,8 @@ from shared.errors import NotFound
 from shared.models import RAW_LINE_ID_BITS
 from shared.queries.raw import get_raw_record, list_raw_records
 from shared.storage.partitions import existing_partitions
-from tests.conftest import ROOT
-from tests.helpers.migrations import flask_db, scratch_database
+from tests.helpers.migrations import flask_db, scratch_database, upgrade_with_a_late_write
 from tests.helpers.raw_items import stored_items
-from tests.helpers.waiting import poll
 
 # Starts real processes (`flask db` on a scratch database): not in the fast subset.
 pytestmark = pytest.mark.processes
@@ -51,36 +46,9 @@ def _records(conn: Connection) -> list[tuple[Any, ...]]:
 def _upgrade_with_a_write_in_the_middle(url: str, engine: Engine) -> str:
     """flask db upgrade 0021 in chunks of 700 ids; an item inserted into raw_records once the
     blocks' table exists and committed only when the last step waits for it. The output."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flask", "--app", "api", "db", "upgrade", "-x", "chunk_rows=700",
-         "0021"],
-        cwd=ROOT, env=dict(os.environ, DATABASE_URL=url), text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        def created() -> bool:
-            with engine.connect() as conn:
-                return conn.execute(text("SELECT to_regclass('raw_item_blocks')")
-                                    ).scalar() is not None
-
-        poll(created, bool, 120, "the migration's raw_item_blocks")
-        with engine.connect() as writer:
-            writer.execute(text(_LATE))
-
-            def swap_waiting() -> int:
-                with engine.connect() as conn:
-                    return int(conn.execute(text(
-                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                        "AND query LIKE 'LOCK TABLE raw_records IN ACCESS EXCLUSIVE%'")
-                    ).scalar_one())
-
-            poll(swap_waiting, lambda n: n == 1, 240, "the last step waiting for the writer")
-            writer.commit()
-        out, _ = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, out[-3000:]
-    return out
+    return upgrade_with_a_late_write(
+        url, engine, ["-x", "chunk_rows=700", "0021"],
+        "SELECT to_regclass('raw_item_blocks')", _LATE, "raw_records")
 
 
 def test_0021_moves_api_items_into_blocks_keeping_every_item_and_goes_down() -> None:

@@ -58,7 +58,8 @@ def _full_reads(conn: Any, sql: str, parents: dict[str, str]) -> list[str]:
     return found
 
 
-def test_the_operational_reads_scan_no_growing_table(loaded: Loaded) -> None:
+def _reads_sent(loaded: Loaded) -> tuple[list[str], list[str]]:
+    """Every statement GET on PATHS sends (as sent), and its reads; /status built afresh."""
     app = loaded.client.application
     if app.extensions.get("status_cache") is not None:
         app.extensions["status_cache"]._entries.clear()  # /status built from the database
@@ -75,6 +76,11 @@ def test_the_operational_reads_scan_no_growing_table(loaded: Loaded) -> None:
     finally:
         event.remove(api_engine, "before_cursor_execute", capture)
     reads = [s for s in sent if s.lstrip().upper().startswith(("SELECT", "WITH"))]
+    return sent, reads
+
+
+def test_the_operational_reads_scan_no_growing_table(loaded: Loaded) -> None:
+    sent, reads = _reads_sent(loaded)
     assert len(reads) > 20, sent  # the four answers were built, not served from a cache
     with loaded.engine.connect() as conn:
         # The data is there: a count of it would be a scan of real partitions.
@@ -139,22 +145,7 @@ def test_a_month_of_old_runs_is_not_read(loaded: Loaded) -> None:
         conn.execute(_OLD_RUNS, {"n": OLD_RUNS})
         conn.execute(_OLD_FLAG_SETS, {"n": OLD_RUNS})
         conn.execute(text("ANALYZE runs; ANALYZE jobs; ANALYZE flag_sets"))
-    app = loaded.client.application
-    if app.extensions.get("status_cache") is not None:
-        app.extensions["status_cache"]._entries.clear()
-    sent: list[str] = []
-
-    def capture(_conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        sent.append(cursor.mogrify(statement, parameters).decode())
-
-    api_engine = app.extensions["db_engine"]
-    event.listen(api_engine, "before_cursor_execute", capture)
-    try:
-        for path in PATHS:
-            assert loaded.client.get(path).status_code in (200, 503), path
-    finally:
-        event.remove(api_engine, "before_cursor_execute", capture)
-    reads = [s for s in sent if s.lstrip().upper().startswith(("SELECT", "WITH"))]
+    reads = _reads_sent(loaded)[1]
     heavy = {}
     with loaded.engine.connect() as conn:
         parents = _parents(conn)

@@ -6,11 +6,12 @@ import subprocess
 import sys
 import uuid
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
-from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy import Connection, Engine, create_engine, make_url, text
 
 from tests.conftest import ROOT, _admin_engine, _server_url
+from tests.helpers.waiting import poll
 
 
 def flask_db(url: str, *args: str) -> None:
@@ -38,3 +39,37 @@ def scratch_database() -> Iterator[tuple[str, Engine]]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def upgrade_with_a_late_write(url: str, engine: Engine, args: list[str], ready_sql: str,
+                              late_sql: str, swapped: str,
+                              check: Callable[[Connection], None] | None = None) -> str:
+    """`flask db upgrade <args>` while an old worker writes: once `ready_sql` answers non-null
+    and non-zero, `late_sql` runs in a transaction (then `check`, if given) that commits only
+    when the migration's last step waits for `LOCK TABLE <swapped>`. The upgrade's output."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "api", "db", "upgrade", *args],
+        cwd=ROOT, env=dict(os.environ, DATABASE_URL=url), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def scalar(sql: str, **params: str) -> object:
+        with engine.connect() as conn:
+            return conn.execute(text(sql), params).scalar()
+
+    try:
+        poll(lambda: scalar(ready_sql), bool, 120, "the migration's first step")
+        with engine.connect() as writer:
+            writer.execute(text(late_sql))
+            if check is not None:
+                check(writer)
+            waiting = ("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                       "AND query LIKE :lock")
+            poll(lambda: scalar(waiting, lock=f"LOCK TABLE {swapped} IN ACCESS EXCLUSIVE%"),
+                 lambda n: n == 1, 240, "the last step waiting for the writer")
+            writer.commit()
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    return out
