@@ -15,8 +15,8 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.http.read_timeout import QUERY_CANCELED, READ_METHODS, install as install_read_timeout
-from api.pool_check import install_socket_check
+from api.http.read_timeout import QUERY_CANCELED, READ_METHODS
+from api.pool_check import request_engine
 from api.replicas import REPLICA_CHECK_SECONDS, Replica, ReplicaSet
 from shared.db import make_engine
 from shared.queries.data import DATA_VERSION_SQL
@@ -34,10 +34,8 @@ PRIMARY_BLUEPRINTS = frozenset({"jobs", "backfills", "runs", "health", "metrics"
 def init_db(app: Flask, database_url: str) -> None:
     """Create the app's engines and session factory; close the session after each request."""
     settings = app.config["SETTINGS"]
-    engine = make_engine(database_url, pool_pre_ping=False)
-    install_socket_check(engine)
     # Reads (GET, HEAD) begin with SET LOCAL statement_timeout (api/http/read_timeout.py).
-    install_read_timeout(engine)
+    engine = request_engine(database_url)
     app.extensions["db_engine"] = engine
     app.extensions["db_sessionmaker"] = sessionmaker(bind=engine, expire_on_commit=False)
     app.extensions["db_replicas"] = ReplicaSet(

@@ -1,4 +1,4 @@
-"""Checkout check of the API's pooled connections: a look at the socket, not a round trip."""
+"""The API's request engines: a socket check at checkout (not a round trip), read timeouts."""
 from __future__ import annotations
 
 import select
@@ -6,6 +6,18 @@ from typing import Any
 
 from sqlalchemy import Engine, event
 from sqlalchemy.exc import DisconnectionError
+
+from api.http.read_timeout import install as install_read_timeout
+from shared.db import make_engine
+
+
+def request_engine(url: str, **kwargs: object) -> Engine:
+    """An engine for the requests' sessions (primary or replica): pooled connections checked
+    by their socket at checkout; reads begin with SET LOCAL statement_timeout."""
+    engine = make_engine(url, pool_pre_ping=False, **kwargs)
+    install_socket_check(engine)
+    install_read_timeout(engine)
+    return engine
 
 
 def install_socket_check(engine: Engine) -> None:

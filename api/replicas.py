@@ -23,9 +23,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from api.http.read_timeout import TIMEOUT_OPTION, install as install_read_timeout
-from api.pool_check import install_socket_check
-from shared.db import make_engine
+from api.http.read_timeout import TIMEOUT_OPTION
+from api.pool_check import request_engine
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +295,4 @@ def _replica_engine(url: str) -> Engine:
         connect_args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
     if "application_name" not in query:
         connect_args["application_name"] = APPLICATION_NAME
-    engine = make_engine(url, connect_args=connect_args, pool_pre_ping=False)
-    install_socket_check(engine)
-    install_read_timeout(engine)
-    return engine
+    return request_engine(url, connect_args=connect_args)
