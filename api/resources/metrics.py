@@ -32,6 +32,7 @@ from shared.queries.freshness import STATES, SourceState, source_states
 from shared.queries.notifications import notification_counts
 from shared.models import TERMINAL_STATUSES
 from shared.queries.stats import collect_stats, http_totals
+from shared.storage import counters
 from shared.storage.usage import storage_figures
 
 blp = Blueprint("metrics", __name__)
@@ -232,11 +233,13 @@ def metrics() -> Response:
     """Prometheus exposition of records, runs, freshness, drift, queues and upstream traffic."""
     session = get_session()
     registry = CollectorRegistry(auto_describe=False)
+    # The writers' kept counts, read once for the three readers below (None: each tries).
+    kept = _within_limit(session, lambda: counters.totals(session), None)
     registry.register(_EtlCollector(
-        _within_limit(session, lambda: collect_stats(session), None),
-        _within_limit(session, lambda: http_totals(session), None)))
+        _within_limit(session, lambda: collect_stats(session, kept), None),
+        _within_limit(session, lambda: http_totals(session, kept), None)))
     settings = current_app.config["SETTINGS"]
-    storage = _within_limit(session, lambda: storage_figures(session, settings), None)
+    storage = _within_limit(session, lambda: storage_figures(session, settings, kept), None)
     if storage is not None:
         registry.register(_StorageCollector(storage))
     now = datetime.now(timezone.utc)

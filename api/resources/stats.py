@@ -10,6 +10,7 @@ from flask_smorest import Blueprint
 from api.db import get_session
 from api.schemas.stats import StatsSchema
 from shared.queries.stats import collect_stats
+from shared.storage import counters
 from shared.storage.usage import storage_figures
 
 blp = Blueprint("stats", __name__, url_prefix="/stats", description="Operational statistics")
@@ -28,5 +29,6 @@ class Stats(MethodView):
         are catalog reads: the answer costs the same at any amount of history.
         """
         session = get_session()
-        return {**collect_stats(session),
-                "storage": storage_figures(session, current_app.config["SETTINGS"])}
+        kept = counters.totals(session)
+        return {**collect_stats(session, kept),
+                "storage": storage_figures(session, current_app.config["SETTINGS"], kept)}

@@ -173,9 +173,11 @@ def anomaly_counts(kept: Mapping[str, Mapping[str, Decimal]]) -> dict[tuple[str,
     return {key: int(n) for key, n in _prefixed(kept, "anomaly:").items()}
 
 
-def collect_stats(session: Session) -> dict[str, Any]:
-    """Everything `GET /stats` shows: layers, runs, outcomes, durations, rejects, drift."""
-    kept = counters.totals(session)
+def collect_stats(session: Session,
+                  kept: dict[str, dict[str, Decimal]] | None = None) -> dict[str, Any]:
+    """Everything `GET /stats` shows: layers, runs, outcomes, durations, rejects, drift;
+    `kept` is counters.totals() when the caller has it."""
+    kept = counters.totals(session) if kept is None else kept
     layers = records_by_layer(session, kept)
     runs_by_status, per_source_status = _runs_by_status(kept)
     durations = _durations(kept)
@@ -234,12 +236,13 @@ def notification_stats(session: Session, since: datetime) -> dict[str, Any]:
             "recent": recent_notifications(session, RECENT_NOTIFICATIONS)}
 
 
-def http_totals(session: Session) -> dict[str, dict[str, float]]:
+def http_totals(session: Session, kept: dict[str, dict[str, Decimal]] | None = None
+                ) -> dict[str, dict[str, float]]:
     """Per source: HTTP requests, retries, rate-limit waits and seconds waited, over all runs.
 
     A backfill's requests count as its source's: they spend the same upstream quota.
     """
-    kept = counters.totals(session)
+    kept = counters.totals(session) if kept is None else kept
     names = ("requests", "retries", "rate_limit_waits", "rate_limit_wait_seconds")
     layers = {name: kept.get(name if name.startswith("rate") else f"http_{name}", {})
               for name in names}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import text
@@ -94,11 +95,14 @@ def days_left(used: int, budget: int, per_day: float | None) -> float | None:
     return round((budget - used) / per_day, 1)
 
 
-def storage_figures(session: Session, settings: Settings) -> dict[str, Any]:
-    """What /stats, /metrics and /status show of storage (schema: api/schemas/stats.py)."""
+def storage_figures(session: Session, settings: Settings,
+                    kept: dict[str, dict[str, Decimal]] | None = None) -> dict[str, Any]:
+    """What /stats, /metrics and /status show of storage (schema: api/schemas/stats.py);
+    `kept` is counters.totals() when the caller has it."""
     used = int(session.scalar(text("SELECT pg_database_size(current_database())")) or 0)
     tables = relation_bytes(session)
-    quotes = int(sum(counters.totals(session).get("quotes", {}).values()))
+    kept = counters.totals(session) if kept is None else kept
+    quotes = int(sum(kept.get("quotes", {}).values()))
     quote_bytes = sum(t["bytes"] for t in tables if t["table"] in QUOTE_TABLES)
     grown = growth(session)
     per_day = grown.bytes_per_day if grown is not None else None
