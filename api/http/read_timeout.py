@@ -15,6 +15,7 @@ from typing import Any, cast
 import redis
 from flask import current_app, g, has_request_context, request
 from sqlalchemy import Connection, Engine, event
+from sqlalchemy.exc import DBAPIError
 
 from shared import redis_client
 
@@ -81,9 +82,16 @@ def _on_begin(conn: Connection) -> None:
 def _set_local(conn: Connection, milliseconds: int) -> None:
     # On the DBAPI connection: psycopg2 sends BEGIN (with the connection's isolation level)
     # first, and no SQLAlchemy event or autobegin runs again from inside this one.
+    statement = f"SET LOCAL statement_timeout = {int(milliseconds)}"
     cursor = conn.connection.cursor()
     try:
-        cursor.execute(f"SET LOCAL statement_timeout = {int(milliseconds)}")
+        cursor.execute(statement)
+    except conn.dialect.loaded_dbapi.Error as exc:
+        # Raised as SQLAlchemy raises a statement's error (a DBAPIError: OperationalError for a
+        # server gone), so the callers' `except SQLAlchemyError` (the replicas' check, the
+        # fallback to the primary) handle a connection that died at its first statement.
+        raise DBAPIError.instance(statement, None, exc, conn.dialect.loaded_dbapi.Error,
+                                  dialect=conn.dialect) from exc
     finally:
         cursor.close()
 
