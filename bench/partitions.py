@@ -49,7 +49,6 @@ COLUMNS = """
     volume_24h_usd numeric, circulating_supply numeric, total_supply numeric,
     max_supply numeric, rank integer, open_usd numeric, high_usd numeric, low_usd numeric,
     close_usd numeric, raw_hash bytea, run_id bigint,
-    inserted_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (asset_id, source, observed_at)
 """
 COPY_COLUMNS = ("asset_id, source, observed_at, source_asset_id, price_usd, market_cap_usd, "

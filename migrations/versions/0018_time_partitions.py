@@ -152,6 +152,12 @@ def _copy(table: _Table, partitioned: bool) -> int:
     size = _chunk_pages()
     with _engine().connect() as conn:
         heaps = _heaps(conn, name)
+        # By name: a partition may order its columns otherwise than its parent
+        # (shared.storage.partitions.partition_ddl), so SELECT * of one would not line up.
+        columns = conn.execute(sa.text(
+            "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute "
+            "WHERE attrelid = CAST(:t AS regclass) AND attnum > 0 AND NOT attisdropped"),
+            {"t": new}).scalar_one()
     total_pages = sum(pages for _, pages in heaps)
     done_pages = copied = 0
     started = time.monotonic()
@@ -169,7 +175,8 @@ def _copy(table: _Table, partitioned: bool) -> int:
                                    [(day, day + timedelta(days=1, microseconds=-1))
                                     for day in days], parent=new)
                 copied += conn.execute(sa.text(
-                    f"INSERT INTO {new} SELECT * FROM {heap} WHERE {chunk} "
+                    f"INSERT INTO {new} ({columns}) SELECT {columns} FROM {heap} "
+                    f"WHERE {chunk} "
                     "ON CONFLICT DO NOTHING")).rowcount
             done_pages += min(size, pages - first)
             seconds = time.monotonic() - started

@@ -31,6 +31,15 @@ QUOTE_COLUMN_TYPES: dict[str, str] = {
 QUOTE_COPY_COLUMNS: tuple[str, ...] = tuple(QUOTE_COLUMN_TYPES)
 QUOTE_COLUMNS_SQL = ", ".join(QUOTE_COPY_COLUMNS)
 
+# quotes.raw_hash keeps the first 8 bytes of its raw record's SHA-256 (the raw blocks keep all
+# 32, and say which record it is). It only tells whether a stored quote came from the same raw
+# record as a staged one with the same key, where 64 bits leave a 2^-64 chance of a false
+# "same"; 9 bytes a row instead of 33 (rows written before migration 0024 keep 32: the
+# comparisons take the first 8 of the stored value, STORED_HASH_PREFIX).
+QUOTE_HASH_BYTES = 8
+QUOTE_HASH_HEX = 2 * QUOTE_HASH_BYTES
+STORED_HASH_PREFIX = f"substring(q.raw_hash FROM 1 FOR {QUOTE_HASH_BYTES})"
+
 # Starts every line of a QuoteBlock: the loader replaces it with the asset id it resolves.
 # NUL cannot occur in PostgreSQL text, so it can never be confused with data.
 ASSET_SLOT = "\x00"
@@ -83,8 +92,8 @@ def quote_line(asset_id: int | str, source: str, run_id: int, q: ParsedQuote,
     return text_line((
         asset_id, source, run_id, q.observed_at, q.source_asset_id, q.price_usd,
         q.market_cap_usd, q.volume_24h_usd, q.circulating_supply, q.total_supply,
-        q.max_supply, q.rank, q.open_usd, q.high_usd, q.low_usd, q.close_usd, q.raw_hash,
-        *(flags or (None, None, None)),
+        q.max_supply, q.rank, q.open_usd, q.high_usd, q.low_usd, q.close_usd,
+        q.raw_hash[:QUOTE_HASH_BYTES], *(flags or (None, None, None)),
     ))
 
 

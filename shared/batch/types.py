@@ -87,8 +87,8 @@ class LineBlock:
     """A line source's raw lines in one batch, in file order: stored as one raw_line_blocks row.
 
     Kept compact (several batches wait in memory at once): `payload` is the lines joined by
-    newlines, `hashes` their 32-byte content hashes end to end (the values quotes.raw_hash
-    holds), `numbers` their line numbers.
+    newlines, `hashes` their 32-byte content hashes end to end (quotes.raw_hash holds the
+    first 8 of each), `numbers` their line numbers.
     """
 
     file_key: str

@@ -25,6 +25,8 @@ from shared.batch.copy_format import (
     COPY_CHUNK_BYTES,
     INT8,
     ITEM_BLOCK_COLUMNS,
+    QUOTE_HASH_BYTES,
+    STORED_HASH_PREFIX,
     binary_copy,
     binary_row,
     text_array,
@@ -38,9 +40,11 @@ _COPY_ITEM_BLOCK = (f"COPY raw_item_blocks ({', '.join(ITEM_BLOCK_COLUMNS)}) "
                     "FROM STDIN WITH (FORMAT binary)")
 
 # The staged quotes whose key is stored already with the same raw hash: their items are stored.
+# Both hashes as quotes keep them (QUOTE_HASH_BYTES of the item's SHA-256).
 _STAGED_SAME_ITEM = (
     "SELECT s.raw_hash FROM stage_quotes s JOIN quotes q ON q.asset_id = s.asset_id "
-    "AND q.source = s.source AND q.observed_at = s.observed_at WHERE q.raw_hash = s.raw_hash"
+    "AND q.source = s.source AND q.observed_at = s.observed_at "
+    f"WHERE {STORED_HASH_PREFIX} = s.raw_hash"
 )
 
 
@@ -79,9 +83,10 @@ def copy_item_block(
     seen = stored.hashes
     keep: list[RawItem] = []
     for item in items:
-        if item.hash in seen or item.payload in repeated_rejects:
+        prefix = item.hash[:QUOTE_HASH_BYTES]
+        if prefix in seen or item.payload in repeated_rejects:
             continue
-        seen.add(item.hash)
+        seen.add(prefix)
         keep.append(item)
     if not keep:
         return 0

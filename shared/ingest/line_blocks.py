@@ -13,6 +13,8 @@ from shared.batch.copy_format import (
     COPY_CHUNK_BYTES,
     INT8,
     LINE_BLOCK_COLUMNS,
+    QUOTE_HASH_BYTES,
+    STORED_HASH_PREFIX,
     binary_copy,
     binary_row,
     int4_array,
@@ -23,9 +25,10 @@ _COPY_LINE_BLOCK = (f"COPY raw_line_blocks ({', '.join(LINE_BLOCK_COLUMNS)}) "
                     "FROM STDIN WITH (FORMAT binary)")
 
 # Staged quotes whose key is stored already, and whether the stored one came from the same
-# raw line (then that line is stored too).
+# raw line (then that line is stored too). Hashes as quotes keep them: the first
+# QUOTE_HASH_BYTES of the line's SHA-256, here in hex.
 _STAGED_KEYS_STORED = (
-    "SELECT encode(s.raw_hash, 'hex'), q.raw_hash = s.raw_hash FROM stage_quotes s "
+    f"SELECT encode(s.raw_hash, 'hex'), {STORED_HASH_PREFIX} = s.raw_hash FROM stage_quotes s "
     "JOIN quotes q ON q.asset_id = s.asset_id AND q.source = s.source "
     "AND q.observed_at = s.observed_at"
 )
@@ -62,7 +65,8 @@ class StoredLines:
             )
             for hashes, in cursor:
                 hashes = bytes(hashes)
-                found = {hashes[i:i + 32].hex() for i in range(0, len(hashes), 32)} & wanted
+                found = {hashes[i:i + QUOTE_HASH_BYTES].hex()
+                         for i in range(0, len(hashes), 32)} & wanted
                 stored.update(found)
         self.hashes = stored
 
@@ -73,9 +77,10 @@ def copy_line_block(
 ) -> int:
     """Store a batch's raw lines as one raw_line_blocks row; returns how many lines it holds.
 
-    Left out: lines found stored already (`stored`, hex hashes; None when none can be, see
-    StoredLines), a line repeated within the batch after its first, and the line of a reject
-    stored before at the same place (`repeated_rejects`, locations).
+    Left out: lines found stored already (`stored`, hex hashes as quotes keep them; None
+    when none can be, see StoredLines), a line repeated within the batch after its first,
+    and the line of a reject stored before at the same place (`repeated_rejects`,
+    locations).
     """
     numbers: Sequence[int] = block.numbers
     payload, hashes = block.payload, block.hashes
@@ -84,7 +89,7 @@ def copy_line_block(
         seen = set(stored or ())
         keep: list[int] = []
         for index, number in enumerate(numbers):
-            digest = hashes[index * 32:(index + 1) * 32].hex()
+            digest = hashes[index * 32:index * 32 + QUOTE_HASH_BYTES].hex()
             if digest in seen or f"{block.file_key}:{number}" in repeated_rejects:
                 continue
             seen.add(digest)

@@ -93,7 +93,7 @@ class RawItemBlock(Base):
     One row per page instead of per item (migration 0021): a row per item cost ~1,300 B on
     disk, its JSON too small for TOAST to compress; a page's items compress together.
     `payload` holds the texts (shared.batch.item_texts: bzip2), `source_keys` and `item_hashes`
-    (32 bytes of SHA-256 per item, the values quotes.raw_hash holds) run in the same order,
+    (32 bytes of SHA-256 per item; quotes.raw_hash holds the first 8) run in the same order,
     `items` long. Ids as for raw lines: block id * 2^20 + index in the block
     (RAW_LINE_ID_BITS); the view `raw_items` shows one row per item (without its text). Which
     items are stored: shared.ingest.item_blocks. Block ids come from raw_line_blocks'
@@ -188,9 +188,10 @@ class Quote(Base):
     high_usd: Mapped[Decimal | None] = mapped_column(Numeric)
     low_usd: Mapped[Decimal | None] = mapped_column(Numeric)
     close_usd: Mapped[Decimal | None] = mapped_column(Numeric)
+    # The first 8 bytes of the raw record's SHA-256 (shared.batch.copy_format.QUOTE_HASH_BYTES;
+    # rows written before migration 0024 hold all 32): which raw record the quote came from.
     raw_hash: Mapped[bytes | None] = mapped_column(LargeBinary)
     run_id: Mapped[int | None] = mapped_column(BigInteger)
-    inserted_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
     # The batch checks' flags in stored form (migration 0019, shared.quality.compact): the
     # flag set of its kinds, and a jump's base quote (price, and how many microseconds older).
     # NULL when clean; no foreign key, for the reason given at run_id.

@@ -13,7 +13,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 from shared.bounds import CELL_MAX_CHARS, NUMERIC_INTEGER_DIGITS, NUMERIC_SCALE, asset_text_problem
 from shared.config import Settings
 from shared.sources.parsing import ValueParseError
-from shared.batch.copy_format import BYTEA_HEX, OHLC_ABSENT_CELLS, quote_line_head
+from shared.batch.copy_format import BYTEA_HEX, OHLC_ABSENT_CELLS, QUOTE_HASH_HEX, quote_line_head
 from shared.batch.types import Batch, LineBlock, QuoteBlock, Rejected, content_hash
 from shared.sources.base import RunContext
 from shared.sources.csv_formats import CsvFormat, detect_format, req_timestamp
@@ -53,7 +53,7 @@ _KAGGLE_FAST = re.compile(
 )
 # The fast path's COPY text pieces (shared.batch.copy_format owns the layout; see quote_line).
 _ABSENT = OHLC_ABSENT_CELLS  # circulating_supply, total_supply, max_supply, rank
-_HASH_CELL = "\t" + BYTEA_HEX  # before raw_hash, in hex
+_HASH_CELL = "\t" + BYTEA_HEX  # before raw_hash, in hex (its first QUOTE_HASH_HEX digits)
 # Lines in a file's first batch (when CSV_BATCH_ROWS is larger); each next batch doubles, or
 # is full size after a batch of fewer than WIDE_ROWS_PER_COIN rows per coin.
 FIRST_BATCH_ROWS = 2_000
@@ -307,7 +307,8 @@ class _LineReader:
                     # shared.batch.copy_format): price_usd and close_usd are both Close. The
                     # flag cells and newline are the loader's (block_copy_text).
                     add_row(f"{quote_prefix}{stamp}{head}{close}\t{mcap}\t{volume}\t{_ABSENT}"
-                            f"{open_}\t{high}\t{low}\t{close}{_HASH_CELL}{hex_hash}")
+                            f"{open_}\t{high}\t{low}\t{close}{_HASH_CELL}"
+                            f"{hex_hash[:QUOTE_HASH_HEX]}")
                     add_stamp(stamp)
                     # The price's text, for the jump check (shared.quality.flags).
                     add_price(close)

@@ -87,3 +87,28 @@ def test_a_rejected_line_read_again_in_place_is_not_stored_again(
     assert (run["fetched"], run["rejected"], run["raw_inserted"]) == (3, 1, 2)
     assert count(clean_db, ALL_RAW) == 4 and count(clean_db, "rejected_records") == 1
     _assert_no_duplicate_content(clean_db)
+
+
+def test_quotes_keep_8_bytes_of_the_hash_and_rows_with_all_32_still_match(
+    clean_db: Engine, settings: Settings, csv_dir: Path
+) -> None:
+    path = only_file(csv_dir, "coin.csv", HEADER + "".join(csv_row(i, i) for i in range(1, 4)))
+    run_csv(clean_db, settings)
+    with clean_db.begin() as conn:
+        lengths = conn.execute(text("SELECT DISTINCT length(raw_hash) FROM quotes")).scalars()
+        assert list(lengths) == [8]
+        # Rows written before migration 0024 hold the line's whole SHA-256 (the raw block's).
+        conn.execute(text(
+            "UPDATE quotes q SET raw_hash = substring(b.line_hashes FROM n * 32 + 1 FOR 32) "
+            "FROM raw_line_blocks b, generate_series(0, cardinality(b.line_numbers) - 1) n "
+            "WHERE substring(b.line_hashes FROM n * 32 + 1 FOR 8) = q.raw_hash"))
+        assert list(conn.execute(text("SELECT DISTINCT length(raw_hash) FROM quotes")
+                                 ).scalars()) == [32]
+    # An exporter re-writes the last day and adds a new one: the re-written line is known
+    # stored through its quote's 32-byte hash.
+    with path.open("a") as handle:
+        handle.write(csv_row(3, 3) + csv_row(4, 4))
+    run = run_csv(clean_db, settings)
+    assert (run["fetched"], run["inserted"], run["unchanged"], run["raw_inserted"]) == (2, 1, 1, 1)
+    assert count(clean_db, ALL_RAW) == 4
+    _assert_no_duplicate_content(clean_db)

@@ -131,3 +131,50 @@ def test_maintenance_makes_the_partitions_ahead_of_its_time(engine: Engine) -> N
     finally:
         for table in PARTITIONED_TABLES:
             drop_partitions(engine, table.name, after=later - timedelta(days=32))
+
+
+# A relation's columns in their physical order, with what a partition must share with its parent.
+_LAYOUT = text(
+    "SELECT a.attname, t.typlen, a.attnotnull, a.attcompression, a.attstorage "
+    "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+    "WHERE a.attrelid = CAST(:r AS regclass) AND a.attnum > 0 AND NOT a.attisdropped "
+    "ORDER BY a.attnum")
+_CHECKS = text("SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+               "WHERE conrelid = CAST(:r AS regclass) AND contype = 'c' ORDER BY 1")
+
+
+def test_a_new_partition_puts_fixed_width_columns_first_and_keeps_the_parents_rules(
+        engine: Engine) -> None:
+    later = datetime.now(UTC) + timedelta(days=400)
+    try:
+        created = maintain(engine, later)
+        with engine.connect() as conn:
+            for table in PARTITIONED_TABLES:
+                parent = {row.attname: row for row in conn.execute(_LAYOUT, {"r": table.name})}
+                partition = conn.execute(_LAYOUT, {"r": created[table.name][0]}).all()
+                # Same columns, each with its parent's NOT NULL, compression and storage...
+                assert {row.attname: row for row in partition} == parent
+                # ...fixed-width ones (widest first) before the variable-length ones.
+                widths = [row.typlen for row in partition]
+                fixed = [w for w in widths if w > 0]
+                assert widths[:len(fixed)] == sorted(fixed, reverse=True), (table, widths)
+                assert (conn.execute(_CHECKS, {"r": created[table.name][0]}).all()
+                        == conn.execute(_CHECKS, {"r": table.name}).all())
+            order = [row.attname for row in conn.execute(_LAYOUT, {"r": created["quotes"][0]})]
+        assert order[:2] == ["asset_id", "observed_at"] and order.index("rank") < order.index(
+            "source"), order
+        # Rows written through the parent land in it and read back the same.
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO quotes (asset_id, source, observed_at, source_asset_id, price_usd, "
+                "rank, raw_hash) VALUES (1, 'csv', :at, 'x', 1.5, 7, '\\x0102')"), {"at": later})
+            row = conn.execute(text(
+                "SELECT source, source_asset_id, price_usd::text, rank, raw_hash FROM quotes "
+                "WHERE asset_id = 1 AND observed_at = :at"), {"at": later}).one()
+        assert (*row[:4], bytes(row[4])) == ("csv", "x", "1.5", 7, b"\x01\x02")
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM quotes WHERE asset_id = 1 AND observed_at = :at"),
+                         {"at": later})
+        for table in PARTITIONED_TABLES:
+            drop_partitions(engine, table.name, after=later - timedelta(days=32))
