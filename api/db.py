@@ -16,7 +16,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.http.read_timeout import QUERY_CANCELED, READ_METHODS
-from api.pool_check import request_engine
+from api.pool_check import request_engine, statement_engine
 from api.replicas import REPLICA_CHECK_SECONDS, Replica, ReplicaSet
 from shared.db import make_engine
 from shared.queries.data import DATA_VERSION_SQL
@@ -37,6 +37,8 @@ def init_db(app: Flask, database_url: str) -> None:
     # Reads (GET, HEAD) begin with SET LOCAL statement_timeout (api/http/read_timeout.py).
     engine = request_engine(database_url)
     app.extensions["db_engine"] = engine
+    # Its autocommit twin, for reads that are one statement (GET /data's page).
+    app.extensions["db_statement_engine"] = statement_engine(database_url)
     app.extensions["db_sessionmaker"] = sessionmaker(bind=engine, expire_on_commit=False)
     app.extensions["db_replicas"] = ReplicaSet(
         settings.database_read_urls, settings.replica_max_lag_seconds,
@@ -73,6 +75,7 @@ def release_connections(app: Flask) -> None:
     suite): an app it drops would hold them until garbage collection."""
     app.extensions["db_version_watch"].close()
     app.extensions["db_engine"].dispose()
+    app.extensions["db_statement_engine"].dispose()
     app.extensions["db_version_engine"].dispose()
     app.extensions["db_replicas"].dispose()
 
@@ -95,6 +98,16 @@ def get_engine() -> Engine:
         g.db_request_engine = replica.engine if replica is not None \
             else current_app.extensions["db_engine"]
     engine: Engine = g.db_request_engine
+    return engine
+
+
+def get_statement_engine() -> Engine:
+    """The autocommit twin of the request's engine (same server, api.pool_check.statement_engine):
+    for a read that is one statement, so one snapshot without a transaction around it."""
+    get_engine()  # the request's choice of server, made once
+    replica: Replica | None = g.get("db_replica")
+    engine: Engine = replica.statement_engine if replica is not None \
+        else current_app.extensions["db_statement_engine"]
     return engine
 
 

@@ -1,4 +1,7 @@
-"""The API's request engines (primary and replicas): pre-pinged pools, read timeouts."""
+"""The API's engines per server (primary, replicas): pre-pinged request pools, autocommit twins.
+
+Both kinds start their reads under the API's statement timeout (api/http/read_timeout.py).
+"""
 from __future__ import annotations
 
 from sqlalchemy import Engine
@@ -15,5 +18,23 @@ def request_engine(url: str, **kwargs: object) -> Engine:
     was ending: the request's first statement then failed (docs/benchmarks.md).
     """
     engine = make_engine(url, **kwargs)
+    install_read_timeout(engine)
+    return engine
+
+
+def statement_engine(url: str, **kwargs: object) -> Engine:
+    """An autocommit engine for reads that are one statement (GET /data's page), no pre-ping.
+
+    Its connections stay in autocommit: no BEGIN, COMMIT or isolation switch per request, and
+    the read's SET LOCAL statement_timeout goes in front of the statement in one query string,
+    whose implicit transaction it applies to (api.http.read_timeout.INLINE_OPTION). Without a
+    pre-ping, a connection the server ended fails its statement with `connection_invalidated`
+    set; such a read is run again once on a new connection
+    (shared.queries.data.read_current_quotes), which also covers a backend ending between a
+    ping and the statement.
+    """
+    options: dict[str, object] = {"pool_pre_ping": False, "isolation_level": "AUTOCOMMIT"}
+    options.update(kwargs)
+    engine = make_engine(url, **options)
     install_read_timeout(engine)
     return engine

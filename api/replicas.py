@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.http.read_timeout import TIMEOUT_OPTION
-from api.pool_check import request_engine
+from api.pool_check import request_engine, statement_engine
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +96,11 @@ def replica_name(url: str) -> str:
 
 @dataclass
 class Replica:
-    """One read replica: its engine and what this process last learnt about it."""
+    """One read replica: its engines and what this process last learnt about it."""
 
     name: str
     engine: Engine
+    statement_engine: Engine  # autocommit, for reads that are one statement
     state: str = UNCHECKED
     lag: float | None = None  # seconds, as last read
     checked_at: float | None = None  # time.monotonic() of the last check
@@ -129,7 +130,7 @@ class ReplicaSet:
         self.max_lag, self.check_seconds, self.primary = max_lag, check_seconds, primary
         self.positions = PrimaryPositions()
         self._state_lock = threading.Lock()
-        self.replicas = [Replica(replica_name(url), _replica_engine(url)) for url in urls]
+        self.replicas = [Replica(replica_name(url), *_replica_engines(url)) for url in urls]
 
     def __bool__(self) -> bool:
         return bool(self.replicas)
@@ -206,6 +207,7 @@ class ReplicaSet:
         """Close every replica's pooled connections."""
         for replica in self.replicas:
             replica.engine.dispose()
+            replica.statement_engine.dispose()
 
     def _check_if_due(self, replica: Replica, now: float) -> None:
         if now < replica.retry_at:
@@ -280,6 +282,7 @@ class ReplicaSet:
         log.warning("replica %s left for %.0f s: %s", replica.name, backoff, replica.error)
         # Its pooled connections are likely dead too: the next check connects afresh.
         replica.engine.dispose()
+        replica.statement_engine.dispose()
 
 
 def _error_name(exc: BaseException) -> str:
@@ -287,12 +290,14 @@ def _error_name(exc: BaseException) -> str:
     return type(orig if orig is not None else exc).__name__
 
 
-def _replica_engine(url: str) -> Engine:
-    """An engine on one replica: GET reads' statement timeout, a short connect timeout."""
+def _replica_engines(url: str) -> tuple[Engine, Engine]:
+    """The request engine and its autocommit twin on one replica: GET reads' statement timeout,
+    a short connect timeout."""
     query = make_url(url).query
     connect_args: dict[str, Any] = {}
     if "connect_timeout" not in query:
         connect_args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
     if "application_name" not in query:
         connect_args["application_name"] = APPLICATION_NAME
-    return request_engine(url, connect_args=connect_args)
+    return (request_engine(url, connect_args=connect_args),
+            statement_engine(url, connect_args=connect_args))

@@ -71,6 +71,8 @@ def page_window(args: dict[str, Any]) -> dict[str, Any]:
 # their JSON encodings ("\u0000...") cannot occur anywhere else in a body.
 _LATENCY_MARK = "\x00api_latency_ms\x00"
 _REQUEST_ID_MARK = "\x00request_id\x00"
+# Stands for the records when the caller brings them as JSON text (api.schemas.data).
+_DATA_MARK = "\x00data\x00"
 
 
 @dataclass(frozen=True)
@@ -89,18 +91,27 @@ class BodyTemplate:
 
 
 def body_template(data: Sequence[Any], page: int | None, page_size: int, total: int | None,
-                  next_cursor: str | None = None) -> BodyTemplate | None:
+                  next_cursor: str | None = None, data_json: str | None = None
+                  ) -> BodyTemplate | None:
     """The list body serialized once, cut around its latency and request id.
 
     Serialized by the app's JSON provider exactly as `jsonify(envelope(...))` is, so a
     response assembled by `template_response` is byte for byte the one the schema path gives
-    (tests/api/test_data_cache.py compares them). None if the cut is not clean.
+    (tests/api/test_data_cache.py compares them). `data_json`, when given, is the records
+    already written as that provider writes them, put in place of `data`. None if the cut is
+    not clean.
     """
-    body = _list_body(_REQUEST_ID_MARK, _LATENCY_MARK, data, page, page_size, total,
-                      next_cursor)
+    body = _list_body(_REQUEST_ID_MARK, _LATENCY_MARK,
+                      data if data_json is None else _DATA_MARK,
+                      page, page_size, total, next_cursor)
     provider = current_app.json
     # Typed as werkzeug's sans-IO response; the app's response_class is flask.Response.
     text = cast(Response, provider.response(body)).get_data()
+    if data_json is not None:
+        mark = provider.dumps(_DATA_MARK).encode()
+        if text.count(mark) != 1:
+            return None
+        text = text.replace(mark, data_json.encode())
     latency = provider.dumps(_LATENCY_MARK).encode()
     request_id = provider.dumps(_REQUEST_ID_MARK).encode()
     if text.count(latency) != 1 or text.count(request_id) != 1:

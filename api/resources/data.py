@@ -11,7 +11,7 @@ from flask.blueprints import BlueprintSetupState
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.db import current_data_version, get_engine, get_session
+from api.db import current_data_version, get_engine, get_session, get_statement_engine
 from api.http.answer_cache import VersionedCache, deep_size
 from api.http.envelope import body_template, envelope, page_window, paged, template_response
 from api.export import export_format, export_responses, streamed
@@ -24,6 +24,7 @@ from api.schemas.data import (
     HistoryEnvelopeSchema,
     HistoryExportArgsSchema,
     quote_record,
+    quote_records_json,
 )
 from shared.queries.assets import asset_detail, asset_history, resolve_asset
 from shared.queries.data import DataFilters, read_current_quotes
@@ -121,18 +122,24 @@ class DataList(MethodView):
             return streamed(fmt, data_export(_filters(args), args["sort"]))
         snapshot = read_current_quotes(get_engine(), _filters(args),
                                        current_app.extensions["data_totals"],
-                                       count=args["total"], sort=args["sort"],
+                                       count=args["total"],
+                                       autocommit=get_statement_engine(), sort=args["sort"],
                                        **page_window(args))
         page = snapshot.page
-        # The records are serialized straight from the row tuples (api.schemas.data.quote_record),
-        # not by a marshmallow dump of DataEnvelopeSchema: same bytes, a fraction of the cost.
-        records = [quote_record(row) for row in page.rows]
         number = None if args.get("cursor") else args["page"]
-        template = body_template(records, number, args["page_size"], page.total,
-                                 page.next_cursor)
-        if template is None:  # pragma: no cover - only with a JSON provider that reorders
-            return current_app.json.response(
-                envelope(records, number, args["page_size"], page.total, page.next_cursor))
+        # The records are written as JSON text straight from the row tuples
+        # (api.schemas.data.quote_records_json), not by a marshmallow dump of DataEnvelopeSchema
+        # nor as dicts through the JSON provider: same bytes, a fraction of the cost.
+        records_json = quote_records_json(page.rows, current_app.json, current_app.debug)
+        template = body_template((), number, args["page_size"], page.total, page.next_cursor,
+                                 data_json=records_json) if records_json is not None else None
+        if template is None:  # another JSON provider, or debug's indented output
+            records = [quote_record(row) for row in page.rows]
+            template = body_template(records, number, args["page_size"], page.total,
+                                     page.next_cursor)
+            if template is None:  # pragma: no cover - only with a JSON provider that reorders
+                return current_app.json.response(
+                    envelope(records, number, args["page_size"], page.total, page.next_cursor))
         cache: VersionedCache | None = current_app.extensions.get("data_cache")
         # Stored under the version of the snapshot it was read from: on a replica, its own
         # data_version row, replicated with the quotes. A replica still behind the version

@@ -10,6 +10,7 @@ from sqlalchemy import (
     ColumnElement, Connection, Engine, Select, Text, and_, func, or_, select, table,
 )
 from sqlalchemy import column as table_column
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from shared.models import Asset, CurrentQuote
@@ -286,10 +287,15 @@ def read_current_quotes(
     filters: DataFilters,
     totals: TotalsCache | None = None,
     count: bool = True,
+    autocommit: Engine | None = None,
     **window: Any,
 ) -> DataSnapshot:
-    """The data version, one page and (with `count`) its total, from one REPEATABLE READ
-    snapshot.
+    """The data version, one page and (with `count`) its total, from one snapshot.
+
+    Without a count, the page and its version are one statement: on `autocommit` (an engine
+    whose connections are in autocommit, when given) that statement is the whole read, with
+    no BEGIN or COMMIT around it. An empty page (no row to carry the version) and a count are
+    read in a REPEATABLE READ transaction on `engine` instead.
 
     An exact count reads every matching record, which costs far more than a page when many
     match and nothing is cached (a new filter per request): GET /data counts only when the
@@ -298,6 +304,11 @@ def read_current_quotes(
     """
     sort, offset, limit = window.get("sort", "asset_id"), window.get("offset", 0), \
         window.get("limit", 50)
+    if autocommit is not None and not count:
+        rows, next_cursor, version = _page_alone(autocommit, filters, sort, offset, limit,
+                                                 window.get("cursor"))
+        if rows:
+            return DataSnapshot(version, Page(rows=rows, total=None, next_cursor=next_cursor))
     # statement_timeout_inline: the API's SET LOCAL statement_timeout goes in front of the
     # page's statement, the first of the transaction (api.http.read_timeout.INLINE_OPTION).
     with engine.connect().execution_options(isolation_level="REPEATABLE READ",
@@ -318,3 +329,25 @@ def read_current_quotes(
                 if totals is not None and version is not None:
                     totals.put(version, ("total", filters), total, 200)
     return DataSnapshot(version, Page(rows=rows, total=total, next_cursor=next_cursor))
+
+
+def _page_alone(
+    engine: Engine, filters: DataFilters, sort: str, offset: int, limit: int,
+    cursor: str | None,
+) -> tuple[list[tuple[Any, ...]], str | None, int | None]:
+    """A page and its version in one statement on an autocommit connection.
+
+    That engine's pool does not ping at checkout (api.pool_check.statement_engine): a pooled
+    connection the server ended since its last use fails the statement, SQLAlchemy marks it
+    `connection_invalidated` (and the pool retires the connections as old as it), and the read
+    runs again once on a new connection. A read is safe to repeat; any other error is raised.
+    """
+    for attempt in (1, 2):
+        try:
+            with engine.connect().execution_options(statement_timeout_inline=True) as conn:
+                return _page_rows(conn, filters, sort, offset, limit, cursor,
+                                  with_version=True)
+        except DBAPIError as exc:
+            if attempt == 2 or not exc.connection_invalidated:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -35,3 +35,40 @@ def test_a_pooled_connection_the_server_ended_is_replaced(
     assert again.status_code == 200, again.get_data(as_text=True)
     assert again.get_json()["data"] == first.get_json()["data"]
     assert again.get_json()["pagination"]["total"] == 5
+
+
+def test_a_page_read_on_a_connection_the_server_ended_is_read_again(
+    clean_db: Engine, settings: Settings, csv_dir: Path
+) -> None:
+    """GET /data's page runs on the autocommit engine, which does not ping: a dead pooled
+    connection fails the statement, and the read runs again on a new one."""
+    from api import create_app
+
+    only_file(csv_dir, "coins.csv", HEADER + coins_csv(1, 5))
+    run_csv(clean_db, settings)
+    app = create_app({"TESTING": True, "RATELIMIT_ENABLED": False,
+                      "DATA_CACHE_MAX_BYTES": 0}, settings=settings)
+    client = app.test_client()
+    first = client.get("/data")
+    assert first.status_code == 200
+    pool = app.extensions["db_statement_engine"].pool
+    assert pool.checkedin() == 1  # the page's connection, back in the pool
+    with clean_db.connect() as conn:
+        killed = {pid for pid, done in conn.execute(text(
+            "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND backend_type = 'client backend'")) if done}
+    assert killed
+    for _ in range(3):
+        again = client.get("/data")
+        assert again.status_code == 200, again.get_data(as_text=True)
+        assert again.get_json()["data"] == first.get_json()["data"]
+    # Read on a new backend: the dead one was found by the failed statement, not a ping.
+    assert not killed & _backend_pids(clean_db)
+
+
+def _backend_pids(engine: Engine) -> set[int]:
+    with engine.connect() as conn:
+        return set(conn.execute(text(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND backend_type = 'client backend'")).scalars())
