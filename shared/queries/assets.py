@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Mapping, Sequence
 
-from sqlalchemy import ColumnElement, Select, func, select, text, tuple_
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Select, func, select, text, tuple_, union_all
+from sqlalchemy.orm import Session, aliased
 
 from shared.config import SOURCES
 from shared.errors import NotFound
@@ -153,22 +153,23 @@ def asset_history(
     if horizon is not None:
         conditions.append(Quote.observed_at >= horizon)
     base = select(Quote).where(*conditions)
-    query = base
     after: tuple[datetime, str] | None = None
     if cursor is not None:
         payload = decode_cursor(cursor, "history")
         if cursor_int(payload, "a") != asset.id:
             raise InvalidCursor("cursor was issued for another asset")
         after = cursor_datetime(payload, "o"), cursor_str(payload, "r", 32)
-        query = query.where(tuple_(Quote.observed_at, Quote.source) < tuple_(*after))
+        # The time bound is implied by the row comparison; it gives the index scans a range.
+        conditions += [tuple_(Quote.observed_at, Quote.source) < tuple_(*after),
+                       Quote.observed_at <= after[0]]
         offset = 0
-    query = query.order_by(Quote.observed_at.desc(), Quote.source.desc())
 
     def cursor_of(row: Any) -> dict[str, Any]:
         return {"t": "history", "a": asset.id, "o": row.observed_at.isoformat(), "r": row.source}
 
     # No count unless asked (as GET /data's `total=true`): it would read every row of the
     # range, full and rolled up, which grow every day; a page reads only what it shows.
+    query = _newest_first(conditions, source, offset + limit + 1)
     full, next_cursor = trim_page(list(session.scalars(query.offset(offset).limit(limit + 1))),
                                   limit, cursor_of)
     full_total = count_rows(session, base) if count else None
@@ -189,6 +190,25 @@ def asset_history(
         limit=limit + 1 - len(full))
     rows, next_cursor = trim_page([*full, *older], limit, cursor_of)
     return Page(rows, total, next_cursor)
+
+
+def _newest_first(conditions: Sequence[ColumnElement[bool]], source: str | None,
+                  reach: int) -> Select[Any]:
+    """Quotes meeting `conditions`, newest first (ties by source, descending).
+
+    Without a source, one branch per source, each cut at `reach` rows: the primary key
+    (asset_id, source, observed_at) gives each source's rows in time order, so each branch
+    reads only the rows a page can show, where one query over all sources would sort every
+    row of the asset's history first.
+    """
+    if source:
+        return (select(Quote).where(*conditions)
+                .order_by(Quote.observed_at.desc(), Quote.source.desc()))
+    branches = [select(Quote).where(*conditions, Quote.source == name)
+                .order_by(Quote.observed_at.desc()).limit(reach) for name in SOURCES]
+    merged = union_all(*branches).subquery("merged")
+    return (select(aliased(Quote, merged))
+            .order_by(merged.c.observed_at.desc(), merged.c.source.desc()))
 
 
 def _full_before(session: Session, base: Select[Any], offset: int, page: Sequence[Any],

@@ -1,0 +1,71 @@
+"""shared.queries.assets.asset_history without a source: pages in order, reading only their rows."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import Engine, event, text
+from sqlalchemy.orm import Session
+
+from shared.queries.assets import asset_history
+from shared.storage.partitions import QUOTES, ensure
+
+UTC = timezone.utc
+NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+# Two years of one coin at three sources, 700 rows each: a day apart at two of them (each at
+# its own minute), every 12 hours at the third (ties with one of them).
+_ROWS = 700
+
+
+def _load(engine: Engine) -> list[tuple[datetime, str]]:
+    first = NOW - timedelta(days=_ROWS)
+    ensure(engine, QUOTES, [(first, NOW)])
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO assets (id, slug, symbol, name) "
+                          "VALUES (1, 'testcoin', 'TST', 'Testcoin')"))
+        conn.execute(text(
+            "INSERT INTO quotes (asset_id, source, observed_at, source_asset_id, price_usd) "
+            "SELECT 1, s.source, :now - n * s.step - s.shift, s.source, n "
+            "FROM (VALUES ('coingecko', interval '1 day', interval '0'), "
+            "             ('coinpaprika', interval '1 day', interval '7 minutes'), "
+            "             ('csv', interval '12 hours', interval '0')) s(source, step, shift), "
+            "     generate_series(0, :rows - 1) n"), {"now": NOW, "rows": _ROWS})
+        conn.execute(text("ANALYZE quotes"))
+        keys = conn.execute(text("SELECT observed_at, source FROM quotes WHERE asset_id = 1 "
+                                 "ORDER BY observed_at DESC, source DESC")).all()
+    return [(at, source) for at, source in keys]
+
+
+def _scanned(plan: dict[str, Any]) -> int:
+    """Rows the plan's index scans returned, over all its nodes."""
+    own = plan.get("Actual Rows", 0) if "Index Name" in plan else 0
+    return own + sum(_scanned(child) for child in plan.get("Plans", []))
+
+
+def test_pages_without_a_source_follow_the_order_and_read_only_what_they_show(
+        clean_db: Engine) -> None:
+    everything = _load(clean_db)
+    sent: list[str] = []
+
+    def capture(_conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        sent.append(cursor.mogrify(statement, parameters).decode())
+
+    event.listen(clean_db, "before_cursor_execute", capture)
+    try:
+        with Session(clean_db) as session:
+            first = asset_history(session, "1", limit=50)
+            later = asset_history(session, "1", limit=50, cursor=first.next_cursor)
+            deep = asset_history(session, "1", limit=50, offset=1000)
+    finally:
+        event.remove(clean_db, "before_cursor_execute", capture)
+    keys = [[(q.observed_at, q.source) for q in page.rows] for page in (first, later, deep)]
+    assert keys == [everything[:50], everything[50:100], everything[1000:1050]]
+    pages = [s for s in sent if "FROM quotes" in s and "ORDER BY" in s and "UNION ALL" in s]
+    assert len(pages) == 3, sent
+    with clean_db.connect() as conn:
+        scanned = [_scanned(conn.execute(text("EXPLAIN (ANALYZE, FORMAT JSON) " + page))
+                            .scalar_one()[0]["Plan"]) for page in pages]
+    # Each source's branch stops at offset + limit + 1 rows: 3 x 51 of the 2,100 rows, and
+    # 3 x 1,051 for the page at offset 1,000 (the cursor's page reads from its position).
+    assert scanned[0] <= 3 * 51 and scanned[1] <= 3 * 51 and scanned[2] <= 3 * 1051, scanned
+    assert len(everything) == 3 * _ROWS
