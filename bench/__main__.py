@@ -13,40 +13,22 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from sqlalchemy import text
-
-from bench.common import (
-    BENCH_DIR, RESULTS, BenchDatabase, Row, copy_baseline, only, say, stop_process,
-)
+from bench.common import BENCH_DIR, RESULTS, BenchDatabase, Row, copy_baseline, only, say
+from bench.data_load import data_cases, data_notes
 from bench.gen import append_days, kaggle_file
 from bench.history import history_cases, history_notes
 from bench.longrun import add_longrun_arguments, longrun_cases
+from bench.runs import big_file, median, run_ingest
 from bench.sources import sources_cases
 from bench.storage import add_storage_arguments, storage_cases
 from bench.worker_ingest import worker_ingest_cases
-from scripts.stack import ROOT, VAR_DIR, ensure_services, free_port
-
-
-def run_ingest(env: dict[str, str], csv_dir: Path) -> dict[str, Any]:
-    """One csv job in a fresh process (bench.ingest); its JSON report."""
-    out = subprocess.run([sys.executable, "-m", "bench.ingest", str(csv_dir)], cwd=ROOT,
-                         env=env, check=True, capture_output=True, text=True)
-    report: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    if report["run"]["status"] != "succeeded":
-        raise RuntimeError(f"ingest run did not succeed: {report}")
-    return report
-
-
-def _median(values: list[Any], key: Callable[[Any], float] | None = None) -> Any:
-    """The middle element of `values`, ordered by `key` (the upper one of an even count)."""
-    return sorted(values, key=key)[len(values) // 2]
+from scripts.stack import ROOT, VAR_DIR, ensure_services
 
 
 def inproc_cases(db: BenchDatabase, env: dict[str, str], args: argparse.Namespace
@@ -94,7 +76,7 @@ def inproc_cases(db: BenchDatabase, env: dict[str, str], args: argparse.Namespac
         say(f"  COPY {copy_seconds:.2f} s, pipeline {run['seconds']:.2f} s "
             f"({run['seconds'] / copy_seconds:.2f}x), peak RSS {run['maxrss_mb']:.0f} MB")
         pairs.append((copy_seconds, copy_cpu, run))
-    copy_seconds, copy_cpu, first = _median(pairs, key=lambda pair: pair[2]["seconds"] / pair[0])
+    copy_seconds, copy_cpu, first = median(pairs, key=lambda pair: pair[2]["seconds"] / pair[0])
 
     say("re-run with nothing new")
     rerun = run_ingest(env, csv_dir)
@@ -106,7 +88,7 @@ def inproc_cases(db: BenchDatabase, env: dict[str, str], args: argparse.Namespac
         append_days(live, coins, days + round_no * args.append_days, args.append_days)
         db.checkpoint()
         appends.append(run_ingest(env, csv_dir))
-    appended = _median(appends, key=lambda run: run["seconds"])
+    appended = median(appends, key=lambda run: run["seconds"])
 
     peak_rss = max(run["maxrss_mb"] for _, _, run in pairs)
     per_line_first = first["seconds"] / rows_big * 1e6
@@ -143,56 +125,6 @@ def inproc_cases(db: BenchDatabase, env: dict[str, str], args: argparse.Namespac
     return rows, facts
 
 
-# ------------------------------------------------------------------------------------------
-# /data under load
-
-
-GUNICORN_CONFIG = "python:api.serving.gunicorn_conf"  # the settings make run and docker compose use
-
-
-def start_gunicorn(
-    env: dict[str, str], workers: int | None, log: Path, app: str = "bench.wsgi:app"
-) -> tuple[subprocess.Popen[bytes], int]:
-    """gunicorn with make run's settings (api/serving/gunicorn_conf.py) on a free port.
-
-    `workers` overrides the configured count (reported in the notes when it does).
-    """
-    port = free_port()
-    log.parent.mkdir(parents=True, exist_ok=True)
-    override = ["-w", str(workers)] if workers else []
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONFIG, app,
-             "-b", f"127.0.0.1:{port}", *override],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    import urllib.request
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/live", timeout=2):
-                return proc, port
-        except OSError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.3)
-    stop_process(proc)
-    raise RuntimeError(f"gunicorn did not answer; see {log}")
-
-
-def _get_json(port: int, path: str) -> dict[str, Any]:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as response:
-        body: dict[str, Any] = json.loads(response.read())
-        return body
-
-
-def _big_file(args: argparse.Namespace) -> Path:
-    return kaggle_file(BENCH_DIR / "data" / f"kaggle_{args.coins}x{args.days}.csv", args.coins,
-                       args.days)
-
-
 def memory_cases(db: BenchDatabase, env: dict[str, str], args: argparse.Namespace
                  ) -> tuple[list[Row], dict[str, Any]]:
     """Case 1's memory row: peak RSS of the process running one job, big file vs a quarter.
@@ -203,7 +135,7 @@ def memory_cases(db: BenchDatabase, env: dict[str, str], args: argparse.Namespac
     """
     coins, days = args.coins, args.days
     small_coins = max(1, coins // 4)
-    big = _big_file(args)
+    big = big_file(args)
     small = kaggle_file(BENCH_DIR / "data" / f"kaggle_{small_coins}x{days}.csv", small_coins,
                         days)
     db.truncate_all()
@@ -218,152 +150,6 @@ def memory_cases(db: BenchDatabase, env: dict[str, str], args: argparse.Namespac
                 f"{big_run['maxrss_mb']:.0f} MB", f"{small_run['maxrss_mb']:.0f} MB", ratio,
                 "flat (<= 1.15x)", ratio <= 1.15)]
     return rows, {"small": small_run, "big": big_run}
-
-
-def data_cases(db: BenchDatabase, env: dict[str, str], args: argparse.Namespace
-               ) -> tuple[list[Row], dict[str, Any]]:
-    """Case 4: /data under 64 connections vs a trivial endpoint; misses; first vs deep page.
-
-    The product app answers a repeated /data request from its per-process cache (valid until
-    the next publish). So that the cache hides nothing, the same URL is also measured on a
-    server with that cache off (every request runs its queries and serialization), and with
-    a new filter on every request (nothing cached at all; in alternating pairs with
-    /health/live), also with `total=true` (an exact count each time).
-    The deep-page comparison runs on the uncached server too: it is about the queries.
-    """
-    from bench.http_load import run_load, sequential_latency
-
-    data = BENCH_DIR / "data"
-    with db.engine.connect() as conn:
-        loaded = conn.execute(text("SELECT EXISTS (SELECT 1 FROM quotes)")).scalar_one()
-    if not loaded:
-        # The data set /data is measured on: the big file (left by the memory or inproc
-        # case when they ran) plus the wide one.
-        say(f"loading the {args.coins}x{args.days} file for /data")
-        run_ingest(env, only(BENCH_DIR / "csv-big", _big_file(args)))
-    wide = kaggle_file(data / f"kaggle_wide_{args.data_coins}x1.csv", args.data_coins, 1,
-                       seed=8, prefix="W")
-    say(f"loading {args.data_coins:,} more coins (1 day each) for /data")
-    wide_run = run_ingest(env, only(BENCH_DIR / "csv-wide", wide))
-    with db.engine.connect() as conn:
-        current = int(conn.execute(text("SELECT count(*) FROM current_quotes")).scalar_one())
-        quotes = int(conn.execute(text("SELECT count(*) FROM quotes")).scalar_one())
-    # The steady state autovacuum reaches a little after a large load, and the checkpointer
-    # done writing out the ~1 GB the ingest cases left dirty (else it competes for the cores
-    # during the load test: seen as a /data p99 of 65 ms instead of ~40 ms).
-    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("VACUUM ANALYZE"))
-    db.checkpoint()
-    listing_path = "/data?page_size=100"
-    log = BENCH_DIR / "gunicorn.log"
-    gunicorn, port = start_gunicorn(env, args.workers, log)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        run_load(f"{base}{listing_path}", 16, 2)  # warm both workers' pools
-        # Alternating pairs, as for ingest: a slow spell of the machine then hits both sides.
-        pairs: list[tuple[Any, Any]] = []
-        for round_no in range(1, args.rounds + 1):
-            say(f"round {round_no}/{args.rounds}: load /health/live, then {listing_path}, "
-                f"{args.connections} connections, {args.seconds}s each")
-            pairs.append((run_load(f"{base}/health/live", args.connections, args.seconds),
-                          run_load(f"{base}{listing_path}", args.connections, args.seconds)))
-    finally:
-        stop_process(gunicorn)
-    # The requests/s row shows the pair with the median ratio, the latency row the pair with
-    # the median /data p99; every pair is in the notes.
-    trivial, listing = _median(pairs, key=lambda pair: pair[1].rps / pair[0].rps)
-    latency_base, latency = _median(pairs, key=lambda pair: pair[1].p99_ms)
-
-    gunicorn, port = start_gunicorn(env, args.workers, log, "bench.wsgi:create(cache=False)")
-    try:
-        base = f"http://127.0.0.1:{port}"
-        run_load(f"{base}{listing_path}", 16, 2)
-        say(f"load, answer cache off: {listing_path}, {args.connections} connections")
-        uncached = run_load(f"{base}{listing_path}", args.connections, args.seconds)
-        # since=<a distinct instant before all data>: the same rows, a filter never seen. In
-        # alternating pairs with /health/live on this server, as the cached /data above.
-        filter_pairs: list[tuple[Any, Any]] = []
-        for round_no in range(1, args.rounds + 1):
-            say(f"round {round_no}/{args.rounds}: load /health/live, then a new filter per "
-                f"request: {listing_path}&since=..., {args.connections} connections")
-            filter_pairs.append((
-                run_load(f"{base}/health/live", args.connections, args.seconds),
-                run_load(f"{base}{listing_path}", args.connections, args.seconds,
-                         unique_since=True)))
-        filter_base, new_filter = _median(filter_pairs, key=lambda pair: pair[1].rps / pair[0].rps)
-        say(f"load, a new filter per request with its exact total: {listing_path}&total=true"
-            f"&since=..., {args.connections} connections")
-        new_filter_total = run_load(f"{base}{listing_path}&total=true", args.connections,
-                                    args.seconds, unique_since=True)
-
-        target = int(current * 0.9) if current < 1_000_000 else 900_000
-        say(f"deep paging: following next_cursor to row {target:,}")
-        cursor, seen = None, 0
-        while seen + 500 <= target:
-            suffix = f"&cursor={cursor}" if cursor else ""
-            page = _get_json(port, f"/data?page_size=500{suffix}")
-            cursor = page["pagination"].get("next_cursor")
-            seen += len(page["data"])
-            if not cursor:
-                break
-        samples = args.latency_samples
-        first_page = sequential_latency("127.0.0.1", port, listing_path, samples)
-        deep_page = sequential_latency("127.0.0.1", port, f"{listing_path}&cursor={cursor}",
-                                       samples) if cursor else []
-        offset_page = sequential_latency(
-            "127.0.0.1", port, f"{listing_path}&page={seen // 100 + 1}", samples)
-    finally:
-        stop_process(gunicorn)
-    first_ms, offset_ms = _median(first_page), _median(offset_page)
-    deep_ms = _median(deep_page) if deep_page else float("nan")
-    conns = args.connections
-    rows = [
-        Row(f"4. /data?page_size=100 under {conns} connections: requests/s "
-            f"({current:,} current rows, {quotes:,} quotes)",
-            f"{listing.rps:.0f} req/s ({listing.errors} errors)",
-            f"/health/live {trivial.rps:.0f} req/s", listing.rps / trivial.rps, ">= 50%",
-            listing.rps / trivial.rps >= 0.5 and listing.errors == 0),
-        Row(f"4. /data latency under {conns} connections",
-            f"p50 {latency.p50_ms:.1f} ms, p99 {latency.p99_ms:.1f} ms",
-            f"/health/live p50 {latency_base.p50_ms:.1f} ms, p99 {latency_base.p99_ms:.1f} ms",
-            None, "p99 < 50 ms", latency.p99_ms < 50 and latency.errors == 0),
-        Row("4. (informational) the same, answer cache off: every request queries and "
-            "serializes (no total: not asked for)",
-            f"{uncached.rps:.0f} req/s ({uncached.errors} errors), p50 {uncached.p50_ms:.1f} ms,"
-            f" p99 {uncached.p99_ms:.1f} ms", f"/health/live {trivial.rps:.0f} req/s",
-            uncached.rps / trivial.rps, "none", None),
-        Row("4. a new filter on every request (since=<distinct instant>): nothing cached, "
-            "the page's rows each time (no total unless asked)",
-            f"{new_filter.rps:.0f} req/s ({new_filter.errors} errors), "
-            f"p50 {new_filter.p50_ms:.1f} ms, p99 {new_filter.p99_ms:.1f} ms",
-            f"/health/live {filter_base.rps:.0f} req/s (same server, median of "
-            f"{len(filter_pairs)} pairs)", new_filter.rps / filter_base.rps, ">= 30%",
-            new_filter.rps / filter_base.rps >= 0.3 and new_filter.errors == 0),
-        Row("4. (informational) the same with `total=true`: rows and an exact count each time",
-            f"{new_filter_total.rps:.0f} req/s ({new_filter_total.errors} errors), "
-            f"p50 {new_filter_total.p50_ms:.1f} ms, p99 {new_filter_total.p99_ms:.1f} ms",
-            f"/health/live {trivial.rps:.0f} req/s", new_filter_total.rps / trivial.rps,
-            "none", None),
-        Row(f"4. deep page: cursor page at row {seen:,} vs first page (one connection, p50, "
-            f"answer cache off)", f"{deep_ms:.1f} ms", f"first page {first_ms:.1f} ms",
-            deep_ms / first_ms, "<= 1.5x", deep_ms / first_ms <= 1.5 if deep_page else None),
-        Row(f"4. (for comparison) offset page at row {seen:,} vs first page",
-            f"{offset_ms:.1f} ms", f"first page {first_ms:.1f} ms", offset_ms / first_ms,
-            "none (cursor paging is the deep path)", None),
-    ]
-    from api.serving import gunicorn_conf
-
-    facts = {"wide_run": wide_run, "current_rows": current, "quotes": quotes,
-             "trivial": vars(trivial), "data": vars(listing), "data_uncached": vars(uncached),
-             "load_rounds": [{"trivial": vars(t), "data": vars(d)} for t, d in pairs],
-             "data_new_filter": vars(new_filter),
-             "new_filter_rounds": [{"trivial": vars(t), "data": vars(d)} for t, d in filter_pairs],
-             "data_new_filter_total": vars(new_filter_total), "deep_row": seen,
-             "first_page_ms": first_ms, "deep_page_ms": deep_ms, "offset_page_ms": offset_ms,
-             "tool": listing.tool, "workers": args.workers or gunicorn_conf.workers,
-             "worker_class": gunicorn_conf.worker_class,
-             "workers_overridden": bool(args.workers)}
-    return rows, facts
 
 
 # ------------------------------------------------------------------------------------------
@@ -476,20 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{first_cpu:.2f} s in server backends + {i['first']['worker_cpu_seconds']:.2f}"
                 f" s in the worker process (2 cores: the two overlap, batch by batch)")
     notes += history_notes(facts.get("history"))
-    if "data" in facts:
-        d = facts["data"]
-        notes.append("/data rounds (/health/live vs /data req/s, /data p99): " + "; ".join(
-            f"{r['trivial']['rps']:.0f} vs {r['data']['rps']:.0f}, {r['data']['p99_ms']:.1f} ms"
-            for r in d["load_rounds"]))
-        notes.append("new filter per request, rounds (/health/live vs /data req/s, answer cache "
-                     "off): " + "; ".join(f"{r['trivial']['rps']:.0f} vs {r['data']['rps']:.0f}"
-                                          for r in d["new_filter_rounds"]))
-        setup = ("OVERRIDDEN with --workers, not as make run" if d["workers_overridden"]
-                 else "api/serving/gunicorn_conf.py, as make run")
-        notes.append(f"load tool: {d['tool']}; gunicorn {d['worker_class']} x {d['workers']} "
-                     f"({setup}); bench.wsgi lifts only the per-client read quota")
-        notes.append(f"/data data set: {d['current_rows']:,} current rows, {d['quotes']:,} "
-                     f"quotes; the extra coins took {d['wide_run']['seconds']:.1f} s to load")
+    notes += data_notes(facts.get("data"))
     for name in ("sources", "storage", "longrun"):
         notes += facts.get(name, {}).get("notes", [])
     table = render(rows, notes)
