@@ -9,7 +9,7 @@ identical record is stored already (quotes.raw_hash).
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from psycopg2 import errors as pg_errors
@@ -47,7 +47,7 @@ from shared.quality.flags import (
 from shared.quality.outliers import apply_outliers
 from shared.storage.counters import add_batch
 from shared.storage.partitions import ensure_for_batch
-from shared.batch.types import Batch, PreparedQuotes, content_hash
+from shared.batch.types import Batch, PreparedQuotes, QuoteBlock, content_hash
 
 
 class CheckpointMoved(RuntimeError):
@@ -212,9 +212,10 @@ class BatchWriter:
             with unit_of_work(engine) as session:
                 batch.prepared = self._render_quotes(session, batch)
             # The rendered data replaces the blocks' text: drop it now, not when the batch is
-            # written (several batches wait in memory while two are written).
-            batch.quote_blocks = [replace(block, text="", stamps=[], prices=[], lines=[])
-                                  for block in batch.quote_blocks]
+            # written (several batches wait in memory while two are written). Built directly:
+            # dataclasses.replace costs ~8 us a block, and an append has a block per coin.
+            batch.quote_blocks = [QuoteBlock(b.source_asset_id, b.symbol, b.name, "", b.rows)
+                                  for b in batch.quote_blocks]
         return batch
 
     def _write_quotes(

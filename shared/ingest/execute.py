@@ -19,8 +19,10 @@ from shared.db import get_engine, session_factory, unit_of_work
 from shared.errors import InjectedFailure, public_error
 from shared.identity.resolve import load_aliases
 from shared.ingest.batch_writer import BatchWriter, LoadState, load_checkpoints
+from shared.jobs.close import close_job_of_run
 from shared.jobs.lifecycle import end_run, record_progress, start_run
 from shared.locks import run_lock, try_lock, unlock
+from shared.quality.anomalies import AnomalyThresholds
 from shared.quality.checks import QualityThresholds
 from shared.models import RUN_COUNTERS, TERMINAL_STATUSES, Run
 from shared.ingest.pipeline import read_ahead, write_in_order
@@ -93,6 +95,7 @@ def execute_run(
         if records_done is None:
             return run_id
         _process(engine, run_id, source, settings, records_done, on_progress)
+        _close_job(engine, run_id, settings)
         return run_id
     except Exception as exc:
         if _is_connection_error(exc):
@@ -106,6 +109,21 @@ def execute_run(
             except DBAPIError:
                 lock_conn.invalidate()  # the session ended with the server: lock already gone
         lock_conn.close()
+
+
+def _close_job(engine: Engine, run_id: int, settings: Settings) -> None:
+    """Close the run's job now if this was its last run to end (shared.jobs.close).
+
+    Best effort: the chord's callback closes it otherwise, so a failure here is only logged
+    (a lost connection still raises, and the task's retry finds the run ended).
+    """
+    try:
+        close_job_of_run(engine, run_id, AnomalyThresholds.from_settings(settings))
+    except Exception as exc:
+        if _is_connection_error(exc):
+            raise
+        log.warning("run %s: job not closed at the run's end (%s); normalize closes it",
+                    run_id, type(exc).__name__, exc_info=exc)
 
 
 def _skip_if_queued(engine: Engine, run_id: int, source: str) -> None:
@@ -183,11 +201,13 @@ def _process(
 
 
 class _Throttled:
-    """Calls `on_progress` with the run's counters at most once per interval."""
+    """Calls `on_progress` with the run's counters at most once per interval, the first time
+    one interval after the run started: a shorter run reports only its end (each report is a
+    read of the run and a result-backend write, on the thread that hands out the batches)."""
 
     def __init__(self, engine: Engine, run_id: int, on_progress: Progress | None) -> None:
         self.engine, self.run_id, self.on_progress = engine, run_id, on_progress
-        self.last = 0.0
+        self.last = time.monotonic()
 
     def __call__(self, records_read: int) -> None:
         if self.on_progress is None:

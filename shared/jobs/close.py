@@ -9,6 +9,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from shared.config import Settings, get_settings
+from shared.db import unit_of_work
 from shared.jobs.lifecycle import end_run, fail_queued_runs, now_utc
 from shared.locks import run_lock, try_lock, unlock
 from shared.models import TERMINAL_STATUSES, Job, Run
@@ -66,6 +67,24 @@ def finalize_job(session: Session, job_id: int,
                          anomalies or AnomalyThresholds.from_settings(get_settings()))
     log.info("job %s %s", job.id, job.status)
     return job.status
+
+
+def close_job_of_run(engine: Engine, run_id: int,
+                     anomalies: AnomalyThresholds | None = None) -> str | None:
+    """Finalize the run's job if every one of its runs has ended (its status), else None.
+
+    Called by the run's execution right after the run's end is committed, so a job is closed
+    when its last run ends rather than after the chord's callback has been sent through the
+    broker and picked up (10-20 ms of a job's time on a quiet machine, docs/benchmarks.md).
+    The callback (worker.tasks.normalize) still comes and finds the job closed. Two runs that
+    end at once cannot both miss it: each reads the runs only after taking the job's row lock,
+    so the later one sees the other's committed end.
+    """
+    with unit_of_work(engine) as session:
+        job_id = session.scalar(select(Run.job_id).where(Run.id == run_id))
+        if job_id is None:
+            return None
+        return finalize_job(session, job_id, anomalies)
 
 
 def reap_stale_runs(session: Session, engine: Engine, settings: Settings) -> dict[str, int]:

@@ -17,6 +17,29 @@ from shared.models import Run
 from tests.helpers.csv_runs import HEADER, only_file, run_csv
 
 
+def test_the_last_run_to_end_closes_its_job(
+    clean_db: Engine, settings: Settings, csv_dir: Path
+) -> None:
+    only_file(csv_dir, "c.csv", HEADER + "1,Coin,CN,2021-01-01 23:59:59,1,1,1,1,1,1\n")
+    from shared.ingest.execute import execute_run
+
+    with unit_of_work(clean_db) as session:
+        job = create_job(session, ["csv"], "cli").job
+        job_id, run_id = job.id, job.runs[0].id
+    execute_run(run_id, None, settings, clean_db)  # no normalize task: the run closes the job
+    with clean_db.connect() as conn:
+        job_row = conn.execute(text("SELECT status, finished_at FROM jobs WHERE id = :j"),
+                               {"j": job_id}).one()
+        run_end = conn.execute(text("SELECT finished_at FROM runs WHERE id = :r"),
+                               {"r": run_id}).scalar_one()
+    assert job_row.status == "succeeded" and job_row.finished_at >= run_end
+    with unit_of_work(clean_db) as session:  # the callback that comes later changes nothing
+        assert finalize_job(session, job_id) == "succeeded"
+    with clean_db.connect() as conn:
+        assert conn.execute(text("SELECT finished_at FROM jobs WHERE id = :j"),
+                            {"j": job_id}).scalar_one() == job_row.finished_at
+
+
 @pytest.mark.parametrize(("statuses", "expected"), [
     (["succeeded", "succeeded"], "succeeded"),
     (["succeeded", "failed"], "partial"),
@@ -42,6 +65,8 @@ def test_finalize_waits_for_active_runs_and_runs_once(
 
     csv_run = next(r for r in job.runs if r.source == "csv")
     execute_run(csv_run.id, None, settings, clean_db)
+    with clean_db.connect() as conn:  # the csv run ended, the coingecko one has not
+        assert conn.execute(text("SELECT status FROM jobs")).scalar_one() == "running"
     with unit_of_work(clean_db) as session:
         session.execute(update(Run).where(Run.job_id == job_id, Run.source == "coingecko")
                         .values(status="failed", error="boom", finished_at=now_utc()))
