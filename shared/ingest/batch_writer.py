@@ -266,13 +266,16 @@ class BatchWriter:
     def _render_quotes(self, session: Session, batch: Batch) -> PreparedQuotes:
         """Resolve the batch's coins, check them and render its quotes as COPY data (a flagged
         quote's flags in its own cells), with their keys and the batch's flag writes."""
+        # Only the coins the run has not resolved yet: resolve_assets skips the others anyway,
+        # and the next batches of an append hold the same 1,000 coins again.
+        known = self.asset_cache
         hints = {q.source_asset_id: IdentityHint(q.source_asset_id, q.symbol, q.name)
-                 for q in batch.quotes}
+                 for q in batch.quotes if q.source_asset_id not in known}
         for block in batch.quote_blocks:
-            hints.setdefault(block.source_asset_id,
-                             IdentityHint(block.source_asset_id, block.symbol, block.name))
-        assets = resolve_assets(session, self.source, list(hints.values()), self.aliases,
-                                self.asset_cache)
+            if block.source_asset_id not in known and block.source_asset_id not in hints:
+                hints[block.source_asset_id] = IdentityHint(block.source_asset_id, block.symbol,
+                                                            block.name)
+        assets = resolve_assets(session, self.source, list(hints.values()), self.aliases, known)
         quality = batch_flags(session.connection().connection.cursor(), self.source, batch,
                               assets, self.thresholds, self.stamp_micros)
         set_ids = self._flag_set_ids(session, quality)

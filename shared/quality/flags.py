@@ -11,6 +11,7 @@ quote_flags. docs/quality.md gives the rules and costs.
 """
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 from collections import defaultdict
@@ -53,8 +54,11 @@ def _float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+@functools.lru_cache(maxsize=4096)
 def _iso(value: datetime) -> str:
     # The CSV blocks' stamps are UTC isoformat() text; the previous quote's time must compare.
+    # Cached: a batch's coins mostly share their previous quote's time (a file's last day),
+    # and this ran twice per coin and batch.
     return (value if value.utcoffset() == _ZERO else value.astimezone(UTC)).isoformat()
 
 
