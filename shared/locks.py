@@ -29,6 +29,8 @@ class Namespace(IntEnum):
     IDENTITY = 4  # new asset mappings are decided one transaction at a time
     NOTIFY = 5  # notification evaluations are decided one at a time
     PARTITIONS = 6  # a table's partitions are created one transaction at a time (object: table)
+    # A session lock again: held for a maintenance run's key rebuilds (shared.storage.compaction).
+    COMPACTION = 7  # one run rebuilding closed partitions' keys at a time (object: 0)
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ _RUN_NAMESPACES = {"extract": Namespace.EXTRACT_RUN, "backfill": Namespace.BACKF
 
 IDENTITY_LOCK = LockKey(Namespace.IDENTITY, 0)
 NOTIFY_LOCK = LockKey(Namespace.NOTIFY, 0)
+COMPACTION_LOCK = LockKey(Namespace.COMPACTION, 0)
 
 
 def _name_object(name: str) -> int:

@@ -14,6 +14,7 @@ from shared.jobs.close import finalize_job, reap_stale_runs
 from shared.jobs.schedule import submit_tick_job, tick_time
 from shared.notify import configured_targets, request_evaluation
 from shared.ingest.execute import ExtractFailed, TransientDatabaseError, execute_run, run_outcome
+from shared.storage.compaction import compact
 from shared.storage.partitions import maintain
 from worker.notify_tasks import storage_upkeep
 from shared.storage.retention import expire
@@ -125,10 +126,13 @@ def reap() -> dict[str, int]:
 
 @shared_task(name=task_names.MAINTAIN_PARTITIONS, acks_late=True, ignore_result=True)
 def maintain_partitions() -> dict[str, int]:
-    """Create the time partitions of the next weeks (shared.storage.partitions), then expire
-    those past the retention settings (shared.storage.retention): how many of each."""
+    """Create the time partitions of the next weeks (shared.storage.partitions), expire those
+    past the retention settings (shared.storage.retention), then pack a closed week's key
+    (shared.storage.compaction): how many of each."""
     created = maintain(get_engine())
     storage_upkeep()  # hourly too: counts folded, size sampled, budget checked
     dropped = expire(get_engine(), get_settings())
+    compacted = compact(get_engine())
     return {**{table: len(names) for table, names in created.items()},
-            **{f"{table}_dropped": len(names) for table, names in dropped.items()}}
+            **{f"{table}_dropped": len(names) for table, names in dropped.items()},
+            "quotes_compacted": len(compacted)}

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, text
 from shared import task_names
 from shared.config import Settings
 from shared.locks import partition_lock, try_lock, unlock
+from shared.storage.compaction import PACKED_COMMENT, due
 from shared.storage.partitions import (
     KNOWN,
     QUOTES,
@@ -26,7 +27,7 @@ from shared.storage.partitions import (
 from tests.conftest import ROOT, WorkerProcess
 from tests.helpers.broker import sender
 from tests.helpers.waiting import poll
-from tests.helpers.partitions import drop_partitions
+from tests.helpers.partitions import drop_partitions, ensure_quote_partitions
 
 # Starts real processes (writer processes, a celery worker): not in the fast subset.
 pytestmark = pytest.mark.processes
@@ -135,6 +136,9 @@ def test_two_processes_ensuring_overlapping_spans_create_each_partition_once(
 def test_beats_maintenance_task_makes_the_partitions_ahead_in_a_worker(
         clean_db: Engine, settings: Settings, ahead_dropped: dict[str, set[str]],
         worker_factory: Callable[..., WorkerProcess]) -> None:
+    ensure_quote_partitions(clean_db, datetime.now(UTC) - timedelta(days=60))  # a closed week
+    with clean_db.connect() as conn:  # the oldest closed week whose key is not packed
+        oldest = due(conn, datetime.now(UTC))[0][1]
     worker_factory()
     sender(settings).send_task(task_names.MAINTAIN_PARTITIONS)
     for table, names in ahead_dropped.items():
@@ -145,6 +149,14 @@ def test_beats_maintenance_task_makes_the_partitions_ahead_in_a_worker(
         for table in (QUOTES, RAW_LINE_BLOCKS):
             bounds = [b for b in existing_partitions(conn, table.name).values() if b is not None]
             assert any(low <= now + table.ahead < high for low, high in bounds), table
+    # Then it packs that week's key (shared.storage.compaction), one a run.
+    comment = text("SELECT obj_description(CAST(:i AS regclass), 'pg_class')")
+
+    def packed() -> object:
+        with clean_db.connect() as conn:
+            return conn.execute(comment, {"i": oldest}).scalar()
+
+    poll(packed, lambda found: found == PACKED_COMMENT, 60, f"{oldest} packed")
 
 
 @pytest.mark.faults
