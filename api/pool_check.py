@@ -30,7 +30,7 @@ def statement_engine(url: str, **kwargs: object) -> Engine:
     whose implicit transaction it applies to (api.http.read_timeout.INLINE_OPTION). Without a
     pre-ping, a connection the server ended fails its statement with `connection_invalidated`
     set; such a read is run again once on a new connection
-    (shared.queries.data.read_current_quotes), which also covers a backend ending between a
+    (shared.queries.data_read.read_current_quotes), which also covers a backend ending between a
     ping and the statement.
     """
     options: dict[str, object] = {"pool_pre_ping": False, "isolation_level": "AUTOCOMMIT"}

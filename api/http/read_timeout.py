@@ -41,7 +41,7 @@ COUNTS_KEY = "kasparro:api_statement_timeouts"
 # A connection with this execution option set sends its SET LOCAL in front of the transaction's
 # first statement (one query string, one round trip) instead of on its own. Only for code whose
 # first statement goes through SQLAlchemy (a raw DBAPI cursor would run before the limit):
-# GET /data's page (shared.queries.data.read_current_quotes). Under load each round trip waits
+# GET /data's page (shared.queries.data_read.read_current_quotes). Under load each round trip waits
 # its turn for a core: ~8% of an uncached GET /data's time in a worker (docs/benchmarks.md).
 INLINE_OPTION = "statement_timeout_inline"
 _PENDING = "statement_timeout_pending"

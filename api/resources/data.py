@@ -27,7 +27,8 @@ from api.schemas.data import (
     quote_records_json,
 )
 from shared.queries.assets import asset_detail, asset_history, resolve_asset
-from shared.queries.data import DataFilters, read_current_quotes
+from shared.queries.data import DataFilters
+from shared.queries.data_read import read_current_quotes
 from shared.queries.export import data_export, history_export
 
 blp = Blueprint("data", __name__, url_prefix="/data", description="Unified market data")

@@ -4,13 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Hashable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 from sqlalchemy import (
-    ColumnElement, Connection, Engine, Select, Text, and_, func, or_, select, table,
+    ColumnElement, Connection, Select, Text, and_, func, or_, select, table,
 )
 from sqlalchemy import column as table_column
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from shared.models import Asset, CurrentQuote
@@ -60,7 +59,7 @@ DATA_VERSION_SQL = "SELECT version FROM data_version WHERE id = 1"
 _DATA_VERSION = table("data_version", table_column("id"), table_column("version"))
 # The data version as a last column of a page's rows (an InitPlan, read once per statement):
 # the page and the version its snapshot holds in one round trip.
-_VERSION_COLUMN = select(_DATA_VERSION.c.version).where(
+VERSION_COLUMN = select(_DATA_VERSION.c.version).where(
     _DATA_VERSION.c.id == 1).scalar_subquery().label("data_version")
 
 
@@ -80,7 +79,7 @@ class DataFilters:
 
 # Sorting by a money field puts clean quotes first, then flagged ones, each part in the sort
 # order (docs/quality.md): a flagged quote never tops a price or market-cap ranking unmarked.
-_CLEAN_FIRST_FIELDS = _DECIMAL_SORT_FIELDS
+CLEAN_FIRST_FIELDS = _DECIMAL_SORT_FIELDS
 _FLAGGED = CurrentQuote.quality.is_not(None)
 
 
@@ -172,13 +171,31 @@ def count_current_quotes(conn: Connection | Session, filters: DataFilters | None
 def current_quotes_query(filters: DataFilters, sort: str) -> Select[Any]:
     """The current records of `filters` in `sort` order (ties by asset_id, source), as tuples
     in DATA_RECORD_FIELDS order: the pages add their keyset bound, the export reads it whole."""
+    return ordered_quotes(sort, _data_conditions(filters))
+
+
+def ordered_quotes(sort: str, conditions: Sequence[ColumnElement[bool]]) -> Select[Any]:
+    """The records matching `conditions` in `sort` order (ties by asset_id, source)."""
     name, descending = parse_sort(sort, DATA_SORT_FIELDS)
     column = _DATA_SORT_COLUMNS[name]
     ordered = column.desc() if descending else column.asc()
-    clean_first = [_FLAGGED] if name in _CLEAN_FIRST_FIELDS else []
-    return (select(*_DATA_RECORD_COLUMNS).where(*_data_conditions(filters))
+    clean_first = [_FLAGGED] if name in CLEAN_FIRST_FIELDS else []
+    return (select(*_DATA_RECORD_COLUMNS).where(*conditions)
             .order_by(*clean_first, ordered.nulls_last(), CurrentQuote.asset_id,
                       CurrentQuote.source))
+
+
+def rows_after(sort: str, payload: dict[str, Any], key: Any, asset_id: Any, source: Any
+               ) -> ColumnElement[bool]:
+    """The keyset bound of a page after the row a cursor (read_cursor's parts) was issued for.
+
+    `key`, `asset_id` and `source` may be bound parameters (shared.queries.data_read).
+    """
+    name, descending = parse_sort(sort, DATA_SORT_FIELDS)
+    after = keyset_after(_DATA_SORT_COLUMNS[name], key, descending,
+                         name in _NULLABLE_SORT_FIELDS,
+                         (CurrentQuote.asset_id, CurrentQuote.source), (asset_id, source))
+    return _after_in_part(after, payload) if name in CLEAN_FIRST_FIELDS else after
 
 
 def list_current_quotes(
@@ -212,25 +229,39 @@ def _page_rows(
     cursor: str | None, with_version: bool,
 ) -> tuple[list[tuple[Any, ...]], str | None, int | None]:
     """A page's rows, its next cursor and (`with_version`) the version its statement read."""
-    name, descending = parse_sort(sort, DATA_SORT_FIELDS)
-    column = _DATA_SORT_COLUMNS[name]
-    clean_first = name in _CLEAN_FIRST_FIELDS
-    nullable = name in _NULLABLE_SORT_FIELDS
     query = current_quotes_query(filters, sort)
     if cursor is not None:
-        payload = decode_cursor(cursor, "data")
-        if payload.get("s") != sort:
-            raise InvalidCursor(f"cursor was issued for sort={payload.get('s')!r}, not {sort!r}")
-        if "k" not in payload:
-            raise InvalidCursor("cursor has no sort key")
-        key = _sort_key_from_json(name, payload["k"])
-        asset_id, source = cursor_int(payload, "a"), cursor_str(payload, "r", 32)
-        after = keyset_after(column, key, descending, nullable,
-                             (CurrentQuote.asset_id, CurrentQuote.source), (asset_id, source))
-        if clean_first:
-            after = _after_in_part(after, payload)
-        query = query.where(after)
+        query = query.where(rows_after(sort, *read_cursor(cursor, sort)))
         offset = 0
+    cursor_of = cursor_maker(sort)
+    if not with_version:
+        return (*trim_page([tuple(row) for row in conn.execute(
+            query.offset(offset).limit(limit + 1))], limit, cursor_of), None)
+    fetched = [tuple(row) for row in conn.execute(
+        query.add_columns(VERSION_COLUMN).offset(offset).limit(limit + 1))]
+    version = None if not fetched or fetched[0][-1] is None else int(fetched[0][-1])
+    rows, next_cursor = trim_page([row[:-1] for row in fetched], limit, cursor_of)
+    return rows, next_cursor, version
+
+
+def read_cursor(cursor: str, sort: str) -> tuple[dict[str, Any], Any, int, str]:
+    """A /data cursor's payload, sort key, asset id and source; InvalidCursor if not for `sort`."""
+    name, _ = parse_sort(sort, DATA_SORT_FIELDS)
+    payload = decode_cursor(cursor, "data")
+    if payload.get("s") != sort:
+        raise InvalidCursor(f"cursor was issued for sort={payload.get('s')!r}, not {sort!r}")
+    if "k" not in payload:
+        raise InvalidCursor("cursor has no sort key")
+    key = _sort_key_from_json(name, payload["k"])
+    if name in CLEAN_FIRST_FIELDS:
+        _check_part(payload)
+    return payload, key, cursor_int(payload, "a"), cursor_str(payload, "r", 32)
+
+
+def cursor_maker(sort: str) -> Callable[[tuple[Any, ...]], dict[str, Any]]:
+    """The payload of the cursor issued for a row (DATA_RECORD_FIELDS order) in `sort` order."""
+    name, descending = parse_sort(sort, DATA_SORT_FIELDS)
+    clean_first = name in CLEAN_FIRST_FIELDS
     position = _DATA_SORT_POSITION[name]
     quality_at = DATA_RECORD_FIELDS.index("quality")
 
@@ -244,110 +275,19 @@ def _page_rows(
             payload["f"] = 1 if row[quality_at] is not None else 0
         return payload
 
-    if not with_version:
-        return (*trim_page([tuple(row) for row in conn.execute(
-            query.offset(offset).limit(limit + 1))], limit, cursor_of), None)
-    fetched = [tuple(row) for row in conn.execute(
-        query.add_columns(_VERSION_COLUMN).offset(offset).limit(limit + 1))]
-    version = None if not fetched or fetched[0][-1] is None else int(fetched[0][-1])
-    rows, next_cursor = trim_page([row[:-1] for row in fetched], limit, cursor_of)
-    return rows, next_cursor, version
+    return cursor_of
 
 
 def _after_in_part(after: ColumnElement[bool], payload: dict[str, Any]) -> ColumnElement[bool]:
     """Rows after the cursor's row when clean quotes come before flagged ones."""
-    flagged = payload.get("f")
-    if flagged not in (0, 1) or isinstance(flagged, bool):
-        raise InvalidCursor("cursor has no valid quality part")
-    if flagged:
+    if _check_part(payload):
         return and_(_FLAGGED, after)
     return or_(_FLAGGED, and_(CurrentQuote.quality.is_(None), after))
 
 
-class TotalsCache(Protocol):
-    """Where totals are kept per data version (the API's api.http.answer_cache.VersionedCache)."""
-
-    def get(self, version: int | None, key: Hashable) -> Any:
-        """The value stored for `key` at exactly this version, or None."""
-
-    def put(self, version: int, key: Hashable, value: Any, size: int) -> None:
-        """Keep `value` (about `size` bytes) for `key` at `version`."""
-
-
-@dataclass(frozen=True)
-class DataSnapshot:
-    """A /data page read in one snapshot, with the data version that snapshot holds."""
-
-    version: int | None
-    page: Page
-
-
-def read_current_quotes(
-    engine: Engine,
-    filters: DataFilters,
-    totals: TotalsCache | None = None,
-    count: bool = True,
-    autocommit: Engine | None = None,
-    **window: Any,
-) -> DataSnapshot:
-    """The data version, one page and (with `count`) its total, from one snapshot.
-
-    Without a count, the page and its version are one statement: on `autocommit` (an engine
-    whose connections are in autocommit, when given) that statement is the whole read, with
-    no BEGIN or COMMIT around it. An empty page (no row to carry the version) and a count are
-    read in a REPEATABLE READ transaction on `engine` instead.
-
-    An exact count reads every matching record, which costs far more than a page when many
-    match and nothing is cached (a new filter per request): GET /data counts only when the
-    client asks. The total of each filter set is kept in `totals` per data version, so a count
-    runs once per (filters, version) and process instead of on every request.
-    """
-    sort, offset, limit = window.get("sort", "asset_id"), window.get("offset", 0), \
-        window.get("limit", 50)
-    if autocommit is not None and not count:
-        rows, next_cursor, version = _page_alone(autocommit, filters, sort, offset, limit,
-                                                 window.get("cursor"))
-        if rows:
-            return DataSnapshot(version, Page(rows=rows, total=None, next_cursor=next_cursor))
-    # statement_timeout_inline: the API's SET LOCAL statement_timeout goes in front of the
-    # page's statement, the first of the transaction (api.http.read_timeout.INLINE_OPTION).
-    with engine.connect().execution_options(isolation_level="REPEATABLE READ",
-                                            statement_timeout_inline=True) as conn:
-        with conn.begin():
-            # The version comes with the page's rows: a round trip less per request (each one
-            # waits its turn for a core under load; docs/benchmarks.md). An empty page has no
-            # row to carry it: read it on its own then.
-            rows, next_cursor, version = _page_rows(
-                conn, filters, sort, offset, limit, window.get("cursor"), with_version=True)
-            if not rows:
-                version = read_data_version(conn)
-            total = None
-            if count and totals is not None and version is not None:
-                total = totals.get(version, ("total", filters))
-            if count and total is None:
-                total = count_current_quotes(conn, filters)
-                if totals is not None and version is not None:
-                    totals.put(version, ("total", filters), total, 200)
-    return DataSnapshot(version, Page(rows=rows, total=total, next_cursor=next_cursor))
-
-
-def _page_alone(
-    engine: Engine, filters: DataFilters, sort: str, offset: int, limit: int,
-    cursor: str | None,
-) -> tuple[list[tuple[Any, ...]], str | None, int | None]:
-    """A page and its version in one statement on an autocommit connection.
-
-    That engine's pool does not ping at checkout (api.pool_check.statement_engine): a pooled
-    connection the server ended since its last use fails the statement, SQLAlchemy marks it
-    `connection_invalidated` (and the pool retires the connections as old as it), and the read
-    runs again once on a new connection. A read is safe to repeat; any other error is raised.
-    """
-    for attempt in (1, 2):
-        try:
-            with engine.connect().execution_options(statement_timeout_inline=True) as conn:
-                return _page_rows(conn, filters, sort, offset, limit, cursor,
-                                  with_version=True)
-        except DBAPIError as exc:
-            if attempt == 2 or not exc.connection_invalidated:
-                raise
-    raise AssertionError("unreachable")  # pragma: no cover
+def _check_part(payload: dict[str, Any]) -> int:
+    """A cursor's quality part (1: its row was flagged); InvalidCursor unless 0 or 1."""
+    flagged = payload.get("f")
+    if flagged not in (0, 1) or isinstance(flagged, bool):
+        raise InvalidCursor("cursor has no valid quality part")
+    return int(flagged)

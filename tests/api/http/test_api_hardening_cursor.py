@@ -103,6 +103,9 @@ FORGED = [
     ("symbol", {"t": "history", "s": "symbol", "k": "a", "a": 1, "r": "csv"}),
     ("symbol", []),
     ("symbol", "just a string"),
+    ("price_usd", {"t": "data", "s": "price_usd", "k": "1", "a": 1, "r": "csv", "f": [1]}),
+    ("price_usd", {"t": "data", "s": "price_usd", "k": "1", "a": 1, "r": "csv", "f": True}),
+    ("-volume_24h_usd", {"t": "data", "s": "-volume_24h_usd", "k": None, "a": 1, "r": "csv"}),
 ]
 
 
