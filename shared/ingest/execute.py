@@ -91,10 +91,11 @@ def execute_run(
         if not locked:
             _skip_if_queued(engine, run_id, source)
             return run_id
-        records_done = _claim(engine, run_id, task_id, settings)
-        if records_done is None:
+        claimed = _claim(engine, run_id, task_id, settings)
+        if claimed is None:
             return run_id
-        _process(engine, run_id, source, settings, records_done, on_progress)
+        records_done, checkpoints = claimed
+        _process(engine, run_id, source, settings, records_done, checkpoints, on_progress)
         _close_job(engine, run_id, settings)
         return run_id
     except Exception as exc:
@@ -134,8 +135,11 @@ def _skip_if_queued(engine: Engine, run_id: int, source: str) -> None:
             log.info("run %s (%s) skipped: another run of the source is active", run_id, source)
 
 
-def _claim(engine: Engine, run_id: int, task_id: str | None, settings: Settings) -> int | None:
-    """Mark the run running (we hold its lock); None when it must not run."""
+def _claim(engine: Engine, run_id: int, task_id: str | None, settings: Settings
+           ) -> tuple[int, dict[str, dict[str, Any]]] | None:
+    """Mark the run running (we hold its lock): (records done, the source's checkpoints);
+    None when it must not run. The checkpoints are read in the same transaction (the lock
+    keeps every other execution of the source from moving them)."""
     with unit_of_work(engine) as session:
         run = session.get(Run, run_id, with_for_update=True)
         if run is None or run.status in TERMINAL_STATUSES:
@@ -147,12 +151,12 @@ def _claim(engine: Engine, run_id: int, task_id: str | None, settings: Settings)
                     "(the worker was lost every time)")
             return None
         start_run(session, run_id, task_id=task_id)
-        return int(run.fetched)
+        return int(run.fetched), load_checkpoints(session, run.source)
 
 
 def _process(
     engine: Engine, run_id: int, source: str, settings: Settings, records_done: int,
-    on_progress: Progress | None = None,
+    checkpoints: dict[str, dict[str, Any]], on_progress: Progress | None = None,
 ) -> None:
     events: dict[str, float] = defaultdict(float)
     report = _Throttled(engine, run_id, on_progress)
@@ -161,9 +165,6 @@ def _process(
         events[name] += amount
 
     make_session = session_factory(engine)
-    with make_session() as reader:
-        checkpoints = load_checkpoints(reader, source)
-        reader.commit()
     ctx = RunContext(
         run_id=run_id, source=source, settings=settings, checkpoints=checkpoints,
         on_event=on_event, max_records=settings.fail_after_for(source),

@@ -11,7 +11,7 @@ import logging
 from datetime import datetime, timezone
 from typing import Literal, Mapping, Sequence
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, func, update
 from sqlalchemy.orm import Session
 
 from shared.models import RUN_HTTP_COUNTERS, RUN_LOAD_COUNTERS, TERMINAL_STATUSES, Job, Run
@@ -43,8 +43,10 @@ def start_run(session: Session, run_id: int, *, task_id: str | None = None,
     run per source and kind): `failed` for an extract run, which never resumes; back to
     `queued` for a backfill's, which resumes when its task comes again.
     """
-    run = session.execute(select(Run.source, Run.kind, Run.job_id)
-                          .where(Run.id == run_id)).one()
+    # No query when the caller loaded the run in this session (it holds its row lock).
+    run = session.get(Run, run_id)
+    if run is None:
+        raise LookupError(f"run {run_id} does not exist")
     displaced: dict[str, object] = {"status": others}
     if others == "failed":
         displaced.update(finished_at=now_utc(), error=f"worker lost; superseded by run {run_id}")
