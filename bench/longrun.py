@@ -3,13 +3,13 @@
 The replay upstream (bench.ticks.MovingUpstream) is ticked a few times per simulated day,
 each tick's `last_updated` (so each quote's observed_at) on the simulated clock, days ending
 at today 00:00 UTC; each tick is a job through the task code (in process). After each day
-beat's storage upkeep runs with `now=` the day's end: `shared.storage.partitions.maintain`
-and, when the tree has them, `shared.storage.usage.maintain` and retention
-(`shared.storage.retention.expire`) with the named profile's settings
-(bench.capacity.PROFILES). Per day it records the database's size and each table's. It
-times /stats, /metrics, /data?page_size=100 and three history pages on the last day against a
-copy of day 1's database, requests alternating (the product app in process, answer cache
-off, medians).
+beat's storage upkeep runs with `now=` the day's end: `shared.storage.partitions.maintain` and,
+when the tree has them, `shared.storage.usage.maintain`, retention
+(`shared.storage.retention.expire`) with the named profile's settings (bench.capacity.PROFILES)
+and a day of closed weeks' key packing (`shared.storage.compaction.compact`). Per day it
+records the database's size and each table's. It times /stats, /metrics, /data?page_size=100
+and three history pages on the last day against a copy of day 1's database, requests
+alternating (the product app in process, answer cache off, medians).
 
 Raw rows take their time from the database clock (now()), not the simulated one. Bench-only,
 after each tick the raw item blocks it wrote are moved to the tick's simulated time with an
@@ -123,6 +123,16 @@ def usage_step(engine: Engine) -> Callable[[datetime], Any] | None:
     return step
 
 
+def compaction_step(engine: Engine) -> Callable[[datetime], Any] | None:
+    """A day of beat's hourly key packing (one closed partition an hour) as a function of
+    `now`, or None when the tree has none."""
+    try:
+        module = importlib.import_module("shared.storage.compaction")
+    except ImportError:
+        return None
+    return lambda now: module.compact(engine, now, limit=24)
+
+
 def time_requests(clients: dict[str, Any], paths: dict[str, str], samples: int
                   ) -> dict[str, dict[str, float]]:
     """Median ms per client and path, the clients' requests alternating (so a slow spell of
@@ -220,6 +230,7 @@ def simulate(db: BenchDatabase, env: dict[str, str], args: argparse.Namespace,
         raw_table = raw_item_table(engine)
         retention = retention_step(engine, settings)
         usage = usage_step(engine)
+        compaction = compaction_step(engine)
         days = simulated_days(datetime.now(timezone.utc), args.longrun_days)
         records, api, moved, upkeep_seconds = [], {}, 0, []
         for number, start in enumerate(days, 1):
@@ -239,6 +250,8 @@ def simulate(db: BenchDatabase, env: dict[str, str], args: argparse.Namespace,
                 usage(end)
             if retention is not None:
                 retention(end)
+            if compaction is not None:
+                compaction(end)
             upkeep_seconds.append(time.perf_counter() - started)
             records.append(day_record(engine, number, end))
             say(f"longrun: day {number}/{len(days)} ({end:%Y-%m-%d}): database "
