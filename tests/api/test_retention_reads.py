@@ -16,6 +16,7 @@ from shared.queries import rollup_history
 from shared.storage.partitions import KNOWN, QUOTES, maintain, unit
 from shared.storage.retention import expire
 from tests.helpers.partitions import drop_expirable_partitions, ensure_quote_partitions
+from tests.helpers.plans import index_rows
 
 UTC = timezone.utc
 NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
@@ -209,12 +210,6 @@ def test_a_row_written_later_below_the_horizon_is_read_once_folded(
     assert [r for r in merged if r is not now] == [r for r in folded if r is not was]
 
 
-def _scanned(plan: dict[str, Any]) -> int:
-    """Rows the plan's index scans returned, over all its nodes."""
-    own = plan.get("Actual Rows", 0) if "Index Name" in plan else 0
-    return own + sum(_scanned(child) for child in plan.get("Plans", []))
-
-
 def test_a_history_page_reads_only_the_rollup_rows_it_shows(
         coin: Engine, client: Any, settings: Settings) -> None:
     """The page's rollup read stops at offset + limit rows of the 51 buckets (3 around the
@@ -231,4 +226,4 @@ def test_a_history_page_reads_only_the_rollup_rows_it_shows(
                                     + rollup_history._statement(1, False).text),
                                params).scalar_one()
         everything = rollup_history.count(conn, 1, "coingecko", None, None)
-    assert everything == 51 and _scanned(plan["Plan"]) == 8
+    assert everything == 51 and index_rows(plan["Plan"]) == 8

@@ -84,14 +84,26 @@ def test_asset_page_charts_sources_consensus_and_flags(
     assert "<h1>Bitcoin (BTC)</h1>" in html
     series = set(re.findall(r'data-series="([^"]+)"', html))
     assert {"coingecko", "csv"} <= series
-    with clean_db.connect() as conn:  # the pipeline may flag some too: every one is ringed
-        # Flags stored in the quote's row (flag_set) or as a flag document (quote_flags).
-        flagged = conn.execute(text(
-            "SELECT count(*) FROM quotes q WHERE q.asset_id = :a AND q.price_usd IS NOT NULL "
-            "AND (q.flag_set IS NOT NULL OR EXISTS (SELECT 1 FROM quote_flags f WHERE "
-            "(f.asset_id, f.source, f.observed_at) = (q.asset_id, q.source, q.observed_at)))"),
-            {"a": btc}).scalar_one()
-    assert flagged >= 1 and html.count('class="marked"') == flagged
+    # Flags stored in the quote's row (flag_set) or as a flag document (quote_flags).
+    flagged_sql = text(
+        "SELECT min(q.observed_at), max(q.observed_at), count(*), count(f.asset_id) "
+        "FROM quotes q LEFT JOIN quote_flags f ON (f.asset_id, f.source, f.observed_at) = "
+        "(q.asset_id, q.source, q.observed_at) WHERE q.asset_id = :a AND q.price_usd IS NOT NULL "
+        "AND q.observed_at >= :since AND (q.flag_set IS NOT NULL OR f.asset_id IS NOT NULL)")
+    with clean_db.connect() as conn:  # the pipeline may flag some too
+        first, last, flagged, documented = conn.execute(
+            flagged_sql, {"a": btc, "since": datetime.min.replace(tzinfo=timezone.utc)}).one()
+    # Over all of the history: every quote with a flag document is ringed, and a quote whose
+    # own row is flagged where it is drawn (one point per source and bucket of the range).
+    assert documented >= 1 and documented <= html.count('class="marked"') <= flagged
+    # Over a few days, where every quote is drawn: every flagged quote is ringed.
+    since = last - timedelta(days=3)
+    with clean_db.connect() as conn:
+        _, _, recent, _ = conn.execute(flagged_sql, {"a": btc, "since": since}).one()
+    near = client.get(f"/status/assets/{btc}?since={since:%Y-%m-%dT%H:%M:%S}Z"
+                      f"&until={last + timedelta(seconds=1):%Y-%m-%dT%H:%M:%S}Z")
+    assert near.status_code == 200, near.get_data(as_text=True)[:500]
+    assert recent >= 1 and near.get_data(as_text=True).count('class="marked"') == recent
     points = re.search(r'data-series="csv"><polyline[^>]* points="([^"]+)"', html)
     assert points and len(points.group(1).split()) > 50
     slug = client.get("/status/assets/bitcoin")
