@@ -18,6 +18,7 @@ from api.schemas.common import (
 from api.schemas.data import HistoryArgsSchema, format_field
 from shared.config import SOURCES
 from shared.queries.as_of import AS_OF_BATCH_MAX
+from shared.queries.candles import GAP_NO_QUOTES, GAP_ROLLED_UP
 from shared.queries.candles import INTERVALS
 from shared.storage.rollups import RESOLUTIONS
 
@@ -51,10 +52,15 @@ class CandleSchema(ma.Schema):
 
 
 class GapSchema(ma.Schema):
-    """A run of empty buckets: [start, end)."""
+    """A run of empty buckets: [start, end), and why they are empty."""
 
     start = ma.fields.String(required=True)
     end = ma.fields.String(required=True)
+    reason = ma.fields.String(required=True, validate=validate.OneOf(
+        [GAP_NO_QUOTES, GAP_ROLLED_UP]), metadata={"description": (
+            f"`{GAP_NO_QUOTES}`: no quote was stored for these buckets; `{GAP_ROLLED_UP}`: "
+            "retention keeps only daily rollups here (QUOTES_HOURLY_DAYS), which cannot "
+            "answer a bucket under a day (ask for interval=1d)")})
 
 
 class CandleEnvelopeSchema(EnvelopeSchema):

@@ -12,9 +12,9 @@ listed as gaps.
 Across retention (shared.storage.rollups): buckets from the quotes' horizon on are computed
 from the full rows, older ones from the hourly rollups, and before the hourly horizon from the
 daily ones (1d candles only: a daily row cannot answer a 1h or 4h bucket, which is a gap
-there). Horizons fall on UTC midnights, so no bucket is split between two resolutions; each
-candle names the one that answered (`resolution`: full, hourly, daily). A rollup answers
-whole buckets: since and until select the rollup rows that overlap them.
+there, its `reason` saying so). Horizons fall on UTC midnights, so no bucket is split between
+two resolutions; each candle names the one that answered (`resolution`: full, hourly, daily).
+A rollup answers whole buckets: since and until select the rollup rows that overlap them.
 """
 from __future__ import annotations
 
@@ -87,6 +87,10 @@ FROM ({_ROLLUP_CANDLES.format(table=table)}) c
 _ROLLUP_SQL = {"hourly": _rollup_candles("quotes_hourly"),
                "daily": _rollup_candles("quotes_daily")}
 _MIN = datetime.min.replace(tzinfo=timezone.utc)
+# Why a run of buckets is empty: no quote was stored for them, or retention keeps only daily
+# rollups there, which cannot answer a bucket under a day.
+GAP_NO_QUOTES = "no_quotes"
+GAP_ROLLED_UP = "daily_rollups_only"
 
 
 def resolution_ranges(conn: Connection, low: datetime, high: datetime, step: timedelta
@@ -179,18 +183,32 @@ def candle_rows(conn: Connection, span: CandleRange, low: datetime, high: dateti
             }
 
 
-def gaps_of(candles: list[dict[str, Any]], low: datetime, high: datetime, step: timedelta
-            ) -> list[dict[str, str]]:
-    """Runs of empty buckets in [low, high) as {start, end} (end exclusive)."""
-    gaps: list[dict[str, str]] = []
+def gaps_of(candles: list[dict[str, Any]], low: datetime, high: datetime, step: timedelta,
+            daily_before: datetime | None = None) -> list[dict[str, str]]:
+    """Runs of empty buckets in [low, high) as {start, end, reason} (end exclusive).
+
+    `daily_before`: where retention keeps only daily rollups (the hourly horizon, for an
+    interval under a day); a run before it is cut there and says so (GAP_ROLLED_UP), the rest
+    had no quote stored (GAP_NO_QUOTES)."""
+    runs: list[tuple[datetime, datetime]] = []
     cursor = low
     for candle in candles:
         start = datetime.fromisoformat(candle["bucket_start"])
         if start > cursor:
-            gaps.append({"start": cursor.isoformat(), "end": start.isoformat()})
+            runs.append((cursor, start))
         cursor = start + step
     if cursor < high:
-        gaps.append({"start": cursor.isoformat(), "end": high.isoformat()})
+        runs.append((cursor, high))
+    gaps: list[dict[str, str]] = []
+    for start, end in runs:
+        if daily_before is not None and start < daily_before:
+            cut = min(end, daily_before)
+            gaps.append({"start": start.isoformat(), "end": cut.isoformat(),
+                         "reason": GAP_ROLLED_UP})
+            start = cut
+        if start < end:
+            gaps.append({"start": start.isoformat(), "end": end.isoformat(),
+                         "reason": GAP_NO_QUOTES})
     return gaps
 
 
@@ -227,5 +245,7 @@ def candles_page(session: Session, ref: str, *, source: str, interval: str,
     more = start_index + size < span.count
     next_cursor = encode_cursor({"t": "candles", "a": span.asset_id, "r": source,
                                  "b": high.isoformat()}) if more else None
-    return CandlePage(candles, gaps_of(candles, low, high, span.step), span.count,
+    hourly_from = horizons(session.connection()).get("quotes_hourly")
+    daily_before = hourly_from if span.step < timedelta(days=1) else None
+    return CandlePage(candles, gaps_of(candles, low, high, span.step, daily_before), span.count,
                       next_cursor, interval)

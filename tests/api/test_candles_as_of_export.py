@@ -70,7 +70,7 @@ def test_hourly_candles_edges_convention_and_gaps(coin: Engine, client: Any) -> 
         "2025-01-01T01:00:00+00:00", "101", "101", 1)
     assert last["bucket_start"] == "2025-01-01T04:00:00+00:00" and last["volume"] is None
     assert body["gaps"] == [{"start": "2025-01-01T02:00:00+00:00",
-                             "end": "2025-01-01T04:00:00+00:00"}]
+                             "end": "2025-01-01T04:00:00+00:00", "reason": "no_quotes"}]
     four = _get(client, url.replace("interval=1h", "interval=4h"))
     assert [(c["bucket_start"], c["quotes"]) for c in four["data"]] == [
         ("2025-01-01T00:00:00+00:00", 4), ("2025-01-01T04:00:00+00:00", 1)]
@@ -90,7 +90,8 @@ def test_candle_pages_count_buckets_and_the_cursor_follows(coin: Engine, client:
         if cursor is None:
             break
     assert pages == 3 and starts == ["00:00", "01:00", "04:00"]
-    assert gaps == [{"start": "2025-01-01T02:00:00+00:00", "end": "2025-01-01T04:00:00+00:00"}]
+    assert gaps == [{"start": "2025-01-01T02:00:00+00:00", "end": "2025-01-01T04:00:00+00:00",
+                     "reason": "no_quotes"}]
     page2 = _get(client, url + "&page=2")
     assert page2["data"] == [] and len(page2["gaps"]) == 1
     # A page past the end is empty (page 1,000,000 of 500 hours would be past year 9999).

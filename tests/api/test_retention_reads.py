@@ -118,7 +118,15 @@ def test_candles_across_the_horizon_equal_the_full_rows_and_name_their_resolutio
     old_after = _ndjson(client, f"{old}&interval=1d")
     assert _without(old_after) == _without(old_before)
     assert [c["resolution"] for c in old_after] == ["daily", "daily", None]  # None: empty
-    assert _get(client, f"{old}&interval=1h")["data"] == []  # a day cannot answer an hour
+    # A day cannot answer an hour: the range (all before the hourly horizon) is a gap that
+    # says why, and the 1d candles have only the day with no quote as a gap.
+    hours = _get(client, f"{old}&interval=1h")
+    assert hours["data"] == [] and hours["gaps"] == [{
+        "start": OLD.isoformat(), "end": (OLD + timedelta(hours=49)).isoformat(),
+        "reason": "daily_rollups_only"}]
+    assert [g["reason"] for g in after["1h"]["gaps"]] in ([], ["no_quotes"])
+    days = _get(client, f"{old}&interval=1d")
+    assert [g["reason"] for g in days["gaps"]] == ["no_quotes"]
 
 
 def test_as_of_across_the_horizon(coin: Engine, client: Any, settings: Settings) -> None:
