@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Any
 
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from shared.queries.assets import asset_history
 from shared.queries.price_chart import MAX_POINTS, price_chart
 from shared.storage.partitions import QUOTES, ensure
-from tests.helpers.plans import rows_read
+from tests.helpers.plans import rows_read, statements_sent
 
 UTC = timezone.utc
 NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
@@ -41,19 +40,10 @@ def _load(engine: Engine) -> list[tuple[datetime, str]]:
 def test_pages_without_a_source_follow_the_order_and_read_only_what_they_show(
         clean_db: Engine) -> None:
     everything = _load(clean_db)
-    sent: list[str] = []
-
-    def capture(_conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        sent.append(cursor.mogrify(statement, parameters).decode())
-
-    event.listen(clean_db, "before_cursor_execute", capture)
-    try:
-        with Session(clean_db) as session:
-            first = asset_history(session, "1", limit=50)
-            later = asset_history(session, "1", limit=50, cursor=first.next_cursor)
-            deep = asset_history(session, "1", limit=50, offset=1000)
-    finally:
-        event.remove(clean_db, "before_cursor_execute", capture)
+    with statements_sent(clean_db) as sent, Session(clean_db) as session:
+        first = asset_history(session, "1", limit=50)
+        later = asset_history(session, "1", limit=50, cursor=first.next_cursor)
+        deep = asset_history(session, "1", limit=50, offset=1000)
     keys = [[(q.observed_at, q.source) for q in page.rows] for page in (first, later, deep)]
     assert keys == [everything[:50], everything[50:100], everything[1000:1050]]
     pages = [s for s in sent if "FROM quotes" in s and "ORDER BY" in s and "UNION ALL" in s]
@@ -69,17 +59,8 @@ def test_pages_without_a_source_follow_the_order_and_read_only_what_they_show(
 def test_the_price_chart_probes_each_bucket_instead_of_reading_the_history(
         clean_db: Engine) -> None:
     everything = _load(clean_db)
-    sent: list[str] = []
-
-    def capture(_conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        sent.append(cursor.mogrify(statement, parameters).decode())
-
-    event.listen(clean_db, "before_cursor_execute", capture)
-    try:
-        with Session(clean_db) as session:
-            chart = price_chart(session, 1, None, NOW)
-    finally:
-        event.remove(clean_db, "before_cursor_execute", capture)
+    with statements_sent(clean_db) as sent, Session(clean_db) as session:
+        chart = price_chart(session, 1, None, NOW)
     # The same points as reading every quote and keeping each source's last per bucket.
     with clean_db.connect() as conn:
         prices = dict(((at, source), float(price)) for at, source, price in conn.execute(text(
