@@ -231,7 +231,7 @@ def quote_records_json(rows: Sequence[Sequence[Any]], provider: JSONProvider, de
 
     Values are written as the json module writes them: strings escaped by its own functions,
     ints by repr, a flagged quality by a dump with the provider's options.
-    tests/api/test_data_serialization.py compares both on every kind of value.
+    tests/api/test_data_records_json.py compares both on every kind of value.
     """
     if type(provider) is not DefaultJSONProvider or provider.compact is False \
             or (provider.compact is None and debug):
