@@ -43,7 +43,6 @@ def week(clean_db: Engine) -> tuple[str, str]:
     with clean_db.begin() as conn:
         # As made: an earlier test may have packed it (clean_db empties, keeps partitions).
         conn.execute(text(f'COMMENT ON INDEX "{index}" IS NULL'))
-        conn.execute(text(f'ALTER INDEX "{index}" RESET (fillfactor)'))
         for tick in range(TICKS):
             conn.execute(text(
                 "INSERT INTO quotes (asset_id, source, observed_at, source_asset_id, price_usd) "
@@ -75,8 +74,8 @@ def test_a_closed_weeks_key_is_rebuilt_packed_once_keeping_every_row(
     assert name in compact(clean_db, NOW, limit=100)
     packed = _size(clean_db, index)
     # One row per coin and tick at the end of each coin's range: half-full pages before
-    # (~83 B a row against ~45 B packed).
-    assert packed < 0.65 * loose, (loose, packed)
+    # (~83 B a row against ~50 B packed, 10% of each leaf left free).
+    assert packed < 0.7 * loose, (loose, packed)
     with clean_db.connect() as conn:
         assert conn.execute(_SUM, bounds).one() == before
         assert (name, index) not in due(conn, NOW)
