@@ -95,12 +95,10 @@ def test_a_rebuild_cut_off_leaves_nothing_the_next_run_does_not_clean_up(
     pg_terminate_backend): the invalid copy it made is dropped and the key rebuilt next run."""
     name, index = week
     errors: list[BaseException] = []
-    # An open snapshot makes REINDEX CONCURRENTLY wait once its new copy exists.
-    holder = clean_db.connect().execution_options(isolation_level="REPEATABLE READ")
-    holder.execute(text("SELECT 1"))
-    with clean_db.connect() as conn:  # a transaction id after the snapshot: it is older
-        conn.execute(text("SELECT txid_current()"))
-        conn.commit()
+    # A writer's open transaction on the partition makes REINDEX CONCURRENTLY wait once its
+    # new (still invalid) copy exists: it waits out the table's writers before building.
+    holder = clean_db.connect()
+    holder.execute(text(f'LOCK TABLE "{name}" IN ROW EXCLUSIVE MODE'))
 
     def run() -> None:
         try:
@@ -116,11 +114,12 @@ def test_a_rebuild_cut_off_leaves_nothing_the_next_run_does_not_clean_up(
             while True:
                 pid = conn.execute(text(
                     "SELECT pid FROM pg_stat_activity WHERE query LIKE 'REINDEX INDEX "
-                    "CONCURRENTLY%' AND wait_event_type = 'Lock'")).scalar()
+                    "CONCURRENTLY%' AND query LIKE '%' || :index || '%' "
+                    "AND wait_event_type = 'Lock'"), {"index": index}).scalar()
                 if pid is not None or time.monotonic() > deadline:
                     break
                 time.sleep(0.05)
-            assert pid is not None, "the rebuild never waited for the open snapshot"
+            assert pid is not None, "the rebuild never waited for the open writer"
             conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
     finally:
         holder.close()
