@@ -1,19 +1,21 @@
-"""slimmer quotes rows: no inserted_at, an 8-byte raw hash
+"""slimmer quotes rows: inserted_at no longer filled, an 8-byte raw hash
 
 Revision ID: 0024
 Revises: 0023
 Create Date: 2026-12-07 23:45:00.000000
 
 A quote row was ~204 B, of which 33 were its raw record's whole SHA-256 and 8 the time it was
-inserted, which nothing reads (a run's own times are in runs). `inserted_at` goes: dropping a
-column is a catalog change (no rewrite; old rows keep its bytes until their partition
-expires, new rows do not have them). `raw_hash` stays a bytea column; the writers now store
-its first 8 bytes (shared.batch.copy_format.QUOTE_HASH_BYTES) and compare the first 8 of
-what is stored, so the rows written before this keep their 32 and still match. No data moves.
+inserted, which nothing reads (a run's own times are in runs). `inserted_at` loses its default
+and its NOT NULL: new rows hold NULL there, which takes no bytes (the row's null bitmap says
+so). The column itself stays for this release: the previous release's code still names it
+(docs/operations.md, "expand, then contract"); a later migration drops it once no process of
+that release runs. `raw_hash` stays a bytea column; the writers now store its first 8 bytes
+(shared.batch.copy_format.QUOTE_HASH_BYTES) and compare the first 8 of what is stored, so the
+rows written before this keep their 32 and still match. No data moves.
 
-The drop takes ACCESS EXCLUSIVE on quotes and its partitions for a moment. Behind an open
-batch it would wait, and readers would queue behind it: it waits at most LOCK_TIMEOUT a try,
-and tries again, up to ATTEMPTS times.
+Each ALTER is a catalog change, but takes ACCESS EXCLUSIVE on quotes and its partitions for a
+moment. Behind an open batch it would wait, and readers would queue behind it: it waits at
+most LOCK_TIMEOUT a try, and tries again, up to ATTEMPTS times.
 """
 from __future__ import annotations
 
@@ -52,11 +54,12 @@ def _alter(statement: str) -> None:
 
 def upgrade():
     with op.get_context().autocommit_block():
-        _alter("ALTER TABLE quotes DROP COLUMN IF EXISTS inserted_at")
+        _alter("ALTER TABLE quotes ALTER COLUMN inserted_at DROP DEFAULT, "
+               "ALTER COLUMN inserted_at DROP NOT NULL")
 
 
 def downgrade():
     with op.get_context().autocommit_block():
-        # now() is stable, not volatile: a default kept in the catalog, no rewrite.
-        _alter("ALTER TABLE quotes ADD COLUMN IF NOT EXISTS inserted_at timestamptz NOT NULL "
-               "DEFAULT now()")
+        # The rows written meanwhile keep their NULL (NOT NULL again would need every one of
+        # them rewritten); the previous code never reads the column.
+        _alter("ALTER TABLE quotes ALTER COLUMN inserted_at SET DEFAULT now()")

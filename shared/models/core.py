@@ -192,6 +192,9 @@ class Quote(Base):
     # rows written before migration 0024 hold all 32): which raw record the quote came from.
     raw_hash: Mapped[bytes | None] = mapped_column(LargeBinary)
     run_id: Mapped[int | None] = mapped_column(BigInteger)
+    # No longer filled (migration 0024: NULL takes no bytes; a run's times are in runs). Kept
+    # for the previous release's code during a rolling update; a later release drops it.
+    inserted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # The batch checks' flags in stored form (migration 0019, shared.quality.compact): the
     # flag set of its kinds, and a jump's base quote (price, and how many microseconds older).
     # NULL when clean; no foreign key, for the reason given at run_id.
