@@ -4,10 +4,16 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from flask import Flask, g
 from sqlalchemy import Engine, text
+
+from api.http.envelope import envelope
+from api.schemas.data import DataEnvelopeSchema
 
 from shared.config import Settings, load_settings
 from shared.db import unit_of_work
@@ -87,3 +93,25 @@ def without_dynamic(body: bytes) -> bytes:
     """The body with its per-request values (latency, request id) blanked."""
     body = re.sub(rb'"api_latency_ms":[0-9.e+-]+', b'"api_latency_ms":0', body)
     return re.sub(rb'"request_id":"[^"]*"', b'"request_id":""', body)
+
+
+def schema_path_body(app: Flask, url: str, body: dict[str, Any]) -> bytes:
+    """What the documented path makes of a GET /data answer's `body` (request id req-1): its
+    records as model values through the marshmallow schema, jsonify'd by the app."""
+    with app.test_request_context(url):
+        g.request_id, g.request_started = "req-1", 0.0
+        expected = envelope(body["data"], body["pagination"]["page"],
+                            body["pagination"]["page_size"], body["pagination"]["total"],
+                            body["pagination"]["next_cursor"])
+        expected["api_latency_ms"] = body["api_latency_ms"]
+        dumped = DataEnvelopeSchema().dump(
+            {**expected, "data": [_as_model_values(r) for r in body["data"]]})
+        return app.json.response(dumped).get_data()
+
+
+def _as_model_values(record: dict[str, Any]) -> dict[str, Any]:
+    values = dict(record)
+    for name in ("price_usd", "market_cap_usd", "volume_24h_usd"):
+        values[name] = None if record[name] is None else Decimal(record[name])
+    values["observed_at"] = datetime.fromisoformat(record["observed_at"])
+    return values

@@ -2,19 +2,14 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
-from decimal import Decimal
-from typing import Any
 
 import pytest
-from flask import g
 from sqlalchemy import Engine, text
 
-from api.http.envelope import envelope
-from api.schemas.data import DataEnvelopeSchema, quote_record, quote_records_json
+from api.schemas.data import quote_record, quote_records_json
 from shared.config import Settings
 from shared.queries.data import list_current_quotes
-from tests.api.helpers import without_dynamic
+from tests.api.helpers import schema_path_body, without_dynamic
 
 # Names the JSON encoder escapes: non-ASCII (one beyond the BMP: a surrogate pair), control
 # characters, DEL, quotes and backslashes; plain ones for contrast.
@@ -74,15 +69,7 @@ def test_awkward_values_are_written_as_the_schema_path_writes_them(
     assert len(rows) == awkward_rows
     assert body["data"] == [quote_record(rows[(r["asset_id"], r["source"])])
                             for r in body["data"]]
-    with app.test_request_context(url):
-        g.request_id, g.request_started = "req-1", 0.0
-        expected = envelope(body["data"], body["pagination"]["page"],
-                            body["pagination"]["page_size"], body["pagination"]["total"],
-                            body["pagination"]["next_cursor"])
-        expected["api_latency_ms"] = body["api_latency_ms"]
-        dumped = DataEnvelopeSchema().dump(
-            {**expected, "data": [_as_model_values(r) for r in body["data"]]})
-        reference = app.json.response(dumped).get_data()
+    reference = schema_path_body(app, url, body)
     assert first.data == reference
     if "page_size=100" in url:  # every row: the escapes were written
         assert b"\\ud83d\\ude00" in first.data and b"\\u007f" in first.data
@@ -108,11 +95,3 @@ def test_other_providers_and_debug_output_are_left_to_the_provider(
     response = app.test_client().get("/data?page_size=3")
     assert response.status_code == 200 and b'\n  "data": [\n' in response.data
     assert response.get_json()["data"] == [quote_record(r) for r in rows[:3]]
-
-
-def _as_model_values(record: dict[str, Any]) -> dict[str, Any]:
-    values = dict(record)
-    for name in ("price_usd", "market_cap_usd", "volume_24h_usd"):
-        values[name] = None if record[name] is None else Decimal(record[name])
-    values["observed_at"] = datetime.fromisoformat(record["observed_at"])
-    return values

@@ -1,20 +1,15 @@
 """GET /data's lean serialization gives the documented schema's bytes, on every loaded record."""
 from __future__ import annotations
 
-from datetime import datetime
-from decimal import Decimal
-from typing import Any
 
 import pytest
-from flask import g
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.http.envelope import envelope
-from api.schemas.data import DataEnvelopeSchema, QuoteRecordSchema, quote_record
+from api.schemas.data import QuoteRecordSchema, quote_record
 from shared.models import CurrentQuote
 from shared.queries.data import DATA_RECORD_FIELDS, list_current_quotes
-from tests.api.helpers import Loaded, without_dynamic
+from tests.api.helpers import Loaded, schema_path_body, without_dynamic
 
 URLS = [
     "/data?page_size=100", "/data", "/data?sort=-price_usd&page_size=7",
@@ -46,24 +41,7 @@ def test_answers_are_byte_identical_to_the_schema_path(loaded: Loaded, url: str)
     again = loaded.client.get(url, headers={"X-Request-ID": "req-2"})
     assert first.status_code == again.status_code == 200
     assert without_dynamic(first.data) == without_dynamic(again.data)
-    body = first.get_json()
-    with app.test_request_context(url):
-        g.request_id, g.request_started = "req-1", 0.0
-        # The documented path: ORM-free rows through the schema, jsonify'd by the app.
-        expected = envelope(body["data"], body["pagination"]["page"],
-                            body["pagination"]["page_size"], body["pagination"]["total"],
-                            body["pagination"]["next_cursor"])
-        expected["api_latency_ms"] = body["api_latency_ms"]
-        dumped = DataEnvelopeSchema().dump(
-            {**expected, "data": [_as_model_values(r) for r in body["data"]]})
-        reference = app.json.response(dumped).get_data()
+    # The documented path: ORM-free rows through the schema, jsonify'd by the app.
+    reference = schema_path_body(app, url, first.get_json())
     assert first.data == reference
     assert first.headers["X-Request-ID"] == "req-1" and again.headers["X-Request-ID"] == "req-2"
-
-
-def _as_model_values(record: dict[str, Any]) -> dict[str, Any]:
-    values = dict(record)
-    for name in ("price_usd", "market_cap_usd", "volume_24h_usd"):
-        values[name] = None if record[name] is None else Decimal(record[name])
-    values["observed_at"] = datetime.fromisoformat(record["observed_at"])
-    return values
