@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from sqlalchemy import Connection, TextClause, text
 from sqlalchemy.orm import Session
@@ -93,12 +93,12 @@ GAP_NO_QUOTES = "no_quotes"
 GAP_ROLLED_UP = "daily_rollups_only"
 
 
-def resolution_ranges(conn: Connection, low: datetime, high: datetime, step: timedelta
-                      ) -> list[tuple[str, datetime, datetime]]:
-    """[low, high) cut where each resolution answers, oldest first: (resolution, low, high).
+def resolution_ranges(marks: Mapping[str, datetime], low: datetime, high: datetime,
+                      step: timedelta) -> list[tuple[str, datetime, datetime]]:
+    """[low, high) cut where each resolution answers, oldest first: (resolution, low, high);
+    `marks`: retention's horizons (shared.storage.rollups.horizons).
 
     Daily rows answer only buckets of a day or more."""
-    marks = horizons(conn)
     full_from = marks.get("quotes", _MIN)
     hourly_from = marks.get("quotes_hourly", _MIN)
     ranges = [("daily", low, min(high, hourly_from)) if step >= timedelta(days=1) else None,
@@ -161,11 +161,13 @@ def candle_range(session: Session, ref: str, source: str, interval: str,
     return CandleRange(asset.id, source, step, since, until, first, count)
 
 
-def candle_rows(conn: Connection, span: CandleRange, low: datetime, high: datetime
-                ) -> Iterator[dict[str, Any]]:
+def candle_rows(conn: Connection, span: CandleRange, low: datetime, high: datetime,
+                marks: Mapping[str, datetime] | None = None) -> Iterator[dict[str, Any]]:
     """The candles of buckets in [low, high), oldest first, as dicts of CANDLE_FIELDS: from
-    the full rows, or the rollups where retention replaced them."""
-    for resolution, start, end in resolution_ranges(conn, low, high, span.step):
+    the full rows, or the rollups where retention replaced them (`marks`: the horizons, when
+    the caller has read them)."""
+    marks = horizons(conn) if marks is None else marks
+    for resolution, start, end in resolution_ranges(marks, low, high, span.step):
         rows = conn.execute(_ROLLUP_SQL.get(resolution, _CANDLES_SQL), {
             "step": f"{int(span.step.total_seconds())} seconds", "asset_id": span.asset_id,
             "source": span.source, "low": start, "high": end, "since": span.since,
@@ -241,11 +243,12 @@ def candles_page(session: Session, ref: str, *, source: str, interval: str,
     low, high, size = span.window(start_index, limit)
     if size <= 0:
         return CandlePage([], [], span.count, None, interval)
-    candles = list(candle_rows(session.connection(), span, low, high))
+    marks = horizons(session.connection())  # read once: the candles' ranges and the gaps
+    candles = list(candle_rows(session.connection(), span, low, high, marks))
     more = start_index + size < span.count
     next_cursor = encode_cursor({"t": "candles", "a": span.asset_id, "r": source,
                                  "b": high.isoformat()}) if more else None
-    hourly_from = horizons(session.connection()).get("quotes_hourly")
+    hourly_from = marks.get("quotes_hourly")
     daily_before = hourly_from if span.step < timedelta(days=1) else None
     return CandlePage(candles, gaps_of(candles, low, high, span.step, daily_before), span.count,
                       next_cursor, interval)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from flask import Flask
 from sqlalchemy import Engine, text
 
 from shared.config import Settings
@@ -13,12 +14,7 @@ from tests.helpers.csv_runs import HEADER, only_file, run_csv
 def test_a_pooled_connection_the_server_ended_is_replaced(
     clean_db: Engine, settings: Settings, csv_dir: Path
 ) -> None:
-    from api import create_app
-
-    only_file(csv_dir, "coins.csv", HEADER + coins_csv(1, 5))
-    run_csv(clean_db, settings)
-    app = create_app({"TESTING": True, "RATELIMIT_ENABLED": False,
-                      "DATA_CACHE_MAX_BYTES": 0}, settings=settings)
+    app = _app_with_five_coins(clean_db, settings, csv_dir)
     client = app.test_client()
     first = client.get("/data?total=true")
     assert first.status_code == 200
@@ -42,12 +38,7 @@ def test_a_page_read_on_a_connection_the_server_ended_is_read_again(
 ) -> None:
     """GET /data's page runs on the autocommit engine, which does not ping: a dead pooled
     connection fails the statement, and the read runs again on a new one."""
-    from api import create_app
-
-    only_file(csv_dir, "coins.csv", HEADER + coins_csv(1, 5))
-    run_csv(clean_db, settings)
-    app = create_app({"TESTING": True, "RATELIMIT_ENABLED": False,
-                      "DATA_CACHE_MAX_BYTES": 0}, settings=settings)
+    app = _app_with_five_coins(clean_db, settings, csv_dir)
     client = app.test_client()
     first = client.get("/data")
     assert first.status_code == 200
@@ -65,6 +56,16 @@ def test_a_page_read_on_a_connection_the_server_ended_is_read_again(
         assert again.get_json()["data"] == first.get_json()["data"]
     # Read on a new backend: the dead one was found by the failed statement, not a ping.
     assert not killed & _backend_pids(clean_db)
+
+
+def _app_with_five_coins(clean_db: Engine, settings: Settings, csv_dir: Path) -> Flask:
+    """An app (answer cache off) over a database holding five coins loaded from a CSV file."""
+    from api import create_app
+
+    only_file(csv_dir, "coins.csv", HEADER + coins_csv(1, 5))
+    run_csv(clean_db, settings)
+    return create_app({"TESTING": True, "RATELIMIT_ENABLED": False,
+                       "DATA_CACHE_MAX_BYTES": 0}, settings=settings)
 
 
 def _backend_pids(engine: Engine) -> set[int]:
