@@ -217,14 +217,14 @@ def list_current_quotes(
     when the caller already knows it for these filters, saves the count; with `count` False
     and no `total`, nothing is counted and the page's total is None.
     """
-    rows, next_cursor, _ = _page_rows(conn, filters or DataFilters(), sort, offset, limit,
-                                      cursor, with_version=False)
+    rows, next_cursor, _ = page_rows(conn, filters or DataFilters(), sort, offset, limit,
+                                     cursor, with_version=False)
     if total is None and count:
         total = count_current_quotes(conn, filters)
     return Page(rows=rows, total=total, next_cursor=next_cursor)
 
 
-def _page_rows(
+def page_rows(
     conn: Connection | Session, filters: DataFilters, sort: str, offset: int, limit: int,
     cursor: str | None, with_version: bool,
 ) -> tuple[list[tuple[Any, ...]], str | None, int | None]:

@@ -27,7 +27,7 @@ from shared.queries.data import (
     DATA_SORT_FIELDS,
     VERSION_COLUMN,
     DataFilters,
-    _page_rows,
+    page_rows,
     count_current_quotes,
     cursor_maker,
     escape_like,
@@ -96,7 +96,7 @@ def read_current_quotes(
             # The version comes with the page's rows: a round trip less per request (each one
             # waits its turn for a core under load; docs/benchmarks.md). An empty page has no
             # row to carry it: read it on its own then.
-            rows, next_cursor, version = _page_rows(
+            rows, next_cursor, version = page_rows(
                 conn, filters, sort, offset, limit, window.get("cursor"), with_version=True)
             if not rows:
                 version = read_data_version(conn)

@@ -8,7 +8,7 @@ from typing import Iterator
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from shared.queries.data import DATA_SORT_FIELDS, DataFilters, _page_rows
+from shared.queries.data import DATA_SORT_FIELDS, DataFilters, page_rows
 from shared.queries.data_read import _page_alone, page_shape, page_text
 
 _FLAG = json.dumps({"flags": [{"flag": "jump", "reason": "r", "evidence": {}}]})
@@ -62,14 +62,14 @@ def test_pages_are_the_general_querys_for_every_filter_and_cursor(
         cursor = None
         for _ in range(30):
             with clean_db.connect() as conn:
-                expected = _page_rows(conn, filters, sort, 0, 3, cursor, with_version=True)
+                expected = page_rows(conn, filters, sort, 0, 3, cursor, with_version=True)
             assert _page_alone(rows, filters, sort, 0, 3, cursor) == expected, (filters, cursor)
             pages += 1
             cursor = expected[1]
             if cursor is None:
                 break
         with clean_db.connect() as conn:
-            expected = _page_rows(conn, filters, sort, 4, 5, None, with_version=True)
+            expected = page_rows(conn, filters, sort, 4, 5, None, with_version=True)
         assert _page_alone(rows, filters, sort, 4, 5, None) == expected
     assert pages > len(FILTERS)
 
